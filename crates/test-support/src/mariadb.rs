@@ -1,0 +1,97 @@
+//! Throwaway MariaDB servers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::process::{GuardedProcess, find_binary, free_port, tail, wait_for_port};
+
+/// A private `mariadbd` on a random port, with its data in a temp directory.
+///
+/// Root has no password and may connect over TCP from 127.0.0.1. The server
+/// can be killed and started again on the same port and data (to prove that a
+/// system survives a database restart).
+pub struct MariaDb {
+    /// Owns the data directory; removed when the server is dropped.
+    dir: tempfile::TempDir,
+    /// TCP port, fixed for the life of this value so restarts keep the URL.
+    port: u16,
+    /// The running server, `None` while stopped.
+    process: Option<GuardedProcess>,
+}
+
+impl MariaDb {
+    /// Initialises a data directory and starts the server.
+    pub fn start() -> MariaDb {
+        let install_db = find_binary("mariadb-install-db", &[], "mariadb-server");
+        let dir = tempfile::Builder::new().prefix("test-mariadb-").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let output = std::process::Command::new(&install_db)
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("run mariadb-install-db");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut server = MariaDb { dir, port: free_port(), process: None };
+        server.restart();
+        server
+    }
+
+    /// Starts (again) a stopped server on the same port and data.
+    pub fn restart(&mut self) {
+        if let Some(mut old) = self.process.take() {
+            old.kill();
+        }
+        let mariadbd = find_binary("mariadbd", &["/usr/sbin"], "mariadb-server");
+        let log = self.log_path();
+        let args = vec![
+            "--no-defaults".to_string(),
+            format!("--datadir={}", self.dir.path().join("data").display()),
+            format!("--port={}", self.port),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--socket={}", self.dir.path().join("mysqld.sock").display()),
+            format!("--pid-file={}", self.dir.path().join("mysqld.pid").display()),
+            "--user=root".to_string(),
+            "--skip-name-resolve".to_string(),
+            "--skip-log-bin".to_string(),
+            "--max-connections=1000".to_string(),
+            "--innodb-buffer-pool-size=128M".to_string(),
+            "--character-set-server=utf8mb4".to_string(),
+            "--collation-server=utf8mb4_general_ci".to_string(),
+        ];
+        let process = GuardedProcess::spawn(&mariadbd, &args, &log, None);
+        if !wait_for_port(self.port, Duration::from_secs(60)) {
+            panic!("mariadbd did not start on port {}:\n{}", self.port, tail(&log));
+        }
+        self.process = Some(process);
+    }
+
+    /// SIGKILLs the server (data stays, [`MariaDb::restart`] brings it back).
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// The running server process, for signals.
+    pub fn process(&self) -> Option<&GuardedProcess> {
+        self.process.as_ref()
+    }
+
+    /// TCP port of the server.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Server URL without a database: `mysql://root@127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mariadbd.log")
+    }
+}

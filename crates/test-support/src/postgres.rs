@@ -1,0 +1,85 @@
+//! Throwaway PostgreSQL servers.
+
+use std::time::Duration;
+
+use crate::process::{GuardedProcess, find_binary, free_port, tail, wait_for_port};
+
+/// A private `postgres` on a random port with trust authentication.
+///
+/// PostgreSQL refuses to run as root, so when the tests run as root the
+/// server runs as the `postgres` system user (created by Debian's package).
+pub struct Postgres {
+    /// Owns the data directory.
+    _dir: tempfile::TempDir,
+    /// TCP port.
+    port: u16,
+    /// The running server.
+    _process: GuardedProcess,
+}
+
+impl Postgres {
+    /// Runs `initdb` in a temp directory and starts the server.
+    pub fn start() -> Postgres {
+        const DIRS: &[&str] = &["/usr/lib/postgresql/*/bin"];
+        let initdb = find_binary("initdb", DIRS, "postgresql");
+        let postgres = find_binary("postgres", DIRS, "postgresql");
+        let dir = tempfile::Builder::new().prefix("test-postgres-").tempdir().expect("temp dir");
+        let run_as = is_root().then_some("postgres");
+        if run_as.is_some() {
+            let status = std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .expect("chown the postgres temp dir");
+            assert!(status.success(), "cannot chown {} to the postgres user", dir.path().display());
+        }
+        let data = dir.path().join("data");
+        let mut init = match run_as {
+            Some(user) => {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", user, "--", &initdb]);
+                c
+            }
+            None => std::process::Command::new(&initdb),
+        };
+        let output = init
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+            .output()
+            .expect("run initdb");
+        assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        let port = free_port();
+        let log = dir.path().join("postgres.log");
+        let args = vec![
+            "-D".to_string(),
+            data.display().to_string(),
+            "-p".to_string(),
+            port.to_string(),
+            "-k".to_string(),
+            dir.path().display().to_string(),
+            "-c".to_string(),
+            "listen_addresses=127.0.0.1".to_string(),
+            "-c".to_string(),
+            "max_connections=500".to_string(),
+        ];
+        let process = GuardedProcess::spawn(&postgres, &args, &log, run_as);
+        if !wait_for_port(port, Duration::from_secs(60)) {
+            panic!("postgres did not start on port {port}:\n{}", tail(&log));
+        }
+        Postgres { _dir: dir, port, _process: process }
+    }
+
+    /// Server URL without a database: `postgres://postgres@127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
