@@ -86,7 +86,8 @@ impl BranchId {
         if id.is_empty() {
             return Err(ProtocolError::Missing("branch_id"));
         }
-        if id.len() > BranchId::MAX_LEN || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if id.len() > BranchId::MAX_LEN
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(ProtocolError::Invalid {
                 field: "branch_id",

@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(BranchResult::from_http(200, "{}"), BranchResult::Success);
         assert_eq!(BranchResult::from_http(200, r#"{"dtm_result":"SUCCESS"}"#), BranchResult::Success);
         assert!(matches!(BranchResult::from_http(409, ""), BranchResult::Failure(_)));
-        assert!(matches!(BranchResult::from_http(200, r#"{"dtm_result":"FAILURE"}"#), BranchResult::Failure(_)));
+        assert!(matches!(
+            BranchResult::from_http(200, r#"{"dtm_result":"FAILURE"}"#),
+            BranchResult::Failure(_)
+        ));
         assert!(matches!(BranchResult::from_http(500, "FAILURE"), BranchResult::Failure(_)));
         assert_eq!(BranchResult::from_http(425, ""), BranchResult::Ongoing);
         assert_eq!(BranchResult::from_http(200, "ONGOING"), BranchResult::Ongoing);

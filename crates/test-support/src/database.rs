@@ -88,11 +88,33 @@ pub async fn postgres_database() -> TestDatabase {
     let server_url = tokio::task::spawn_blocking(shared_postgres_url).await.expect("start postgres");
     let name = unique_name();
     let admin = format!("{server_url}/postgres");
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {admin}: {e}"));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
-    TestDatabase { backend: Backend::Postgres, url: format!("{server_url}/{name}"), name, server_url, _dir: None }
+    // Retried: a server that has just started may still refuse sessions, and
+    // CREATE DATABASE can fail while another one copies template1.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let created = async {
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match created {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                tracing::debug!("create database {name} on {admin} (attempt {attempt}): {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot create a database on PostgreSQL at {admin}: {e}"),
+        }
+    }
+    TestDatabase {
+        backend: Backend::Postgres,
+        url: format!("{server_url}/{name}"),
+        name,
+        server_url,
+        _dir: None,
+    }
 }
 
 /// A new SQLite database file in a temp directory.
@@ -107,4 +129,3 @@ pub fn sqlite_database() -> TestDatabase {
         _dir: Some(dir),
     }
 }
-

@@ -28,7 +28,9 @@ mod mariadb;
 mod postgres;
 mod process;
 
-pub use database::{Backend, TestDatabase, mysql_database, mysql_database_on, postgres_database, sqlite_database};
+pub use database::{
+    Backend, TestDatabase, mysql_database, mysql_database_on, postgres_database, sqlite_database,
+};
 pub use etcd::Etcd;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;

@@ -25,9 +25,19 @@ impl MariaDb {
         let install_db = find_binary("mariadb-install-db", &[], "mariadb-server");
         let dir = tempfile::Builder::new().prefix("test-mariadb-").tempdir().expect("temp dir");
         let data = dir.path().join("data");
+        // A private tmpdir: bootstraps running side by side in the shared /tmp
+        // collide on their temporary tables ("Unknown table mysql.tmp_user_sys").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("create mariadb tmpdir");
         let output = std::process::Command::new(&install_db)
-            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("run mariadb-install-db");
         assert!(
@@ -54,6 +64,7 @@ impl MariaDb {
             "--bind-address=127.0.0.1".to_string(),
             format!("--socket={}", self.dir.path().join("mysqld.sock").display()),
             format!("--pid-file={}", self.dir.path().join("mysqld.pid").display()),
+            format!("--tmpdir={}", self.dir.path().join("tmp").display()),
             "--user=root".to_string(),
             "--skip-name-resolve".to_string(),
             "--skip-log-bin".to_string(),

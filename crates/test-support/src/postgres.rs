@@ -67,6 +67,12 @@ impl Postgres {
         if !wait_for_port(port, Duration::from_secs(60)) {
             panic!("postgres did not start on port {port}:\n{}", tail(&log));
         }
+        // The port opens before the server accepts sessions: until recovery
+        // ends, connections fail with "the database system is starting up".
+        let pg_isready = find_binary("pg_isready", DIRS, "postgresql");
+        if !wait_until_ready(&pg_isready, port, Duration::from_secs(60)) {
+            panic!("postgres on port {port} never became ready:\n{}", tail(&log));
+        }
         Postgres { _dir: dir, port, _process: process }
     }
 
@@ -74,6 +80,22 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
+}
+
+/// Polls `pg_isready` (exit 0: accepting sessions) until the deadline.
+fn wait_until_ready(pg_isready: &str, port: u16, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let ready = std::process::Command::new(pg_isready)
+            .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 fn is_root() -> bool {

@@ -1,0 +1,57 @@
+-- Coordinator storage, MySQL / MariaDB. Same tables, columns and keys as dtm's
+-- sqls/dtmsvr.storage.mysql.sql, so dtm's tooling and admin UI can read them.
+-- Applied at every start: every statement is idempotent (IF NOT EXISTS).
+-- All times are UTC (dtm writes the server's local time; see the crate docs).
+CREATE TABLE IF NOT EXISTS trans_global (
+  id bigint(22) NOT NULL AUTO_INCREMENT,
+  gid varchar(128) NOT NULL COMMENT 'global transaction id',
+  trans_type varchar(45) NOT NULL COMMENT 'saga, xa, tcc, msg, workflow',
+  status varchar(12) NOT NULL COMMENT 'prepared, submitted, aborting, succeed, failed',
+  query_prepared varchar(1024) NOT NULL COMMENT 'msg check-back URL',
+  protocol varchar(45) NOT NULL COMMENT 'http, grpc, json-rpc',
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  finish_time datetime DEFAULT NULL,
+  rollback_time datetime DEFAULT NULL,
+  options varchar(1024) DEFAULT '' COMMENT 'JSON of the transaction options',
+  custom_data varchar(1024) DEFAULT '' COMMENT 'saga orders, msg delay',
+  next_cron_interval int(11) DEFAULT NULL COMMENT 'current retry interval, seconds',
+  next_cron_time datetime DEFAULT NULL COMMENT 'when recovery may pick it up (the lease expiry)',
+  owner varchar(128) NOT NULL DEFAULT '' COMMENT 'lease token of the poll that leased it',
+  ext_data TEXT,
+  result varchar(1024) DEFAULT '',
+  rollback_reason varchar(1024) DEFAULT '',
+  PRIMARY KEY (id),
+  UNIQUE KEY gid (gid),
+  KEY owner (owner),
+  KEY status_next_cron_time (status, next_cron_time)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS trans_branch_op (
+  id bigint(22) NOT NULL AUTO_INCREMENT,
+  gid varchar(128) NOT NULL,
+  url varchar(1024) NOT NULL,
+  data TEXT,
+  bin_data BLOB,
+  branch_id VARCHAR(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  status varchar(45) NOT NULL,
+  finish_time datetime DEFAULT NULL,
+  rollback_time datetime DEFAULT NULL,
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY gid_uniq (gid, branch_id, op)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS kv (
+  id bigint(22) NOT NULL AUTO_INCREMENT,
+  cat varchar(45) NOT NULL,
+  k varchar(128) NOT NULL,
+  v TEXT,
+  version bigint(22) DEFAULT 1,
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY uniq_k (cat, k)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

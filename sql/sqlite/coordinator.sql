@@ -1,0 +1,54 @@
+-- Coordinator storage, SQLite (the embedded default). dtm has no SQLite
+-- schema; this mirrors the MySQL one column for column. Times are UTC text
+-- 'YYYY-MM-DDTHH:MM:SS+00:00' (whole seconds, so text order = time order).
+-- Applied at every start: every statement is idempotent (IF NOT EXISTS).
+CREATE TABLE IF NOT EXISTS trans_global (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  gid varchar(128) NOT NULL,
+  trans_type varchar(45) NOT NULL,
+  status varchar(12) NOT NULL,
+  query_prepared varchar(1024) NOT NULL,
+  protocol varchar(45) NOT NULL,
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  finish_time datetime DEFAULT NULL,
+  rollback_time datetime DEFAULT NULL,
+  options varchar(1024) DEFAULT '',
+  custom_data varchar(1024) DEFAULT '',
+  next_cron_interval int DEFAULT NULL,
+  next_cron_time datetime DEFAULT NULL,
+  owner varchar(128) NOT NULL DEFAULT '',
+  ext_data TEXT,
+  result varchar(1024) DEFAULT '',
+  rollback_reason varchar(1024) DEFAULT '',
+  CONSTRAINT gid UNIQUE (gid)
+);
+CREATE INDEX IF NOT EXISTS owner ON trans_global (owner);
+CREATE INDEX IF NOT EXISTS status_next_cron_time ON trans_global (status, next_cron_time);
+
+CREATE TABLE IF NOT EXISTS trans_branch_op (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  gid varchar(128) NOT NULL,
+  url varchar(1024) NOT NULL,
+  data TEXT,
+  bin_data BLOB,
+  branch_id varchar(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  status varchar(45) NOT NULL,
+  finish_time datetime DEFAULT NULL,
+  rollback_time datetime DEFAULT NULL,
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  CONSTRAINT gid_uniq UNIQUE (gid, branch_id, op)
+);
+
+CREATE TABLE IF NOT EXISTS kv (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  cat varchar(45) NOT NULL,
+  k varchar(128) NOT NULL,
+  v TEXT,
+  version bigint DEFAULT 1,
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  CONSTRAINT uniq_k UNIQUE (cat, k)
+);
