@@ -1,0 +1,81 @@
+//! dtm's gRPC API (`/dtmgimp.Dtm/*`), as `dtmgrpc` calls it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use barrier::Gid;
+use discovery::ChannelCache;
+use proto::dtmgimp::dtm_client::DtmClient as RawDtmClient;
+use tonic::transport::Channel;
+
+use crate::{ClientError, TransRequest};
+
+/// A client of dtm's gRPC port (36790), reached at `host:port` or through
+/// etcd (`etcd://127.0.0.1:2379/dtmservice`, where dtm registers itself).
+///
+/// The channel is looked up in a shared [`ChannelCache`] on every call (a map
+/// lookup and a handle clone), so a coordinator that registers after we
+/// start, or moves, is found without restarting.
+#[derive(Debug, Clone)]
+pub struct GrpcDtm {
+    /// `host:port` or `etcd://hosts/key`.
+    address: String,
+    /// Where channels (and etcd resolvers) are kept.
+    channels: ChannelCache,
+    /// Deadline of each call to dtm.
+    timeout: Duration,
+}
+
+impl GrpcDtm {
+    /// A client for `address` (validated now, dialled lazily).
+    pub fn new(address: &str, channels: ChannelCache, timeout: Duration) -> Result<GrpcDtm, ClientError> {
+        discovery::Target::parse(address).map_err(ClientError::from_discovery)?;
+        Ok(GrpcDtm { address: address.to_string(), channels, timeout })
+    }
+
+    /// The coordinator's address as configured.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// `NewGid`: a fresh gid from dtm.
+    pub async fn new_gid(&self) -> Result<Gid, ClientError> {
+        let mut client = self.client().await?;
+        let reply = self.call(client.new_gid(self.request(()))).await?;
+        Gid::new(reply.gid).map_err(|err| ClientError::Other(format!("dtm returned a bad gid: {err}")))
+    }
+
+    /// `Submit`: hands the transaction to dtm.
+    pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.submit(self.request(request.to_grpc()))).await
+    }
+
+    async fn client(&self) -> Result<RawDtmClient<Channel>, ClientError> {
+        let channel = self.channels.get(&self.address).await.map_err(ClientError::from_discovery)?;
+        Ok(RawDtmClient::new(channel))
+    }
+
+    /// Wraps a message with our deadline (also sent as `grpc-timeout`).
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    /// Enforces the deadline locally too: with no live instance a balanced
+    /// channel waits, and an unreachable peer may take long to refuse.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(&status)),
+            Err(_) => Err(ClientError::Unavailable(format!(
+                "no answer from dtm at {} within {:?}",
+                self.address, self.timeout
+            ))),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! dtm's HTTP API (`/api/dtmsvr/*`), as `dtmcli` calls it.
+
+use std::time::Duration;
+
+use barrier::Gid;
+use serde::Deserialize;
+
+use crate::{ClientError, QueryResult, TransRequest};
+
+/// A client of dtm's HTTP port, e.g. `http://127.0.0.1:36789/api/dtmsvr`.
+#[derive(Debug, Clone)]
+pub struct HttpDtm {
+    /// Base URL without trailing `/`.
+    base: String,
+    /// Reused connection pool.
+    client: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct GidReply {
+    gid: String,
+}
+
+impl HttpDtm {
+    /// A client for the base URL `base` (…`/api/dtmsvr`), with `timeout`
+    /// per request.
+    pub fn new(base: &str, timeout: Duration) -> Result<HttpDtm, ClientError> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::InvalidArgument(format!(
+                "dtm HTTP address {base:?} must start with http(s)://"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
+        Ok(HttpDtm { base: base.trim_end_matches('/').to_string(), client })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /newGid`.
+    pub async fn new_gid(&self) -> Result<Gid, ClientError> {
+        let body = self.send(self.client.get(format!("{}/newGid", self.base))).await?;
+        let reply: GidReply = serde_json::from_str(&body)
+            .map_err(|err| ClientError::Other(format!("unreadable newGid reply {body:?}: {err}")))?;
+        Gid::new(reply.gid).map_err(|err| ClientError::Other(format!("dtm returned a bad gid: {err}")))
+    }
+
+    /// `POST /submit` with dtm's JSON body.
+    pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
+        let body = request.to_http_json()?;
+        let post = self
+            .client
+            .post(format!("{}/submit", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(post).await.map(drop)
+    }
+
+    /// `GET /query?gid=…`: the transaction and its branches.
+    pub async fn query(&self, gid: &Gid) -> Result<QueryResult, ClientError> {
+        let get = self.client.get(format!("{}/query", self.base)).query(&[("gid", gid.as_str())]);
+        let body = self.send(get).await?;
+        serde_json::from_str(&body)
+            .map_err(|err| ClientError::Other(format!("unreadable query reply: {err}")))
+    }
+
+    /// Sends, reads the body, and applies dtm's result rules.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
+        let response = request.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        match ClientError::from_http(status, &body) {
+            Some(err) => Err(err),
+            None => Ok(body),
+        }
+    }
+}
