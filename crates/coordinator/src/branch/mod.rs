@@ -1,0 +1,215 @@
+//! The branch caller: delivers one operation to one branch and classifies the answer.
+//!
+//! Every call carries dtm's four protocol values — `gid`, `trans_type`,
+//! `branch_id`, `op` — as HTTP query parameters or as `dtm-` gRPC metadata,
+//! plus the transaction's `branch_headers`. The answer becomes a
+//! [`BranchResult`] through the barrier crate's `from_http` / `from_grpc`, so
+//! the coordinator and the branches agree on what FAILURE and ONGOING look
+//! like. Connections are pooled: one shared `reqwest::Client`, and one
+//! lazily connected tonic `Channel` per gRPC server string.
+
+mod codec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use barrier::{BranchId, BranchResult, Gid, Op, TransType};
+use bytes::Bytes;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::model::{BranchTarget, BranchUrl, GrpcTarget};
+
+pub use codec::{DiscardDecoder, RawCodec, RawEncoder};
+
+/// Why a channel to a discovery target could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolveError(pub String);
+
+/// Turns a discovery server string (`etcd://h1:2379,h2:2379/order.rpc`) into
+/// a balanced channel. The coordinator itself dials only `host:port`
+/// servers; [`discovery::ChannelCache`] (etcd, go-zero's key layout) is the
+/// implementation used by default.
+#[async_trait::async_trait]
+pub trait BranchResolver: Send + Sync + 'static {
+    /// A channel to `server`, called on every call to such a server: the
+    /// resolver caches channels itself and may refuse a target whose
+    /// instances have all gone.
+    async fn channel(&self, server: &str) -> Result<Channel, ResolveError>;
+}
+
+#[async_trait::async_trait]
+impl BranchResolver for discovery::ChannelCache {
+    async fn channel(&self, server: &str) -> Result<Channel, ResolveError> {
+        self.get(server).await.map_err(|e| ResolveError(e.to_string()))
+    }
+}
+
+/// One branch operation to deliver.
+#[derive(Debug, Clone, Copy)]
+pub struct BranchCall<'a> {
+    /// Where to send it.
+    pub url: &'a BranchUrl,
+    /// Request body / gRPC message, verbatim.
+    pub payload: &'a [u8],
+    /// Global id.
+    pub gid: &'a Gid,
+    /// Transaction type.
+    pub trans_type: TransType,
+    /// Branch id.
+    pub branch_id: &'a BranchId,
+    /// Operation.
+    pub op: Op,
+    /// Extra headers / metadata.
+    pub headers: &'a BTreeMap<String, String>,
+    /// Call deadline.
+    pub timeout: Duration,
+}
+
+/// Calls branches over HTTP and gRPC, reusing connections. Cheap to clone.
+#[derive(Clone)]
+pub struct BranchCaller {
+    /// One client for all HTTP branches: its pool keeps connections alive.
+    http: reqwest::Client,
+    /// gRPC channels by server string; a `Channel` multiplexes calls over one HTTP/2 connection.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Resolver for `etcd://` servers, if discovery is configured.
+    resolver: Option<Arc<dyn BranchResolver>>,
+}
+
+impl std::fmt::Debug for BranchCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BranchCaller").field("has_resolver", &self.resolver.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl BranchCaller {
+    /// A caller; `resolver` handles discovery URLs (`etcd://…`).
+    pub fn new(resolver: Option<Arc<dyn BranchResolver>>) -> Result<BranchCaller, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        Ok(BranchCaller { http, channels: Arc::default(), resolver })
+    }
+
+    /// Whether URLs of this shape can be called at all (checked at submit).
+    pub fn supports(&self, url: &BranchUrl) -> Result<(), String> {
+        match url.target() {
+            BranchTarget::Grpc(t) if t.needs_discovery() && self.resolver.is_none() => {
+                Err("etcd:// branch URLs need the etcd resolver".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Delivers one operation. Never fails: transport problems are `Retry`.
+    pub async fn call(&self, call: &BranchCall<'_>) -> BranchResult {
+        match call.url.target() {
+            BranchTarget::Empty => BranchResult::Success,
+            BranchTarget::Http(url) => self.call_http(url, call).await,
+            BranchTarget::Grpc(target) => self.call_grpc(target, call).await,
+        }
+    }
+
+    async fn call_http(&self, url: &url::Url, call: &BranchCall<'_>) -> BranchResult {
+        let mut url = url.clone();
+        url.query_pairs_mut()
+            .append_pair("gid", call.gid.as_str())
+            .append_pair("trans_type", call.trans_type.as_str())
+            .append_pair("branch_id", call.branch_id.as_str())
+            .append_pair("op", call.op.as_str());
+        // dtm's rule: POST when there is a body, GET otherwise.
+        let mut request = if call.payload.is_empty() {
+            self.http.get(url)
+        } else {
+            self.http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(call.payload.to_vec())
+        };
+        for (name, value) in call.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        match request.timeout(call.timeout).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.text().await {
+                    Ok(body) => BranchResult::from_http(status, &body),
+                    Err(e) => BranchResult::Retry(format!("reading HTTP {status} reply: {e}")),
+                }
+            }
+            Err(e) => BranchResult::Retry(format!("HTTP request failed: {e}")),
+        }
+    }
+
+    /// The channel for a `host:port` server: created once (lazily
+    /// connected), then cloned — clones share the HTTP/2 connection.
+    fn direct_channel(&self, server: &str) -> Result<Channel, ResolveError> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(server) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{server}"))
+            .map_err(|e| ResolveError(format!("bad gRPC server {server:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(server.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn channel(&self, target: &GrpcTarget) -> Result<Channel, ResolveError> {
+        if !target.needs_discovery() {
+            return self.direct_channel(&target.server);
+        }
+        match &self.resolver {
+            Some(resolver) => resolver.channel(&target.server).await,
+            None => Err(ResolveError("etcd:// branch URLs need the etcd resolver".into())),
+        }
+    }
+
+    async fn call_grpc(&self, target: &GrpcTarget, call: &BranchCall<'_>) -> BranchResult {
+        let channel = match self.channel(target).await {
+            Ok(channel) => channel,
+            Err(e) => return BranchResult::Retry(e.0),
+        };
+        let path = match http::uri::PathAndQuery::try_from(target.method.as_str()) {
+            Ok(path) => path,
+            Err(e) => return BranchResult::Retry(format!("bad method path {:?}: {e}", target.method)),
+        };
+        let mut request = tonic::Request::new(Bytes::copy_from_slice(call.payload));
+        request.set_timeout(call.timeout);
+        let metadata = request.metadata_mut();
+        for (key, value) in [
+            ("dtm-gid", call.gid.as_str()),
+            ("dtm-trans_type", call.trans_type.as_str()),
+            ("dtm-branch_id", call.branch_id.as_str()),
+            ("dtm-op", call.op.as_str()),
+            ("dtm-dtm", ""),
+        ]
+        .into_iter()
+        .chain(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        {
+            let (Ok(key), Ok(value)) =
+                (AsciiMetadataKey::from_bytes(key.as_bytes()), AsciiMetadataValue::try_from(value))
+            else {
+                return BranchResult::Retry(format!("metadata {key:?} is not valid ASCII metadata"));
+            };
+            metadata.insert(key, value);
+        }
+        let mut grpc = tonic::client::Grpc::new(channel);
+        let outcome = tokio::time::timeout(call.timeout, async {
+            grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+            grpc.unary::<Bytes, (), _>(request, path, RawCodec).await
+        })
+        .await;
+        match outcome {
+            Ok(result) => BranchResult::from_grpc(result.as_ref().map(|_| ())),
+            Err(_) => BranchResult::Retry(format!("no reply within {:?}", call.timeout)),
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! The coordinator's configuration: dtm's key names, our defaults, strict validation.
+//!
+//! A dtm `conf.yml` is valid here as long as it only uses keys we implement:
+//!
+//! ```yaml
+//! HttpPort: 36789
+//! GrpcPort: 36790
+//! Store:
+//!   Driver: mysql
+//!   Host: localhost
+//!   Port: 3306
+//!   User: root
+//!   Password: ${MYSQL_PASSWORD}
+//!   Db: dtm
+//! MicroService:
+//!   Driver: dtm-driver-gozero
+//!   Target: etcd://localhost:2379/dtmservice
+//!   EndPoint: localhost:36790
+//! ```
+//!
+//! Where the values come from, lowest priority first (dtm's order):
+//!
+//! 1. built-in defaults ([`Config::default`]);
+//! 2. environment variables named after the YAML path in UPPER_SNAKE case —
+//!    `Store.Driver` → `STORE_DRIVER`, `MicroService.EndPoint` →
+//!    `MICRO_SERVICE_END_POINT`, `HttpPort` → `HTTP_PORT`. The mapping is
+//!    derived from the structure itself ([`env_var_name`]), so a key added to
+//!    [`Config`] is automatically overridable;
+//! 3. the YAML file given with `-f`/`-c`: a key present in the file wins over
+//!    the environment, exactly as in dtm (`loadFromEnv` runs first, then the
+//!    file is unmarshalled on top).
+//!
+//! The file may contain `${VAR}` and `${VAR:-default}` placeholders,
+//! expanded from the environment before parsing, exactly as in every other
+//! service of this workspace (`service_kit::config::expand_env`; quote a
+//! placeholder whose value may contain YAML syntax).
+//! Unknown keys are errors: a typo such as `Stroe:` must not silently mean
+//! "use the defaults".
+//!
+//! Where we deliberately differ from dtm:
+//!
+//! * the embedded default store is SQLite (`./coordinator.db`), not BoltDB;
+//! * `RetryInterval` may be as small as 1 s (dtm requires ≥ 10) so that tests
+//!   and demos do not wait; production should keep dtm's 10;
+//! * `MaxRetryInterval` caps the exponential backoff (dtm doubles forever);
+//! * `ListenHost`, `AuthToken`, `MaxBodyBytes`, `MaxConcurrentRequests`,
+//!   `MaxConnections`, `ApiTimeout` are our additions.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::{Mapping, Value};
+
+/// Everything that can be wrong with a configuration. Each message names the
+/// key (in dtm's spelling) so the operator knows which line to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given on the command line.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML (or a value from the environment) does not fit the schema:
+    /// wrong type, unknown key, …
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A `${VAR}` placeholder names an unset variable or is malformed
+    /// (the message gives file and line).
+    #[error(transparent)]
+    Placeholder(#[from] service_kit::ConfigError),
+    /// A value parsed but is not acceptable.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// Dotted key path in dtm's spelling, e.g. `Store.Host`.
+        key: &'static str,
+        /// What is wrong and, where possible, what would be right.
+        message: String,
+    },
+}
+
+/// A string that must never reach a log: its `Debug` and `Display` print `***`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (a DSN, a comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the secret is the empty string (i.e. not configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// The whole coordinator configuration (top level of the YAML file).
+///
+/// All durations are whole seconds, as in dtm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// Address both listeners bind to. `0.0.0.0` serves every interface;
+    /// tests use `127.0.0.1`.
+    pub listen_host: String,
+    /// HTTP API port (dtm: 36789). 0 picks a free port (tests).
+    pub http_port: u16,
+    /// gRPC API port (dtm: 36790). 0 picks a free port (tests).
+    pub grpc_port: u16,
+    /// Where transactions are stored.
+    pub store: StoreConfig,
+    /// Base retry interval and recovery lease length (dtm default 10 s).
+    pub retry_interval: u64,
+    /// Upper bound of the doubling backoff after transient branch errors.
+    /// dtm has no cap (an outage of a day leads to day-long waits); we cap.
+    pub max_retry_interval: u64,
+    /// Default timeout of prepared TCC/XA/msg transactions (dtm: 35 s).
+    /// Sagas only time out when the request carries `timeout_to_fail`.
+    pub timeout_to_fail: u64,
+    /// Default timeout of one branch call (dtm: 3 s).
+    pub request_timeout: u64,
+    /// How long the recovery poller sleeps when nothing is due (dtm: 3 s).
+    pub trans_cron_interval: u64,
+    /// Self-registration in service discovery (go-zero etcd format).
+    pub micro_service: MicroServiceConfig,
+    /// `trace`, `debug`, `info`, `warn` or `error`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// When non-empty, every API call (HTTP and gRPC, except health checks,
+    /// `/api/ping` and `/api/metrics`) must carry `Authorization: Bearer <token>`.
+    /// dtm has no authentication at all; leave empty for dtm behaviour.
+    pub auth_token: Secret,
+    /// Largest accepted HTTP request body / gRPC message, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests processed at once per listener; more are refused immediately
+    /// (HTTP 503 / gRPC `RESOURCE_EXHAUSTED`) instead of queueing without bound.
+    pub max_concurrent_requests: usize,
+    /// Open client connections per listener; further connections wait in the
+    /// kernel's accept queue until one closes.
+    pub max_connections: usize,
+    /// Upper bound on one API request, including `wait_result` submits.
+    pub api_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen_host: "0.0.0.0".into(),
+            http_port: 36789,
+            grpc_port: 36790,
+            store: StoreConfig::default(),
+            retry_interval: 10,
+            max_retry_interval: 60,
+            timeout_to_fail: 35,
+            request_timeout: 3,
+            trans_cron_interval: 3,
+            micro_service: MicroServiceConfig::default(),
+            log_level: "info".into(),
+            auth_token: Secret::default(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            max_connections: 10_000,
+            api_timeout: 30,
+        }
+    }
+}
+
+/// Which database holds the transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDriver {
+    /// Embedded, single instance (our replacement for dtm's BoltDB default).
+    Sqlite,
+    /// MySQL or MariaDB; several coordinators may share it.
+    Mysql,
+    /// PostgreSQL; several coordinators may share it.
+    Postgres,
+}
+
+impl StoreDriver {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreDriver::Sqlite => "sqlite",
+            StoreDriver::Mysql => "mysql",
+            StoreDriver::Postgres => "postgres",
+        }
+    }
+}
+
+/// dtm's `Store` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (default), `mysql` or `postgres`.
+    pub driver: StoreDriver,
+    /// Database server host (mysql/postgres).
+    pub host: String,
+    /// Database server port (mysql/postgres). Required, as in dtm: no
+    /// driver default is assumed.
+    pub port: u16,
+    /// Database user (mysql/postgres).
+    pub user: String,
+    /// Database password; redacted in every log line.
+    pub password: Secret,
+    /// Database name (mysql/postgres), or the SQLite file path.
+    pub db: String,
+    /// PostgreSQL schema (`search_path`), dtm default `public`.
+    pub schema: String,
+    /// Connection pool size.
+    pub max_open_conns: u32,
+    /// Connections kept open while idle.
+    pub max_idle_conns: u32,
+    /// Minutes after which a pooled connection is replaced.
+    pub conn_max_life_time: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            driver: StoreDriver::Sqlite,
+            host: String::new(),
+            port: 0,
+            user: String::new(),
+            password: Secret::default(),
+            db: String::new(),
+            schema: "public".into(),
+            max_open_conns: 64,
+            max_idle_conns: 16,
+            conn_max_life_time: 5,
+        }
+    }
+}
+
+/// Default SQLite file when `Store.Db` is empty.
+pub const DEFAULT_SQLITE_FILE: &str = "./coordinator.db";
+
+impl StoreConfig {
+    /// The sqlx connection URL. It contains the password: pass it to the
+    /// store and never log it (log [`StoreConfig::describe`] instead).
+    pub fn url(&self) -> Secret {
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
+        let credentials = if self.password.is_empty() {
+            enc(&self.user)
+        } else {
+            format!("{}:{}", enc(&self.user), enc(self.password.expose()))
+        };
+        Secret::new(match self.driver {
+            StoreDriver::Sqlite => {
+                let path = if self.db.is_empty() { DEFAULT_SQLITE_FILE } else { &self.db };
+                format!("sqlite://{path}?mode=rwc")
+            }
+            StoreDriver::Mysql => {
+                format!("mysql://{credentials}@{}:{}/{}", self.host, self.port, self.database())
+            }
+            StoreDriver::Postgres => format!(
+                "postgres://{credentials}@{}:{}/{}?options=-csearch_path%3D{}",
+                self.host,
+                self.port,
+                self.database(),
+                enc(&self.schema)
+            ),
+        })
+    }
+
+    /// A loggable description: driver, host, port, database — no password.
+    pub fn describe(&self) -> String {
+        match self.driver {
+            StoreDriver::Sqlite => {
+                format!("sqlite {}", if self.db.is_empty() { DEFAULT_SQLITE_FILE } else { &self.db })
+            }
+            driver => {
+                format!("{} {}@{}:{}/{}", driver.as_str(), self.user, self.host, self.port, self.database())
+            }
+        }
+    }
+
+    /// dtm's default database name is `dtm`.
+    fn database(&self) -> &str {
+        if self.db.is_empty() { "dtm" } else { &self.db }
+    }
+}
+
+/// Characters escaped in the user-info part of a DSN (`@`, `:`, `/`, …).
+const USERINFO: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// dtm's `MicroService` block: how the coordinator announces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+pub struct MicroServiceConfig {
+    /// `default` (no registration) or `dtm-driver-gozero` (etcd, go-zero format).
+    pub driver: String,
+    /// `etcd://host1:2379,host2:2379/dtmservice`; empty = do not register.
+    pub target: String,
+    /// The address clients should dial, published verbatim (e.g. `dtm:36790`).
+    #[serde(rename = "EndPoint")]
+    pub end_point: String,
+}
+
+impl Default for MicroServiceConfig {
+    fn default() -> MicroServiceConfig {
+        MicroServiceConfig { driver: "default".into(), target: String::new(), end_point: String::new() }
+    }
+}
+
+/// Name of dtm's go-zero discovery driver.
+pub const GOZERO_DRIVER: &str = "dtm-driver-gozero";
+
+/// A parsed `MicroService.Target`: where to register and under which key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationTarget {
+    /// etcd endpoints, `host:port`.
+    pub hosts: Vec<String>,
+    /// The service key (`dtmservice`); instances live under `<key>/<lease id>`.
+    pub key: String,
+    /// The address published as the value.
+    pub end_point: String,
+}
+
+impl MicroServiceConfig {
+    /// The registration to perform, if any (`None` for the `default` driver or
+    /// an empty target — dtm's go-zero driver also does nothing then).
+    pub fn registration(&self) -> Result<Option<RegistrationTarget>, ConfigError> {
+        match self.driver.as_str() {
+            "" | "default" => return Ok(None),
+            GOZERO_DRIVER => {}
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "MicroService.Driver",
+                    message: format!("unsupported driver {other:?}; use \"default\" or \"{GOZERO_DRIVER}\""),
+                });
+            }
+        }
+        if self.target.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |message: String| ConfigError::Invalid { key: "MicroService.Target", message };
+        // Parsed by hand: `url` refuses the comma-separated host list that
+        // go-zero puts in the authority (`etcd://h1:2379,h2:2379/key`).
+        let (scheme, rest) = self.target.split_once("://").unwrap_or(("", &self.target));
+        if scheme != "etcd" && scheme != "discov" {
+            return Err(invalid(format!(
+                "{:?}: only etcd://host:port[,host:port]/key is supported (consul and nacos are not)",
+                self.target
+            )));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if path.contains('?') {
+            return Err(invalid(format!(
+                "{:?}: etcd user/password in the query are not supported",
+                self.target
+            )));
+        }
+        let key = path.trim_end_matches('/');
+        let hosts: Vec<String> =
+            authority.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
+        if hosts.is_empty() || hosts.iter().any(|h| !h.contains(':')) {
+            return Err(invalid(format!("{:?} must name etcd hosts as host:port", self.target)));
+        }
+        if key.is_empty() || key.contains('/') {
+            return Err(invalid(format!("{:?}: the key must be exactly one path segment", self.target)));
+        }
+        if self.end_point.is_empty() || !self.end_point.contains(':') {
+            return Err(ConfigError::Invalid {
+                key: "MicroService.EndPoint",
+                message: format!("{:?} must be the host:port clients dial, e.g. dtm:36790", self.end_point),
+            });
+        }
+        Ok(Some(RegistrationTarget { hosts, key: key.to_string(), end_point: self.end_point.clone() }))
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the environment, then the
+    /// file (if any, after `${VAR}` expansion), then [`Config::validate`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+            ),
+            None => None,
+        };
+        let file = path.zip(file.as_deref());
+        Config::from_sources(file, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the file (path, text) and the environment
+    /// passed in, so tests do not have to mutate the process environment.
+    pub fn from_sources(
+        file: Option<(&Path, &str)>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let defaults =
+            serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut merged = Value::Mapping(Mapping::new());
+        apply_env(&defaults, &mut merged, "", &env)?;
+        if let Some((path, text)) = file {
+            // The same `${VAR}` / `${VAR:-default}` expansion as every other
+            // service of the workspace: textual, before parsing, comments skipped.
+            let text = service_kit::config::expand_env(path, text, &env)?;
+            let from_file: Value =
+                serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            match from_file {
+                Value::Null => {}
+                Value::Mapping(_) => merge(&mut merged, from_file),
+                _ => return Err(ConfigError::Parse("the top level must be a mapping of keys".into())),
+            }
+        }
+        let config = typed(merged)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks cross-field rules with messages that name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        if self.retry_interval < 1 {
+            return invalid(
+                "RetryInterval",
+                "must be at least 1 second (dtm requires 10; we allow less for tests)",
+            );
+        }
+        if self.max_retry_interval < self.retry_interval {
+            return invalid("MaxRetryInterval", "must be at least RetryInterval");
+        }
+        if self.timeout_to_fail < self.retry_interval {
+            return invalid("TimeoutToFail", "must be at least RetryInterval (as in dtm)");
+        }
+        if self.request_timeout < 1 {
+            return invalid("RequestTimeout", "must be at least 1 second");
+        }
+        if self.trans_cron_interval < 1 {
+            return invalid("TransCronInterval", "must be at least 1 second");
+        }
+        if self.api_timeout < 1 {
+            return invalid("ApiTimeout", "must be at least 1 second");
+        }
+        if self.listen_host.parse::<std::net::IpAddr>().is_err() {
+            return invalid("ListenHost", "must be an IP address such as 0.0.0.0 or 127.0.0.1");
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("MaxBodyBytes", "must be at least 1024");
+        }
+        if self.max_concurrent_requests == 0 {
+            return invalid("MaxConcurrentRequests", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("MaxConnections", "must be at least 1");
+        }
+        if !["trace", "debug", "info", "warn", "error"]
+            .contains(&self.log_level.to_ascii_lowercase().as_str())
+        {
+            return invalid("LogLevel", "must be one of trace, debug, info, warn, error");
+        }
+        let store = &self.store;
+        if store.driver != StoreDriver::Sqlite {
+            if store.host.is_empty() {
+                return invalid("Store.Host", "is required for mysql and postgres");
+            }
+            if store.port == 0 {
+                return invalid("Store.Port", "is required for mysql and postgres");
+            }
+            if store.user.is_empty() {
+                return invalid("Store.User", "is required for mysql and postgres");
+            }
+        }
+        if store.max_open_conns == 0 {
+            return invalid("Store.MaxOpenConns", "must be at least 1");
+        }
+        self.micro_service.registration()?;
+        Ok(())
+    }
+
+    /// [`Config::retry_interval`] as a [`Duration`].
+    pub fn retry_interval(&self) -> Duration {
+        Duration::from_secs(self.retry_interval)
+    }
+
+    /// [`Config::api_timeout`] as a [`Duration`].
+    pub fn api_timeout(&self) -> Duration {
+        Duration::from_secs(self.api_timeout)
+    }
+
+    /// The bearer token, if authentication is on.
+    pub fn auth_token(&self) -> Option<&Secret> {
+        (!self.auth_token.is_empty()).then_some(&self.auth_token)
+    }
+}
+
+/// Converts the merged tree into [`Config`]. serde's message for a wrong
+/// type ("invalid type: string, expected u16") does not say *where*; on
+/// error, each top-level key is tried alone to name the culprit.
+fn typed(merged: Value) -> Result<Config, ConfigError> {
+    match serde_yaml_ng::from_value::<Config>(merged.clone()) {
+        Ok(config) => Ok(config),
+        Err(whole) => {
+            if let Value::Mapping(map) = merged {
+                for (key, value) in map {
+                    let mut single = Mapping::new();
+                    let name = key.as_str().unwrap_or("?").to_string();
+                    single.insert(key, value);
+                    if let Err(e) = serde_yaml_ng::from_value::<Config>(Value::Mapping(single)) {
+                        return Err(ConfigError::Parse(format!("{name}: {e}")));
+                    }
+                }
+            }
+            Err(ConfigError::Parse(whole.to_string()))
+        }
+    }
+}
+
+/// `MicroService` → `MICRO_SERVICE`, `EndPoint` → `END_POINT`, `Db` → `DB`:
+/// an underscore before every capital except the first, then upper case
+/// (dtm's `toUnderscoreUpper`). Nested keys are joined with `_`.
+pub fn env_var_name(path: &[&str]) -> String {
+    path.iter()
+        .map(|key| {
+            let mut out = String::new();
+            for (i, c) in key.chars().enumerate() {
+                if i > 0 && c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// Walks the defaults; for every leaf whose environment variable is set,
+/// writes the variable's value at the same path into `out`.
+fn apply_env(
+    defaults: &Value,
+    out: &mut Value,
+    prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let Value::Mapping(map) = defaults else { return Ok(()) };
+    for (key, default) in map {
+        let Some(key) = key.as_str() else { continue };
+        let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+        if let Value::Mapping(_) = default {
+            let child = entry(out, key);
+            apply_env(default, child, &path, env)?;
+            if matches!(child, Value::Mapping(m) if m.is_empty()) {
+                remove(out, key);
+            }
+            continue;
+        }
+        let name = env_var_name(&path.split('.').collect::<Vec<_>>());
+        let Some(raw) = env(&name) else { continue };
+        // Numbers and booleans are parsed; everything else stays a string,
+        // even if it looks like a number (a password "1234" must stay text).
+        let value = match default {
+            Value::Number(_) | Value::Bool(_) => serde_yaml_ng::from_str::<Value>(&raw)
+                .ok()
+                .filter(|v| v.is_number() || v.is_bool())
+                .ok_or_else(|| {
+                    ConfigError::Parse(format!("{name}={raw:?} is not a valid value for {path}"))
+                })?,
+            _ => Value::String(raw),
+        };
+        if let Value::Mapping(m) = out {
+            m.insert(Value::String(key.to_string()), value);
+        }
+    }
+    Ok(())
+}
+
+/// The mapping value at `key` in `out`, created empty if absent.
+fn entry<'a>(out: &'a mut Value, key: &str) -> &'a mut Value {
+    if !out.is_mapping() {
+        *out = Value::Mapping(Mapping::new());
+    }
+    let Value::Mapping(m) = out else { unreachable!("just made a mapping") };
+    m.entry(Value::String(key.to_string())).or_insert_with(|| Value::Mapping(Mapping::new()))
+}
+
+fn remove(out: &mut Value, key: &str) {
+    if let Value::Mapping(m) = out {
+        m.remove(key);
+    }
+}
+
+/// Deep-merges `top` over `base` (mappings merge key by key, anything else replaces).
+fn merge(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Mapping(base), Value::Mapping(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_mapping() && value.is_mapping() => merge(existing, value),
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, top) => *base = top,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn file(text: &str) -> Option<(&'static Path, &str)> {
+        Some((Path::new("coordinator.yaml"), text))
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_are_dtms_ports_and_an_embedded_sqlite_store() {
+        let config = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(config.http_port, 36789);
+        assert_eq!(config.grpc_port, 36790);
+        assert_eq!(config.store.driver, StoreDriver::Sqlite);
+        assert_eq!(config.store.url().expose(), "sqlite://./coordinator.db?mode=rwc");
+        assert_eq!(config.micro_service.registration().unwrap(), None);
+    }
+
+    #[test]
+    fn env_names_follow_dtms_upper_snake_rule() {
+        assert_eq!(env_var_name(&["Store", "Driver"]), "STORE_DRIVER");
+        assert_eq!(env_var_name(&["MicroService", "EndPoint"]), "MICRO_SERVICE_END_POINT");
+        assert_eq!(env_var_name(&["HttpPort"]), "HTTP_PORT");
+        assert_eq!(env_var_name(&["Store", "MaxOpenConns"]), "STORE_MAX_OPEN_CONNS");
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment() {
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("HTTP_PORT", "1234"),
+                ("STORE_DRIVER", "mysql"),
+                ("STORE_HOST", "db"),
+                ("STORE_PORT", "3306"),
+                ("STORE_USER", "root"),
+                ("STORE_PASSWORD", "1234"),
+                ("MICRO_SERVICE_DRIVER", "dtm-driver-gozero"),
+                ("MICRO_SERVICE_TARGET", "etcd://e1:2379,e2:2379/dtmservice"),
+                ("MICRO_SERVICE_END_POINT", "dtm:36790"),
+                ("AUTH_TOKEN", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http_port, 1234);
+        assert_eq!(config.store.password.expose(), "1234");
+        assert_eq!(config.store.url().expose(), "mysql://root:1234@db:3306/dtm");
+        assert_eq!(config.auth_token().map(Secret::expose), Some("s3cret"));
+        let registration = config.micro_service.registration().unwrap().unwrap();
+        assert_eq!(registration.hosts, vec!["e1:2379", "e2:2379"]);
+        assert_eq!(registration.key, "dtmservice");
+        assert_eq!(registration.end_point, "dtm:36790");
+    }
+
+    #[test]
+    fn the_file_wins_over_the_environment_like_dtm() {
+        let config =
+            Config::from_sources(file("HttpPort: 1\nRetryInterval: 2\n"), env(&[("HTTP_PORT", "5")]))
+                .unwrap();
+        assert_eq!(config.http_port, 1);
+        assert_eq!(config.retry_interval, 2);
+    }
+
+    #[test]
+    fn variables_are_expanded_in_values() {
+        let yaml =
+            "Store:\n  Driver: mysql\n  Host: ${DB_HOST}\n  Port: 3306\n  User: u\n  Password: \"p-${PW}\"\n";
+        let config = Config::from_sources(file(yaml), env(&[("DB_HOST", "mysql"), ("PW", "x@y")])).unwrap();
+        assert_eq!(config.store.host, "mysql");
+        assert_eq!(config.store.password.expose(), "p-x@y");
+        assert_eq!(config.store.url().expose(), "mysql://u:p-x%40y@mysql:3306/dtm");
+        let err = Config::from_sources(file("Store:\n  Db: ${NOPE}\n"), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key_name() {
+        let cases = [
+            ("Stroe: {}\n", "Stroe"),
+            ("Store:\n  Driver: boltdb\n", "boltdb"),
+            ("Store:\n  Driver: mysql\n  Port: 3306\n  User: u\n", "Store.Host"),
+            ("RetryInterval: 0\n", "RetryInterval"),
+            ("HttpPort: lots\n", "HttpPort"),
+            (
+                "MicroService:\n  Driver: dtm-driver-gozero\n  Target: consul://c:8500/dtm\n",
+                "MicroService.Target",
+            ),
+            (
+                "MicroService:\n  Driver: dtm-driver-gozero\n  Target: etcd://e:2379/dtm\n",
+                "MicroService.EndPoint",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = Config::from_sources(file(yaml), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(expected), "{yaml:?} gave {err:?}, expected mention of {expected:?}");
+        }
+        let err = Config::from_sources(None, env(&[("HTTP_PORT", "x")])).unwrap_err().to_string();
+        assert!(err.contains("HTTP_PORT"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_file_loads() {
+        let text = include_str!("../../../etc/coordinator.yaml");
+        let config = Config::from_sources(file(text), env(&[])).unwrap();
+        let store = StoreConfig {
+            db: "./coordinator.db".into(),
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "root".into(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(config, Config { store, ..Config::default() });
+    }
+
+    #[test]
+    fn the_example_config_file_takes_the_compose_environment() {
+        let text = include_str!("../../../etc/coordinator.yaml");
+        let config = Config::from_sources(
+            file(text),
+            env(&[
+                ("STORE_DRIVER", "mysql"),
+                ("STORE_HOST", "mysql"),
+                ("STORE_PASSWORD", "secret"),
+                ("STORE_DB", "dtm"),
+                ("MICRO_SERVICE_DRIVER", GOZERO_DRIVER),
+                ("MICRO_SERVICE_TARGET", "etcd://etcd:2379/dtmservice"),
+                ("MICRO_SERVICE_END_POINT", "coordinator:36790"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.store.driver, StoreDriver::Mysql);
+        assert_eq!(config.store.url().expose(), "mysql://root:secret@mysql:3306/dtm");
+        let registration = config.micro_service.registration().unwrap().unwrap();
+        assert_eq!(registration.hosts, ["etcd:2379"]);
+        assert_eq!(registration.key, "dtmservice");
+        assert_eq!(registration.end_point, "coordinator:36790");
+    }
+
+    #[test]
+    fn passwords_never_appear_in_debug_output() {
+        let yaml = "AuthToken: tok3n\nStore:\n  Driver: postgres\n  Host: h\n  Port: 5432\n  User: u\n  Password: hunter2\n";
+        let config = Config::from_sources(file(yaml), env(&[])).unwrap();
+        let debug = format!("{config:?} {}", config.store.describe());
+        assert!(!debug.contains("hunter2") && !debug.contains("tok3n"), "{debug}");
+        assert!(config.store.url().expose().contains("hunter2"));
+    }
+}

@@ -1,0 +1,728 @@
+//! The transaction engine: the facade the APIs call, the processing of
+//! passes, and the recovery poller.
+//!
+//! # Life of a saga
+//!
+//! 1. `submit` validates, then [`Store::create`] commits the global row and
+//!    all branch rows at once, with `next_cron_time = now + lease`: this
+//!    instance holds the lease.
+//! 2. The same instance runs a pass right away (in a spawned task, or inline
+//!    for `wait_result`) from the request in memory — no read-back.
+//! 3. A pass that finishes writes the final status together with all branch
+//!    results in one transaction. A pass that cannot finish (a branch is
+//!    down, ONGOING) writes what it learned plus the next `next_cron_time`
+//!    (capped, jittered exponential backoff; see [`retry`]).
+//! 4. The recovery poller of every instance leases due transactions and runs
+//!    passes on them, so a coordinator killed at any instant leaves nothing
+//!    behind that another one will not finish.
+//!
+//! Concurrency is bounded by a semaphore on passes in flight. Double pickup
+//! (a lease that expired during a slow pass) is harmless: status changes are
+//! conditional, branches idempotent.
+
+pub mod gid;
+pub mod observer;
+mod process;
+pub mod retry;
+pub mod saga;
+mod sequence;
+mod settings;
+
+mod error;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use barrier::{Gid, TransType};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use error::EngineError;
+pub use observer::{EngineObserver, NoopObserver};
+pub use settings::EngineSettings;
+
+use self::process::{Core, PassEnd, Work};
+use crate::branch::{BranchCaller, BranchResolver};
+use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
+use crate::store::{
+    self, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewGlobal, Page, ResetCount, Store,
+};
+
+/// `/api/dtmsvr/query`'s answer: the global row (or `null`) and its branches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransDetail {
+    /// The `trans_global` row.
+    pub transaction: Option<GlobalRow>,
+    /// Its branch rows, in id order.
+    pub branches: Vec<BranchRow>,
+}
+
+/// Optional collaborators of an [`Engine`].
+#[derive(Clone)]
+pub struct EngineHooks {
+    /// Metrics sink (default: none).
+    pub observer: Arc<dyn EngineObserver>,
+    /// Resolver for `etcd://` branch URLs (default: a fresh
+    /// [`discovery::ChannelCache`]; `None` refuses such URLs at submit).
+    pub resolver: Option<Arc<dyn BranchResolver>>,
+}
+
+impl Default for EngineHooks {
+    fn default() -> Self {
+        EngineHooks {
+            observer: Arc::new(NoopObserver),
+            resolver: Some(Arc::new(discovery::ChannelCache::new())),
+        }
+    }
+}
+
+/// The coordinator's engine. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Store, settings, branch caller and observer: what a pass needs.
+    core: Core,
+    /// Passes in flight (submits and recovery together) ≤ `max_in_flight`.
+    permits: Arc<Semaphore>,
+    /// Cancelled by `shutdown`: the poller stops leasing, submits stop spawning.
+    shutdown: CancellationToken,
+    /// Cancelled to drop in-flight passes on the spot (shutdown timeout, crash tests).
+    kill: CancellationToken,
+    /// The spawned passes, so that shutdown can wait for them.
+    tracker: TaskTracker,
+    /// Gids with a pass running in this process: the leases we hold.
+    active: Mutex<HashSet<Gid>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.inner.core.store)
+            .field("settings", &self.inner.core.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a gid from the active set when its pass ends (or is dropped).
+struct ActiveGuard<'a>(&'a Inner, Gid);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.1);
+    }
+}
+
+impl Engine {
+    /// An engine over `store`. Fails only if the HTTP client cannot be built (TLS setup).
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        hooks: EngineHooks,
+    ) -> Result<Engine, reqwest::Error> {
+        let caller = BranchCaller::new(hooks.resolver)?;
+        let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                core: Core { store, settings, caller, observer: hooks.observer },
+                permits,
+                shutdown: CancellationToken::new(),
+                kill: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                active: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The store (for tools and tests).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.core.store
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.core.settings
+    }
+
+    /// A fresh gid (dtm's 22-character short UUID).
+    pub fn new_gid(&self) -> Gid {
+        gid::new_gid()
+    }
+
+    /// Refuses what this coordinator cannot process, before anything is stored.
+    fn check_processable(&self, request: &TransRequest) -> Result<(), EngineError> {
+        if !matches!(request.trans_type, TransType::Saga | TransType::Tcc | TransType::Msg) {
+            return Err(unsupported(request.trans_type));
+        }
+        if request.protocol == Protocol::JsonRpc {
+            return Err(EngineError::invalid("protocol", "json-rpc branches are not supported"));
+        }
+        // The URL's shape picks the transport (dtm would call a gRPC URL in
+        // an `http` transaction over HTTP, and fail forever).
+        let caller = &self.inner.core.caller;
+        for (i, step) in request.steps.iter().enumerate() {
+            let urls = match step {
+                Step::Saga { action, compensate } => vec![("action", action), ("compensate", compensate)],
+                Step::Msg { action } => vec![("action", action)],
+            };
+            for (name, url) in urls {
+                caller.supports(url).map_err(|m| EngineError::invalid(format!("steps[{i}].{name}"), m))?;
+            }
+        }
+        if let Ok(url) = crate::model::BranchUrl::parse(&request.query_prepared) {
+            caller.supports(&url).map_err(|m| EngineError::invalid("query_prepared", m))?;
+        }
+        Ok(())
+    }
+
+    fn new_global(
+        &self,
+        request: &TransRequest,
+        status: GlobalStatus,
+        now: chrono::DateTime<chrono::Utc>,
+        interval: Duration,
+    ) -> NewGlobal {
+        let lease = self.inner.core.settings.lease_duration;
+        NewGlobal {
+            gid: request.gid.clone(),
+            trans_type: request.trans_type,
+            status,
+            protocol: request.protocol,
+            query_prepared: request.query_prepared.clone(),
+            options: request.options.to_stored_json(),
+            custom_data: request.custom_data.clone(),
+            next_cron_interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
+            // While shutting down we keep no lease: anyone may take it at once.
+            next_cron_time: if self.inner.shutdown.is_cancelled() { now } else { store::later(now, lease) },
+            owner: String::new(),
+            rollback_reason: request.rollback_reason.clone(),
+            now,
+        }
+    }
+
+    /// The branch rows a request creates: saga compensate+action per step,
+    /// msg one action per step, TCC none (branches register themselves).
+    fn branch_rows(request: &TransRequest) -> Vec<store::NewBranch> {
+        match request.trans_type {
+            TransType::Saga => saga::branch_rows(request),
+            _ => request
+                .steps
+                .iter()
+                .enumerate()
+                .filter_map(|(k, step)| match step {
+                    Step::Msg { action } => Some(store::NewBranch {
+                        url: action.as_str().to_string(),
+                        bin_data: request.payloads.get(k).cloned().unwrap_or_default(),
+                        branch_id: barrier::BranchId::nth(k),
+                        op: barrier::Op::Action,
+                    }),
+                    Step::Saga { .. } => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// dtm `prepare`: stores the transaction as `prepared` (idempotent).
+    pub async fn prepare(&self, request: TransRequest) -> Result<(), EngineError> {
+        self.check_processable(&request)?;
+        let now = store::now();
+        let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
+        let global = self.new_global(&request, GlobalStatus::Prepared, now, interval);
+        match self.inner.core.store.create(&global, &Self::branch_rows(&request)).await? {
+            CreateOutcome::Created => Ok(()),
+            CreateOutcome::Exists(row) if row.status == GlobalStatus::Prepared => Ok(()),
+            CreateOutcome::Exists(row) => {
+                Err(EngineError::Conflict(format!("current status '{}', cannot prepare", row.status)))
+            }
+        }
+    }
+
+    /// dtm `submit`: stores the transaction (or moves a prepared one to
+    /// `submitted`) and processes it — in the background, or inline with
+    /// `wait_result`, in which case the answer is `Ok` (succeed),
+    /// `Failure(reason)` (failed, or rolling back), or `Ongoing` (still going forward).
+    pub async fn submit(&self, request: TransRequest) -> Result<(), EngineError> {
+        self.check_processable(&request)?;
+        let now = store::now();
+        let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
+        let global = self.new_global(&request, GlobalStatus::Submitted, now, interval);
+        let wait = request.options.wait_result;
+        match self.inner.core.store.create(&global, &Self::branch_rows(&request)).await? {
+            CreateOutcome::Created => {
+                match Work::from_request(&request, GlobalStatus::Submitted, now, interval) {
+                    Some(work) => self.process(work, wait).await,
+                    // Types whose work is built from rows: read them back.
+                    None => self.process_stored(&request.gid, wait).await,
+                }
+            }
+            CreateOutcome::Exists(row) => match row.status {
+                GlobalStatus::Prepared => {
+                    let change = GlobalChange {
+                        status: Some(GlobalStatus::Submitted),
+                        rollback_reason: None,
+                        next_cron_time: global.next_cron_time,
+                        next_cron_interval: row.next_cron_interval,
+                    };
+                    let store = &self.inner.core.store;
+                    if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                        // Someone else moved it meanwhile; judge by what it is now.
+                        return self.resubmitted(&request.gid, wait).await;
+                    }
+                    self.process_stored(&request.gid, wait).await
+                }
+                GlobalStatus::Submitted => self.resubmitted(&request.gid, wait).await,
+                status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
+            },
+        }
+    }
+
+    /// A submit of a gid that already exists and is (perhaps) running: accepted;
+    /// with `wait_result`, one pass runs on the stored state.
+    async fn resubmitted(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
+        let Some(stored) = self.inner.core.store.find(gid).await? else { return Err(EngineError::NotFound) };
+        match stored.global.status {
+            GlobalStatus::Submitted | GlobalStatus::Prepared if wait => self.process_stored(gid, true).await,
+            GlobalStatus::Submitted | GlobalStatus::Prepared => Ok(()),
+            status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
+        }
+    }
+
+    async fn process_stored(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
+        let Some(stored) = self.inner.core.store.find(gid).await? else { return Err(EngineError::NotFound) };
+        let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
+        self.process(work, wait).await
+    }
+
+    /// Runs a pass inline (`wait`) or in the background; with `wait`, maps
+    /// the outcome as dtm's submit does: `Ok` only for `succeed`.
+    async fn process(&self, work: Work, wait: bool) -> Result<(), EngineError> {
+        let gid = work.gid().clone();
+        match self.run_or_spawn(work, wait).await? {
+            None | Some(PassEnd::Finished(GlobalStatus::Succeed, _)) => Ok(()),
+            Some(PassEnd::Finished(_, reason) | PassEnd::Pending(GlobalStatus::Aborting, reason)) => {
+                Err(EngineError::Failure(failure_text(reason)))
+            }
+            Some(PassEnd::Pending(..)) => Err(EngineError::Ongoing),
+            Some(PassEnd::Lost) => self.outcome_now(&gid).await,
+        }
+    }
+
+    /// `Some(end)` after an inline pass, `None` once a background pass is spawned.
+    async fn run_or_spawn(&self, work: Work, wait: bool) -> Result<Option<PassEnd>, EngineError> {
+        if wait {
+            let permit = self.inner.permits.clone().acquire_owned().await;
+            let end = self.run_pass(work).await;
+            drop(permit);
+            return end.map(Some);
+        }
+        if self.inner.shutdown.is_cancelled() {
+            // Stored with next_cron_time = now: another instance takes it.
+            return Ok(None);
+        }
+        let engine = self.clone();
+        self.inner.tracker.spawn(async move {
+            let Ok(permit) = engine.inner.permits.clone().acquire_owned().await else { return };
+            engine.guarded_pass(work, permit).await;
+        });
+        Ok(None)
+    }
+
+    /// What a waiting caller learns after losing a race to another instance.
+    async fn outcome_now(&self, gid: &Gid) -> Result<(), EngineError> {
+        let Some(stored) = self.inner.core.store.find(gid).await? else { return Err(EngineError::NotFound) };
+        match stored.global.status {
+            GlobalStatus::Succeed => Ok(()),
+            GlobalStatus::Failed | GlobalStatus::Aborting => {
+                Err(EngineError::Failure(failure_text(stored.global.rollback_reason)))
+            }
+            _ => Err(EngineError::Ongoing),
+        }
+    }
+
+    /// A pass that ends early if the engine is killed; holds its permit.
+    async fn guarded_pass(&self, work: Work, permit: OwnedSemaphorePermit) {
+        let kill = self.inner.kill.clone();
+        tokio::select! {
+            // Checked first: a killed engine must not start a pass.
+            biased;
+            _ = kill.cancelled() => {}
+            _ = self.run_pass(work) => {}
+        }
+        drop(permit);
+    }
+
+    async fn run_pass(&self, work: Work) -> Result<PassEnd, EngineError> {
+        let gid = work.gid().clone();
+        let span = tracing::info_span!("pass", gid = %gid);
+        self.inner.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(gid.clone());
+        let _active = ActiveGuard(&self.inner, gid);
+        let end = work.run(&self.inner.core).instrument(span.clone()).await;
+        if let Err(e) = &end {
+            // The lease expires and the transaction is picked up again later.
+            span.in_scope(|| tracing::warn!(error = %e, "pass stopped by a storage error"));
+        }
+        Ok(end?)
+    }
+
+    /// dtm `abort`: a prepared 2-phase message becomes `failed`; a TCC that
+    /// is prepared (or already aborting) becomes `aborting` and its cancels
+    /// run. Anything else — sagas included — is a 409, as in dtm. With
+    /// `wait_result`, `Ok` means rolled back, `Ongoing` still rolling back.
+    pub async fn abort(&self, request: TransRequest) -> Result<(), EngineError> {
+        let store = &self.inner.core.store;
+        let Some(stored) = store.find(&request.gid).await? else { return Err(EngineError::NotFound) };
+        let global = stored.global;
+        let now = store::now();
+        let refuse = || {
+            EngineError::Conflict(format!(
+                "trans type: '{}' current status '{}', cannot abort",
+                global.trans_type, global.status
+            ))
+        };
+        let reason = (!request.rollback_reason.is_empty()).then(|| request.rollback_reason.clone());
+        match (global.trans_type, global.status) {
+            (TransType::Msg, GlobalStatus::Prepared) => {
+                let change = GlobalChange {
+                    status: Some(GlobalStatus::Failed),
+                    rollback_reason: reason,
+                    next_cron_time: now,
+                    next_cron_interval: global.next_cron_interval,
+                };
+                if store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                    Ok(())
+                } else {
+                    Err(refuse())
+                }
+            }
+            (TransType::Tcc, status @ (GlobalStatus::Prepared | GlobalStatus::Aborting))
+                if request.trans_type == TransType::Tcc =>
+            {
+                if status == GlobalStatus::Prepared {
+                    let change = GlobalChange {
+                        status: Some(GlobalStatus::Aborting),
+                        rollback_reason: reason,
+                        next_cron_time: store::later(now, self.inner.core.settings.lease_duration),
+                        next_cron_interval: global.next_cron_interval,
+                    };
+                    if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                        return Err(refuse());
+                    }
+                }
+                let Some(stored) = store.find(&request.gid).await? else { return Err(EngineError::NotFound) };
+                let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
+                match self.run_or_spawn(work, request.options.wait_result).await? {
+                    None | Some(PassEnd::Finished(GlobalStatus::Failed, _)) => Ok(()),
+                    Some(PassEnd::Lost) => Ok(()),
+                    Some(_) => Err(EngineError::Ongoing),
+                }
+            }
+            _ => Err(refuse()),
+        }
+    }
+
+    /// dtm `registerBranch` for TCC: adds the branch's `cancel` and
+    /// `confirm` rows to a transaction that is still `prepared`.
+    pub async fn register_branch(&self, request: RegisterBranchRequest) -> Result<(), EngineError> {
+        let RegisteredUrls::Tcc { confirm, cancel } = &request.urls else {
+            return Err(unsupported(request.trans_type));
+        };
+        for (name, url) in [("confirm", confirm), ("cancel", cancel)] {
+            self.inner.core.caller.supports(url).map_err(|m| EngineError::invalid(name, m))?;
+        }
+        let row = |op, url: &crate::model::BranchUrl| store::NewBranch {
+            url: url.as_str().to_string(),
+            bin_data: request.data.clone(),
+            branch_id: request.branch_id.clone(),
+            op,
+        };
+        let rows = [row(barrier::Op::Cancel, cancel), row(barrier::Op::Confirm, confirm)];
+        let store = &self.inner.core.store;
+        match store.add_branches(&request.gid, GlobalStatus::Prepared, &rows, store::now()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EngineError::Conflict(format!(
+                "no trans with gid: {} status: prepared found",
+                request.gid
+            ))),
+            Err(store::StoreError::Duplicate(_)) => {
+                Err(EngineError::Conflict(format!("branch {} is already registered", request.branch_id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// dtm `query`: the transaction and its branches, `None` if unknown.
+    pub async fn query(&self, gid: &Gid) -> Result<Option<TransDetail>, EngineError> {
+        Ok(self
+            .inner
+            .core
+            .store
+            .find(gid)
+            .await?
+            .map(|t| TransDetail { transaction: Some(t.global), branches: t.branches }))
+    }
+
+    /// dtm `all`: newest first, keyset pagination.
+    pub async fn list(&self, filter: ListFilter) -> Result<Page, EngineError> {
+        Ok(self.inner.core.store.list(&filter).await?)
+    }
+
+    /// dtm `forceStop`: unfinished → `failed`, without compensation.
+    pub async fn force_stop(&self, gid: &Gid) -> Result<(), EngineError> {
+        let store = &self.inner.core.store;
+        if store.force_stop(gid, store::now()).await? {
+            return Ok(());
+        }
+        match store.find(gid).await? {
+            None => Err(EngineError::NotFound),
+            Some(t) => Err(EngineError::Conflict(format!(
+                "global transaction force stop error. status: {}. gid: {gid}",
+                t.global.status
+            ))),
+        }
+    }
+
+    /// dtm `resetNextCronTime`: make the transaction due now.
+    pub async fn reset_next_cron_time(&self, gid: &Gid) -> Result<(), EngineError> {
+        if self.inner.core.store.reset_next_cron_time(gid, store::now()).await? {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound)
+        }
+    }
+
+    /// dtm `resetCronTime`: unfinished transactions scheduled more than
+    /// `timeout` (default 3 × `timeout_to_fail`) ahead become due now.
+    pub async fn reset_cron_time(
+        &self,
+        timeout: Option<Duration>,
+        limit: u32,
+    ) -> Result<ResetCount, EngineError> {
+        let timeout = timeout.unwrap_or(self.inner.core.settings.timeout_to_fail * 3);
+        let now = store::now();
+        Ok(self.inner.core.store.reset_stale_cron_times(now, store::later(now, timeout), limit).await?)
+    }
+
+    /// Starts the recovery poller; it stops when [`Engine::shutdown`] is called.
+    pub fn spawn_poller(&self) -> JoinHandle<()> {
+        let engine = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let interval = self.inner.core.settings.trans_cron_interval;
+        tokio::spawn(async move {
+            poller::run(
+                shutdown,
+                || poller::idle_delay(interval, rand::random::<f64>()),
+                || engine.poll_once(),
+            )
+            .await;
+        })
+    }
+
+    /// Leases as many due transactions as there are free permits (up to
+    /// `lease_batch`) and spawns a pass for each. `true` if the batch was
+    /// full, i.e. more work is probably waiting.
+    async fn poll_once(&self) -> bool {
+        let settings = &self.inner.core.settings;
+        let mut permits = Vec::new();
+        while permits.len() < settings.lease_batch as usize {
+            match self.inner.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        if permits.is_empty() {
+            return false;
+        }
+        let want = permits.len();
+        let owner = gid::new_gid().to_string();
+        let leased = match self
+            .inner
+            .core
+            .store
+            .lease_due(&owner, store::now(), settings.lease_duration, u32::try_from(want).unwrap_or(u32::MAX))
+            .await
+        {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::warn!(error = %e, "leasing due transactions failed");
+                return false;
+            }
+        };
+        let full = leased.len() >= want;
+        for (trans, permit) in leased.into_iter().zip(permits) {
+            let gid = trans.global.gid.clone();
+            match Work::from_stored(trans) {
+                Ok(work) => {
+                    let engine = self.clone();
+                    self.inner.tracker.spawn(async move { engine.guarded_pass(work, permit).await });
+                }
+                Err(reason) => tracing::error!(%gid, %reason, "cannot process stored transaction"),
+            }
+        }
+        full
+    }
+
+    /// Graceful stop: no new leases, wait (up to `shutdown_timeout`) for
+    /// passes in flight, then cut the remaining ones and release their
+    /// leases (`next_cron_time = now`) so another instance takes over at once.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let timeout = self.inner.core.settings.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.inner.tracker.wait()).await.is_ok() {
+            return;
+        }
+        let held: Vec<Gid> = self
+            .inner
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        self.inner.kill.cancel();
+        self.inner.tracker.wait().await;
+        if let Err(e) = self.inner.core.store.release(&held, store::now()).await {
+            tracing::warn!(error = %e, count = held.len(), "could not release leases; they expire on their own");
+        }
+    }
+
+    /// Stops everything at once WITHOUT releasing leases — what a killed
+    /// process leaves behind. For crash tests and drills.
+    pub fn abandon(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.kill.cancel();
+        self.inner.tracker.close();
+    }
+
+    /// Number of passes currently running in this process.
+    pub fn passes_in_flight(&self) -> usize {
+        self.inner.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+}
+
+fn unsupported(trans_type: TransType) -> EngineError {
+    EngineError::invalid(
+        "trans_type",
+        format!("{trans_type} transactions are not supported by this coordinator yet"),
+    )
+}
+
+fn failure_text(reason: String) -> String {
+    if reason.is_empty() { "wait result not return success".to_string() } else { reason }
+}
+
+mod poller {
+    //! The recovery loop, separated from the engine so its timing can be
+    //! tested with tokio's paused clock.
+
+    use std::future::Future;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    /// dtm sleeps `TransCronInterval − rand[0, 1)` s when idle; for short test
+    /// intervals we take at most a third off.
+    pub(super) fn idle_delay(interval: Duration, unit: f64) -> Duration {
+        let max_cut = Duration::from_secs(1).min(interval / 3);
+        interval - max_cut.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Calls `once` until shutdown; sleeps `idle()` after a call that found
+    /// no backlog, loops at once after one that did. A running `once` is
+    /// never cut short (it may hold fresh leases).
+    pub(super) async fn run<I, F, Fut>(shutdown: CancellationToken, mut idle: I, mut once: F)
+    where
+        I: FnMut() -> Duration,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        while !shutdown.is_cancelled() {
+            if once().await {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(idle()) => {}
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use super::*;
+
+        #[test]
+        fn idle_delay_is_jittered_down_by_at_most_a_second() {
+            assert_eq!(idle_delay(Duration::from_secs(3), 0.0), Duration::from_secs(3));
+            assert_eq!(idle_delay(Duration::from_secs(3), 1.0), Duration::from_secs(2));
+            assert_eq!(idle_delay(Duration::from_millis(300), 1.0), Duration::from_millis(200));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn idle_poller_ticks_once_per_interval_and_stops_on_shutdown() {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn({
+                let (calls, shutdown) = (calls.clone(), shutdown.clone());
+                async move {
+                    run(
+                        shutdown,
+                        || Duration::from_secs(3),
+                        || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            async { false }
+                        },
+                    )
+                    .await
+                }
+            });
+            // Calls at t = 0, 3, 6, 9.
+            tokio::time::sleep(Duration::from_millis(10_500)).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 4);
+            shutdown.cancel();
+            task.await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 4);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn busy_poller_does_not_sleep_until_the_backlog_is_gone() {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn({
+                let (calls, shutdown) = (calls.clone(), shutdown.clone());
+                async move {
+                    run(
+                        shutdown,
+                        || Duration::from_secs(3),
+                        move || {
+                            // Five full batches, then idle.
+                            let n = calls.fetch_add(1, Ordering::SeqCst);
+                            async move { n < 5 }
+                        },
+                    )
+                    .await
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                6,
+                "five busy rounds and one idle one, no sleep between"
+            );
+            shutdown.cancel();
+            task.await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The metrics hook: the engine reports what happened, the observer counts it.
+//!
+//! The engine knows nothing about Prometheus; the server crate implements
+//! [`EngineObserver`] (dtm's `dtm_transaction_process_total`,
+//! `dtm_branch_process_total`, …) and hands it to [`crate::engine::Engine::new`].
+
+use std::time::Duration;
+
+use barrier::{BranchId, BranchResult, Op, TransType};
+
+use crate::model::GlobalStatus;
+
+/// Callbacks for metrics. Called on the hot path: keep them cheap and non-blocking.
+pub trait EngineObserver: Send + Sync + 'static {
+    /// A transaction reached a final status in this process. `duration` is
+    /// the time since its `create_time` (dtm's `dtm_transaction_handled_duration`).
+    fn transaction_finished(&self, trans_type: TransType, outcome: GlobalStatus, duration: Duration) {
+        let _ = (trans_type, outcome, duration);
+    }
+
+    /// One branch call returned (or failed to connect).
+    fn branch_called(
+        &self,
+        trans_type: TransType,
+        branch_id: &BranchId,
+        op: Op,
+        outcome: &BranchResult,
+        latency: Duration,
+    ) {
+        let _ = (trans_type, branch_id, op, outcome, latency);
+    }
+}
+
+/// The default observer: ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopObserver;
+
+impl EngineObserver for NoopObserver {}

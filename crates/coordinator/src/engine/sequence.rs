@@ -1,0 +1,318 @@
+//! TCC and 2-phase messages: transactions whose work is a list of branch
+//! operations to deliver until each succeeds (dtm §7.1, §7.3).
+//!
+//! * **TCC** — the client registers branches (`cancel` and `confirm` rows)
+//!   and calls the Try ops itself. Once submitted, the coordinator calls
+//!   every `confirm` in *reverse registration order*; once aborting (abort
+//!   or timeout of a prepared TCC), every `cancel`. A pass stops at the
+//!   first op that does not succeed; FAILURE of a confirm/cancel is a
+//!   transient error — they must eventually succeed.
+//! * **2-phase message** — one `action` row per step. Once submitted, the
+//!   actions run in order (stopping at the first one that does not
+//!   succeed) or all at once with the `concurrent` option; FAILURE is
+//!   retried. A message still `prepared` after its timeout is decided by
+//!   asking the application's `query_prepared` URL (branch `00`, op `msg`):
+//!   SUCCESS submits it, FAILURE fails it.
+
+use std::time::Duration;
+
+use barrier::{BranchId, BranchResult, Gid, Op, TransType};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use super::process::{Core, PassEnd};
+use super::retry::{self, PassOutcome};
+use crate::branch::BranchCall;
+use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};
+use crate::store::{self, BranchChange, GlobalChange, StoreError, StoredTrans};
+
+/// One branch operation row.
+pub(crate) struct OpRow {
+    branch_id: BranchId,
+    op: Op,
+    url: BranchUrl,
+    payload: Vec<u8>,
+    status: BranchStatus,
+}
+
+/// A TCC or msg transaction loaded for a pass.
+pub(crate) struct SequenceWork {
+    trans_type: TransType,
+    gid: Gid,
+    status: GlobalStatus,
+    create_time: DateTime<Utc>,
+    options: TransOptions,
+    interval: Duration,
+    rollback_reason: String,
+    query_prepared: String,
+    /// msg `custom_data` `{"delay":N}`: actions wait until N s after creation.
+    delay: Option<Duration>,
+    rows: Vec<OpRow>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct MsgCustomData {
+    delay: u64,
+}
+
+impl SequenceWork {
+    /// From stored rows (also used right after creation: rows are known then too).
+    pub(crate) fn from_stored(t: StoredTrans) -> Result<SequenceWork, String> {
+        let g = t.global;
+        let rows = t
+            .branches
+            .into_iter()
+            .map(|r| {
+                let url = BranchUrl::parse(&r.url).map_err(|e| format!("branch {}: {e}", r.branch_id))?;
+                Ok(OpRow { branch_id: r.branch_id, op: r.op, url, payload: r.bin_data, status: r.status })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let delay = if g.trans_type == TransType::Msg && !g.custom_data.is_empty() {
+            let custom: MsgCustomData = serde_json::from_str(&g.custom_data).unwrap_or_default();
+            (custom.delay > 0).then(|| Duration::from_secs(custom.delay))
+        } else {
+            None
+        };
+        Ok(SequenceWork {
+            trans_type: g.trans_type,
+            gid: g.gid,
+            status: g.status,
+            create_time: g.create_time.unwrap_or_else(store::now),
+            options: TransOptions::from_stored_json(&g.options),
+            interval: Duration::from_secs(g.next_cron_interval.max(0).unsigned_abs()),
+            rollback_reason: g.rollback_reason,
+            query_prepared: g.query_prepared,
+            delay,
+            rows,
+        })
+    }
+
+    /// The transaction's gid.
+    pub(crate) fn gid(&self) -> &Gid {
+        &self.gid
+    }
+
+    /// Prepared TCC/msg time out after their own `timeout_to_fail`, else the server's.
+    fn timed_out(&self, core: &Core, now: DateTime<Utc>) -> Option<Duration> {
+        let limit = self.options.timeout_to_fail.unwrap_or(core.settings.timeout_to_fail);
+        let age = (now - self.create_time).to_std().unwrap_or_default();
+        (age >= limit).then_some(limit)
+    }
+
+    async fn call(
+        &self,
+        core: &Core,
+        url: &BranchUrl,
+        payload: &[u8],
+        branch_id: &BranchId,
+        op: Op,
+    ) -> BranchResult {
+        if *url.target() == BranchTarget::Empty {
+            return BranchResult::Success;
+        }
+        let started = Instant::now();
+        let timeout = self.options.request_timeout.unwrap_or(core.settings.request_timeout);
+        let result = core
+            .caller
+            .call(&BranchCall {
+                url,
+                payload,
+                gid: &self.gid,
+                trans_type: self.trans_type,
+                branch_id,
+                op,
+                headers: &self.options.branch_headers,
+                timeout,
+            })
+            .await;
+        core.observer.branch_called(self.trans_type, branch_id, op, &result, started.elapsed());
+        result
+    }
+
+    async fn save(
+        &mut self,
+        core: &Core,
+        status: Option<GlobalStatus>,
+        reason: Option<String>,
+        next: DateTime<Utc>,
+        interval: Duration,
+        changes: &[BranchChange],
+    ) -> Result<bool, StoreError> {
+        let change = GlobalChange {
+            status,
+            rollback_reason: reason.clone(),
+            next_cron_time: next,
+            next_cron_interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
+        };
+        let saved = core.store.update(&self.gid, self.status, &change, changes, store::now()).await?;
+        if saved {
+            if let Some(status) = status {
+                self.status = status;
+            }
+            if let Some(reason) = reason {
+                self.rollback_reason = reason;
+            }
+        }
+        Ok(saved)
+    }
+
+    /// Runs one pass.
+    pub(crate) async fn run(mut self, core: &Core) -> Result<PassEnd, StoreError> {
+        let lease = store::later(store::now(), core.settings.lease_duration);
+        if self.status == GlobalStatus::Prepared {
+            let Some(limit) = self.timed_out(core, store::now()) else {
+                return Ok(PassEnd::Pending(self.status, self.rollback_reason));
+            };
+            match self.trans_type {
+                TransType::Msg => match self.check_back(core).await {
+                    BranchResult::Success => {
+                        if !self
+                            .save(core, Some(GlobalStatus::Submitted), None, lease, self.interval, &[])
+                            .await?
+                        {
+                            return Ok(PassEnd::Lost);
+                        }
+                    }
+                    BranchResult::Failure(_) => return self.finish(core, GlobalStatus::Failed, &[]).await,
+                    BranchResult::Ongoing => return self.reschedule(core, PassOutcome::Ongoing, &[]).await,
+                    BranchResult::Retry(_) => return self.reschedule(core, PassOutcome::Error, &[]).await,
+                },
+                _ => {
+                    let reason = format!("Timeout after {} seconds", limit.as_secs());
+                    let status = Some(GlobalStatus::Aborting);
+                    if !self.save(core, status, Some(reason), lease, self.interval, &[]).await? {
+                        return Ok(PassEnd::Lost);
+                    }
+                }
+            }
+        }
+        let (op, done) = match (self.trans_type, self.status) {
+            (TransType::Msg, GlobalStatus::Submitted) => (Op::Action, GlobalStatus::Succeed),
+            (TransType::Tcc, GlobalStatus::Submitted) => (Op::Confirm, GlobalStatus::Succeed),
+            (TransType::Tcc, GlobalStatus::Aborting) => (Op::Cancel, GlobalStatus::Failed),
+            (_, status) => return Ok(PassEnd::Finished(status, self.rollback_reason)),
+        };
+        if let Some(delay) = self.delay
+            && (store::now() - self.create_time).to_std().unwrap_or_default() < delay
+        {
+            // Not yet: come back when the delay is over.
+            let at = store::later(self.create_time, delay);
+            return if self.save(core, None, None, at, self.interval, &[]).await? {
+                Ok(PassEnd::Pending(self.status, self.rollback_reason))
+            } else {
+                Ok(PassEnd::Lost)
+            };
+        }
+        let (changes, outcome) = self.deliver(core, op).await;
+        if self.rows.iter().filter(|r| r.op == op).all(|r| r.status == BranchStatus::Succeed) {
+            self.finish(core, done, &changes).await
+        } else {
+            self.reschedule(core, outcome, &changes).await
+        }
+    }
+
+    /// msg: asks the application whether its local transaction committed.
+    async fn check_back(&self, core: &Core) -> BranchResult {
+        match BranchUrl::parse(&self.query_prepared) {
+            // An empty URL answers SUCCESS without a call, as in dtm: a
+            // message prepared without a check-back is delivered.
+            Ok(url) => self.call(core, &url, &[], &BranchId::msg(), Op::Msg).await,
+            Err(e) => BranchResult::Retry(format!("stored query_prepared is unusable: {e}")),
+        }
+    }
+
+    /// Calls the due `op` rows: TCC in reverse registration order, msg in
+    /// order, one at a time (stopping at the first that does not succeed),
+    /// or msg all at once with `concurrent`.
+    async fn deliver(&mut self, core: &Core, op: Op) -> (Vec<BranchChange>, PassOutcome) {
+        let mut due: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| self.rows[i].op == op && self.rows[i].status != BranchStatus::Succeed)
+            .collect();
+        if self.trans_type == TransType::Tcc {
+            due.reverse();
+        }
+        let concurrent = self.trans_type == TransType::Msg && self.options.concurrent;
+        let mut outcome = PassOutcome::Progress;
+        let mut succeeded = Vec::new();
+        {
+            let this = &*self;
+            let call = |i: usize| async move {
+                let r = &this.rows[i];
+                (i, this.call(core, &r.url, &r.payload, &r.branch_id, r.op).await)
+            };
+            let mut calls = FuturesUnordered::new();
+            let mut queue = due.into_iter();
+            if concurrent {
+                calls.extend(queue.by_ref().map(call));
+            } else if let Some(i) = queue.next() {
+                calls.push(call(i));
+            }
+            while let Some((i, result)) = calls.next().await {
+                match result {
+                    BranchResult::Success => {
+                        succeeded.push(i);
+                        if !concurrent && let Some(next) = queue.next() {
+                            calls.push(call(next));
+                        }
+                    }
+                    BranchResult::Ongoing => outcome = outcome.max_with(PassOutcome::Ongoing),
+                    // Only a saga action may fail for good; here FAILURE is retried.
+                    BranchResult::Failure(_) | BranchResult::Retry(_) => outcome = PassOutcome::Error,
+                }
+            }
+        }
+        let changes = succeeded
+            .into_iter()
+            .map(|i| {
+                self.rows[i].status = BranchStatus::Succeed;
+                BranchChange { branch_id: self.rows[i].branch_id.clone(), op, status: BranchStatus::Succeed }
+            })
+            .collect();
+        (changes, outcome)
+    }
+
+    async fn finish(
+        mut self,
+        core: &Core,
+        outcome: GlobalStatus,
+        changes: &[BranchChange],
+    ) -> Result<PassEnd, StoreError> {
+        let now = store::now();
+        if !self.save(core, Some(outcome), None, now, self.interval, changes).await? {
+            return Ok(PassEnd::Lost);
+        }
+        let age = (now - self.create_time).to_std().unwrap_or_default();
+        core.observer.transaction_finished(self.trans_type, outcome, age);
+        Ok(PassEnd::Finished(outcome, self.rollback_reason))
+    }
+
+    async fn reschedule(
+        mut self,
+        core: &Core,
+        outcome: PassOutcome,
+        changes: &[BranchChange],
+    ) -> Result<PassEnd, StoreError> {
+        let base = retry::base_interval(&self.options, core.settings.retry_interval);
+        let interval = retry::next_interval(self.interval, base, core.settings.max_retry_interval, outcome);
+        let next = store::later(store::now(), retry::jittered(interval, rand::random::<f64>()));
+        Ok(if self.save(core, None, None, next, interval, changes).await? {
+            PassEnd::Pending(self.status, self.rollback_reason)
+        } else {
+            PassEnd::Lost
+        })
+    }
+}
+
+impl PassOutcome {
+    /// The worse of two outcomes (Error > Ongoing > Progress).
+    pub(crate) fn max_with(self, other: PassOutcome) -> PassOutcome {
+        match (self, other) {
+            (PassOutcome::Error, _) | (_, PassOutcome::Error) => PassOutcome::Error,
+            (PassOutcome::Ongoing, _) | (_, PassOutcome::Ongoing) => PassOutcome::Ongoing,
+            _ => PassOutcome::Progress,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! A dtm-compatible transaction coordinator: sagas, TCC and 2-phase messages
+//! (XA and workflow are not processed yet).
+//!
+//! Clients speak dtm's protocol to it — the HTTP API under `/api/dtmsvr`
+//! and the gRPC service `dtmgimp.Dtm` — so dtm's SDKs, and the demo's
+//! order-api, work unchanged. How the parts fit:
+//!
+//! * [`model`] — the validated request types both APIs produce
+//!   ([`model::TransRequest::from_input`] is the single validation path);
+//! * [`engine`] — the [`Engine`] facade the APIs call, the per-type
+//!   processing rules (saga: [`engine::saga`]; TCC and messages in one
+//!   sequence module), retry timing
+//!   ([`engine::retry`]) and the recovery poller;
+//! * [`store`] — durable state behind the [`store::Store`] trait, with
+//!   MySQL/MariaDB, PostgreSQL and SQLite implementations over dtm's own
+//!   tables;
+//! * [`branch`] — calls branches over HTTP and gRPC (raw payload
+//!   pass-through, pooled connections);
+//! * `config`, `api`, `metrics`, `server` — configuration, the two APIs,
+//!   Prometheus metrics and the process wiring used by the `coordinator` binary.
+//!
+//! Several coordinators may share one database: there is no leader; each
+//! leases due transactions by pushing their `next_cron_time` forward, and
+//! every status change is a conditional update, so a doubled pass is harmless.
+
+pub mod api;
+pub mod branch;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;
+
+pub use engine::{Engine, EngineError, EngineHooks, EngineObserver, EngineSettings, TransDetail};
+pub use model::{
+    BranchStatus, BranchUrl, GlobalStatus, Protocol, RegisterBranchRequest, Step, TransOptions, TransRequest,
+    TransRequestInput,
+};
+pub use store::{ListFilter, Page, Store};

@@ -1,0 +1,385 @@
+//! Durable state behind one trait.
+//!
+//! The engine sees only [`Store`]; three SQL implementations share one body
+//! (the private `sql` module): MySQL/MariaDB, PostgreSQL and SQLite (the embedded default).
+//! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
+//! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
+//! dtm's admin UI and scripts can read a database written by us.
+//!
+//! # Concurrency contract
+//!
+//! Several coordinators may share one database. Nothing is locked for the
+//! duration of a pass; instead
+//!
+//! * a transaction is *leased* by pushing its `next_cron_time` into the
+//!   future ([`Store::lease_due`]); if the holder dies, the lease expires
+//!   and anyone may pick the transaction up;
+//! * every status change is conditional on the status the caller last saw
+//!   (`WHERE gid = ? AND status = ?`). [`Store::update`] returns `false`
+//!   when another instance moved the transaction first: the caller lost the
+//!   race and simply stops. Branches are idempotent (dtm's barrier), so a
+//!   doubled call is harmless.
+//!
+//! # Times
+//!
+//! Every time is UTC, truncated to whole seconds (dtm's column precision),
+//! taken from the coordinator's clock ([`now`]). dtm writes local time; a
+//! database shared with a dtm server in another zone would see shifted
+//! times — do not mix the two on one database.
+
+mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use barrier::{BranchId, Gid, Op, TransType};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+
+use crate::model::{BranchStatus, GlobalStatus, Protocol};
+
+pub use sql::{MySqlStore, PostgresStore, SqliteStore};
+
+/// A storage failure. Internal: logged, answered with 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database returned an error or is unreachable.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A row violates the unique key (e.g. a branch registered twice).
+    #[error("duplicate row: {0}")]
+    Duplicate(String),
+    /// A stored value cannot be read back (hand-edited row, newer schema…).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store URL names no supported engine.
+    #[error(
+        "unsupported store URL {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)"
+    )]
+    UnsupportedUrl(String),
+}
+
+/// The current time as stored: UTC, whole seconds.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(0)
+}
+
+/// `t + d`, in whole seconds (rounded up so a lease is never shorter than asked).
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    t + chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// Serializes `Vec<u8>` as base64, like Go's `encoding/json` does for `[]byte`.
+fn base64<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(TABLE[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    s.serialize_str(&out)
+}
+
+/// A `trans_global` row. Serializes with dtm's JSON field names (`/api/dtmsvr/query`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GlobalRow {
+    /// Auto-increment id: the pagination key of `all`.
+    pub id: i64,
+    /// Global id.
+    pub gid: Gid,
+    /// Transaction type.
+    pub trans_type: TransType,
+    /// Current status.
+    pub status: GlobalStatus,
+    /// Msg check-back URL.
+    pub query_prepared: String,
+    /// Default branch transport.
+    pub protocol: Protocol,
+    /// Creation time (UTC).
+    pub create_time: Option<DateTime<Utc>>,
+    /// Last write.
+    pub update_time: Option<DateTime<Utc>>,
+    /// Set when it became `succeed`.
+    pub finish_time: Option<DateTime<Utc>>,
+    /// Set when it became `failed`.
+    pub rollback_time: Option<DateTime<Utc>>,
+    /// JSON of the options (see [`crate::model::TransOptions::to_stored_json`]).
+    pub options: String,
+    /// Type-specific JSON (saga orders).
+    pub custom_data: String,
+    /// Current retry interval, seconds.
+    pub next_cron_interval: i64,
+    /// When recovery may pick it up (lease expiry / next retry).
+    pub next_cron_time: Option<DateTime<Utc>>,
+    /// Token of the poll that last leased it.
+    pub owner: String,
+    /// Unused by dtm; kept for the schema.
+    pub ext_data: String,
+    /// Workflow result.
+    pub result: String,
+    /// Why it is rolling back.
+    pub rollback_reason: String,
+}
+
+/// A `trans_branch_op` row (one operation of one branch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BranchRow {
+    /// Auto-increment id; branches are read in id order.
+    pub id: i64,
+    /// Global id.
+    pub gid: Gid,
+    /// The branch URL as submitted.
+    pub url: String,
+    /// Payload sent with the call (base64 in JSON, like dtm).
+    #[serde(serialize_with = "base64")]
+    pub bin_data: Vec<u8>,
+    /// `01`, `02`, …
+    pub branch_id: BranchId,
+    /// `action`, `compensate`, …
+    pub op: Op,
+    /// `prepared`, `succeed`, `failed`.
+    pub status: BranchStatus,
+    /// When it reached a final status.
+    pub finish_time: Option<DateTime<Utc>>,
+    /// Unused by sagas; kept for the schema.
+    pub rollback_time: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub create_time: Option<DateTime<Utc>>,
+    /// Last write.
+    pub update_time: Option<DateTime<Utc>>,
+}
+
+/// A global transaction with its branches (ordered by id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredTrans {
+    /// The `trans_global` row.
+    pub global: GlobalRow,
+    /// Its `trans_branch_op` rows, `ORDER BY id`.
+    pub branches: Vec<BranchRow>,
+}
+
+/// A new `trans_global` row.
+#[derive(Debug, Clone)]
+pub struct NewGlobal {
+    /// Global id.
+    pub gid: Gid,
+    /// Type.
+    pub trans_type: TransType,
+    /// Initial status (`prepared` or `submitted`).
+    pub status: GlobalStatus,
+    /// Branch transport default.
+    pub protocol: Protocol,
+    /// Msg check-back URL.
+    pub query_prepared: String,
+    /// Options JSON.
+    pub options: String,
+    /// Type-specific JSON.
+    pub custom_data: String,
+    /// First retry interval, seconds.
+    pub next_cron_interval: i64,
+    /// Initial lease: the creating instance processes it before this time.
+    pub next_cron_time: DateTime<Utc>,
+    /// Lease token of the creating instance.
+    pub owner: String,
+    /// Reason given at creation (abort paths).
+    pub rollback_reason: String,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+}
+
+/// A new `trans_branch_op` row (status `prepared`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBranch {
+    /// URL to call.
+    pub url: String,
+    /// Payload.
+    pub bin_data: Vec<u8>,
+    /// Branch id.
+    pub branch_id: BranchId,
+    /// Operation.
+    pub op: Op,
+}
+
+/// What [`Store::create`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The global row and all branch rows were inserted and committed.
+    Created,
+    /// A transaction with that gid already exists; nothing was written.
+    Exists(Box<GlobalRow>),
+}
+
+/// Changes to a global row made together with branch results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalChange {
+    /// New status, if it changes. `succeed` also sets `finish_time`, `failed` `rollback_time`.
+    pub status: Option<GlobalStatus>,
+    /// New rollback reason, if any.
+    pub rollback_reason: Option<String>,
+    /// When recovery may look at it again.
+    pub next_cron_time: DateTime<Utc>,
+    /// The retry interval now in force, seconds.
+    pub next_cron_interval: i64,
+}
+
+/// A branch row reaching a final status. Rows are named by their unique key
+/// `(gid, branch_id, op)`, not by id, so that a transaction created a moment
+/// ago needs no read-back of its generated ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchChange {
+    /// Branch id.
+    pub branch_id: BranchId,
+    /// Operation.
+    pub op: Op,
+    /// New status.
+    pub status: BranchStatus,
+}
+
+/// Filter of dtm's `all` query: newest first, keyset pagination by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this gid.
+    pub gid: Option<Gid>,
+    /// Only rows with `id < position` (the previous page's `next_position`).
+    pub position: Option<i64>,
+    /// Page size (dtm default 100).
+    pub limit: u32,
+    /// Only this status.
+    pub status: Option<GlobalStatus>,
+    /// Only this type.
+    pub trans_type: Option<TransType>,
+    /// `create_time >= …`.
+    pub create_time_start: Option<DateTime<Utc>>,
+    /// `create_time <= …`.
+    pub create_time_end: Option<DateTime<Utc>>,
+}
+
+/// One page of `all`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    /// Rows, newest first.
+    pub transactions: Vec<GlobalRow>,
+    /// Id of the last row, or `""` when this was the last page.
+    pub next_position: String,
+}
+
+/// Result of [`Store::reset_stale_cron_times`] (dtm's `resetCronTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ResetCount {
+    /// More rows may match; call again.
+    pub has_remaining: bool,
+    /// Rows reset by this call.
+    pub succeed_count: u64,
+}
+
+/// Durable transaction state. Object-safe: the engine holds an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts a global row and all its branch rows in ONE transaction
+    /// (one multi-row branch insert), if no row with that gid exists.
+    /// Returns only after the commit: a submit acknowledged to a client survives a crash.
+    async fn create(&self, global: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError>;
+
+    /// The global row and its branches.
+    async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError>;
+
+    /// dtm's `all`.
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
+
+    /// In one transaction: if the global row still has status `expected`,
+    /// apply `change` and record branch results; otherwise change nothing and
+    /// return `false` (another instance moved it first).
+    async fn update(
+        &self,
+        gid: &Gid,
+        expected: GlobalStatus,
+        change: &GlobalChange,
+        branches: &[BranchChange],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Adds branch rows to a transaction still in status `expected`
+    /// (registerBranch). `false` if it is not in that status or absent.
+    async fn add_branches(
+        &self,
+        gid: &Gid,
+        expected: GlobalStatus,
+        branches: &[NewBranch],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Leases up to `limit` unfinished transactions whose `next_cron_time <= now`
+    /// (no lower bound): sets `owner` and `next_cron_time = now + lease_for`
+    /// with one conditional UPDATE, then reads them back by owner. `owner`
+    /// must be unique per call.
+    async fn lease_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<StoredTrans>, StoreError>;
+
+    /// Makes unfinished transactions due now (shutdown hands them over).
+    async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Sets an unfinished transaction to `failed` (no compensation). `false`
+    /// if absent or already final.
+    async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Sets `next_cron_time = now`. `false` if the gid does not exist.
+    async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Unfinished transactions scheduled after `later_than` are made due now (up to `limit`).
+    async fn reset_stale_cron_times(
+        &self,
+        now: DateTime<Utc>,
+        later_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<ResetCount, StoreError>;
+}
+
+/// Opens the store named by `url`, creating the tables if needed:
+/// `mysql://` / `mariadb://`, `postgres://` / `postgresql://`, `sqlite:`.
+pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    Ok(match scheme {
+        "mysql" | "mariadb" => {
+            Arc::new(MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), max_connections).await?)
+        }
+        "postgres" | "postgresql" => Arc::new(PostgresStore::open(url, max_connections).await?),
+        "sqlite" => Arc::new(SqliteStore::open(url, max_connections).await?),
+        _ => return Err(StoreError::UnsupportedUrl(url.to_string())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_go() {
+        #[derive(Serialize)]
+        struct B(#[serde(serialize_with = "base64")] Vec<u8>);
+        for (input, want) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(serde_json::to_string(&B(input.as_bytes().to_vec())).unwrap(), format!("\"{want}\""));
+        }
+    }
+
+    #[test]
+    fn later_rounds_up() {
+        let t = now();
+        assert_eq!(later(t, Duration::from_millis(200)), t + chrono::TimeDelta::seconds(1));
+        assert_eq!(later(t, Duration::from_secs(10)), t + chrono::TimeDelta::seconds(10));
+    }
+}

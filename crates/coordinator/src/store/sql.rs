@@ -1,0 +1,560 @@
+//! The SQL stores: one body, three engines.
+//!
+//! sqlx's types differ per engine (`Pool<MySql>`, `Pool<Postgres>`, …) and
+//! writing the code generically drowns it in trait bounds, so the body is
+//! written once inside [`sql_store!`] and instantiated three times. The few
+//! real dialect differences are in [`Dialect`]. Every statement is built with
+//! [`QueryBuilder`], which writes the right placeholder (`?` or `$n`).
+//!
+//! Statements per operation (what the performance budget counts):
+//!
+//! | operation | statements | commits |
+//! |---|---|---|
+//! | `create` (new gid) | INSERT global, INSERT all branches (one multi-row insert) | 1 |
+//! | `update` with branch results | UPDATE global (conditional), one UPDATE per distinct branch status | 1 |
+//! | `update` without branch results | UPDATE global (autocommit) | 1 |
+//! | `lease_due` | UPDATE … LIMIT n, SELECT by owner, SELECT branches | 1 |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use barrier::Gid;
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::{QueryBuilder, Row};
+
+use super::{
+    BranchChange, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewBranch, NewGlobal, Page,
+    ResetCount, Store, StoreError, StoredTrans,
+};
+use crate::model::{BranchStatus, GlobalStatus};
+
+/// Statuses a poller may pick up.
+const UNFINISHED: &str = "('prepared','submitted','aborting')";
+
+const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, query_prepared, protocol, create_time, update_time, \
+     finish_time, rollback_time, options, custom_data, next_cron_interval, next_cron_time, owner, ext_data, \
+     result, rollback_reason";
+
+const BRANCH_COLUMNS: &str =
+    "id, gid, url, bin_data, branch_id, op, status, finish_time, rollback_time, create_time, update_time";
+
+/// What differs between the engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    MySql,
+    Postgres,
+    Sqlite,
+}
+
+impl Dialect {
+    /// The schema script (`sql/<engine>/coordinator.sql`).
+    fn ddl(self) -> &'static str {
+        match self {
+            Dialect::MySql => include_str!("../../../../sql/mysql/coordinator.sql"),
+            Dialect::Postgres => include_str!("../../../../sql/postgres/coordinator.sql"),
+            Dialect::Sqlite => include_str!("../../../../sql/sqlite/coordinator.sql"),
+        }
+    }
+
+    /// The statements of the schema script, comments removed.
+    fn ddl_statements(self) -> Vec<String> {
+        let without_comments: String =
+            self.ddl().lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+        without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    }
+
+    /// Insert-if-absent: `INSERT IGNORE` on MySQL, `ON CONFLICT DO NOTHING` elsewhere.
+    fn insert_global(self) -> (&'static str, &'static str) {
+        match self {
+            Dialect::MySql => ("INSERT IGNORE INTO trans_global", ""),
+            Dialect::Postgres | Dialect::Sqlite => {
+                ("INSERT INTO trans_global", " ON CONFLICT (gid) DO NOTHING")
+            }
+        }
+    }
+
+    /// Starts `UPDATE trans_global SET …` limited to the first `limit` rows
+    /// (by `next_cron_time`) matching `where_clause` — pushes the SET part
+    /// via `set` and the WHERE part via `filter`. MySQL has `UPDATE … ORDER
+    /// BY … LIMIT`; the others update `WHERE id IN (SELECT … LIMIT)`, and
+    /// Postgres skips rows another instance is leasing right now.
+    fn limited_update<'a, DB: sqlx::Database>(
+        self,
+        q: &mut QueryBuilder<'a, DB>,
+        set: impl FnOnce(&mut QueryBuilder<'a, DB>),
+        filter: impl FnOnce(&mut QueryBuilder<'a, DB>),
+        limit: i64,
+    ) where
+        i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    {
+        q.push("UPDATE trans_global SET ");
+        set(q);
+        match self {
+            Dialect::MySql => {
+                q.push(" WHERE ");
+                filter(q);
+                q.push(" ORDER BY next_cron_time LIMIT ").push_bind(limit);
+            }
+            Dialect::Postgres | Dialect::Sqlite => {
+                q.push(" WHERE id IN (SELECT id FROM trans_global WHERE ");
+                filter(q);
+                q.push(" ORDER BY next_cron_time LIMIT ").push_bind(limit);
+                if self == Dialect::Postgres {
+                    q.push(" FOR UPDATE SKIP LOCKED");
+                }
+                q.push(")");
+            }
+        }
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn map_unique(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate(d.message().to_string()),
+        _ => StoreError::Database(e),
+    }
+}
+
+fn limit_of(limit: u32) -> i64 {
+    i64::from(limit.max(1))
+}
+
+/// Groups branch rows (ordered by id) under their global rows.
+fn attach(globals: Vec<GlobalRow>, branches: Vec<BranchRow>) -> Vec<StoredTrans> {
+    let mut by_gid: BTreeMap<Gid, Vec<BranchRow>> = BTreeMap::new();
+    for b in branches {
+        by_gid.entry(b.gid.clone()).or_default().push(b);
+    }
+    globals
+        .into_iter()
+        .map(|g| {
+            let branches = by_gid.remove(&g.gid).unwrap_or_default();
+            StoredTrans { global: g, branches }
+        })
+        .collect()
+}
+
+macro_rules! sql_store {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $options:ty, $dialect:expr, $tune:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl $name {
+            /// Connects and applies the schema (idempotent).
+            pub async fn open(url: &str, max_connections: u32) -> Result<$name, StoreError> {
+                let options: $options = url.parse()?;
+                let tune: fn($options) -> $options = $tune;
+                let pool = sqlx::pool::PoolOptions::<$db>::new()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(tune(options))
+                    .await?;
+                for statement in $dialect.ddl_statements() {
+                    sqlx::query(&statement).execute(&pool).await?;
+                }
+                Ok($name { pool })
+            }
+
+            /// The connection pool (tests and tools).
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            fn global_row(row: &<$db as sqlx::Database>::Row) -> Result<GlobalRow, StoreError> {
+                let text = |col: &str| -> Result<String, StoreError> {
+                    Ok(row.try_get::<Option<String>, _>(col)?.unwrap_or_default())
+                };
+                Ok(GlobalRow {
+                    id: row.try_get("id")?,
+                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    trans_type: text("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
+                    status: text("status")?.parse().map_err(|e| corrupt("status", e))?,
+                    query_prepared: text("query_prepared")?,
+                    protocol: crate::model::Protocol::parse_or_default(&text("protocol")?)
+                        .map_err(|e| corrupt("protocol", e))?,
+                    create_time: row.try_get("create_time")?,
+                    update_time: row.try_get("update_time")?,
+                    finish_time: row.try_get("finish_time")?,
+                    rollback_time: row.try_get("rollback_time")?,
+                    options: text("options")?,
+                    custom_data: text("custom_data")?,
+                    next_cron_interval: i64::from(row.try_get::<Option<i32>, _>("next_cron_interval")?.unwrap_or(0)),
+                    next_cron_time: row.try_get("next_cron_time")?,
+                    owner: text("owner")?,
+                    ext_data: text("ext_data")?,
+                    result: text("result")?,
+                    rollback_reason: text("rollback_reason")?,
+                })
+            }
+
+            fn branch_row(row: &<$db as sqlx::Database>::Row) -> Result<BranchRow, StoreError> {
+                let text = |col: &str| -> Result<String, StoreError> {
+                    Ok(row.try_get::<Option<String>, _>(col)?.unwrap_or_default())
+                };
+                Ok(BranchRow {
+                    id: row.try_get("id")?,
+                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    url: text("url")?,
+                    bin_data: row.try_get::<Option<Vec<u8>>, _>("bin_data")?.unwrap_or_default(),
+                    branch_id: barrier::BranchId::new(text("branch_id")?).map_err(|e| corrupt("branch_id", e))?,
+                    op: text("op")?.parse().map_err(|e| corrupt("op", e))?,
+                    status: text("status")?.parse().map_err(|e| corrupt("branch status", e))?,
+                    finish_time: row.try_get("finish_time")?,
+                    rollback_time: row.try_get("rollback_time")?,
+                    create_time: row.try_get("create_time")?,
+                    update_time: row.try_get("update_time")?,
+                })
+            }
+
+            async fn branches_of<'e, E>(executor: E, gids: &[Gid]) -> Result<Vec<BranchRow>, StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                if gids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = QueryBuilder::<$db>::new(format!("SELECT {BRANCH_COLUMNS} FROM trans_branch_op WHERE gid IN ("));
+                let mut list = q.separated(", ");
+                for gid in gids {
+                    list.push_bind(gid.as_str().to_string());
+                }
+                q.push(") ORDER BY id");
+                q.build().fetch_all(executor).await?.iter().map(Self::branch_row).collect()
+            }
+
+            fn insert_branches<'a>(gid: &Gid, branches: &'a [NewBranch], now: DateTime<Utc>) -> QueryBuilder<'a, $db> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "INSERT INTO trans_branch_op (gid, url, bin_data, branch_id, op, status, create_time, update_time) ",
+                );
+                q.push_values(branches, |mut row, b| {
+                    row.push_bind(gid.as_str().to_string())
+                        .push_bind(b.url.clone())
+                        .push_bind(b.bin_data.clone())
+                        .push_bind(b.branch_id.as_str().to_string())
+                        .push_bind(b.op.as_str())
+                        .push_bind(BranchStatus::Prepared.as_str())
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                q
+            }
+        }
+
+        #[async_trait]
+        impl Store for $name {
+            async fn create(&self, g: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let (insert, on_conflict) = $dialect.insert_global();
+                let mut q = QueryBuilder::<$db>::new(insert);
+                q.push(
+                    " (gid, trans_type, status, query_prepared, protocol, create_time, update_time, options, \
+                     custom_data, next_cron_interval, next_cron_time, owner, ext_data, result, rollback_reason) ",
+                );
+                q.push_values(std::iter::once(g), |mut row, g| {
+                    row.push_bind(g.gid.as_str().to_string())
+                        .push_bind(g.trans_type.as_str())
+                        .push_bind(g.status.as_str())
+                        .push_bind(g.query_prepared.clone())
+                        .push_bind(g.protocol.as_str())
+                        .push_bind(g.now)
+                        .push_bind(g.now)
+                        .push_bind(g.options.clone())
+                        .push_bind(g.custom_data.clone())
+                        .push_bind(i32::try_from(g.next_cron_interval).unwrap_or(i32::MAX))
+                        .push_bind(g.next_cron_time)
+                        .push_bind(g.owner.clone())
+                        .push_bind("")
+                        .push_bind("")
+                        .push_bind(g.rollback_reason.clone());
+                });
+                q.push(on_conflict);
+                let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                if inserted == 0 {
+                    let row = sqlx::QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = "))
+                        .push_bind(g.gid.as_str().to_string())
+                        .build()
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return Ok(CreateOutcome::Exists(Box::new(Self::global_row(&row)?)));
+                }
+                if !branches.is_empty() {
+                    Self::insert_branches(&g.gid, branches, g.now).build().execute(&mut *tx).await.map_err(map_unique)?;
+                }
+                tx.commit().await?;
+                Ok(CreateOutcome::Created)
+            }
+
+            async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError> {
+                let row = QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = "))
+                    .push_bind(gid.as_str().to_string())
+                    .build()
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let global = Self::global_row(&row)?;
+                let branches = Self::branches_of(&self.pool, std::slice::from_ref(gid)).await?;
+                Ok(Some(StoredTrans { global, branches }))
+            }
+
+            async fn list(&self, f: &ListFilter) -> Result<Page, StoreError> {
+                let mut q = QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE 1 = 1"));
+                if let Some(gid) = &f.gid {
+                    q.push(" AND gid = ").push_bind(gid.as_str().to_string());
+                }
+                if let Some(position) = f.position {
+                    q.push(" AND id < ").push_bind(position);
+                }
+                if let Some(status) = f.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(trans_type) = f.trans_type {
+                    q.push(" AND trans_type = ").push_bind(trans_type.as_str());
+                }
+                // Stored times have whole seconds; compare like with like
+                // (SQLite compares the text).
+                if let Some(start) = f.create_time_start {
+                    q.push(" AND create_time >= ").push_bind(start.trunc_subsecs(0));
+                }
+                if let Some(end) = f.create_time_end {
+                    q.push(" AND create_time <= ").push_bind(end.trunc_subsecs(0));
+                }
+                let limit = limit_of(f.limit);
+                q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+                let rows = q.build().fetch_all(&self.pool).await?;
+                let transactions = rows.iter().map(Self::global_row).collect::<Result<Vec<_>, _>>()?;
+                let next_position = match transactions.last() {
+                    Some(last) if i64::try_from(transactions.len()).unwrap_or(0) == limit => last.id.to_string(),
+                    _ => String::new(),
+                };
+                Ok(Page { transactions, next_position })
+            }
+
+            async fn update(
+                &self,
+                gid: &Gid,
+                expected: GlobalStatus,
+                change: &GlobalChange,
+                branches: &[BranchChange],
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
+                q.push_bind(now);
+                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
+                q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
+                if let Some(status) = change.status {
+                    q.push(", status = ").push_bind(status.as_str());
+                    match status {
+                        GlobalStatus::Succeed => {
+                            q.push(", finish_time = ").push_bind(now);
+                        }
+                        GlobalStatus::Failed => {
+                            q.push(", rollback_time = ").push_bind(now);
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(reason) = &change.rollback_reason {
+                    q.push(", rollback_reason = ").push_bind(reason.clone());
+                }
+                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
+                q.push(" AND status = ").push_bind(expected.as_str());
+                if branches.is_empty() {
+                    return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
+                }
+                let mut tx = self.pool.begin().await?;
+                // The global row first: on MySQL/Postgres this locks it, so a
+                // concurrent writer of the same transaction waits for us and
+                // then sees the new status.
+                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                // One statement per distinct new status (a finished saga: one).
+                for status in [BranchStatus::Succeed, BranchStatus::Failed, BranchStatus::Prepared] {
+                    let rows: Vec<&BranchChange> = branches.iter().filter(|b| b.status == status).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let mut b = QueryBuilder::<$db>::new("UPDATE trans_branch_op SET status = ");
+                    b.push_bind(status.as_str()).push(", update_time = ").push_bind(now);
+                    b.push(", finish_time = ").push_bind((status != BranchStatus::Prepared).then_some(now));
+                    b.push(" WHERE gid = ").push_bind(gid.as_str().to_string()).push(" AND (");
+                    for (i, row) in rows.iter().enumerate() {
+                        if i > 0 {
+                            b.push(" OR ");
+                        }
+                        b.push("(branch_id = ").push_bind(row.branch_id.as_str().to_string());
+                        b.push(" AND op = ").push_bind(row.op.as_str()).push(")");
+                    }
+                    b.push(")");
+                    b.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn add_branches(
+                &self,
+                gid: &Gid,
+                expected: GlobalStatus,
+                branches: &[NewBranch],
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // A write, not a SELECT … FOR UPDATE: it checks the status and
+                // takes the row lock in one step on every engine (SQLite has
+                // no FOR UPDATE and must start its write transaction early).
+                let touched = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ")
+                    .push_bind(now)
+                    .push(" WHERE gid = ")
+                    .push_bind(gid.as_str().to_string())
+                    .push(" AND status = ")
+                    .push_bind(expected.as_str())
+                    .build()
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if touched == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                if !branches.is_empty() {
+                    Self::insert_branches(gid, branches, now).build().execute(&mut *tx).await.map_err(map_unique)?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn lease_due(
+                &self,
+                owner: &str,
+                now: DateTime<Utc>,
+                lease_for: Duration,
+                limit: u32,
+            ) -> Result<Vec<StoredTrans>, StoreError> {
+                let until = super::later(now, lease_for);
+                let mut q = QueryBuilder::<$db>::new("");
+                $dialect.limited_update(
+                    &mut q,
+                    |q| {
+                        q.push("owner = ").push_bind(owner.to_string());
+                        q.push(", next_cron_time = ").push_bind(until);
+                        q.push(", update_time = ").push_bind(now);
+                    },
+                    |q| {
+                        q.push(format!("status IN {UNFINISHED} AND next_cron_time <= ")).push_bind(now);
+                    },
+                    limit_of(limit),
+                );
+                if q.build().execute(&self.pool).await?.rows_affected() == 0 {
+                    return Ok(Vec::new());
+                }
+                let rows = QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE owner = "))
+                    .push_bind(owner.to_string())
+                    .push(" ORDER BY id")
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await?;
+                let globals = rows.iter().map(Self::global_row).collect::<Result<Vec<_>, _>>()?;
+                let gids: Vec<Gid> = globals.iter().map(|g| g.gid.clone()).collect();
+                let branches = Self::branches_of(&self.pool, &gids).await?;
+                Ok(attach(globals, branches))
+            }
+
+            async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError> {
+                if gids.is_empty() {
+                    return Ok(0);
+                }
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET next_cron_time = ");
+                q.push_bind(now).push(", update_time = ").push_bind(now);
+                q.push(format!(" WHERE status IN {UNFINISHED} AND gid IN ("));
+                let mut list = q.separated(", ");
+                for gid in gids {
+                    list.push_bind(gid.as_str().to_string());
+                }
+                q.push(")");
+                Ok(q.build().execute(&self.pool).await?.rows_affected())
+            }
+
+            async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET status = ");
+                q.push_bind(GlobalStatus::Failed.as_str());
+                q.push(", rollback_time = ").push_bind(now).push(", update_time = ").push_bind(now);
+                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
+                q.push(format!(" AND status IN {UNFINISHED}"));
+                Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
+            }
+
+            async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET next_cron_time = ");
+                q.push_bind(now).push(", update_time = ").push_bind(now);
+                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
+                Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
+            }
+
+            async fn reset_stale_cron_times(
+                &self,
+                now: DateTime<Utc>,
+                later_than: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<ResetCount, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("");
+                $dialect.limited_update(
+                    &mut q,
+                    |q| {
+                        q.push("next_cron_time = ").push_bind(now).push(", update_time = ").push_bind(now);
+                    },
+                    |q| {
+                        q.push(format!("status IN {UNFINISHED} AND next_cron_time > ")).push_bind(later_than);
+                    },
+                    limit_of(limit),
+                );
+                let count = q.build().execute(&self.pool).await?.rows_affected();
+                Ok(ResetCount { has_remaining: count >= u64::from(limit.max(1)), succeed_count: count })
+            }
+        }
+    };
+}
+
+sql_store!(
+    /// MySQL / MariaDB store (dtm's production setup).
+    MySqlStore,
+    sqlx::MySql,
+    sqlx::mysql::MySqlConnectOptions,
+    Dialect::MySql,
+    // Times are bound as UTC values; make the session agree so NOW()-based
+    // tooling and TIMESTAMP conversions see the same clock.
+    |o| o.timezone(Some(String::from("+00:00")))
+);
+
+sql_store!(
+    /// PostgreSQL store.
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgConnectOptions,
+    Dialect::Postgres,
+    |o| o.options([("timezone", "UTC")])
+);
+
+sql_store!(
+    /// SQLite store: the embedded default for a single coordinator. WAL mode
+    /// lets readers run beside the one writer; `busy_timeout` makes writers
+    /// queue instead of failing.
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteConnectOptions,
+    Dialect::Sqlite,
+    |o| o
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+);

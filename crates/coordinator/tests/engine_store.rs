@@ -1,0 +1,249 @@
+//! The store contract, one body run on MariaDB, PostgreSQL and SQLite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use barrier::{BranchId, Gid, Op, TransType};
+use chrono::TimeDelta;
+use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
+use coordinator::store::{
+    self, BranchChange, CreateOutcome, GlobalChange, ListFilter, NewBranch, NewGlobal, Store,
+};
+
+fn gid(s: &str) -> Gid {
+    s.parse().unwrap()
+}
+
+fn new_global(
+    g: &str,
+    status: GlobalStatus,
+    next: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> NewGlobal {
+    NewGlobal {
+        gid: gid(g),
+        trans_type: TransType::Saga,
+        status,
+        protocol: Protocol::Grpc,
+        query_prepared: String::new(),
+        options: r#"{"retry_interval":1}"#.into(),
+        custom_data: String::new(),
+        next_cron_interval: 10,
+        next_cron_time: next,
+        owner: String::new(),
+        rollback_reason: String::new(),
+        now,
+    }
+}
+
+fn saga_rows() -> Vec<NewBranch> {
+    let mut rows = Vec::new();
+    for k in 0..2 {
+        for op in [Op::Compensate, Op::Action] {
+            rows.push(NewBranch {
+                url: format!("localhost:9001/pb.order/{op}{k}"),
+                bin_data: vec![0, 1, 2, 255],
+                branch_id: BranchId::nth(k),
+                op,
+            });
+        }
+    }
+    rows
+}
+
+async fn contract(store: Arc<dyn Store>) {
+    let now = store::now();
+    let past = now - TimeDelta::seconds(5);
+
+    // create: all rows in one go, insert-if-absent.
+    assert_eq!(
+        store.create(&new_global("g1", GlobalStatus::Submitted, past, now), &saga_rows()).await.unwrap(),
+        CreateOutcome::Created
+    );
+    match store.create(&new_global("g1", GlobalStatus::Prepared, now, now), &[]).await.unwrap() {
+        CreateOutcome::Exists(row) => assert_eq!(row.status, GlobalStatus::Submitted),
+        CreateOutcome::Created => panic!("a second create must not insert"),
+    }
+    let t = store.find(&gid("g1")).await.unwrap().unwrap();
+    assert_eq!(t.global.protocol, Protocol::Grpc);
+    assert_eq!(t.global.create_time, Some(now), "UTC, whole seconds, read back unchanged");
+    assert_eq!(t.global.next_cron_time, Some(past));
+    let order: Vec<(String, Op)> = t.branches.iter().map(|b| (b.branch_id.to_string(), b.op)).collect();
+    assert_eq!(
+        order,
+        [
+            ("01".into(), Op::Compensate),
+            ("01".into(), Op::Action),
+            ("02".into(), Op::Compensate),
+            ("02".into(), Op::Action)
+        ]
+    );
+    assert_eq!(t.branches[0].bin_data, [0, 1, 2, 255], "payload bytes verbatim");
+    assert!(store.find(&gid("nope")).await.unwrap().is_none());
+
+    // lease: due rows only, each once, until the lease expires.
+    store
+        .create(&new_global("g2", GlobalStatus::Submitted, now + TimeDelta::seconds(60), now), &[])
+        .await
+        .unwrap();
+    store.create(&new_global("g3", GlobalStatus::Succeed, past, now), &[]).await.unwrap();
+    let leased = store.lease_due("owner-a", now, Duration::from_secs(30), 10).await.unwrap();
+    let gids: Vec<&str> = leased.iter().map(|t| t.global.gid.as_str()).collect();
+    assert_eq!(gids, ["g1"], "not g2 (not due), not g3 (final)");
+    assert_eq!(leased[0].branches.len(), 4);
+    assert_eq!(leased[0].global.owner, "owner-a");
+    assert_eq!(leased[0].global.next_cron_time, Some(now + TimeDelta::seconds(30)));
+    assert!(
+        store.lease_due("owner-b", now, Duration::from_secs(30), 10).await.unwrap().is_empty(),
+        "held by a"
+    );
+    let later = now + TimeDelta::seconds(31);
+    let again = store.lease_due("owner-c", later, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(again.len(), 1, "an expired lease is up for grabs");
+
+    // update: conditional on the status; branch results ride along.
+    let change = GlobalChange {
+        status: Some(GlobalStatus::Succeed),
+        rollback_reason: None,
+        next_cron_time: now,
+        next_cron_interval: 10,
+    };
+    let results = [
+        BranchChange { branch_id: BranchId::nth(0), op: Op::Action, status: BranchStatus::Succeed },
+        BranchChange { branch_id: BranchId::nth(1), op: Op::Action, status: BranchStatus::Succeed },
+    ];
+    assert!(
+        !store.update(&gid("g1"), GlobalStatus::Aborting, &change, &results, now).await.unwrap(),
+        "wrong status"
+    );
+    let t = store.find(&gid("g1")).await.unwrap().unwrap();
+    assert_eq!(t.global.status, GlobalStatus::Submitted);
+    assert!(
+        t.branches.iter().all(|b| b.status == BranchStatus::Prepared),
+        "a lost update writes no branch either"
+    );
+    assert!(store.update(&gid("g1"), GlobalStatus::Submitted, &change, &results, now).await.unwrap());
+    let t = store.find(&gid("g1")).await.unwrap().unwrap();
+    assert_eq!(t.global.status, GlobalStatus::Succeed);
+    assert_eq!(t.global.finish_time, Some(now));
+    let statuses: Vec<BranchStatus> = t.branches.iter().map(|b| b.status).collect();
+    use BranchStatus::{Prepared as P, Succeed as S};
+    assert_eq!(statuses, [P, S, P, S]);
+    assert!(
+        !store.update(&gid("g1"), GlobalStatus::Submitted, &change, &[], now).await.unwrap(),
+        "only once"
+    );
+
+    // rollback reason and failed.
+    store.create(&new_global("g4", GlobalStatus::Submitted, now, now), &saga_rows()).await.unwrap();
+    let abort = GlobalChange {
+        status: Some(GlobalStatus::Aborting),
+        rollback_reason: Some("no stock".into()),
+        next_cron_time: now,
+        next_cron_interval: 20,
+    };
+    assert!(store.update(&gid("g4"), GlobalStatus::Submitted, &abort, &[], now).await.unwrap());
+    let g4 = store.find(&gid("g4")).await.unwrap().unwrap().global;
+    assert_eq!(
+        (g4.status, g4.rollback_reason.as_str(), g4.next_cron_interval),
+        (GlobalStatus::Aborting, "no stock", 20)
+    );
+
+    // release, reset, force stop.
+    store
+        .create(&new_global("g5", GlobalStatus::Submitted, now + TimeDelta::seconds(3600), now), &[])
+        .await
+        .unwrap();
+    assert_eq!(store.release(&[gid("g5"), gid("g3")], now).await.unwrap(), 1, "final rows are left alone");
+    assert_eq!(store.find(&gid("g5")).await.unwrap().unwrap().global.next_cron_time, Some(now));
+    store
+        .create(&new_global("g6", GlobalStatus::Submitted, now + TimeDelta::seconds(3600), now), &[])
+        .await
+        .unwrap();
+    let reset = store.reset_stale_cron_times(now, now + TimeDelta::seconds(600), 100).await.unwrap();
+    assert_eq!((reset.succeed_count, reset.has_remaining), (1, false), "only g6 is scheduled that far ahead");
+    assert!(store.reset_next_cron_time(&gid("g2"), now).await.unwrap());
+    assert!(!store.reset_next_cron_time(&gid("nope"), now).await.unwrap());
+    assert!(store.force_stop(&gid("g4"), now).await.unwrap());
+    assert!(!store.force_stop(&gid("g4"), now).await.unwrap(), "already final");
+    assert_eq!(store.find(&gid("g4")).await.unwrap().unwrap().global.status, GlobalStatus::Failed);
+
+    // add_branches only on the expected status; duplicates refused.
+    store.create(&new_global("t1", GlobalStatus::Prepared, now, now), &[]).await.unwrap();
+    let tcc = vec![NewBranch {
+        url: "http://h/cancel".into(),
+        bin_data: vec![],
+        branch_id: BranchId::nth(0),
+        op: Op::Cancel,
+    }];
+    assert!(store.add_branches(&gid("t1"), GlobalStatus::Prepared, &tcc, now).await.unwrap());
+    assert!(matches!(
+        store.add_branches(&gid("t1"), GlobalStatus::Prepared, &tcc, now).await,
+        Err(store::StoreError::Duplicate(_))
+    ));
+    assert!(!store.add_branches(&gid("g1"), GlobalStatus::Prepared, &tcc, now).await.unwrap());
+
+    // list: newest first, keyset pagination, filters.
+    let page = store.list(&ListFilter { limit: 3, ..Default::default() }).await.unwrap();
+    let names: Vec<&str> = page.transactions.iter().map(|t| t.gid.as_str()).collect();
+    assert_eq!(names, ["t1", "g6", "g5"]);
+    let position = page.next_position.parse().unwrap();
+    let page2 =
+        store.list(&ListFilter { limit: 3, position: Some(position), ..Default::default() }).await.unwrap();
+    let names: Vec<&str> = page2.transactions.iter().map(|t| t.gid.as_str()).collect();
+    assert_eq!(names, ["g4", "g3", "g2"]);
+    let last = store
+        .list(&ListFilter { limit: 3, position: page2.next_position.parse().ok(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(last.transactions.len(), 1);
+    assert_eq!(last.next_position, "", "a short page is the last one");
+    let failed = store
+        .list(&ListFilter { limit: 100, status: Some(GlobalStatus::Failed), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(failed.transactions.len(), 1);
+    let one =
+        store.list(&ListFilter { limit: 100, gid: Some(gid("g2")), ..Default::default() }).await.unwrap();
+    assert_eq!(one.transactions.len(), 1);
+    let since = |start, end| ListFilter {
+        limit: 100,
+        create_time_start: start,
+        create_time_end: end,
+        ..Default::default()
+    };
+    let recent = store.list(&since(Some(now - TimeDelta::milliseconds(1500)), None)).await.unwrap();
+    assert_eq!(recent.transactions.len(), 7, "all rows were created at `now`");
+    let old = store.list(&since(None, Some(now - TimeDelta::seconds(10)))).await.unwrap();
+    assert!(old.transactions.is_empty());
+    let json = serde_json::to_value(store.find(&gid("g1")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(json["global"]["status"], "succeed");
+    assert_eq!(json["branches"][0]["bin_data"], "AAEC/w==", "bytes as base64, like Go");
+}
+
+#[tokio::test]
+async fn store_contract_on_sqlite() {
+    let db = test_support::sqlite_database();
+    contract(store::open(&db.url, 4).await.unwrap()).await;
+    // Opening again applies the schema again without harm.
+    store::open(&db.url, 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn store_contract_on_mariadb() {
+    let db = test_support::mysql_database().await;
+    contract(store::open(&db.url, 4).await.unwrap()).await;
+    store::open(&db.url, 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn store_contract_on_postgres() {
+    let db = test_support::postgres_database().await;
+    contract(store::open(&db.url, 4).await.unwrap()).await;
+    store::open(&db.url, 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_store_urls_are_refused() {
+    assert!(matches!(store::open("redis://localhost", 1).await, Err(store::StoreError::UnsupportedUrl(_))));
+}
