@@ -1,0 +1,104 @@
+//! `order-api`: the demo's HTTP entry point (axum, `:8889`).
+//!
+//! `POST /order/quickCreate {"userId":1,"goodsId":1,"num":1}` asks the
+//! coordinator for a gid and submits a two-step saga over gRPC:
+//!
+//! | step | action | compensation |
+//! |---|---|---|
+//! | 01 | `<OrderRpcConf>/pb.order/create` | `<OrderRpcConf>/pb.order/createRollback` |
+//! | 02 | `<StockRpcConf>/pb.stock/deduct` | `<StockRpcConf>/pb.stock/deductRollback` |
+//!
+//! with `wait_result`, and answers with the outcome (see [`handler`]):
+//!
+//! ```text
+//! $ curl -XPOST localhost:8889/order/quickCreate -d '{"userId":1,"goodsId":1,"num":1}'
+//! {"gid":"a3f…","status":"succeed"}                                   (200)
+//! $ curl -XPOST localhost:8889/order/quickCreate -d '{"userId":1,"goodsId":1,"num":1000}'
+//! {"gid":"b71…","status":"failed","reason":"insufficient stock or unknown goods"}   (409)
+//! $ curl localhost:8889/order/status/b71…
+//! {"gid":"b71…","status":"failed","branches":[{"branchId":"01","op":"action",…},…]}
+//! ```
+//! order-api itself never calls order-srv or stock-srv: the coordinator does.
+//!
+//! | here | go-zero |
+//! |---|---|
+//! | `main.rs` | `order.go` (`-f etc/order.yaml`) |
+//! | [`config`] | `internal/config/config.go` |
+//! | [`handler`] | `internal/handler/routes.go`, `createHandler.go` |
+//! | [`logic`] | `internal/logic/createLogic.go` |
+//! | [`svc`] | `internal/svc/serviceContext.go` |
+//! | [`types`] | `internal/types/types.go` |
+//! | [`error`] | `httpx.Error` + an error handler |
+
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod logic;
+pub mod svc;
+pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+use crate::svc::{ServiceContext, SvcError};
+
+/// Why order-api could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] SvcError),
+    /// `Host:Port` could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet serving order-api.
+#[derive(Debug)]
+pub struct Server {
+    /// Bound at build time so port 0 works and the address is known.
+    listener: TcpListener,
+    /// The address actually bound.
+    local_addr: SocketAddr,
+    /// The application.
+    app: Router,
+}
+
+/// Builds the service: clients ready (nothing dialled), port bound.
+pub async fn build(config: Config) -> Result<Server, StartError> {
+    let addr = format!("{}:{}", config.host, config.port);
+    let svc = ServiceContext::new(config)?;
+    let bind_error = |source| StartError::Bind { addr: addr.clone(), source };
+    let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok(Server { listener, local_addr, app: handler::routes(svc) })
+}
+
+impl Server {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets the
+    /// requests in flight finish (each is bounded by `Timeout`).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "order-api listening");
+        axum::serve(self.listener, self.app).with_graceful_shutdown(shutdown).await?;
+        tracing::info!("order-api stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! The quick order (go-zero's `internal/logic/createLogic.go`) and the
+//! status query.
+//!
+//! What changed from the Go demo, and why:
+//!
+//! * the coordinator address comes from the config, not a constant;
+//! * `NewGid` failing is a 503 answer, not a panic (the demo's
+//!   `MustGenGid`), and `Submit` failing is a 503 answer, not the end of the
+//!   process (the demo's `dtmimp.FatalIfError`);
+//! * the saga is submitted with `wait_result`, so the caller learns the
+//!   outcome: the demo always answered `{}`, even when the stock was short
+//!   and the order had been rolled back.
+
+use axum::http::StatusCode;
+use barrier::Gid;
+use dtm_client::{ClientError, Saga, TransStatus};
+use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
+use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq};
+
+use crate::error::ApiError;
+use crate::svc::ServiceContext;
+use crate::types::{BranchView, OrderStatus, QuickCreateReq, QuickCreateResp, SagaView};
+
+/// Creates the order and deducts the stock in one saga; returns the HTTP
+/// status with the answer: 200 succeed, 409 failed, 202 submitted.
+pub async fn quick_create(
+    svc: &ServiceContext,
+    req: QuickCreateReq,
+) -> Result<(StatusCode, QuickCreateResp), ApiError> {
+    req.validate(svc.config.max_num)?;
+
+    let gid = svc.dtm.new_gid().await.map_err(|err| {
+        tracing::warn!(%err, "cannot get a gid from the coordinator");
+        unavailable(None, &err)
+    })?;
+    tracing::Span::current().record("gid", gid.as_str());
+
+    let create = CreateReq { user_id: req.user_id, goods_id: req.goods_id, num: req.num };
+    let deduct = DeductReq { goods_id: req.goods_id, num: req.num };
+    let (order, stock) = (&svc.order_rpc, &svc.stock_rpc);
+    let saga = Saga::new(gid.clone())
+        .add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create)
+        .add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct)
+        .wait_result(true);
+
+    let answer = |status: OrderStatus, reason: Option<String>| QuickCreateResp {
+        gid: gid.as_str().to_string(),
+        status,
+        reason,
+    };
+    match tokio::time::timeout(svc.config.submit_wait(), svc.dtm.submit(&saga)).await {
+        Ok(Ok(())) => {
+            tracing::info!("saga succeeded");
+            Ok((StatusCode::OK, answer(OrderStatus::Succeed, None)))
+        }
+        Ok(Err(ClientError::Failure(reason))) => {
+            tracing::info!(%reason, "saga rolled back");
+            Ok((StatusCode::CONFLICT, answer(OrderStatus::Failed, Some(failure_reason(&reason)))))
+        }
+        Ok(Err(ClientError::Ongoing)) => {
+            tracing::info!("saga still running");
+            Ok((StatusCode::ACCEPTED, answer(OrderStatus::Submitted, None)))
+        }
+        Ok(Err(ClientError::Unavailable(cause))) => {
+            // The submit may or may not have reached the coordinator.
+            tracing::warn!(%cause, "submit got no answer");
+            settle_unknown(svc, &gid).await
+        }
+        Err(_elapsed) => settle_unknown(svc, &gid).await,
+        Ok(Err(err)) => {
+            tracing::error!(%err, "the coordinator refused the saga");
+            Err(ApiError::BadGateway {
+                gid: Some(gid.as_str().to_string()),
+                message: "the coordinator refused the saga".into(),
+            })
+        }
+    }
+}
+
+/// The submit's outcome is unknown (no answer in time): ask the coordinator
+/// whether it holds the saga, and report its state if it does. Otherwise the
+/// answer is 503 *with the gid*: the saga may still be stored a moment
+/// later, so the client should look it up before ordering again, or it may
+/// order twice.
+async fn settle_unknown(svc: &ServiceContext, gid: &Gid) -> Result<(StatusCode, QuickCreateResp), ApiError> {
+    let resp = |status| QuickCreateResp { gid: gid.as_str().to_string(), status, reason: None };
+    match query(svc, gid).await {
+        Ok(view) => match view.status.as_str() {
+            "succeed" => Ok((StatusCode::OK, resp(OrderStatus::Succeed))),
+            "failed" => Ok((
+                StatusCode::CONFLICT,
+                QuickCreateResp {
+                    reason: Some(failure_reason(view.rollback_reason.as_deref().unwrap_or_default())),
+                    ..resp(OrderStatus::Failed)
+                },
+            )),
+            _ => {
+                tracing::info!(status = %view.status, "saga still running after SubmitWait");
+                Ok((StatusCode::ACCEPTED, resp(OrderStatus::Submitted)))
+            }
+        },
+        Err(err) => {
+            tracing::warn!(%err, "outcome of the submit unknown");
+            Err(ApiError::Unavailable {
+                gid: Some(gid.as_str().to_string()),
+                message: format!(
+                    "no answer from the coordinator; check GET /order/status/{gid} before retrying"
+                ),
+            })
+        }
+    }
+}
+
+/// The saga `gid` and its branches, from the coordinator's query API.
+pub async fn query(svc: &ServiceContext, gid: &Gid) -> Result<SagaView, ApiError> {
+    let Some(dtm) = &svc.dtm_query else {
+        return Err(ApiError::Unavailable {
+            gid: Some(gid.as_str().to_string()),
+            message: "no DtmHttpServer configured: the coordinator cannot be queried".into(),
+        });
+    };
+    let result = dtm.query(gid).await.map_err(|err| {
+        tracing::warn!(%err, "query failed");
+        unavailable(Some(gid), &err)
+    })?;
+    let Some(transaction) = result.transaction else {
+        return Err(ApiError::NotFound(format!("no saga with gid {gid}")));
+    };
+    Ok(SagaView {
+        gid: transaction.gid,
+        status: status_name(transaction.status).to_string(),
+        rollback_reason: transaction.rollback_reason.filter(|r| !r.is_empty()),
+        branches: result
+            .branches
+            .into_iter()
+            .map(|b| BranchView {
+                branch_id: b.branch_id,
+                op: b.op,
+                status: format!("{:?}", b.status).to_lowercase(),
+                url: b.url,
+            })
+            .collect(),
+    })
+}
+
+fn status_name(status: TransStatus) -> &'static str {
+    match status {
+        TransStatus::Prepared => "prepared",
+        TransStatus::Submitted => "submitted",
+        TransStatus::Aborting => "aborting",
+        TransStatus::Succeed => "succeed",
+        TransStatus::Failed => "failed",
+    }
+}
+
+/// What the client is told about a rollback. The stock branch can only say
+/// `FAILURE` (dtm's protocol has no room for details), and the only business
+/// failure in this saga is the stock's.
+fn failure_reason(coordinator_says: &str) -> String {
+    if coordinator_says.trim().is_empty() || coordinator_says.contains(barrier::FAILURE) {
+        "insufficient stock or unknown goods".to_string()
+    } else {
+        coordinator_says.to_string()
+    }
+}
+
+fn unavailable(gid: Option<&Gid>, err: &ClientError) -> ApiError {
+    match err {
+        ClientError::Unavailable(_) => ApiError::Unavailable {
+            gid: gid.map(|g| g.as_str().to_string()),
+            message: "the coordinator is unavailable; try again later".into(),
+        },
+        _ => ApiError::BadGateway {
+            gid: gid.map(|g| g.as_str().to_string()),
+            message: "unexpected answer from the coordinator".into(),
+        },
+    }
+}

@@ -1,0 +1,69 @@
+//! What every request needs, built once at start-up (go-zero's
+//! `internal/svc/serviceContext.go`).
+//!
+//! The demo's context also dialled order-srv and stock-srv, blocking start-up
+//! until both were registered, but never called them: only the coordinator
+//! does. Ours keeps just what the logic uses: two coordinator clients and the
+//! branch URL prefixes.
+
+use std::sync::Arc;
+
+use discovery::ChannelCache;
+use dtm_client::{ClientError, DtmClient};
+
+use crate::config::{Config, branch_base};
+
+/// Shared by all requests; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServiceContext {
+    /// The configuration, for limits and waits.
+    pub config: Arc<Config>,
+    /// The coordinator's gRPC API: new gid, submit.
+    pub dtm: DtmClient,
+    /// The coordinator's HTTP API, for queries (dtm has no gRPC query).
+    pub dtm_query: Option<DtmClient>,
+    /// `etcd://127.0.0.1:2379/order.rpc` (or an endpoint): order branch URL prefix.
+    pub order_rpc: String,
+    /// The same for stock-srv.
+    pub stock_rpc: String,
+}
+
+/// Why the context could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SvcError {
+    /// A key of the YAML is unusable.
+    #[error("{0}: {1}")]
+    Config(String, String),
+    /// A coordinator address is unusable.
+    #[error("{key}: {source}")]
+    Dtm {
+        /// `DtmServer` or `DtmHttpServer`.
+        key: &'static str,
+        /// The client's complaint.
+        source: ClientError,
+    },
+}
+
+impl ServiceContext {
+    /// Builds the clients. Nothing is dialled yet: order-api starts even if
+    /// the coordinator is down, and answers 503 until it is up.
+    pub fn new(config: Config) -> Result<ServiceContext, SvcError> {
+        config.validate().map_err(|(key, message)| SvcError::Config(key, message))?;
+        let channels = ChannelCache::new();
+        let timeout = config.dtm_call_timeout().max(config.submit_wait());
+        let dtm = DtmClient::with_timeout(&config.dtm_server, channels.clone(), timeout)
+            .map_err(|source| SvcError::Dtm { key: "DtmServer", source })?;
+        let dtm_query = match &config.dtm_http_server {
+            Some(address) => Some(
+                DtmClient::with_timeout(address, channels, config.dtm_call_timeout())
+                    .map_err(|source| SvcError::Dtm { key: "DtmHttpServer", source })?,
+            ),
+            None => None,
+        };
+        let base =
+            |key: &str, conf| branch_base(conf).map_err(|err| SvcError::Config(key.into(), err.to_string()));
+        let order_rpc = base("OrderRpcConf", &config.order_rpc_conf)?;
+        let stock_rpc = base("StockRpcConf", &config.stock_rpc_conf)?;
+        Ok(ServiceContext { config: Arc::new(config), dtm, dtm_query, order_rpc, stock_rpc })
+    }
+}

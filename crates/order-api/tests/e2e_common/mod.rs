@@ -1,0 +1,424 @@
+//! The whole system as separate processes, the way a user runs it:
+//! etcd, a private MariaDB, the coordinator, order-srv, stock-srv and
+//! order-api — the real binaries, started with the `etc/` files a user gets
+//! and overridden only through their `${VAR}` environment variables.
+//!
+//! Each test gets its own etcd, coordinator (SQLite store in a temp dir)
+//! and services; the MariaDB server is shared by the tests of one binary,
+//! each test on its own two databases.
+
+#![allow(dead_code)] // each e2e_*.rs uses a different part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use serde_json::Value;
+use test_support::{Etcd, GuardedProcess, MariaDb, free_port, wait_for_port};
+
+/// Where the workspace lives (for `etc/` and `cargo build`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// A binary of another package of the workspace, next to this test's
+/// executable (`target/debug/<name>`). Cargo does not build other packages'
+/// binaries for a test, so build them once per test process.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .current_dir(workspace())
+            .args(["build", "-p", "coordinator", "-p", "order-srv", "-p", "stock-srv", "--bins"])
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    });
+    if let Err(err) = built {
+        panic!(
+            "cannot build the coordinator/order-srv/stock-srv binaries; run \
+             `cargo build -p coordinator -p order-srv -p stock-srv --bins` first:\n{err}"
+        );
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e_x-hash → target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing (package {package})", path.display());
+    path
+}
+
+/// The MariaDB server of this test binary.
+pub fn mariadb() -> &'static MariaDb {
+    static SERVER: OnceLock<MariaDb> = OnceLock::new();
+    SERVER.get_or_init(MariaDb::start)
+}
+
+/// One running process of the system.
+pub struct Proc {
+    /// The process (killed when dropped).
+    pub process: GuardedProcess,
+    /// Its main port.
+    pub port: u16,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop_gracefully(&mut self) {
+        self.process.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.is_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!self.is_alive(), "process on port {} ignored SIGTERM:\n{}", self.port, self.log_tail());
+    }
+
+    /// SIGKILLs the process (no deregistration: its key expires with the lease).
+    pub fn kill(&mut self) {
+        self.process.signal("KILL");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.is_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Running, and not a zombie waiting for the guard to reap it.
+    pub fn is_alive(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid())) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    /// Its whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// Spawns `binary` through `env VAR=value … binary args…`, so the child
+/// sees exactly the overrides a user would export.
+fn spawn(binary: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> GuardedProcess {
+    let mut argv: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    argv.push(binary.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    GuardedProcess::spawn("env", &argv, log, None)
+}
+
+/// The system under test.
+pub struct System {
+    /// Temp dir for logs and the coordinator's SQLite file.
+    pub dir: tempfile::TempDir,
+    /// This test's etcd.
+    pub etcd: Etcd,
+    /// `mysql://root@127.0.0.1:<port>/<order db>`.
+    pub order_db: String,
+    /// `mysql://root@127.0.0.1:<port>/<stock db>`.
+    pub stock_db: String,
+    /// The coordinator (gRPC port; HTTP port in `coordinator_http`).
+    pub coordinator: Option<Proc>,
+    /// The coordinator's HTTP port.
+    pub coordinator_http: u16,
+    /// order-srv, when running.
+    pub order_srv: Option<Proc>,
+    /// stock-srv instances.
+    pub stock_srvs: Vec<Proc>,
+    /// order-api.
+    pub order_api: Option<Proc>,
+    /// Port reserved for order-srv (kept across restarts).
+    pub order_srv_port: u16,
+}
+
+impl System {
+    /// etcd, databases and coordinator; no business services yet.
+    pub fn infrastructure() -> System {
+        test_support::init_tracing();
+        let dir = tempfile::Builder::new().prefix("e2e-").tempdir().expect("temp dir");
+        let etcd = Etcd::start_private();
+        let server = mariadb().url();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        // The demo's names, made unique per test on the shared server.
+        let order_db = format!("{server}/dtm-gozero-order-{}", &suffix[..12]);
+        let stock_db = format!("{server}/dtm-gozero-stock-{}", &suffix[..12]);
+        let mut system = System {
+            dir,
+            etcd,
+            order_db,
+            stock_db,
+            coordinator: None,
+            coordinator_http: free_port(),
+            order_srv: None,
+            stock_srvs: Vec::new(),
+            order_api: None,
+            order_srv_port: free_port(),
+        };
+        system.start_coordinator();
+        system
+    }
+
+    /// Everything: infrastructure, order-srv, one stock-srv, order-api.
+    pub fn start() -> System {
+        let mut system = System::infrastructure();
+        system.start_order_srv();
+        system.start_stock_srv();
+        system.start_order_api();
+        system
+    }
+
+    fn etcd_hosts(&self) -> String {
+        self.etcd.hosts()
+    }
+
+    /// The coordinator from `etc/coordinator.yaml` (as docker-compose runs
+    /// it), with fast retries and etcd registration as `dtmservice`.
+    pub fn start_coordinator(&mut self) {
+        let grpc = free_port();
+        let http = self.coordinator_http;
+        let db = self.dir.path().join("coordinator.db");
+        let env: Vec<(String, String)> = [
+            ("LISTEN_HOST", "127.0.0.1".to_string()),
+            ("HTTP_PORT", http.to_string()),
+            ("GRPC_PORT", grpc.to_string()),
+            ("STORE_DRIVER", "sqlite".to_string()),
+            ("STORE_DB", db.display().to_string()),
+            ("MICRO_SERVICE_DRIVER", "dtm-driver-gozero".to_string()),
+            ("MICRO_SERVICE_TARGET", format!("etcd://{}/dtmservice", self.etcd_hosts())),
+            ("MICRO_SERVICE_END_POINT", format!("127.0.0.1:{grpc}")),
+            ("RETRY_INTERVAL", "1".to_string()),
+            ("MAX_RETRY_INTERVAL", "2".to_string()),
+            ("TRANS_CRON_INTERVAL", "1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let log = self.dir.path().join("coordinator.log");
+        let binary = binary("coordinator", "coordinator");
+        let process = spawn(&binary, &["-f", &Self::etc("coordinator.yaml")], &env, &log);
+        let proc = Proc { process, port: grpc, log };
+        assert!(
+            wait_for_port(grpc, Duration::from_secs(30)),
+            "coordinator did not start:\n{}",
+            proc.log_tail()
+        );
+        assert!(wait_for_port(http, Duration::from_secs(30)), "coordinator HTTP did not start");
+        self.coordinator = Some(proc);
+        self.wait_for_registration("dtmservice/", 1);
+    }
+
+    fn common_env(&self) -> Vec<(String, String)> {
+        vec![("ETCD_HOSTS".into(), self.etcd_hosts()), ("RUST_LOG".into(), "info".into())]
+    }
+
+    fn etc(name: &str) -> String {
+        workspace().join("etc").join(name).display().to_string()
+    }
+
+    /// order-srv from `etc/order-srv.yaml`, on its reserved port.
+    pub fn start_order_srv(&mut self) {
+        let port = self.order_srv_port;
+        let mut env = self.common_env();
+        env.push(("ORDER_SRV_LISTEN_ON".into(), format!("127.0.0.1:{port}")));
+        env.push(("ORDER_DSN".into(), self.order_db.clone()));
+        let log = self.dir.path().join("order-srv.log"); // appended to across restarts
+        let binary = binary("order-srv", "order-srv");
+        let process = spawn(&binary, &["-f", &Self::etc("order-srv.yaml")], &env, &log);
+        let proc = Proc { process, port, log };
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "order-srv did not start:\n{}",
+            proc.log_tail()
+        );
+        self.order_srv = Some(proc);
+        self.wait_for_registration("order.rpc/", 1);
+    }
+
+    /// Another stock-srv instance from `etc/stock-srv.yaml`.
+    pub fn start_stock_srv(&mut self) {
+        let port = free_port();
+        let mut env = self.common_env();
+        env.push(("STOCK_SRV_LISTEN_ON".into(), format!("127.0.0.1:{port}")));
+        env.push(("STOCK_DSN".into(), self.stock_db.clone()));
+        let log = self.dir.path().join(format!("stock-srv-{port}.log"));
+        let binary = binary("stock-srv", "stock-srv");
+        let process = spawn(&binary, &["-f", &Self::etc("stock-srv.yaml")], &env, &log);
+        let proc = Proc { process, port, log };
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "stock-srv did not start:\n{}",
+            proc.log_tail()
+        );
+        self.stock_srvs.push(proc);
+        self.wait_for_registration("stock.rpc/", self.stock_srvs.len());
+    }
+
+    /// order-api from `etc/order-api.yaml`, the coordinator found in etcd.
+    pub fn start_order_api(&mut self) {
+        self.start_order_api_with(&[]);
+    }
+
+    /// order-api with extra environment overrides (e.g. `SUBMIT_WAIT`).
+    pub fn start_order_api_with(&mut self, extra: &[(&str, &str)]) {
+        let port = free_port();
+        let mut env = self.common_env();
+        env.push(("ORDER_API_HOST".into(), "127.0.0.1".into()));
+        env.push(("ORDER_API_PORT".into(), port.to_string()));
+        env.push(("DTM_SERVER".into(), format!("etcd://{}/dtmservice", self.etcd_hosts())));
+        env.push((
+            "DTM_HTTP_SERVER".into(),
+            format!("http://127.0.0.1:{}/api/dtmsvr", self.coordinator_http),
+        ));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = self.dir.path().join("order-api.log");
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_order-api"));
+        let process = spawn(&binary, &["-f", &Self::etc("order-api.yaml")], &env, &log);
+        let proc = Proc { process, port, log };
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "order-api did not start:\n{}",
+            proc.log_tail()
+        );
+        self.order_api = Some(proc);
+    }
+
+    /// `http://127.0.0.1:<order-api port>`.
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.order_api.as_ref().expect("order-api running").port)
+    }
+
+    /// Waits until `count` instances are registered under `prefix`.
+    pub fn wait_for_registration(&self, prefix: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.registered(prefix).len();
+            if found == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{prefix}: {found} registrations, expected {count}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `(key, value)` under `prefix` in etcd.
+    pub fn registered(&self, prefix: &str) -> Vec<(String, String)> {
+        let endpoints = self.etcd.endpoints();
+        let prefix = prefix.to_string();
+        run_async(async move {
+            let mut client = Client::connect(endpoints, None).await.expect("etcd client");
+            let reply = client.get(prefix, Some(GetOptions::new().with_prefix())).await.expect("etcd get");
+            reply
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key_str().unwrap_or("").to_string(), kv.value_str().unwrap_or("").to_string()))
+                .collect()
+        })
+    }
+
+    /// Stock of `goods_id`.
+    pub async fn stock(&self, goods_id: i64) -> Option<i32> {
+        let pool = sqlx::MySqlPool::connect(&self.stock_db).await.unwrap();
+        let num = sqlx::query_scalar("select num from stock where goods_id = ?")
+            .bind(goods_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        num
+    }
+
+    /// Sets the stock of `goods_id` (inserting the row if needed).
+    pub async fn set_stock(&self, goods_id: i64, num: i32) {
+        let pool = sqlx::MySqlPool::connect(&self.stock_db).await.unwrap();
+        sqlx::query(
+            "insert into stock (goods_id, num) values (?, ?) on duplicate key update num = values(num)",
+        )
+        .bind(goods_id)
+        .bind(num)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+
+    /// `(gid, row_state, user_id, goods_id, num)` of every order.
+    pub async fn orders(&self) -> Vec<(String, i8, i64, i64, i32)> {
+        let pool = sqlx::MySqlPool::connect(&self.order_db).await.unwrap();
+        let rows = sqlx::query_as("select gid, row_state, user_id, goods_id, num from `order` order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    }
+
+    /// Rows of `gid` in `dtm_barrier.barrier`: `(branch_id, op, reason)`.
+    /// Both services' databases live on one server, so they share dtm's
+    /// fixed `dtm_barrier` database, as in the Go demo.
+    pub async fn barrier_rows(&self, gid: &str) -> Vec<(String, String, String)> {
+        let pool = sqlx::MySqlPool::connect(&self.order_db).await.unwrap();
+        let rows = sqlx::query_as(
+            "select branch_id, op, reason from dtm_barrier.barrier where gid = ? order by branch_id, id",
+        )
+        .bind(gid)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    }
+
+    /// POSTs a quick order; returns the status and the JSON answer.
+    pub async fn quick_create(&self, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/order/quickCreate", self.api()))
+            .json(body)
+            .send()
+            .await
+            .expect("order-api answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /order/status/{gid}` until the saga is final; its status.
+    pub async fn wait_final(&self, gid: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = reqwest::get(format!("{}/order/status/{gid}", self.api())).await.unwrap();
+            if response.status() == 200 {
+                let view: Value = response.json().await.unwrap();
+                let status = view["status"].as_str().unwrap_or("").to_string();
+                if status == "succeed" || status == "failed" {
+                    return status;
+                }
+            }
+            assert!(Instant::now() < deadline, "saga {gid} not final after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Runs a future on a fresh runtime thread (for the sync helpers above,
+/// callable from async tests too).
+fn run_async<T: Send + 'static>(future: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(future)
+    })
+    .join()
+    .expect("helper thread")
+}
