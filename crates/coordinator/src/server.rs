@@ -20,18 +20,17 @@
 //!
 //! Each listener accepts at most `MaxConnections` connections at a time
 //! ([`LimitedListener`]); further clients wait in the kernel's accept queue.
+//! HTTP clients must send a request head within 10 s (slowloris), and a
+//! drain after shutdown lasts at most `ApiTimeout`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use service_kit::listener::LimitedListener;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -151,11 +150,14 @@ impl Coordinator {
             timeout: config.api_timeout(),
         };
         let app = router(state, limits);
-        let http_listener = LimitedListener::new(http, config.max_connections);
+        let http_limits = service_kit::http::HttpServeLimits {
+            max_connections: config.max_connections,
+            drain_timeout: config.api_timeout(),
+            ..Default::default()
+        };
         let token = stop_accepting.clone();
-        let mut http_task: JoinHandle<io::Result<()>> = tokio::spawn(async move {
-            axum::serve(http_listener, app).with_graceful_shutdown(token.cancelled_owned()).await
-        });
+        let mut http_task: JoinHandle<io::Result<()>> =
+            tokio::spawn(service_kit::http::serve(http, app, token.cancelled_owned(), http_limits));
 
         // gRPC.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -270,126 +272,4 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
 fn local(listener: &TcpListener) -> SocketAddr {
     // A bound TCP listener always has a local address.
     listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-}
-
-// ---------------------------------------------------------------------------
-// Connection limiting
-// ---------------------------------------------------------------------------
-
-/// A TCP listener that holds at most `limit` connections open at once.
-///
-/// A semaphore permit is taken *before* `accept`, so when the limit is
-/// reached we simply stop accepting: new clients wait in the kernel's
-/// backlog (and time out there if we stay full) instead of costing us a
-/// socket and a task each. The permit travels inside the connection and is
-/// released when the connection is dropped.
-pub struct LimitedListener {
-    /// The bound socket.
-    listener: TcpListener,
-    /// One permit per open connection.
-    permits: Arc<Semaphore>,
-}
-
-impl LimitedListener {
-    /// Wraps `listener`, allowing `limit` simultaneous connections.
-    pub fn new(listener: TcpListener, limit: usize) -> LimitedListener {
-        LimitedListener { listener, permits: Arc::new(Semaphore::new(limit)) }
-    }
-
-    /// Waits for a free slot, then for a connection. Accept errors (e.g.
-    /// out of file descriptors) are logged and retried after a pause, as
-    /// axum's own listener does.
-    async fn next(&mut self) -> (LimitedConnection, SocketAddr) {
-        loop {
-            let permit = match self.permits.clone().acquire_owned().await {
-                Ok(permit) => permit,
-                // Only a closed semaphore fails, and this one is never closed.
-                Err(_closed) => std::future::pending().await,
-            };
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    // gRPC and small JSON requests: do not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    return (LimitedConnection { stream, _permit: permit }, addr);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    /// The connections as a stream, for tonic's `serve_with_incoming_shutdown`.
-    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<LimitedConnection>> + Send + 'static {
-        futures::stream::unfold(self, |mut listener| async move {
-            let (connection, _addr) = listener.next().await;
-            Some((Ok(connection), listener))
-        })
-    }
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedConnection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.next().await
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// An accepted TCP connection that owns one slot of its [`LimitedListener`].
-pub struct LimitedConnection {
-    /// The socket; all I/O is delegated to it.
-    stream: TcpStream,
-    /// Released (freeing a slot) when the connection is dropped.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for LimitedConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
-impl tonic::transport::server::Connected for LimitedConnection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
 }

@@ -204,6 +204,11 @@ async fn a_duplicate_submit_is_accepted_while_running_and_refused_once_final() {
     assert_eq!(post(&c, &submit, &body).await, (200, json!({"dtm_result": "SUCCESS"})));
     assert_eq!(status_of(&c, &base, "dup-1").await.as_deref(), Some("submitted"));
     assert_eq!(post(&c, &submit, &body).await.0, 200, "re-submit while running is idempotent");
+    // The same gid with other work is refused, not silently ignored.
+    let other = saga("dup-1", &steps(&branches, 2), &[json!({}), json!({})], false);
+    let (status, reply) = post(&c, &submit, &other).await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(reply["message"].as_str().is_some_and(|m| m.contains("other steps")), "{reply}");
 
     assert_eq!(wait_final(&c, &base, "dup-1", Duration::from_secs(20)).await, "succeed");
     let (status, reply) = post(&c, &submit, &body).await;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use barrier::Gid;
 use discovery::ChannelCache;
 
-use crate::{ClientError, GrpcDtm, HttpDtm, QueryResult, Saga};
+use crate::branch::BranchCaller;
+use crate::{ClientError, GrpcDtm, HttpDtm, QueryResult, RegisterBranch, Saga, TransRequest};
 
 /// Default deadline of one call to dtm. Generous because a `wait_result`
 /// submit returns only after dtm has called every branch once.
@@ -40,7 +41,7 @@ impl DtmClient {
         timeout: Duration,
     ) -> Result<DtmClient, ClientError> {
         if address.starts_with("http://") || address.starts_with("https://") {
-            Ok(DtmClient::Http(HttpDtm::new(address, timeout)?))
+            Ok(DtmClient::Http(HttpDtm::with_channels(address, timeout, channels)?))
         } else {
             Ok(DtmClient::Grpc(GrpcDtm::new(address, channels, timeout)?))
         }
@@ -54,13 +55,59 @@ impl DtmClient {
         }
     }
 
+    /// The coordinator's address as configured: what TCC try calls send as
+    /// `dtm`, so that a nested branch reaches the same coordinator.
+    pub fn address(&self) -> &str {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.address(),
+            DtmClient::Http(dtm) => dtm.base(),
+        }
+    }
+
     /// Submits a saga. With `wait_result`, `Ok` means it succeeded and
     /// [`ClientError::Failure`] that it was rolled back.
     pub async fn submit(&self, saga: &Saga) -> Result<(), ClientError> {
-        let request = saga.request()?;
+        self.submit_request(&saga.request()?).await
+    }
+
+    /// `submit` of any transaction type ([`crate::Tcc`] and [`crate::Msg`]
+    /// call it for you).
+    pub async fn submit_request(&self, request: &TransRequest) -> Result<(), ClientError> {
         match self {
-            DtmClient::Grpc(dtm) => dtm.submit(&request).await,
-            DtmClient::Http(dtm) => dtm.submit(&request).await,
+            DtmClient::Grpc(dtm) => dtm.submit(request).await,
+            DtmClient::Http(dtm) => dtm.submit(request).await,
+        }
+    }
+
+    /// `prepare`: stores a TCC or 2-phase message as `prepared`.
+    pub async fn prepare_request(&self, request: &TransRequest) -> Result<(), ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.prepare(request).await,
+            DtmClient::Http(dtm) => dtm.prepare(request).await,
+        }
+    }
+
+    /// `abort`: cancels a prepared TCC, or fails a prepared message.
+    pub async fn abort_request(&self, request: &TransRequest) -> Result<(), ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.abort(request).await,
+            DtmClient::Http(dtm) => dtm.abort(request).await,
+        }
+    }
+
+    /// `registerBranch`: adds a TCC branch to a prepared transaction.
+    pub async fn register_branch(&self, branch: &RegisterBranch) -> Result<(), ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.register_branch(branch).await,
+            DtmClient::Http(dtm) => dtm.register_branch(branch).await,
+        }
+    }
+
+    /// Calls the application makes to branches (try, check-back).
+    pub(crate) fn branches(&self) -> &BranchCaller {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.branches(),
+            DtmClient::Http(dtm) => dtm.branches(),
         }
     }
 

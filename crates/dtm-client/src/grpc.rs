@@ -8,7 +8,8 @@ use discovery::ChannelCache;
 use proto::dtmgimp::dtm_client::DtmClient as RawDtmClient;
 use tonic::transport::Channel;
 
-use crate::{ClientError, TransRequest};
+use crate::branch::BranchCaller;
+use crate::{ClientError, RegisterBranch, TransRequest};
 
 /// A client of dtm's gRPC port (36790), reached at `host:port` or through
 /// etcd (`etcd://127.0.0.1:2379/dtmservice`, where dtm registers itself).
@@ -24,13 +25,16 @@ pub struct GrpcDtm {
     channels: ChannelCache,
     /// Deadline of each call to dtm.
     timeout: Duration,
+    /// For the calls the application makes to branches itself (TCC try).
+    branches: BranchCaller,
 }
 
 impl GrpcDtm {
     /// A client for `address` (validated now, dialled lazily).
     pub fn new(address: &str, channels: ChannelCache, timeout: Duration) -> Result<GrpcDtm, ClientError> {
         discovery::Target::parse(address).map_err(ClientError::from_discovery)?;
-        Ok(GrpcDtm { address: address.to_string(), channels, timeout })
+        let branches = BranchCaller::new(channels.clone())?;
+        Ok(GrpcDtm { address: address.to_string(), channels, timeout, branches })
     }
 
     /// The coordinator's address as configured.
@@ -49,6 +53,29 @@ impl GrpcDtm {
     pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
         let mut client = self.client().await?;
         self.call(client.submit(self.request(request.to_grpc()))).await
+    }
+
+    /// `Prepare`: registers a TCC or 2-phase message as `prepared`.
+    pub async fn prepare(&self, request: &TransRequest) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.prepare(self.request(request.to_grpc()))).await
+    }
+
+    /// `Abort`: rolls back a prepared TCC (cancels) or drops a prepared message.
+    pub async fn abort(&self, request: &TransRequest) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.abort(self.request(request.to_grpc()))).await
+    }
+
+    /// `RegisterBranch`: adds a TCC branch's confirm/cancel ops.
+    pub async fn register_branch(&self, branch: &RegisterBranch) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.register_branch(self.request(branch.to_grpc()))).await
+    }
+
+    /// The caller for branch calls made by the application.
+    pub(crate) fn branches(&self) -> &BranchCaller {
+        &self.branches
     }
 
     async fn client(&self) -> Result<RawDtmClient<Channel>, ClientError> {

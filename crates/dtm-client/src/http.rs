@@ -5,7 +5,8 @@ use std::time::Duration;
 use barrier::Gid;
 use serde::Deserialize;
 
-use crate::{ClientError, QueryResult, TransRequest};
+use crate::branch::BranchCaller;
+use crate::{ClientError, QueryResult, RegisterBranch, TransRequest};
 
 /// A client of dtm's HTTP port, e.g. `http://127.0.0.1:36789/api/dtmsvr`.
 #[derive(Debug, Clone)]
@@ -14,6 +15,9 @@ pub struct HttpDtm {
     base: String,
     /// Reused connection pool.
     client: reqwest::Client,
+    /// For the calls the application makes to branches itself (TCC try);
+    /// gRPC branches of an HTTP-driven transaction work too.
+    branches: BranchCaller,
 }
 
 #[derive(Deserialize)]
@@ -25,6 +29,15 @@ impl HttpDtm {
     /// A client for the base URL `base` (…`/api/dtmsvr`), with `timeout`
     /// per request.
     pub fn new(base: &str, timeout: Duration) -> Result<HttpDtm, ClientError> {
+        HttpDtm::with_channels(base, timeout, discovery::ChannelCache::new())
+    }
+
+    /// Same, with gRPC branches dialled through `channels`.
+    pub fn with_channels(
+        base: &str,
+        timeout: Duration,
+        channels: discovery::ChannelCache,
+    ) -> Result<HttpDtm, ClientError> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::InvalidArgument(format!(
                 "dtm HTTP address {base:?} must start with http(s)://"
@@ -34,7 +47,8 @@ impl HttpDtm {
             .timeout(timeout)
             .build()
             .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
-        Ok(HttpDtm { base: base.trim_end_matches('/').to_string(), client })
+        let branches = BranchCaller::new(channels)?;
+        Ok(HttpDtm { base: base.trim_end_matches('/').to_string(), client, branches })
     }
 
     /// The base URL.
@@ -52,10 +66,33 @@ impl HttpDtm {
 
     /// `POST /submit` with dtm's JSON body.
     pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
-        let body = request.to_http_json()?;
+        self.post("submit", request.to_http_json()?).await
+    }
+
+    /// `POST /prepare`: registers a TCC or 2-phase message as `prepared`.
+    pub async fn prepare(&self, request: &TransRequest) -> Result<(), ClientError> {
+        self.post("prepare", request.to_http_json()?).await
+    }
+
+    /// `POST /abort`: rolls back a prepared TCC or drops a prepared message.
+    pub async fn abort(&self, request: &TransRequest) -> Result<(), ClientError> {
+        self.post("abort", request.to_http_json()?).await
+    }
+
+    /// `POST /registerBranch` with dtm's flat string map.
+    pub async fn register_branch(&self, branch: &RegisterBranch) -> Result<(), ClientError> {
+        self.post("registerBranch", branch.to_http_json()?).await
+    }
+
+    /// The caller for branch calls made by the application.
+    pub(crate) fn branches(&self) -> &BranchCaller {
+        &self.branches
+    }
+
+    async fn post(&self, route: &str, body: String) -> Result<(), ClientError> {
         let post = self
             .client
-            .post(format!("{}/submit", self.base))
+            .post(format!("{}/{route}", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         self.send(post).await.map(drop)
@@ -64,7 +101,16 @@ impl HttpDtm {
     /// `GET /query?gid=…`: the transaction and its branches.
     pub async fn query(&self, gid: &Gid) -> Result<QueryResult, ClientError> {
         let get = self.client.get(format!("{}/query", self.base)).query(&[("gid", gid.as_str())]);
-        let body = self.send(get).await?;
+        let response = get.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        // Status only: the answer is data, and a rollback reason may well
+        // contain the word FAILURE (dtm's body rule is for results).
+        if status != 200
+            && let Some(err) = ClientError::from_http(status, &body)
+        {
+            return Err(err);
+        }
         serde_json::from_str(&body)
             .map_err(|err| ClientError::Other(format!("unreadable query reply: {err}")))
     }

@@ -12,14 +12,26 @@
 //!   [`TransRequest::to_http_json`]);
 //! * [`DtmClient`] talks to dtm over gRPC ([`GrpcDtm`], `host:port` or
 //!   `etcd://…/dtmservice` resolved through [`discovery`]) or HTTP
-//!   ([`HttpDtm`], `http://host:36789/api/dtmsvr`): `new_gid`, `submit`, and
-//!   over HTTP `query`;
+//!   ([`HttpDtm`], `http://host:36789/api/dtmsvr`): `new_gid`, `submit`,
+//!   `prepare`, `abort`, `registerBranch`, and over HTTP `query`;
 //! * [`ClientError`] sorts every outcome into what a caller acts on:
 //!   `Failure` (rolled back → HTTP 409), `Unavailable` (→ 503), ….
 //!
-//! TCC and 2-phase messages will sit next to [`saga`] as `tcc` and `msg`,
-//! building the same [`TransRequest`] and adding `prepare`, `abort` and
-//! `registerBranch` calls to the two transports.
+//! * [`Tcc`] runs a TCC global transaction: `prepare`, the try calls the
+//!   application makes itself ([`Tcc::call_branch`] over gRPC,
+//!   [`Tcc::call_branch_json`] over HTTP, each after a `registerBranch`),
+//!   then `submit` or `abort` ([`Tcc::run`] does all of it). Branch ids come
+//!   from [`BranchIdGen`] (`01`, `02`, …, nested `0101`); a try handler
+//!   registers sub-branches with [`Tcc::from_branch`] and [`TccBranch`];
+//! * [`Msg`] sends a 2-phase message: plain `submit`, or `prepare` + local
+//!   transaction + `submit`/`abort` ([`Msg::do_and_submit_db`], dtm's
+//!   `DoAndSubmitDB`, on MySQL, PostgreSQL or SQLite through
+//!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay.
+//!
+//! Every transaction type works over both APIs; what differs is only the
+//! payload encoding (protobuf bytes for gRPC branches, JSON for HTTP ones).
+//! dtm's gRPC API cannot carry a message's `concurrent` flag, so
+//! concurrent messages need the HTTP API, as with dtm.
 //!
 //! # The article's quick order
 //!
@@ -63,19 +75,93 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # TCC: transfer between two accounts over HTTP
+//!
+//! Each branch offers try (freeze the amount), confirm (apply it) and
+//! cancel (unfreeze); the application calls the tries, the coordinator the
+//! rest. If the second try answers FAILURE, the closure's error aborts the
+//! transaction and the coordinator cancels both branches (the second one's
+//! cancel is a null compensation for the barrier).
+//!
+//! ```no_run
+//! use barrier::Gid;
+//! use discovery::ChannelCache;
+//! use dtm_client::{ClientError, DtmClient, Tcc};
+//! use serde_json::json;
+//!
+//! # async fn transfer() -> Result<(), ClientError> {
+//! let dtm = DtmClient::new("http://127.0.0.1:36789/api/dtmsvr", ChannelCache::new())?;
+//! let busi = "http://127.0.0.1:8081/api/busi";
+//! let gid = dtm.new_gid().await?;
+//! Tcc::new(dtm, gid)
+//!     .run(async |tcc| {
+//!         let body = json!({"amount": 30});
+//!         tcc.call_branch_json(&body, &format!("{busi}/TransOutTry"),
+//!             &format!("{busi}/TransOutConfirm"), &format!("{busi}/TransOutCancel")).await?;
+//!         tcc.call_branch_json(&body, &format!("{busi}/TransInTry"),
+//!             &format!("{busi}/TransInConfirm"), &format!("{busi}/TransInCancel")).await?;
+//!         Ok(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! Over gRPC the same transaction uses `DtmClient::new("127.0.0.1:36790", …)`
+//! and `tcc.call_branch::<Req, Resp>(&req, "host:port/pkg.Busi/TransOutTry", …)`.
+//! A try handler that is itself a TCC reads its context with
+//! [`TccBranch::from_query`] (or [`TccBranch::from_grpc`]) and calls
+//! `Tcc::from_branch(dtm, &branch).call_branch_json(…)`: its branches are
+//! `0101`, `0102`, … of the same global transaction.
+//!
+//! # A 2-phase message with a local transaction
+//!
+//! Deduct the stock locally and guarantee that the order service hears of
+//! it. If this process dies after the commit, the coordinator asks
+//! `…/queryPrepared`, whose handler is
+//! `BranchBarrier::from_query(q)?.query_prepared(&pool)`.
+//!
+//! ```no_run
+//! use barrier::{BranchError, Gid};
+//! use discovery::ChannelCache;
+//! use dtm_client::{DtmClient, Msg, MsgError};
+//! use serde_json::json;
+//!
+//! # async fn deduct(pool: sqlx::MySqlPool) -> Result<(), MsgError> {
+//! let dtm = DtmClient::new("http://127.0.0.1:36789/api/dtmsvr", ChannelCache::new())?;
+//! let msg = Msg::new(dtm.new_gid().await?)
+//!     .add_json("http://127.0.0.1:8081/api/order/create", &json!({"userId": 1, "goodsId": 1, "num": 1}))?;
+//! msg.do_and_submit_db(&dtm, "http://127.0.0.1:8082/api/stock/queryPrepared", &pool, async |conn| {
+//!     let done = sqlx::query("update stock set num = num - 1 where goods_id = 1 and num >= 1")
+//!         .execute(&mut *conn)
+//!         .await?;
+//!     if done.rows_affected() == 0 {
+//!         return Err(BranchError::failure("insufficient stock")); // → abort
+//!     }
+//!     Ok(())
+//! })
+//! .await
+//! # }
+//! ```
 
+pub mod branch;
 pub mod client;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod msg;
 pub mod query;
 pub mod saga;
+pub mod tcc;
 pub mod trans;
 
+pub use branch::{BranchIdGen, TccBranch};
 pub use client::{DEFAULT_TIMEOUT, DtmClient};
 pub use error::ClientError;
 pub use grpc::GrpcDtm;
 pub use http::HttpDtm;
+pub use msg::{Msg, MsgError};
 pub use query::{Branch, BranchStatus, QueryResult, TransStatus, Transaction};
 pub use saga::Saga;
-pub use trans::{TransOptions, TransRequest};
+pub use tcc::{DEFAULT_BRANCH_TIMEOUT, Tcc};
+pub use trans::{RegisterBranch, TransOptions, TransRequest};

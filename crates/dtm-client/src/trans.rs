@@ -5,13 +5,14 @@
 //! (HTTP). [`TransRequest`] is that common shape; [`TransRequest::to_grpc`]
 //! and [`TransRequest::to_http_json`] produce the two encodings exactly as
 //! dtm's Go SDK does (`dtmgimp.GetDtmRequest`, `json.Marshal(TransBase)`).
-//! Saga builds one today; TCC and 2-phase messages will build the same.
+//! Saga, TCC and 2-phase messages all build one; TCC also sends
+//! [`RegisterBranch`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use barrier::{Gid, TransType};
-use proto::dtmgimp::{DtmRequest, DtmTransOptions};
+use barrier::{BranchId, Gid, TransType};
+use proto::dtmgimp::{DtmBranchRequest, DtmRequest, DtmTransOptions};
 use serde::Serialize;
 
 use crate::ClientError;
@@ -187,9 +188,94 @@ impl TransRequest {
     }
 }
 
+/// A `registerBranch` call: a TCC branch's phase-2 URLs and the payload
+/// dtm sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterBranch {
+    /// The prepared global transaction.
+    pub gid: Gid,
+    /// `tcc`.
+    pub trans_type: TransType,
+    /// The new branch's id (`01`, `0101`, …).
+    pub branch_id: BranchId,
+    /// Body of the confirm/cancel calls: JSON (HTTP) or protobuf (gRPC).
+    pub data: Vec<u8>,
+    /// `confirm` and `cancel` URLs (dtm's `Data` map).
+    pub urls: BTreeMap<String, String>,
+}
+
+impl RegisterBranch {
+    /// A TCC branch registration.
+    pub fn tcc(gid: Gid, branch_id: BranchId, data: Vec<u8>, confirm: &str, cancel: &str) -> RegisterBranch {
+        RegisterBranch {
+            gid,
+            trans_type: TransType::Tcc,
+            branch_id,
+            data,
+            urls: BTreeMap::from([
+                ("confirm".to_string(), confirm.to_string()),
+                ("cancel".to_string(), cancel.to_string()),
+            ]),
+        }
+    }
+
+    /// `DtmBranchRequest`, as `dtmgrpc` fills it: URLs in `Data`, the
+    /// payload in `BusiPayload`, `Op` unused.
+    pub fn to_grpc(&self) -> DtmBranchRequest {
+        DtmBranchRequest {
+            gid: self.gid.to_string(),
+            trans_type: self.trans_type.as_str().to_string(),
+            branch_id: self.branch_id.to_string(),
+            op: String::new(),
+            data: self.urls.clone().into_iter().collect(),
+            busi_payload: self.data.clone(),
+        }
+    }
+
+    /// The flat string map `dtmcli` posts (keys sorted, as Go marshals a
+    /// map); the payload goes in `data`, so it must be UTF-8 text.
+    pub fn to_http_json(&self) -> Result<String, ClientError> {
+        let data = std::str::from_utf8(&self.data).map_err(|_| {
+            ClientError::InvalidArgument(
+                "the branch payload is not UTF-8 text; binary (protobuf) payloads need the gRPC API".into(),
+            )
+        })?;
+        let mut map: BTreeMap<&str, &str> = self.urls.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        map.insert("gid", self.gid.as_str());
+        map.insert("trans_type", self.trans_type.as_str());
+        map.insert("branch_id", self.branch_id.as_str());
+        map.insert("data", data);
+        serde_json::to_string(&map).map_err(|err| ClientError::InvalidArgument(err.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_branch_has_dtms_shapes() {
+        let branch = RegisterBranch::tcc(
+            Gid::new("g1").unwrap(),
+            BranchId::new("01").unwrap(),
+            br#"{"amount":30}"#.to_vec(),
+            "http://h/Confirm",
+            "http://h/Cancel",
+        );
+        assert_eq!(
+            branch.to_http_json().unwrap(),
+            r#"{"branch_id":"01","cancel":"http://h/Cancel","confirm":"http://h/Confirm","data":"{\"amount\":30}","gid":"g1","trans_type":"tcc"}"#
+        );
+        let grpc = branch.to_grpc();
+        assert_eq!(
+            (grpc.gid.as_str(), grpc.trans_type.as_str(), grpc.branch_id.as_str()),
+            ("g1", "tcc", "01")
+        );
+        assert_eq!(grpc.data.get("confirm").map(String::as_str), Some("http://h/Confirm"));
+        assert_eq!(grpc.busi_payload, br#"{"amount":30}"#);
+        let binary = RegisterBranch { data: vec![0xff], ..branch };
+        assert!(matches!(binary.to_http_json(), Err(ClientError::InvalidArgument(_))));
+    }
 
     #[test]
     fn seconds_round_up() {

@@ -22,6 +22,9 @@ fn default_max_bytes() -> usize {
 fn default_max_num() -> i64 {
     1000
 }
+fn default_max_conns() -> usize {
+    10_000
+}
 fn default_dtm_timeout_ms() -> u64 {
     3000
 }
@@ -59,6 +62,10 @@ pub struct Config {
     /// Largest `num` one quick order may ask for.
     #[serde(default = "default_max_num")]
     pub max_num: i64,
+    /// Open connections at most (go-zero's `MaxConns`, 10000); further
+    /// clients wait in the kernel's accept queue.
+    #[serde(default = "default_max_conns")]
+    pub max_conns: usize,
     /// The coordinator's gRPC address: `etcd://127.0.0.1:2379/dtmservice`
     /// (found in etcd, as the demo does) or `127.0.0.1:36790`.
     pub dtm_server: String,
@@ -79,6 +86,16 @@ pub struct Config {
     pub order_rpc_conf: RpcClientConf,
     /// How the coordinator reaches stock-srv.
     pub stock_rpc_conf: RpcClientConf,
+    /// Optional: order-srv's HTTP branches (`http://127.0.0.1:9011/api/order`,
+    /// served when order-srv has `HttpListenOn`). When set, the saga's order
+    /// step uses `<this>/create` and `<this>/createRollback` with a JSON
+    /// body instead of the gRPC methods from `OrderRpcConf`.
+    #[serde(default)]
+    pub order_http_url: Option<String>,
+    /// Optional: stock-srv's HTTP branches (`http://127.0.0.1:9012/api/stock`):
+    /// `<this>/deduct`, `<this>/deductRollback`.
+    #[serde(default)]
+    pub stock_http_url: Option<String>,
 }
 
 impl Config {
@@ -94,8 +111,18 @@ impl Config {
                 format!("must be positive and below Timeout ({} ms), got {}", self.timeout, self.submit_wait),
             ));
         }
+        if self.max_conns == 0 {
+            return Err(("MaxConns".into(), "must be at least 1".into()));
+        }
         if self.dtm_timeout == 0 {
             return Err(("DtmTimeout".into(), "must be positive".into()));
+        }
+        for (key, url) in [("OrderHttpUrl", &self.order_http_url), ("StockHttpUrl", &self.stock_http_url)] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err((key.into(), format!("must be an http:// or https:// URL, got {url:?}")));
+            }
         }
         for (key, conf) in [("OrderRpcConf", &self.order_rpc_conf), ("StockRpcConf", &self.stock_rpc_conf)] {
             conf.build_target().map_err(|err| (key.to_string(), err.to_string()))?;
@@ -156,6 +183,17 @@ mod tests {
         assert!(config.validate().is_ok());
         assert_eq!(branch_base(&config.order_rpc_conf).unwrap(), "etcd://127.0.0.1:2379/order.rpc");
         assert_eq!(branch_base(&config.stock_rpc_conf).unwrap(), "127.0.0.1:9002");
+    }
+
+    #[test]
+    fn http_branch_urls_are_optional_and_checked() {
+        let config = parse(DEMO).unwrap();
+        assert_eq!((config.order_http_url.as_deref(), config.stock_http_url.as_deref()), (None, None));
+        let config = parse(&format!(
+            "{DEMO}OrderHttpUrl: http://127.0.0.1:9011/api/order\nStockHttpUrl: 127.0.0.1:9012\n"
+        ))
+        .unwrap();
+        assert_eq!(config.validate().unwrap_err().0, "StockHttpUrl");
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The application.
     app: Router,
+    /// `MaxConns`: open connections at most.
+    max_connections: usize,
+    /// How long in-flight requests may finish after shutdown (`Timeout`).
+    drain_timeout: std::time::Duration,
 }
 
 /// Builds the service: clients ready (nothing dialled), port bound.
@@ -81,7 +85,8 @@ pub async fn build(config: Config) -> Result<Server, StartError> {
     let bind_error = |source| StartError::Bind { addr: addr.clone(), source };
     let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    Ok(Server { listener, local_addr, app: handler::routes(svc) })
+    let (max_connections, drain_timeout) = (svc.config.max_conns, svc.config.request_timeout());
+    Ok(Server { listener, local_addr, app: handler::routes(svc), max_connections, drain_timeout })
 }
 
 impl Server {
@@ -97,7 +102,14 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "order-api listening");
-        axum::serve(self.listener, self.app).with_graceful_shutdown(shutdown).await?;
+        // A request may take `Timeout`; the drain waits for that much, and
+        // slow clients must send their request head within 10 s.
+        let limits = service_kit::http::HttpServeLimits {
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+            ..Default::default()
+        };
+        service_kit::http::serve(self.listener, self.app, shutdown, limits).await?;
         tracing::info!("order-api stopped");
         Ok(())
     }

@@ -38,10 +38,32 @@ pub async fn quick_create(
     let create = CreateReq { user_id: req.user_id, goods_id: req.goods_id, num: req.num };
     let deduct = DeductReq { goods_id: req.goods_id, num: req.num };
     let (order, stock) = (&svc.order_rpc, &svc.stock_rpc);
-    let saga = Saga::new(gid.clone())
-        .add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create)
-        .add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct)
-        .wait_result(true);
+    // Each step over gRPC (protobuf payload) or, when its HTTP URL is
+    // configured, over dtm's HTTP branch protocol (JSON payload).
+    let saga = Saga::new(gid.clone());
+    let saga = match &svc.order_http {
+        Some(base) => {
+            let body = serde_json::json!({"userId": req.user_id, "goodsId": req.goods_id, "num": req.num});
+            saga.add_raw(
+                format!("{base}/create"),
+                format!("{base}/createRollback"),
+                body.to_string().into_bytes(),
+            )
+        }
+        None => saga.add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create),
+    };
+    let saga = match &svc.stock_http {
+        Some(base) => {
+            let body = serde_json::json!({"goodsId": req.goods_id, "num": req.num});
+            saga.add_raw(
+                format!("{base}/deduct"),
+                format!("{base}/deductRollback"),
+                body.to_string().into_bytes(),
+            )
+        }
+        None => saga.add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct),
+    };
+    let saga = saga.wait_result(true);
 
     let answer = |status: OrderStatus, reason: Option<String>| QuickCreateResp {
         gid: gid.as_str().to_string(),
@@ -61,9 +83,12 @@ pub async fn quick_create(
             tracing::info!("saga still running");
             Ok((StatusCode::ACCEPTED, answer(OrderStatus::Submitted, None)))
         }
-        Ok(Err(ClientError::Unavailable(cause))) => {
-            // The submit may or may not have reached the coordinator.
-            tracing::warn!(%cause, "submit got no answer");
+        Ok(Err(ClientError::Unavailable(cause) | ClientError::Other(cause))) => {
+            // The submit may or may not have been stored: no answer, or an
+            // error after the store (a coordinator killed mid-call, its
+            // database restarting during a wait_result pass). Only the
+            // coordinator knows; a 502 here would make clients order twice.
+            tracing::warn!(%cause, "outcome of the submit unknown");
             settle_unknown(svc, &gid).await
         }
         Err(_elapsed) => settle_unknown(svc, &gid).await,

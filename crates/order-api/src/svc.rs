@@ -26,6 +26,11 @@ pub struct ServiceContext {
     pub order_rpc: String,
     /// The same for stock-srv.
     pub stock_rpc: String,
+    /// `OrderHttpUrl` without a trailing `/`: when set, the order step
+    /// goes to order-srv's HTTP branches instead.
+    pub order_http: Option<String>,
+    /// `StockHttpUrl`, the same for the stock step.
+    pub stock_http: Option<String>,
 }
 
 /// Why the context could not be built.
@@ -64,6 +69,16 @@ impl ServiceContext {
             |key: &str, conf| branch_base(conf).map_err(|err| SvcError::Config(key.into(), err.to_string()));
         let order_rpc = base("OrderRpcConf", &config.order_rpc_conf)?;
         let stock_rpc = base("StockRpcConf", &config.stock_rpc_conf)?;
-        Ok(ServiceContext { config: Arc::new(config), dtm, dtm_query, order_rpc, stock_rpc })
+        let http = |url: &Option<String>| url.as_deref().map(|u| u.trim_end_matches('/').to_string());
+        let (order_http, stock_http) = (http(&config.order_http_url), http(&config.stock_http_url));
+        Ok(ServiceContext {
+            config: Arc::new(config),
+            dtm,
+            dtm_query,
+            order_rpc,
+            stock_rpc,
+            order_http,
+            stock_http,
+        })
     }
 }

@@ -25,14 +25,23 @@
 //! [`Server::run_until_stopped`] then registers `order.rpc/<lease>` in etcd
 //! (if `Etcd` is configured), serves, and on shutdown deregisters before
 //! draining.
+//!
+//! **HTTP flavour.** With `HttpListenOn` set, the same branches are also
+//! served as dtm HTTP branches ([`http`]: `POST /api/order/create`, `/api/order/createRollback`, JSON bodies,
+//! dtm's query parameters), so a saga may use `http://` branch URLs. The
+//! HTTP listener is not registered in etcd; it stops after the gRPC server
+//! has deregistered and drained.
 
+pub mod http;
 pub mod logic;
 pub mod model;
 pub mod server;
 
 use barrier::BarrierDatabase;
 use proto::order::OrderServer;
-use service_kit::{BusinessDb, GrpcServer, GrpcSettings, StartError};
+use service_kit::http::HttpServeLimits;
+use service_kit::http_branch::HttpBranchServer;
+use service_kit::{BusinessDb, GrpcServer, GrpcSettings, ServiceServer, StartError};
 use sqlx::Pool;
 
 use crate::model::OrderModel;
@@ -43,7 +52,7 @@ pub type Config = service_kit::RpcServerConf;
 
 /// A bound, ready-to-run order service: `local_addr()`,
 /// `run_until_stopped(shutdown)`.
-pub type Server = GrpcServer;
+pub type Server = ServiceServer;
 
 /// Builds the service from its configuration: database ready, port bound
 /// (port 0 allowed), not yet serving.
@@ -51,11 +60,26 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
     let settings = GrpcSettings::from_conf(config);
     let max_msg_size = settings.max_msg_size;
     let db = BusinessDb::connect(&config.db, config.db_acquire_timeout()).await?;
-    let server = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
-    Ok(match db {
-        BusinessDb::MySql(pool) => server.add_service(service(pool, max_msg_size).await?),
-        BusinessDb::Postgres(pool) => server.add_service(service(pool, max_msg_size).await?),
-        BusinessDb::Sqlite(pool) => server.add_service(service(pool, max_msg_size).await?),
+    let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
+    let timeout = config.call_timeout();
+    let (grpc, routes) = match db {
+        BusinessDb::MySql(pool) => {
+            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
+        }
+        BusinessDb::Postgres(pool) => {
+            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
+        }
+        BusinessDb::Sqlite(pool) => {
+            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
+        }
+    };
+    let server = ServiceServer::grpc(grpc);
+    Ok(match config.http_listen_on() {
+        Some(listen_on) => {
+            let limits = HttpServeLimits { drain_timeout: timeout, ..HttpServeLimits::default() };
+            server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?)
+        }
+        None => server,
     })
 }
 

@@ -321,6 +321,11 @@ pub struct RpcServerConf {
     /// Largest accepted request message in bytes (gRPC's usual 4 MiB).
     #[serde(default = "default_max_msg_size")]
     pub max_msg_size: usize,
+    /// Where to serve the dtm-style HTTP flavour of the branches
+    /// (`0.0.0.0:9011`); absent or empty: gRPC only. dtm reaches HTTP
+    /// branches by URL (`http://host:9011/api/order/create`), not through etcd.
+    #[serde(default)]
+    pub http_listen_on: Option<String>,
 }
 
 impl RpcServerConf {
@@ -334,6 +339,11 @@ impl RpcServerConf {
     /// `Unavailable` before the deadline cuts the call off.
     pub fn db_acquire_timeout(&self) -> Duration {
         self.call_timeout() * 3 / 4
+    }
+
+    /// `HttpListenOn`, if set and not empty.
+    pub fn http_listen_on(&self) -> Option<&str> {
+        self.http_listen_on.as_deref().map(str::trim).filter(|s| !s.is_empty())
     }
 
     /// The name logs should carry.
@@ -395,6 +405,16 @@ mod tests {
         assert_eq!(conf.mode, Mode::Dev);
         assert_eq!(conf.timeout, 2000);
         assert_eq!(conf.db.data_source.redacted(), "mysql://root:***@db:3306/o");
+        assert_eq!(conf.http_listen_on(), None, "HTTP branches are off by default");
+        let with_http = format!("{SRV}HttpListenOn: 127.0.0.1:9011\n");
+        let conf: RpcServerConf =
+            parse_yaml(Path::new("order.yaml"), &with_http, env(&[("DSN", "root:pw@tcp(db:3306)/o")]))
+                .unwrap();
+        assert_eq!(conf.http_listen_on(), Some("127.0.0.1:9011"));
+        let empty = format!("{SRV}HttpListenOn: \"\"\n");
+        let conf: RpcServerConf =
+            parse_yaml(Path::new("order.yaml"), &empty, env(&[("DSN", "root:pw@tcp(db:3306)/o")])).unwrap();
+        assert_eq!(conf.http_listen_on(), None, "empty means off (a `${{VAR:-}}` placeholder)");
     }
 
     #[test]

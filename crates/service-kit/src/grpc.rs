@@ -103,6 +103,9 @@ pub enum ServeError {
     /// The serving task panicked.
     #[error("gRPC server task failed: {0}")]
     Task(String),
+    /// The HTTP branch server failed while serving.
+    #[error("HTTP branch server failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// A bound, not yet serving gRPC server; see the module docs.

@@ -10,6 +10,10 @@
 //! | [`telemetry`] | `logx` | `tracing` to stdout, plain or JSON, `RUST_LOG` overrides |
 //! | [`shutdown`] | `core/proc/signals.go` | a future that resolves on SIGINT / SIGTERM |
 //! | [`grpc`] | `zrpc.MustNewServer(...).Start()` | health, reflection, etcd registration, deregister-then-drain |
+//! | [`http`] | `rest.MustNewServer(...).Start()` | axum served with a header-read timeout, a connection cap and a bounded drain |
+//! | [`listener`] | `MaxConns` | a TCP listener that stops accepting at a connection limit |
+//! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
+//! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
 //!
 //! A typical `main` (thin, as the team brief asks):
 //!
@@ -31,6 +35,10 @@ pub mod config;
 pub mod datasource;
 pub mod db;
 pub mod grpc;
+pub mod http;
+pub mod http_branch;
+pub mod listener;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -38,6 +46,7 @@ pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, RpcServerConf,
 pub use datasource::{Backend, DataSource, DataSourceError};
 pub use db::{BusinessDb, DbError};
 pub use grpc::{GrpcServer, GrpcSettings, ServeError};
+pub use service::ServiceServer;
 
 /// Why a service could not start: one enum for every process of the demo,
 /// shown by `main` and turned into a non-zero exit code.

@@ -254,7 +254,30 @@ impl Engine {
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
         let global = self.new_global(&request, GlobalStatus::Submitted, now, interval);
         let wait = request.options.wait_result;
-        match self.inner.core.store.create(&global, &Self::branch_rows(&request)).await? {
+        let branches = Self::branch_rows(&request);
+        match self.inner.core.store.create(&global, &branches).await? {
+            CreateOutcome::Exists(_) if !branches.is_empty() => {
+                // dtm accepts a re-submitted gid and silently keeps the first
+                // steps; a client that reuses a gid for *other* work would
+                // then be told "SUCCESS" for work that never runs. Same
+                // steps: an idempotent retry. Other steps: refused.
+                let stored = self.inner.core.store.find(&request.gid).await?.ok_or(EngineError::NotFound)?;
+                let same = stored.branches.len() == branches.len()
+                    && stored.branches.iter().zip(&branches).all(|(old, new)| {
+                        old.url == new.url
+                            && old.bin_data == new.bin_data
+                            && old.branch_id == new.branch_id
+                            && old.op == new.op
+                    });
+                if !same {
+                    return Err(EngineError::Conflict(format!(
+                        "gid {} was already submitted with other steps",
+                        request.gid
+                    )));
+                }
+                self.submit_existing(&request, &global, stored.global, wait, now).await
+            }
+            CreateOutcome::Exists(row) => self.submit_existing(&request, &global, *row, wait, now).await,
             CreateOutcome::Created => {
                 match Work::from_request(&request, GlobalStatus::Submitted, now, interval) {
                     Some(work) => self.process(work, wait).await,
@@ -262,24 +285,36 @@ impl Engine {
                     None => self.process_stored(&request.gid, wait).await,
                 }
             }
-            CreateOutcome::Exists(row) => match row.status {
-                GlobalStatus::Prepared => {
-                    let change = GlobalChange {
-                        status: Some(GlobalStatus::Submitted),
-                        rollback_reason: None,
-                        next_cron_time: global.next_cron_time,
-                        next_cron_interval: row.next_cron_interval,
-                    };
-                    let store = &self.inner.core.store;
-                    if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
-                        // Someone else moved it meanwhile; judge by what it is now.
-                        return self.resubmitted(&request.gid, wait).await;
-                    }
-                    self.process_stored(&request.gid, wait).await
+        }
+    }
+
+    /// A submit of a gid that is already stored: a prepared one (TCC,
+    /// msg) moves to `submitted`, a submitted one is a harmless retry.
+    async fn submit_existing(
+        &self,
+        request: &TransRequest,
+        global: &store::NewGlobal,
+        row: store::GlobalRow,
+        wait: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), EngineError> {
+        match row.status {
+            GlobalStatus::Prepared => {
+                let change = GlobalChange {
+                    status: Some(GlobalStatus::Submitted),
+                    rollback_reason: None,
+                    next_cron_time: global.next_cron_time,
+                    next_cron_interval: row.next_cron_interval,
+                };
+                let store = &self.inner.core.store;
+                if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                    // Someone else moved it meanwhile; judge by what it is now.
+                    return self.resubmitted(&request.gid, wait).await;
                 }
-                GlobalStatus::Submitted => self.resubmitted(&request.gid, wait).await,
-                status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
-            },
+                self.process_stored(&request.gid, wait).await
+            }
+            GlobalStatus::Submitted => self.resubmitted(&request.gid, wait).await,
+            status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
         }
     }
 

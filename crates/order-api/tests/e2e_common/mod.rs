@@ -230,15 +230,32 @@ impl System {
         workspace().join("etc").join(name).display().to_string()
     }
 
+    /// `etc/<name>` itself, or — with `extra` YAML — a copy with `extra`
+    /// appended in the test's dir (what uncommenting a key there gives).
+    fn config_with(&self, name: &str, extra: &str) -> String {
+        if extra.is_empty() {
+            return Self::etc(name);
+        }
+        let text = std::fs::read_to_string(Self::etc(name)).expect("read etc file");
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{text}\n{extra}")).expect("write config");
+        path.display().to_string()
+    }
+
     /// order-srv from `etc/order-srv.yaml`, on its reserved port.
     pub fn start_order_srv(&mut self) {
+        self.start_order_srv_with("");
+    }
+
+    /// order-srv with `extra` YAML appended to its etc file.
+    pub fn start_order_srv_with(&mut self, extra: &str) {
         let port = self.order_srv_port;
         let mut env = self.common_env();
         env.push(("ORDER_SRV_LISTEN_ON".into(), format!("127.0.0.1:{port}")));
         env.push(("ORDER_DSN".into(), self.order_db.clone()));
         let log = self.dir.path().join("order-srv.log"); // appended to across restarts
         let binary = binary("order-srv", "order-srv");
-        let process = spawn(&binary, &["-f", &Self::etc("order-srv.yaml")], &env, &log);
+        let process = spawn(&binary, &["-f", &self.config_with("order-srv.yaml", extra)], &env, &log);
         let proc = Proc { process, port, log };
         assert!(
             wait_for_port(port, Duration::from_secs(30)),
@@ -251,13 +268,18 @@ impl System {
 
     /// Another stock-srv instance from `etc/stock-srv.yaml`.
     pub fn start_stock_srv(&mut self) {
+        self.start_stock_srv_with("");
+    }
+
+    /// A stock-srv instance with `extra` YAML appended to its etc file.
+    pub fn start_stock_srv_with(&mut self, extra: &str) {
         let port = free_port();
         let mut env = self.common_env();
         env.push(("STOCK_SRV_LISTEN_ON".into(), format!("127.0.0.1:{port}")));
         env.push(("STOCK_DSN".into(), self.stock_db.clone()));
         let log = self.dir.path().join(format!("stock-srv-{port}.log"));
         let binary = binary("stock-srv", "stock-srv");
-        let process = spawn(&binary, &["-f", &Self::etc("stock-srv.yaml")], &env, &log);
+        let process = spawn(&binary, &["-f", &self.config_with("stock-srv.yaml", extra)], &env, &log);
         let proc = Proc { process, port, log };
         assert!(
             wait_for_port(port, Duration::from_secs(30)),
@@ -275,6 +297,11 @@ impl System {
 
     /// order-api with extra environment overrides (e.g. `SUBMIT_WAIT`).
     pub fn start_order_api_with(&mut self, extra: &[(&str, &str)]) {
+        self.start_order_api_configured("", extra);
+    }
+
+    /// order-api with `yaml` appended to its etc file and `extra` env overrides.
+    pub fn start_order_api_configured(&mut self, yaml: &str, extra: &[(&str, &str)]) {
         let port = free_port();
         let mut env = self.common_env();
         env.push(("ORDER_API_HOST".into(), "127.0.0.1".into()));
@@ -287,7 +314,7 @@ impl System {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = self.dir.path().join("order-api.log");
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_order-api"));
-        let process = spawn(&binary, &["-f", &Self::etc("order-api.yaml")], &env, &log);
+        let process = spawn(&binary, &["-f", &self.config_with("order-api.yaml", yaml)], &env, &log);
         let proc = Proc { process, port, log };
         assert!(
             wait_for_port(port, Duration::from_secs(30)),

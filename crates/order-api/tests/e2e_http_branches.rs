@@ -1,0 +1,82 @@
+//! End to end, real processes, with the saga's branches over HTTP: order-srv
+//! and stock-srv also serve dtm's HTTP branch protocol (`HttpListenOn`),
+//! order-api builds `http://` branch URLs (`OrderHttpUrl`, `StockHttpUrl`),
+//! and the coordinator calls them with JSON bodies and dtm's query
+//! parameters. The article's two walkthroughs must end exactly as over gRPC.
+
+mod e2e_common;
+
+use e2e_common::System;
+use serde_json::json;
+use test_support::{free_port, wait_for_port};
+
+fn row(branch: &str, op: &str, reason: &str) -> (String, String, String) {
+    (branch.to_string(), op.to_string(), reason.to_string())
+}
+
+/// The system with both services' HTTP branches switched on and used.
+async fn http_system() -> System {
+    tokio::task::spawn_blocking(|| {
+        let mut system = System::infrastructure();
+        let (order_http, stock_http) = (free_port(), free_port());
+        system.start_order_srv_with(&format!("HttpListenOn: 127.0.0.1:{order_http}\n"));
+        system.start_stock_srv_with(&format!("HttpListenOn: 127.0.0.1:{stock_http}\n"));
+        for port in [order_http, stock_http] {
+            assert!(wait_for_port(port, std::time::Duration::from_secs(30)), "HTTP branches on {port}");
+        }
+        system.start_order_api_configured(
+            &format!(
+                "OrderHttpUrl: http://127.0.0.1:{order_http}/api/order\nStockHttpUrl: http://127.0.0.1:{stock_http}/api/stock\n"
+            ),
+            &[],
+        );
+        system
+    })
+    .await
+    .expect("system starts")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quick_order_saga_runs_over_http_branches() {
+    let system = http_system().await;
+
+    let (status, answer) = system.quick_create(&json!({"userId": 1, "goodsId": 1, "num": 2})).await;
+    assert_eq!(status, 200, "{answer}");
+    let gid = answer["gid"].as_str().expect("gid").to_string();
+    assert_eq!(system.stock(1).await, Some(98));
+    assert_eq!(system.orders().await, vec![(gid.clone(), 0, 1, 1, 2)]);
+    assert_eq!(
+        system.barrier_rows(&gid).await,
+        vec![row("01", "action", "action"), row("02", "action", "action")]
+    );
+    let view: serde_json::Value =
+        reqwest::get(format!("{}/order/status/{gid}", system.api())).await.unwrap().json().await.unwrap();
+    let urls: Vec<&str> =
+        view["branches"].as_array().unwrap().iter().map(|b| b["url"].as_str().unwrap()).collect();
+    assert_eq!(urls.len(), 4, "{view}");
+    assert!(urls.iter().all(|u| u.starts_with("http://127.0.0.1:")), "every branch is an HTTP URL: {urls:?}");
+    assert!(urls.iter().any(|u| u.ends_with("/api/stock/deductRollback")), "{urls:?}");
+    // The services log the calls under the saga's gid, as over gRPC.
+    assert!(system.order_srv.as_ref().unwrap().log_text().contains(&gid));
+    assert!(system.stock_srvs[0].log_text().contains(&gid));
+
+    // Not enough stock: stock-srv answers 409, the coordinator compensates
+    // both branches over HTTP — the stock's as a null compensation.
+    let (status, answer) = system.quick_create(&json!({"userId": 2, "goodsId": 1, "num": 99})).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["status"], "failed");
+    let failed = answer["gid"].as_str().unwrap().to_string();
+    assert_eq!(system.stock(1).await, Some(98), "stock untouched");
+    assert_eq!(system.orders().await[1], (failed.clone(), -1, 2, 1, 99), "the order is rolled back");
+    let mut rows = system.barrier_rows(&failed).await;
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            row("01", "action", "action"),
+            row("01", "compensate", "compensate"),
+            row("02", "action", "compensate"),
+            row("02", "compensate", "compensate"),
+        ]
+    );
+}

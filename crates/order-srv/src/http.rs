@@ -1,0 +1,91 @@
+//! The HTTP face of the service, for dtm's HTTP branch protocol: the same
+//! two logic functions as the gRPC face, reached by URL.
+//!
+//! | route | saga op | body |
+//! |---|---|---|
+//! | `POST /api/order/create?gid=…&trans_type=…&branch_id=…&op=action` | action | `{"userId":1,"goodsId":1,"num":1}` |
+//! | `POST /api/order/createRollback?…&op=compensate` | compensate | the same |
+//!
+//! Answers: 200 success (also when the barrier skipped the call), 400 bad
+//! query or body, 503 retry (database down, deadline). Creating an order
+//! has no business failure, so this service never answers 409.
+//! Served on `HttpListenOn` when configured (see [`crate::build`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use axum::routing::post;
+use proto::order::CreateReq;
+use serde::Deserialize;
+use service_kit::http_branch::{json_body, run_http_branch};
+use sqlx::Pool;
+
+use crate::logic;
+use crate::model::OrderModel;
+
+/// Path of the action.
+pub const CREATE_HTTP_PATH: &str = "/api/order/create";
+/// Path of the compensation.
+pub const CREATE_ROLLBACK_HTTP_PATH: &str = "/api/order/createRollback";
+
+/// The JSON body: the quick order's fields, camelCase as order-api takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    /// Who orders.
+    pub user_id: i64,
+    /// What.
+    pub goods_id: i64,
+    /// How many.
+    pub num: i64,
+}
+
+impl From<CreateBody> for CreateReq {
+    fn from(body: CreateBody) -> CreateReq {
+        CreateReq { user_id: body.user_id, goods_id: body.goods_id, num: body.num }
+    }
+}
+
+/// What the handlers share.
+struct HttpState<DB: OrderModel> {
+    /// The business pool (the same one the gRPC face uses).
+    pool: Pool<DB>,
+    /// Server-side deadline of a call (`Timeout`).
+    timeout: Duration,
+}
+
+/// The two routes on `pool`.
+pub fn router<DB: OrderModel>(pool: Pool<DB>, timeout: Duration) -> Router {
+    Router::new()
+        .route(CREATE_HTTP_PATH, post(create::<DB>))
+        .route(CREATE_ROLLBACK_HTTP_PATH, post(create_rollback::<DB>))
+        .with_state(Arc::new(HttpState { pool, timeout }))
+}
+
+async fn create<DB: OrderModel>(
+    State(state): State<Arc<HttpState<DB>>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    run_http_branch(CREATE_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
+        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+        logic::create(&state.pool, barrier, &req).await
+    })
+    .await
+}
+
+async fn create_rollback<DB: OrderModel>(
+    State(state): State<Arc<HttpState<DB>>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    run_http_branch(CREATE_ROLLBACK_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
+        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+        logic::create_rollback(&state.pool, barrier, &req).await
+    })
+    .await
+}
