@@ -47,6 +47,22 @@ impl DtmClient {
         }
     }
 
+    /// Same, authenticating with `token` (`Authorization: Bearer …`) when
+    /// one is given: our coordinator's `AuthToken`. dtm itself has none.
+    pub fn with_token(
+        address: &str,
+        channels: ChannelCache,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<DtmClient, ClientError> {
+        let Some(token) = token else { return DtmClient::with_timeout(address, channels, timeout) };
+        if address.starts_with("http://") || address.starts_with("https://") {
+            Ok(DtmClient::Http(HttpDtm::with_token(address, timeout, channels, token)?))
+        } else {
+            Ok(DtmClient::Grpc(GrpcDtm::new(address, channels, timeout)?.with_token(token)?))
+        }
+    }
+
     /// A fresh gid from dtm (`NewGid` / `GET newGid`).
     pub async fn new_gid(&self) -> Result<Gid, ClientError> {
         match self {

@@ -27,6 +27,9 @@ pub struct GrpcDtm {
     timeout: Duration,
     /// For the calls the application makes to branches itself (TCC try).
     branches: BranchCaller,
+    /// `authorization: Bearer …` for a coordinator that requires a token
+    /// (our `AuthToken`; dtm has none).
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl GrpcDtm {
@@ -34,7 +37,17 @@ impl GrpcDtm {
     pub fn new(address: &str, channels: ChannelCache, timeout: Duration) -> Result<GrpcDtm, ClientError> {
         discovery::Target::parse(address).map_err(ClientError::from_discovery)?;
         let branches = BranchCaller::new(channels.clone())?;
-        Ok(GrpcDtm { address: address.to_string(), channels, timeout, branches })
+        Ok(GrpcDtm { address: address.to_string(), channels, timeout, branches, token: None })
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call to the
+    /// coordinator (not to branches).
+    pub fn with_token(mut self, token: &str) -> Result<GrpcDtm, ClientError> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::InvalidArgument("the token must be printable ASCII".into()))?;
+        self.token = Some(value);
+        Ok(self)
     }
 
     /// The coordinator's address as configured.
@@ -87,6 +100,9 @@ impl GrpcDtm {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
         request
     }
 

@@ -43,8 +43,36 @@ impl HttpDtm {
                 "dtm HTTP address {base:?} must start with http(s)://"
             )));
         }
+        HttpDtm::build(base, timeout, channels, None)
+    }
+
+    /// Same, sending `Authorization: Bearer <token>` with every call to the
+    /// coordinator (our `AuthToken`; dtm has none).
+    pub fn with_token(
+        base: &str,
+        timeout: Duration,
+        channels: discovery::ChannelCache,
+        token: &str,
+    ) -> Result<HttpDtm, ClientError> {
+        HttpDtm::build(base, timeout, channels, Some(token))
+    }
+
+    fn build(
+        base: &str,
+        timeout: Duration,
+        channels: discovery::ChannelCache,
+        token: Option<&str>,
+    ) -> Result<HttpDtm, ClientError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::InvalidArgument("the token must be printable ASCII".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .default_headers(headers)
             .build()
             .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
         let branches = BranchCaller::new(channels)?;

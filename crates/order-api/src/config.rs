@@ -74,6 +74,10 @@ pub struct Config {
     /// the status route answers 503.
     #[serde(default)]
     pub dtm_http_server: Option<String>,
+    /// The coordinator's `AuthToken`, sent as `Authorization: Bearer …`;
+    /// empty: none (dtm has no authentication). Never logged.
+    #[serde(default)]
+    pub dtm_token: service_kit::config::Secret,
     /// Deadline of one call to the coordinator (new gid, query) in ms.
     #[serde(default = "default_dtm_timeout_ms")]
     pub dtm_timeout: u64,

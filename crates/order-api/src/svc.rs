@@ -56,11 +56,12 @@ impl ServiceContext {
         config.validate().map_err(|(key, message)| SvcError::Config(key, message))?;
         let channels = ChannelCache::new();
         let timeout = config.dtm_call_timeout().max(config.submit_wait());
-        let dtm = DtmClient::with_timeout(&config.dtm_server, channels.clone(), timeout)
+        let token = (!config.dtm_token.is_empty()).then_some(config.dtm_token.expose());
+        let dtm = DtmClient::with_token(&config.dtm_server, channels.clone(), timeout, token)
             .map_err(|source| SvcError::Dtm { key: "DtmServer", source })?;
         let dtm_query = match &config.dtm_http_server {
             Some(address) => Some(
-                DtmClient::with_timeout(address, channels, config.dtm_call_timeout())
+                DtmClient::with_token(address, channels, config.dtm_call_timeout(), token)
                     .map_err(|source| SvcError::Dtm { key: "DtmHttpServer", source })?,
             ),
             None => None,
