@@ -22,12 +22,14 @@
 //! `sh` guard that kills it as soon as its stdin (a pipe held by the test
 //! process) closes, whichever way the test process ends.
 
+mod binaries;
 mod database;
 mod etcd;
 mod mariadb;
 mod postgres;
 mod process;
 
+pub use binaries::{SERVICE_PACKAGES, service_binaries};
 pub use database::{
     Backend, TestDatabase, mysql_database, mysql_database_on, postgres_database, sqlite_database,
 };

@@ -10,7 +10,6 @@
 #![allow(dead_code)] // each e2e_*.rs uses a different part
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -23,34 +22,10 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
-/// A binary of another package of the workspace, next to this test's
-/// executable (`target/debug/<name>`). Cargo does not build other packages'
-/// binaries for a test, so build them once per test process.
+/// A binary of another package of the workspace (`target/<profile>/<name>`),
+/// built once per test process.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(workspace())
-            .args(["build", "-p", "coordinator", "-p", "order-srv", "-p", "stock-srv", "--bins"])
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    });
-    if let Err(err) = built {
-        panic!(
-            "cannot build the coordinator/order-srv/stock-srv binaries; run \
-             `cargo build -p coordinator -p order-srv -p stock-srv --bins` first:\n{err}"
-        );
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/e2e_x-hash → target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
+    let path = test_support::service_binaries().join(name);
     assert!(path.exists(), "{} is missing (package {package})", path.display());
     path
 }

@@ -1,0 +1,47 @@
+//! The workspace's server binaries, for tests that run them as processes.
+//!
+//! Cargo builds a package's own binaries for its integration tests, not
+//! other packages' ones. Tests that start the coordinator or the services
+//! as real processes call [`service_binaries`], which builds them once per
+//! test process — same profile, same target folder — and says where they are.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The packages whose binaries [`service_binaries`] builds.
+pub const SERVICE_PACKAGES: [&str; 4] = ["coordinator", "order-srv", "stock-srv", "order-api"];
+
+/// Builds the coordinator, order-srv, stock-srv and order-api binaries (once
+/// per test process) and returns their folder, `target/<profile>`.
+pub fn service_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.current_dir(workspace).arg("build").arg("--bins");
+        for package in SERVICE_PACKAGES {
+            command.args(["-p", package]);
+        }
+        if dir.file_name().is_some_and(|name| name == "release") {
+            command.arg("--release");
+        }
+        let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    });
+    if let Err(err) = built {
+        panic!(
+            "cannot build the service binaries; run \
+             `cargo build --bins -p coordinator -p order-srv -p stock-srv -p order-api` first:\n{err}"
+        );
+    }
+    dir
+}
