@@ -16,7 +16,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-
 /// A TCP listener that holds at most `limit` connections open at once.
 ///
 /// A semaphore permit is taken *before* `accept`, so when the limit is

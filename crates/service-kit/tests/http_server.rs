@@ -96,7 +96,10 @@ async fn shutdown_drains_for_at_most_the_drain_timeout() {
 
     let started = Instant::now();
     drop(stop);
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("shutdown must not wait for ever").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("shutdown must not wait for ever")
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2), "drain took {:?}", started.elapsed());
     let hanging = tokio::time::timeout(Duration::from_secs(5), hanging).await;
     assert!(hanging.expect("the hanging request is cut off").unwrap().is_err(), "cut off, not answered");

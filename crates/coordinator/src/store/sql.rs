@@ -120,6 +120,22 @@ fn map_unique(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// How often a transaction the database aborted to break a deadlock is run
+/// again before the error reaches the caller.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// A deadlock or serialization failure: InnoDB's 1213 and PostgreSQL's
+/// 40P01 / 40001. The database has rolled the whole transaction back, so
+/// running it again is safe (every status change is conditional anyway).
+fn is_transient_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d)) => {
+            matches!(d.code().as_deref(), Some("40001" | "40P01")) || d.message().contains("Deadlock found")
+        }
+        _ => false,
+    }
+}
+
 fn limit_of(limit: u32) -> i64 {
     i64::from(limit.max(1))
 }
@@ -245,6 +261,71 @@ macro_rules! sql_store {
                 });
                 q
             }
+
+            /// One attempt of [`Store::update`].
+            async fn update_once(
+                &self,
+                gid: &Gid,
+                expected: GlobalStatus,
+                change: &GlobalChange,
+                branches: &[BranchChange],
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
+                q.push_bind(now);
+                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
+                q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
+                if let Some(status) = change.status {
+                    q.push(", status = ").push_bind(status.as_str());
+                    match status {
+                        GlobalStatus::Succeed => {
+                            q.push(", finish_time = ").push_bind(now);
+                        }
+                        GlobalStatus::Failed => {
+                            q.push(", rollback_time = ").push_bind(now);
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(reason) = &change.rollback_reason {
+                    q.push(", rollback_reason = ").push_bind(reason.clone());
+                }
+                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
+                q.push(" AND status = ").push_bind(expected.as_str());
+                if branches.is_empty() {
+                    return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
+                }
+                let mut tx = self.pool.begin().await?;
+                // The global row first: on MySQL/Postgres this locks it, so a
+                // concurrent writer of the same transaction waits for us and
+                // then sees the new status.
+                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                // One statement per distinct new status (a finished saga: one).
+                for status in [BranchStatus::Succeed, BranchStatus::Failed, BranchStatus::Prepared] {
+                    let rows: Vec<&BranchChange> = branches.iter().filter(|b| b.status == status).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let mut b = QueryBuilder::<$db>::new("UPDATE trans_branch_op SET status = ");
+                    b.push_bind(status.as_str()).push(", update_time = ").push_bind(now);
+                    b.push(", finish_time = ").push_bind((status != BranchStatus::Prepared).then_some(now));
+                    b.push(" WHERE gid = ").push_bind(gid.as_str().to_string()).push(" AND (");
+                    for (i, row) in rows.iter().enumerate() {
+                        if i > 0 {
+                            b.push(" OR ");
+                        }
+                        b.push("(branch_id = ").push_bind(row.branch_id.as_str().to_string());
+                        b.push(" AND op = ").push_bind(row.op.as_str()).push(")");
+                    }
+                    b.push(")");
+                    b.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
         }
 
         #[async_trait]
@@ -345,60 +426,16 @@ macro_rules! sql_store {
                 branches: &[BranchChange],
                 now: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
-                q.push_bind(now);
-                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
-                q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
-                if let Some(status) = change.status {
-                    q.push(", status = ").push_bind(status.as_str());
-                    match status {
-                        GlobalStatus::Succeed => {
-                            q.push(", finish_time = ").push_bind(now);
+                let mut attempt = 0;
+                loop {
+                    match self.update_once(gid, expected, change, branches, now).await {
+                        Err(e) if attempt < CONFLICT_RETRIES && is_transient_conflict(&e) => {
+                            attempt += 1;
+                            tracing::debug!(%gid, attempt, error = %e, "status update hit a deadlock; running it again");
                         }
-                        GlobalStatus::Failed => {
-                            q.push(", rollback_time = ").push_bind(now);
-                        }
-                        _ => {}
+                        outcome => return outcome,
                     }
                 }
-                if let Some(reason) = &change.rollback_reason {
-                    q.push(", rollback_reason = ").push_bind(reason.clone());
-                }
-                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
-                q.push(" AND status = ").push_bind(expected.as_str());
-                if branches.is_empty() {
-                    return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
-                }
-                let mut tx = self.pool.begin().await?;
-                // The global row first: on MySQL/Postgres this locks it, so a
-                // concurrent writer of the same transaction waits for us and
-                // then sees the new status.
-                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                // One statement per distinct new status (a finished saga: one).
-                for status in [BranchStatus::Succeed, BranchStatus::Failed, BranchStatus::Prepared] {
-                    let rows: Vec<&BranchChange> = branches.iter().filter(|b| b.status == status).collect();
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let mut b = QueryBuilder::<$db>::new("UPDATE trans_branch_op SET status = ");
-                    b.push_bind(status.as_str()).push(", update_time = ").push_bind(now);
-                    b.push(", finish_time = ").push_bind((status != BranchStatus::Prepared).then_some(now));
-                    b.push(" WHERE gid = ").push_bind(gid.as_str().to_string()).push(" AND (");
-                    for (i, row) in rows.iter().enumerate() {
-                        if i > 0 {
-                            b.push(" OR ");
-                        }
-                        b.push("(branch_id = ").push_bind(row.branch_id.as_str().to_string());
-                        b.push(" AND op = ").push_bind(row.op.as_str()).push(")");
-                    }
-                    b.push(")");
-                    b.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(true)
             }
 
             async fn add_branches(
