@@ -1,0 +1,319 @@
+//! `quickorder bench`: how fast is a saga, and what does the coordinator
+//! cost?
+//!
+//! ```text
+//! quickorder bench http    --clients 16 --duration 20s   # POST /order/quickCreate, the user's path
+//! quickorder bench saga    --api grpc --branches grpc --work sql
+//! quickorder bench direct                                # the same two branch calls, no coordinator
+//! quickorder bench db                                    # single-row insert commits: the database's limit
+//! quickorder bench peer    --dtm http://127.0.0.1:36789/api/dtmsvr --peer-pid 1234 --peer-name dtmrs
+//! quickorder bench compare --peer-url http://…/api/dtmsvr  # all of the above back to back, with ratios
+//! ```
+//!
+//! Answers are measured side by side in one sitting, because the machines
+//! this runs on are shared and noisy: absolute numbers drift, ratios hold.
+//! Each mode (see [`modes`]) starts what it needs as separate processes —
+//! the release binaries next to `quickorder` ([`system`]) — on fresh
+//! databases of the `--mysql` server, drives them with a closed loop of
+//! `--clients` ([`load`]), and reports ([`report`]):
+//!
+//! * sagas/s and the latency percentiles (HDR histogram);
+//! * failures by kind;
+//! * CPU milliseconds per saga of every process, from `/proc` ([`procstat`]);
+//! * SQL statements, commits and fsyncs per saga, from the server's
+//!   status counters ([`dbstat`]);
+//! * the coordinator's RSS at the start and end of the window.
+//!
+//! `--json FILE` writes the same as JSON. The branch servers of the `saga`
+//! and `peer` modes run inside the bench process ([`branches`]).
+
+pub mod branches;
+pub mod dbstat;
+pub mod load;
+pub mod modes;
+pub mod procstat;
+pub mod report;
+pub mod system;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use self::branches::{Transport, Work};
+use self::load::Limit;
+use self::modes::{Api, ModeSpec, Settings};
+use self::report::Comparison;
+use self::system::{Binaries, Launcher, Server};
+
+/// Which measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// `POST /order/quickCreate` through order-api, coordinator, order-srv, stock-srv.
+    Http,
+    /// Sagas straight to the coordinator, branch servers in the bench.
+    Saga,
+    /// The saga's two branch calls made by the client, no coordinator.
+    Direct,
+    /// Single-row insert commits: what the database alone can do.
+    Db,
+    /// Empty-branch HTTP sagas against a dtm-compatible coordinator.
+    Peer,
+    /// db, direct, saga, http and peer back to back, with ratios.
+    Compare,
+}
+
+/// `quickorder bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Concurrent clients (closed loop: each waits for its answer).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long to measure each mode (`20s`, `1m`, `500ms`).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Measure this many operations instead of a duration.
+    #[arg(long, conflicts_with = "duration")]
+    pub requests: Option<u64>,
+    /// Unmeasured load first (connections, prepared statements, caches).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// The MySQL/MariaDB server (no database): each run creates databases
+    /// `qob_<id>_*` on it and drops them afterwards.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "mysql://root@127.0.0.1:3306",
+        env = "QUICKORDER_BENCH_MYSQL"
+    )]
+    pub mysql: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also write the results as a Markdown table to this file (what
+    /// scripts/bench.sh puts into BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// saga: the coordinator API to submit through.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub api: Api,
+    /// saga: how the coordinator calls the built-in branches.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub branches: Transport,
+    /// saga: what the branches do (`sql`: barrier + order-srv/stock-srv's SQL).
+    #[arg(long, value_enum, default_value = "sql")]
+    pub work: Work,
+    /// peer: a dtm-compatible coordinator's HTTP API; without it, ours is started.
+    #[arg(long, value_name = "URL")]
+    pub dtm: Option<String>,
+    /// compare: also run `peer` against this coordinator.
+    #[arg(long, value_name = "URL")]
+    pub peer_url: Option<String>,
+    /// peer/compare: the pid of that coordinator, to account its CPU.
+    #[arg(long, value_name = "PID")]
+    pub peer_pid: Option<u32>,
+    /// peer/compare: its name in the report.
+    #[arg(long, default_value = "peer")]
+    pub peer_name: String,
+    /// LOG_LEVEL of the started services.
+    #[arg(long, default_value = "warn")]
+    pub service_log_level: String,
+    /// Where the service binaries are (default: next to quickorder).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the databases and the run folder (configs, service logs).
+    #[arg(long)]
+    pub keep: bool,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `20s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 20s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Runs the bench; prints the report(s) on stdout.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.mode == Mode::Peer && args.peer_url.is_some() {
+        bail!("peer takes --dtm URL; --peer-url is for compare");
+    }
+    let binaries = Binaries::locate(args.bin_dir.as_deref())?;
+    let dir = tempfile::Builder::new()
+        .prefix("quickorder-bench-")
+        .tempdir()
+        .context("cannot create a run folder")?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let settings = Settings {
+        clients: args.clients,
+        limit: args.requests.map_or(Limit::Duration(args.duration), Limit::Requests),
+        warmup: args.warmup,
+        progress: !args.quiet,
+        server: Server::parse(&args.mysql)?,
+        launcher: Launcher {
+            binaries,
+            dir: dir.path().to_path_buf(),
+            log_level: args.service_log_level.clone(),
+        },
+        run_id,
+        keep: args.keep,
+    };
+
+    // Ctrl-C ends the measurement early; what ran is still reported and
+    // everything is cleaned up.
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signal = tokio::spawn(async move {
+        service_kit::shutdown::signal().await;
+        on_signal.cancel();
+    });
+
+    let outcome = run_modes(&args, &settings, &cancel).await;
+    signal.abort();
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("run folder kept: {}", kept.display());
+    }
+    let (json, markdown) = outcome?;
+    for (path, text) in [(&args.json, json), (&args.markdown, markdown)] {
+        if let Some(path) = path {
+            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The specs `args` asks for, one per run.
+fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
+    let ours = || ModeSpec::Peer { dtm: None, pid: None, name: "ours".into() };
+    match args.mode {
+        Mode::Db => vec![ModeSpec::Db],
+        Mode::Direct => vec![ModeSpec::Direct],
+        Mode::Saga => vec![ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work }],
+        Mode::Http => vec![ModeSpec::Http],
+        Mode::Peer => match &args.dtm {
+            Some(url) => vec![ModeSpec::Peer {
+                dtm: Some(url.clone()),
+                pid: args.peer_pid,
+                name: args.peer_name.clone(),
+            }],
+            None => vec![ours()],
+        },
+        Mode::Compare => {
+            let mut specs = vec![
+                ModeSpec::Db,
+                ModeSpec::Direct,
+                ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work },
+                ModeSpec::Http,
+                ours(),
+            ];
+            if let Some(url) = &args.peer_url {
+                specs.push(ModeSpec::Peer {
+                    dtm: Some(url.clone()),
+                    pid: args.peer_pid,
+                    name: args.peer_name.clone(),
+                });
+            }
+            specs
+        }
+    }
+}
+
+/// Runs every spec, prints each report as it comes, and returns the JSON
+/// and Markdown versions.
+async fn run_modes(
+    args: &BenchArgs,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(String, String)> {
+    let mut reports = Vec::new();
+    for spec in specs(args) {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let report =
+            modes::run(settings, &spec, cancel).await.with_context(|| format!("bench {}", spec.label()))?;
+        println!("{}", report.render());
+        reports.push(report);
+    }
+    if args.mode == Mode::Compare {
+        let comparison = Comparison::new(reports);
+        println!("{}", comparison.render());
+        return Ok((serde_json::to_string_pretty(&comparison)?, comparison.markdown()));
+    }
+    let markdown = report::markdown_table(&reports);
+    match reports.pop() {
+        Some(report) => Ok((serde_json::to_string_pretty(&report)?, markdown)),
+        None => bail!("interrupted before anything was measured"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn compare_runs_every_mode_and_the_peer_when_given() {
+        let cli = Cli::parse_from([
+            "bench",
+            "compare",
+            "--peer-url",
+            "http://h:1/api/dtmsvr",
+            "--peer-name",
+            "dtmrs",
+        ]);
+        let names: Vec<String> = specs(&cli.bench).iter().map(ModeSpec::label).collect();
+        assert_eq!(
+            names,
+            [
+                "db insert-commit",
+                "direct grpc work=sql",
+                "saga api=grpc branches=grpc work=sql",
+                "http quickCreate",
+                "peer ours",
+                "peer dtmrs"
+            ]
+        );
+        let cli = Cli::parse_from(["bench", "saga", "--api", "http", "--branches", "http", "--work", "none"]);
+        assert_eq!(specs(&cli.bench)[0].label(), "saga api=http branches=http work=none");
+        assert!(Cli::try_parse_from(["bench", "db", "--duration", "5s", "--requests", "10"]).is_err());
+    }
+}

@@ -1,0 +1,546 @@
+//! The modes: what each one starts, what one operation is, and the common
+//! measuring frame around them.
+//!
+//! | mode | processes started | one operation |
+//! |---|---|---|
+//! | `db` | — | `INSERT` of one row, autocommit |
+//! | `direct` | order-srv, stock-srv | the saga's two actions, called by the client itself over gRPC (no coordinator) |
+//! | `saga` | coordinator | a 2-step saga with `wait_result`, over the coordinator's gRPC or HTTP API, branches in the bench process |
+//! | `http` | coordinator, order-srv, stock-srv, order-api | `POST /order/quickCreate` (order-api submits with `wait_result`) |
+//! | `peer` | coordinator (or none: `--dtm URL`) | an empty-branch HTTP saga, timed until its last action reached the branch server |
+//!
+//! The frame ([`run`]): fresh databases, start, a short warm-up (not
+//! measured: connections, prepared statements, caches), readings of
+//! `/proc` and of the database counters, the measured load, readings
+//! again, stop everything, drop the databases.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use barrier::Gid;
+use dtm_client::{ClientError, DtmClient};
+use futures::FutureExt;
+use proto::order::{CreateReq, OrderClient};
+use proto::stock::{DeductReq, StockClient};
+use tokio_util::sync::CancellationToken;
+
+use super::branches::{BranchDbs, BranchServers, Transport, Work};
+use super::dbstat::Monitor;
+use super::load::{self, Limit, Op, OpError, Plan};
+use super::procstat::{self, Watched};
+use super::report::{Inputs, Readings, Report};
+use super::system::{BranchService, Databases, Launcher, Server, Service};
+
+/// The coordinator API a `saga` client submits through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// `/dtmgimp.Dtm/Submit` (dtmgrpc).
+    Grpc,
+    /// `POST /api/dtmsvr/submit` (dtmcli).
+    Http,
+}
+
+/// One mode, fully specified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeSpec {
+    /// Single-row insert commits.
+    Db,
+    /// The two branch calls without a coordinator.
+    Direct,
+    /// Sagas straight to the coordinator.
+    Saga {
+        /// Its API.
+        api: Api,
+        /// How it calls the branches.
+        branches: Transport,
+        /// What the branches do.
+        work: Work,
+    },
+    /// The user's path through order-api.
+    Http,
+    /// Empty-branch HTTP sagas against any dtm-compatible coordinator.
+    Peer {
+        /// Its `…/api/dtmsvr` URL; `None` starts ours.
+        dtm: Option<String>,
+        /// Its pid, to account its CPU (when it runs on this machine).
+        pid: Option<u32>,
+        /// Its name in the report (`ours` when started here).
+        name: String,
+    },
+}
+
+impl ModeSpec {
+    /// `http`, `saga`, …
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModeSpec::Db => "db",
+            ModeSpec::Direct => "direct",
+            ModeSpec::Saga { .. } => "saga",
+            ModeSpec::Http => "http",
+            ModeSpec::Peer { .. } => "peer",
+        }
+    }
+
+    /// What the report calls this run.
+    pub fn label(&self) -> String {
+        match self {
+            ModeSpec::Db => "db insert-commit".into(),
+            ModeSpec::Direct => "direct grpc work=sql".into(),
+            ModeSpec::Saga { api, branches, work } => format!(
+                "saga api={} branches={} work={}",
+                format!("{api:?}").to_lowercase(),
+                format!("{branches:?}").to_lowercase(),
+                format!("{work:?}").to_lowercase()
+            ),
+            ModeSpec::Http => "http quickCreate".into(),
+            ModeSpec::Peer { name, .. } => format!("peer {name}"),
+        }
+    }
+}
+
+/// What every mode shares.
+pub struct Settings {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Length of the measured window.
+    pub limit: Limit,
+    /// Unmeasured load before the window.
+    pub warmup: Duration,
+    /// Show the live progress line.
+    pub progress: bool,
+    /// The database server.
+    pub server: Server,
+    /// Starts the service binaries.
+    pub launcher: Launcher,
+    /// Unique per invocation; part of every database name and gid.
+    pub run_id: String,
+    /// Keep the databases (for a look afterwards).
+    pub keep: bool,
+}
+
+/// What a mode has started, stopped at the end whatever happened.
+#[derive(Default)]
+struct Parts {
+    /// Spawned processes, in start order.
+    services: Vec<Service>,
+    /// The built-in branch servers.
+    branches: Option<BranchServers>,
+}
+
+impl Parts {
+    async fn stop(self) -> anyhow::Result<()> {
+        // The callers first, the branches last: nothing calls a stopped server.
+        for service in self.services.into_iter().rev() {
+            service.stop().await;
+        }
+        match self.branches {
+            Some(branches) => branches.stop().await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a mode's set-up hands the frame.
+struct Prepared {
+    /// One operation.
+    op: Op,
+    /// The spawned processes to account for (the frame adds the database
+    /// server and the bench itself).
+    watched: Vec<Watched>,
+    /// For the reader of the report.
+    notes: Vec<String>,
+}
+
+/// Runs one mode from fresh databases to dropped databases.
+pub async fn run(settings: &Settings, spec: &ModeSpec, cancel: &CancellationToken) -> anyhow::Result<Report> {
+    let prefix = format!("qob_{}_{}", settings.run_id, spec.name());
+    let mut dbs = Databases::open(&settings.server, prefix).await?;
+    let mut parts = Parts::default();
+    let result = measure(settings, spec, &mut dbs, &mut parts, cancel).await;
+    let stopped = parts.stop().await;
+    let dropped = if settings.keep {
+        eprintln!("keeping databases {}_* and logs in {}", dbs.prefix(), settings.launcher.dir.display());
+        Ok(())
+    } else {
+        dbs.drop_all().await
+    };
+    let report = result?;
+    stopped?;
+    dropped?;
+    Ok(report)
+}
+
+async fn measure(
+    settings: &Settings,
+    spec: &ModeSpec,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Report> {
+    let label = spec.label();
+    eprintln!("[{label}] starting");
+    let prepared = match spec {
+        ModeSpec::Db => db(settings, dbs).await?,
+        ModeSpec::Direct => direct(settings, dbs, parts).await?,
+        ModeSpec::Saga { api, branches, work } => saga(settings, dbs, parts, *api, *branches, *work).await?,
+        ModeSpec::Http => http(settings, dbs, parts).await?,
+        ModeSpec::Peer { dtm, pid, name } => peer(settings, dbs, parts, dtm.as_deref(), *pid, name).await?,
+    };
+
+    let mut monitor =
+        Monitor::connect(settings.server.url()).await.context("cannot open the monitor connection")?;
+    let mut watched = prepared.watched;
+    if let Some(pid) = monitor.server_pid().await {
+        watched.push(Watched::new("mariadbd", pid));
+    }
+    let bench_name = if matches!(spec, ModeSpec::Saga { .. } | ModeSpec::Peer { .. }) {
+        "bench (+branches)"
+    } else {
+        "bench"
+    };
+    watched.push(Watched::new(bench_name, std::process::id()));
+    let mut notes = prepared.notes;
+    notes.push(format!("database: {}", monitor.describe().await));
+    if !matches!(spec, ModeSpec::Db)
+        && let Some(limit) = monitor.max_connections().await
+        && limit < POOLS_NEED
+    {
+        let warning = format!(
+            "max_connections={limit} is below the {POOLS_NEED} connections the pools may open (coordinator, \
+             order and stock: 64 each, plus the clients): expect \"Too many connections\" under load; \
+             SET GLOBAL max_connections = 1000"
+        );
+        eprintln!("[{label}] warning: {warning}");
+        notes.push(warning);
+    }
+
+    if !settings.warmup.is_zero() {
+        let plan = Plan {
+            clients: settings.clients,
+            limit: Limit::Duration(settings.warmup),
+            label: format!("{label} warm-up"),
+            progress: false,
+        };
+        let warm = load::run(&plan, &prepared.op, cancel).await;
+        if warm.ok == 0
+            && let Some((kind, error)) = warm.errors.iter().next()
+        {
+            bail!("[{label}] every warm-up operation failed; first {kind}: {}", error.sample);
+        }
+    }
+
+    let before = readings(&watched, &mut monitor).await;
+    let plan = Plan {
+        clients: settings.clients,
+        limit: settings.limit,
+        label: label.clone(),
+        progress: settings.progress,
+    };
+    let outcome = load::run(&plan, &prepared.op, cancel).await;
+    let after = readings(&watched, &mut monitor).await;
+
+    Ok(Report::build(Inputs {
+        mode: spec.name(),
+        label,
+        clients: settings.clients,
+        outcome: &outcome,
+        watched: &watched,
+        before: &before,
+        after: &after,
+        notes,
+    }))
+}
+
+/// Connections the system may open at once: three pools of go-zero's and
+/// the coordinator's default size (64), the bench's own, and some slack.
+const POOLS_NEED: u64 = 3 * 64 + 64 + 16;
+
+async fn readings(watched: &[Watched], monitor: &mut Monitor) -> Readings {
+    let counters = monitor.snapshot().await.ok();
+    Readings {
+        processes: watched.iter().map(|w| procstat::sample(w.pid)).collect(),
+        machine: procstat::machine(),
+        counters,
+    }
+}
+
+/// Gids `<prefix>-<n>`: unique per run, and the clean-up finds their
+/// barrier rows by the prefix.
+fn gids(prefix: &str) -> impl Fn() -> String + Send + Sync + 'static {
+    let prefix = prefix.to_string();
+    let next = AtomicU64::new(0);
+    move || format!("{prefix}-{}", next.fetch_add(1, Ordering::Relaxed))
+}
+
+fn service_note(settings: &Settings) -> String {
+    format!("services run with LOG_LEVEL={} and direct addresses (no etcd)", settings.launcher.log_level)
+}
+
+// ---- db ---------------------------------------------------------------
+
+async fn db(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<Prepared> {
+    let name = dbs.create("db").await?;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(u32::try_from(settings.clients.max(1)).unwrap_or(u32::MAX))
+        .connect(&settings.server.database_url(&name))
+        .await?;
+    sqlx::query(
+        "CREATE TABLE bench (id BIGINT AUTO_INCREMENT PRIMARY KEY, gid VARCHAR(128) NOT NULL, \
+         created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP) ENGINE=InnoDB",
+    )
+    .execute(&pool)
+    .await?;
+    let gid = gids(dbs.prefix());
+    let op: Op = Arc::new(move || {
+        let pool = pool.clone();
+        let gid = gid();
+        async move {
+            sqlx::query("INSERT INTO bench (gid) VALUES (?)")
+                .bind(gid)
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|err| OpError::new("sql", err))
+        }
+        .boxed()
+    });
+    Ok(Prepared { op, watched: Vec::new(), notes: vec!["one autocommit INSERT per operation".into()] })
+}
+
+// ---- direct -----------------------------------------------------------
+
+/// A branch call as the coordinator makes it: dtm's four values as
+/// metadata, the same deadline as the services' (2 s... plus slack).
+fn branch_request<T>(message: T, gid: &str, branch_id: &str) -> Result<tonic::Request<T>, OpError> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(3));
+    for (key, value) in
+        [("dtm-gid", gid), ("dtm-trans_type", "saga"), ("dtm-branch_id", branch_id), ("dtm-op", "action")]
+    {
+        let value = value.parse().map_err(|err| OpError::new("bad_metadata", err))?;
+        request.metadata_mut().insert(key, value);
+    }
+    Ok(request)
+}
+
+fn grpc_error(status: &tonic::Status) -> OpError {
+    OpError::new(format!("grpc_{:?}", status.code()).to_lowercase(), status.message())
+}
+
+async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))
+}
+
+async fn direct(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
+    let order_db = dbs.create("order").await?;
+    let stock_db = dbs.create("stock").await?;
+    let launcher = &settings.launcher;
+    let (order, order_addr) =
+        launcher.branch_service(BranchService::Order, &settings.server.database_url(&order_db)).await?;
+    parts.services.push(order);
+    let (stock, stock_addr) =
+        launcher.branch_service(BranchService::Stock, &settings.server.database_url(&stock_db)).await?;
+    parts.services.push(stock);
+    dbs.raise_stock(&stock_db).await?;
+
+    // One HTTP/2 connection per service, shared by all clients: what the
+    // coordinator does too.
+    let order_client = OrderClient::new(channel(order_addr).await?);
+    let stock_client = StockClient::new(channel(stock_addr).await?);
+    let gid = gids(dbs.prefix());
+    let op: Op = Arc::new(move || {
+        let (mut order, mut stock) = (order_client.clone(), stock_client.clone());
+        let gid = gid();
+        async move {
+            let create = CreateReq { user_id: 1, goods_id: 1, num: 1 };
+            order.create(branch_request(create, &gid, "01")?).await.map_err(|s| grpc_error(&s))?;
+            let deduct = DeductReq { goods_id: 1, num: 1 };
+            stock.deduct(branch_request(deduct, &gid, "02")?).await.map_err(|s| grpc_error(&s))?;
+            Ok(())
+        }
+        .boxed()
+    });
+    let watched = parts.services.iter().map(|s| Watched::new(s.name, s.pid)).collect();
+    Ok(Prepared { op, watched, notes: vec![service_note(settings)] })
+}
+
+// ---- saga and peer ----------------------------------------------------
+
+fn client_error(err: &ClientError) -> OpError {
+    let kind = match err {
+        ClientError::Failure(_) => "saga_failed",
+        ClientError::Ongoing => "saga_ongoing",
+        ClientError::Unavailable(_) => "unavailable",
+        ClientError::InvalidArgument(_) => "invalid_argument",
+        ClientError::Other(_) => "other",
+    };
+    OpError::new(kind, err)
+}
+
+async fn saga(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    api: Api,
+    transport: Transport,
+    work: Work,
+) -> anyhow::Result<Prepared> {
+    let store = dbs.create_store("dtm").await?;
+    let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
+    let address = match api {
+        Api::Grpc => coordinator.grpc.to_string(),
+        Api::Http => coordinator.http_base(),
+    };
+    parts.services.push(coordinator.service);
+    let branch_dbs = match work {
+        Work::Sql => Some(BranchDbs {
+            order: settings.server.database_url(&dbs.create("order").await?),
+            stock: settings.server.database_url(&dbs.create("stock").await?),
+        }),
+        Work::None => None,
+    };
+    let servers = BranchServers::start(transport, work, branch_dbs.as_ref()).await?;
+    if work == Work::Sql {
+        let stock_db = format!("{}_stock", dbs.prefix());
+        dbs.raise_stock(&stock_db).await?;
+    }
+    let client = DtmClient::with_timeout(&address, discovery::ChannelCache::new(), Duration::from_secs(15))?;
+    let shape = servers.shape.clone();
+    parts.branches = Some(servers);
+
+    let gid = gids(dbs.prefix());
+    let op: Op = Arc::new(move || {
+        let client = client.clone();
+        let saga = Gid::new(gid()).map(|gid| shape.saga(gid));
+        async move {
+            let saga = saga.map_err(|err| OpError::new("bad_gid", err))?;
+            client.submit(&saga).await.map_err(|err| client_error(&err))
+        }
+        .boxed()
+    });
+    let notes = vec![
+        "the branch servers run inside the bench process: its CPU includes them".to_string(),
+        service_note(settings),
+    ];
+    Ok(Prepared { op, watched, notes })
+}
+
+async fn peer(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    dtm: Option<&str>,
+    pid: Option<u32>,
+    name: &str,
+) -> anyhow::Result<Prepared> {
+    let mut watched = Vec::new();
+    let base = match dtm {
+        Some(url) => {
+            if let Some(pid) = pid {
+                watched.push(Watched::new(name, pid));
+            }
+            url.trim_end_matches('/').to_string()
+        }
+        None => {
+            let store = dbs.create_store("dtm").await?;
+            let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+            watched.push(Watched::new("coordinator", coordinator.service.pid));
+            let base = coordinator.http_base();
+            parts.services.push(coordinator.service);
+            base
+        }
+    };
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        bail!("--dtm wants the coordinator's HTTP API, e.g. http://127.0.0.1:36789/api/dtmsvr, not {base}");
+    }
+    let client = DtmClient::with_timeout(&base, discovery::ChannelCache::new(), Duration::from_secs(15))?;
+    let servers = BranchServers::start(Transport::Http, Work::None, None).await?;
+    let shape = servers.shape.clone();
+    let finals = Arc::clone(&servers.finals);
+    parts.branches = Some(servers);
+
+    let gid = gids(dbs.prefix());
+    let op: Op = Arc::new(move || {
+        let client = client.clone();
+        let finals = Arc::clone(&finals);
+        let gid = gid();
+        let saga = Gid::new(gid.clone()).map(|g| shape.saga(g));
+        async move {
+            let saga = saga.map_err(|err| OpError::new("bad_gid", err))?;
+            let last_action = finals.expect(&gid);
+            if let Err(err) = client.submit(&saga).await {
+                finals.forget(&gid);
+                return Err(client_error(&err));
+            }
+            // Final = the last branch has been called; a coordinator that
+            // honours wait_result is already there when submit returns.
+            match tokio::time::timeout(Duration::from_secs(20), last_action).await {
+                Ok(Ok(())) => Ok(()),
+                _ => {
+                    finals.forget(&gid);
+                    Err(OpError::new("not_final", format!("{gid}: last action not called within 20 s")))
+                }
+            }
+        }
+        .boxed()
+    });
+    let mut notes = vec![
+        "empty HTTP branches in the bench process; each saga is timed until its last action arrived"
+            .to_string(),
+    ];
+    if dtm.is_some() && pid.is_none() {
+        notes.push("no --peer-pid: the peer's CPU is not accounted".into());
+    }
+    if dtm.is_none() {
+        notes.push(service_note(settings));
+    }
+    Ok(Prepared { op, watched, notes })
+}
+
+// ---- http -------------------------------------------------------------
+
+async fn http(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
+    let store = dbs.create_store("dtm").await?;
+    let order_db = dbs.create("order").await?;
+    let stock_db = dbs.create("stock").await?;
+    let launcher = &settings.launcher;
+    let coordinator = launcher.coordinator(&settings.server, &store).await?;
+    let (dtm_grpc, dtm_http) = (coordinator.grpc, coordinator.http_base());
+    parts.services.push(coordinator.service);
+    let (order, order_addr) =
+        launcher.branch_service(BranchService::Order, &settings.server.database_url(&order_db)).await?;
+    parts.services.push(order);
+    let (stock, stock_addr) =
+        launcher.branch_service(BranchService::Stock, &settings.server.database_url(&stock_db)).await?;
+    parts.services.push(stock);
+    dbs.raise_stock(&stock_db).await?;
+    let (api, api_addr) = launcher.order_api(dtm_grpc, &dtm_http, order_addr, stock_addr).await?;
+    parts.services.push(api);
+    let watched = parts.services.iter().map(|s| Watched::new(s.name, s.pid)).collect();
+
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(settings.clients).tcp_nodelay(true).build()?;
+    let url = format!("http://{api_addr}/order/quickCreate");
+    let op: Op = Arc::new(move || {
+        let request = client.post(&url).json(&serde_json::json!({"userId": 1, "goodsId": 1, "num": 1}));
+        async move {
+            let response = request.send().await.map_err(|err| OpError::new("http_send", err))?;
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            if status == 200 && body.contains(r#""status":"succeed""#) {
+                Ok(())
+            } else {
+                Err(OpError::new(format!("http_{status}"), body))
+            }
+        }
+        .boxed()
+    });
+    Ok(Prepared { op, watched, notes: vec![service_note(settings)] })
+}

@@ -1,0 +1,177 @@
+//! CI smoke test of `quickorder bench`: every mode runs for about two
+//! seconds at low concurrency against a private MariaDB, as a user runs it
+//! (the `quickorder` binary, the service binaries next to it), and must
+//! produce a JSON report with sagas and without errors.
+//!
+//! No timing is asserted: CI machines are shared, and the numbers belong
+//! in BENCHMARKS.md, not in a pass/fail line.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::{GuardedProcess, MariaDb, free_port, wait_for_port};
+
+/// `target/<profile>/quickorder`, built by cargo for this test.
+fn quickorder() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quickorder"))
+}
+
+/// The service binaries next to `quickorder` (cargo builds only this
+/// package's binaries for its tests).
+fn build_services() {
+    test_support::service_binaries();
+}
+
+/// The private MariaDB of this test binary: the server-wide counters the
+/// bench reads then count only the bench's statements.
+fn mariadb() -> &'static MariaDb {
+    static SERVER: OnceLock<MariaDb> = OnceLock::new();
+    SERVER.get_or_init(MariaDb::start)
+}
+
+/// One bench at a time: two cores, and one server whose counters each run reads.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `quickorder bench <args> …` briefly; returns the JSON report.
+fn bench(args: &[&str]) -> Value {
+    build_services();
+    let server = mariadb().url();
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let output = Command::new(quickorder())
+        .arg("bench")
+        .args(args)
+        .args(["--clients", "2", "--warmup", "300ms", "--quiet", "--mysql", &server])
+        .arg("--json")
+        .arg(&json)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run quickorder");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "quickorder bench {args:?} failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+    let text =
+        std::fs::read_to_string(&json).unwrap_or_else(|err| panic!("no JSON report ({err}):\n{stderr}"));
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+/// What every report must show: sagas, no errors, and the readings.
+fn assert_clean(report: &Value, processes: &[&str]) {
+    let label = report["label"].as_str().unwrap_or("?");
+    assert!(report["sagas"].as_u64().unwrap_or(0) > 0, "{label}: no sagas: {report:#}");
+    assert_eq!(report["error_count"].as_u64(), Some(0), "{label}: errors: {:#}", report["errors"]);
+    assert!(report["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{label}: {report:#}");
+    assert!(report["sql"]["statements_per_saga"].as_f64().unwrap_or(0.0) > 0.0, "{label}: no SQL counted");
+    let names: Vec<&str> =
+        report["processes"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    for name in processes {
+        assert!(names.contains(name), "{label}: {name} not accounted: {names:?}");
+    }
+    assert!(names.contains(&"mariadbd"), "{label}: the database server's CPU is missing: {names:?}");
+}
+
+#[test]
+fn db_mode_measures_insert_commits() {
+    let report = bench(&["db", "--duration", "2s"]);
+    assert_clean(&report, &["bench"]);
+    assert!(report["sql"]["per_saga"]["Com_insert"].as_f64().unwrap() >= 1.0, "{report:#}");
+}
+
+#[test]
+fn direct_mode_calls_both_services() {
+    let report = bench(&["direct", "--duration", "2s"]);
+    assert_clean(&report, &["order-srv", "stock-srv"]);
+}
+
+#[test]
+fn saga_mode_over_grpc_with_sql_branches() {
+    let report = bench(&["saga", "--duration", "2s"]);
+    assert_eq!(report["label"], "saga api=grpc branches=grpc work=sql");
+    assert_clean(&report, &["coordinator"]);
+    let rss = &report["coordinator_rss_kib"];
+    assert!(rss[0].as_u64().unwrap_or(0) > 0 && rss[1].as_u64().unwrap_or(0) > 0, "{rss}");
+}
+
+#[test]
+fn saga_mode_over_http_with_sql_and_empty_branches() {
+    let report = bench(&["saga", "--api", "http", "--branches", "http", "--work", "sql", "--requests", "40"]);
+    assert_eq!(report["sagas"], 40);
+    assert_clean(&report, &["coordinator"]);
+    let report = bench(&["saga", "--branches", "http", "--work", "none", "--duration", "2s"]);
+    assert_clean(&report, &["coordinator"]);
+}
+
+#[test]
+fn http_mode_places_quick_orders() {
+    let report = bench(&["http", "--duration", "2s"]);
+    assert_clean(&report, &["coordinator", "order-api", "order-srv", "stock-srv"]);
+}
+
+#[test]
+fn peer_mode_against_our_coordinator() {
+    let report = bench(&["peer", "--duration", "2s"]);
+    assert_eq!(report["label"], "peer ours");
+    assert_clean(&report, &["coordinator"]);
+}
+
+/// `--dtm URL` with a coordinator the bench did not start: here ours on
+/// SQLite (the embedded store), started by the test like any peer would be.
+#[test]
+fn peer_mode_against_a_given_url() {
+    build_services();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let coordinator = quickorder().with_file_name("coordinator");
+    let (http, grpc) = (free_port(), free_port());
+    let args: Vec<String> = vec![
+        "LISTEN_HOST=127.0.0.1".into(),
+        format!("HTTP_PORT={http}"),
+        format!("GRPC_PORT={grpc}"),
+        "STORE_DRIVER=sqlite".into(),
+        format!("STORE_DB={}", dir.path().join("coordinator.db").display()),
+        "LOG_LEVEL=warn".into(),
+        coordinator.display().to_string(),
+    ];
+    let process = GuardedProcess::spawn("env", &args, &dir.path().join("coordinator.log"), None);
+    assert!(wait_for_port(http, Duration::from_secs(30)), "the SQLite coordinator did not start");
+    let url = format!("http://127.0.0.1:{http}/api/dtmsvr");
+    let pid = process.pid().to_string();
+    let report =
+        bench(&["peer", "--dtm", &url, "--peer-pid", &pid, "--peer-name", "sqlite", "--duration", "2s"]);
+    assert_eq!(report["label"], "peer sqlite");
+    let sagas = report["sagas"].as_u64().unwrap_or(0);
+    assert!(sagas > 0 && report["error_count"] == 0, "{report:#}");
+    let names: Vec<&str> =
+        report["processes"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"sqlite"), "{names:?}");
+}
+
+#[test]
+fn compare_runs_every_mode_and_prints_ratios() {
+    let comparison = bench(&["compare", "--duration", "1s"]);
+    let runs = comparison["runs"].as_array().expect("runs");
+    let labels: Vec<&str> = runs.iter().filter_map(|r| r["label"].as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "db insert-commit",
+            "direct grpc work=sql",
+            "saga api=grpc branches=grpc work=sql",
+            "http quickCreate",
+            "peer ours"
+        ]
+    );
+    for run in runs {
+        assert!(run["sagas"].as_u64().unwrap_or(0) > 0 && run["error_count"] == 0, "{run:#}");
+    }
+    let ratios: Vec<&str> =
+        comparison["ratios"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert!(ratios.contains(&"http / direct") && ratios.contains(&"direct / db"), "{ratios:?}");
+}

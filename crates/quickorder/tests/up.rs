@@ -1,0 +1,160 @@
+//! `quickorder up` as a user runs it: the real binary on a fresh data
+//! folder, orders over HTTP, rows checked in the SQLite files, SIGTERM, and
+//! a second start that keeps (or, with `--reset`, drops) the data.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use sqlx::SqlitePool;
+use test_support::{free_port, wait_for_port};
+
+/// A running `quickorder up`, killed if the test fails half-way.
+struct Up {
+    child: Option<Child>,
+    api: u16,
+}
+
+impl Up {
+    fn start(data: &Path, extra: &[&str]) -> Up {
+        let api = free_port();
+        let ports = [
+            ("--api-port", api),
+            ("--coordinator-http-port", free_port()),
+            ("--coordinator-grpc-port", free_port()),
+            ("--order-port", free_port()),
+            ("--stock-port", free_port()),
+        ];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quickorder"));
+        command.arg("up").arg("--data-dir").arg(data).args(extra);
+        for (flag, port) in ports {
+            command.arg(flag).arg(port.to_string());
+        }
+        let child = command
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start quickorder up");
+        let up = Up { child: Some(child), api };
+        assert!(wait_for_port(api, Duration::from_secs(60)), "order-api never listened");
+        up
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api)
+    }
+
+    /// Sends `signal` and waits for the exit; returns the status and stdout.
+    fn stop(mut self, signal: Signal) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signal quickorder");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "quickorder did not exit after {signal}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        child.stdout.take().expect("piped").read_to_string(&mut out).expect("read stdout");
+        (status, out)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn quick_create(up: &Up, num: i64) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(up.url("/order/quickCreate"))
+        .json(&json!({"userId": 7, "goodsId": 1, "num": num}))
+        .send()
+        .await
+        .expect("order-api answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+async fn stock_left(data: &Path) -> i64 {
+    let pool = SqlitePool::connect(&sqlite(data, "stock.db")).await.expect("open stock.db");
+    let (num,): (i64,) =
+        sqlx::query_as("SELECT num FROM stock WHERE goods_id = 1").fetch_one(&pool).await.expect("stock row");
+    pool.close().await;
+    num
+}
+
+async fn orders(data: &Path) -> Vec<(i64, i64, String)> {
+    let pool = SqlitePool::connect(&sqlite(data, "order.db")).await.expect("open order.db");
+    let rows = sqlx::query_as(r#"SELECT num, row_state, gid FROM "order" ORDER BY id"#)
+        .fetch_all(&pool)
+        .await
+        .expect("order rows");
+    pool.close().await;
+    rows
+}
+
+fn sqlite(data: &Path, file: &str) -> String {
+    format!("sqlite://{}", data.join(file).display())
+}
+
+fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
+    let (_dir, data) = data_dir();
+
+    let up = Up::start(&data, &[]);
+    let health = reqwest::get(up.url("/healthz")).await.expect("healthz");
+    assert!(health.status().is_success());
+
+    let (status, ok) = quick_create(&up, 1).await;
+    assert_eq!((status, ok["status"].as_str()), (200, Some("succeed")), "{ok}");
+    let (status, failed) = quick_create(&up, 500).await;
+    assert_eq!((status, failed["status"].as_str()), (409, Some("failed")), "{failed}");
+
+    assert_eq!(stock_left(&data).await, 99);
+    let rows = orders(&data).await;
+    assert_eq!(
+        rows,
+        vec![
+            (1, 0, ok["gid"].as_str().unwrap().to_string()),
+            (500, -1, failed["gid"].as_str().unwrap().to_string()),
+        ]
+    );
+
+    let (status, out) = up.stop(Signal::SIGTERM);
+    assert!(status.success(), "exit {status:?}\n{out}");
+    assert!(out.contains("quickorder is up") && out.contains("curl -s -X POST"), "{out}");
+    assert!(out.contains("quickorder stopped cleanly"), "{out}");
+
+    // A second start on the same folder keeps the stock and the orders.
+    let up = Up::start(&data, &[]);
+    let (status, again) = quick_create(&up, 2).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(stock_left(&data).await, 97);
+    assert_eq!(orders(&data).await.len(), 3);
+    let (status, _) = up.stop(Signal::SIGINT);
+    assert!(status.success(), "Ctrl-C must stop cleanly too: {status:?}");
+
+    // --reset starts over.
+    let up = Up::start(&data, &["--reset"]);
+    assert_eq!(stock_left(&data).await, 100);
+    assert!(orders(&data).await.is_empty());
+    drop(up);
+}
