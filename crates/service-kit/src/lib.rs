@@ -46,7 +46,7 @@ pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, RpcServerConf,
 pub use datasource::{Backend, DataSource, DataSourceError};
 pub use db::{BusinessDb, DbError};
 pub use grpc::{GrpcServer, GrpcSettings, ServeError};
-pub use service::ServiceServer;
+pub use service::{BranchParts, ServiceServer, build_branch_server};
 
 /// Why a service could not start: one enum for every process of the demo,
 /// shown by `main` and turned into a non-zero exit code.

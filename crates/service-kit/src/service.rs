@@ -69,3 +69,55 @@ impl ServiceServer {
         grpc.and(http)
     }
 }
+
+/// What one branch service (order-srv, stock-srv) adds on one database
+/// engine: its tonic service and its HTTP branch routes. Everything else —
+/// connecting the database, binding, registration, HTTP limits — is
+/// [`build_branch_server`], shared.
+pub trait BranchParts<DB: sqlx::Database> {
+    /// Creates the service's tables if missing and adds its tonic service.
+    fn add_grpc(
+        server: GrpcServer,
+        pool: sqlx::Pool<DB>,
+        max_msg_size: usize,
+    ) -> impl Future<Output = Result<GrpcServer, sqlx::Error>>;
+
+    /// The dtm-style HTTP branch routes (served when `HttpListenOn` is set).
+    fn http_routes(pool: sqlx::Pool<DB>, timeout: std::time::Duration) -> axum::Router;
+}
+
+/// Builds a branch service from its configuration: database connected and
+/// its tables created, gRPC (and HTTP, if configured) bound — port 0
+/// allowed — and not yet serving.
+pub async fn build_branch_server<P>(config: &crate::RpcServerConf) -> Result<ServiceServer, crate::StartError>
+where
+    P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
+{
+    let settings = crate::GrpcSettings::from_conf(config);
+    let max_msg_size = settings.max_msg_size;
+    let db = crate::BusinessDb::connect(&config.db, config.db_acquire_timeout()).await?;
+    let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
+    let timeout = config.call_timeout();
+    let (grpc, routes) = match db {
+        crate::BusinessDb::MySql(pool) => (
+            <P as BranchParts<sqlx::MySql>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::MySql>>::http_routes(pool, timeout),
+        ),
+        crate::BusinessDb::Postgres(pool) => (
+            <P as BranchParts<sqlx::Postgres>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::Postgres>>::http_routes(pool, timeout),
+        ),
+        crate::BusinessDb::Sqlite(pool) => (
+            <P as BranchParts<sqlx::Sqlite>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::Sqlite>>::http_routes(pool, timeout),
+        ),
+    };
+    let server = ServiceServer::grpc(grpc);
+    Ok(match config.http_listen_on() {
+        Some(listen_on) => {
+            let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
+            server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?)
+        }
+        None => server,
+    })
+}

@@ -36,9 +36,7 @@ pub mod server;
 
 use barrier::BarrierDatabase;
 use proto::stock::StockServer;
-use service_kit::http::HttpServeLimits;
-use service_kit::http_branch::HttpBranchServer;
-use service_kit::{BusinessDb, GrpcServer, GrpcSettings, ServiceServer, StartError};
+use service_kit::{BranchParts, GrpcServer, ServiceServer, StartError};
 use sqlx::Pool;
 
 use crate::model::StockModel;
@@ -51,40 +49,28 @@ pub type Config = service_kit::RpcServerConf;
 /// `run_until_stopped(shutdown)`.
 pub type Server = ServiceServer;
 
-/// Builds the service from its configuration: database ready (the seed row
-/// inserted only if missing), port bound (port 0 allowed), not yet serving.
+/// Builds the service from its configuration: database ready, port bound
+/// (port 0 allowed), not yet serving. The shared steps are
+/// [`service_kit::build_branch_server`]; this service adds [`StockParts`].
 pub async fn build(config: &Config) -> Result<Server, StartError> {
-    let settings = GrpcSettings::from_conf(config);
-    let max_msg_size = settings.max_msg_size;
-    let db = BusinessDb::connect(&config.db, config.db_acquire_timeout()).await?;
-    let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
-    let timeout = config.call_timeout();
-    let (grpc, routes) = match db {
-        BusinessDb::MySql(pool) => {
-            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
-        }
-        BusinessDb::Postgres(pool) => {
-            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
-        }
-        BusinessDb::Sqlite(pool) => {
-            (grpc.add_service(service(pool.clone(), max_msg_size).await?), http::router(pool, timeout))
-        }
-    };
-    let server = ServiceServer::grpc(grpc);
-    Ok(match config.http_listen_on() {
-        Some(listen_on) => {
-            let limits = HttpServeLimits { drain_timeout: timeout, ..HttpServeLimits::default() };
-            server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?)
-        }
-        None => server,
-    })
+    service_kit::build_branch_server::<StockParts>(config).await
 }
 
-/// The tonic service for one engine, after creating (and seeding) its table.
-async fn service<DB: StockModel + BarrierDatabase>(
-    pool: Pool<DB>,
-    max_msg_size: usize,
-) -> Result<StockServer<StockService<DB>>, sqlx::Error> {
-    barrier::schema::ensure_stock_table(&pool).await?;
-    Ok(StockServer::new(StockService::new(pool)).max_decoding_message_size(max_msg_size))
+/// This service's tonic service and HTTP routes, on any supported engine.
+pub struct StockParts;
+
+impl<DB: StockModel + BarrierDatabase> BranchParts<DB> for StockParts {
+    async fn add_grpc(
+        server: GrpcServer,
+        pool: Pool<DB>,
+        max_msg_size: usize,
+    ) -> Result<GrpcServer, sqlx::Error> {
+        barrier::schema::ensure_stock_table(&pool).await?;
+        Ok(server
+            .add_service(StockServer::new(StockService::new(pool)).max_decoding_message_size(max_msg_size)))
+    }
+
+    fn http_routes(pool: Pool<DB>, timeout: std::time::Duration) -> axum::Router {
+        http::router(pool, timeout)
+    }
 }
