@@ -1,7 +1,7 @@
 //! `quickorder chaos`, end to end: the real `quickorder` binary runs the
 //! real coordinator, order-srv, stock-srv and order-api processes with a
 //! private MariaDB and etcd for about 30 s under a seeded fault schedule,
-//! on two seeds, and must find every invariant intact.
+//! on three seeds, and must find every invariant intact.
 //!
 //! Needs `mariadbd`/`mariadb-install-db` (Debian: mariadb-server), `etcd`
 //! (etcd-server) and an IPv6 loopback address; a missing one fails the
@@ -96,4 +96,9 @@ fn chaos_seed_7_keeps_every_invariant() {
 #[test]
 fn chaos_seed_2024_keeps_every_invariant() {
     run_chaos(2024);
+}
+
+#[test]
+fn chaos_seed_3_keeps_every_invariant() {
+    run_chaos(3);
 }
