@@ -11,6 +11,7 @@
 //! gid and cancels it by gid. Each test plays the coordinator: it builds a
 //! fresh `BranchBarrier` per delivered request, as a service does.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
@@ -424,23 +425,6 @@ async fn msg_query_prepared_waits_for_an_in_flight_local_transaction<E: Engine>(
     release.send(()).unwrap();
     assert_eq!(local.await.unwrap().unwrap(), MsgLocal::Committed(()));
     check.await.unwrap().expect("the local transaction committed: success");
-}
-
-macro_rules! on_every_engine {
-    ($($scenario:ident),+ $(,)?) => {
-        mod mysql {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::MySql>().await } )+
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::Postgres>().await } )+
-        }
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::Sqlite>().await } )+
-        }
-    };
 }
 
 on_every_engine!(

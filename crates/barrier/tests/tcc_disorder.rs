@@ -9,6 +9,7 @@
 
 // Shared with barrier.rs; this file uses only part of it.
 #[allow(dead_code)]
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -194,23 +195,6 @@ async fn a_failed_try_leaves_a_null_cancel<E: Engine>() {
     assert_eq!(f.rows(&gid).await, vec![], "the failed try left no row");
     assert_eq!(f.cancel(&gid, 1000).await.unwrap(), Outcome::Skipped(Skipped::NullCompensation));
     assert_eq!(f.stock().await, 100);
-}
-
-macro_rules! on_every_engine {
-    ($($scenario:ident),+ $(,)?) => {
-        mod mysql {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::MySql>().await } )+
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::Postgres>().await } )+
-        }
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $scenario() { super::$scenario::<sqlx::Sqlite>().await } )+
-        }
-    };
 }
 
 on_every_engine!(

@@ -278,3 +278,22 @@ engine!(
     bigint: "integer",
     dollar: false
 );
+
+/// Runs each generic scenario `fn name<DB>()` as one test per engine:
+/// `mysql::name`, `postgres::name`, `sqlite::name`.
+macro_rules! on_every_engine {
+    ($($scenario:ident),+ $(,)?) => {
+        mod mysql {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $scenario() { super::$scenario::<sqlx::MySql>().await } )+
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $scenario() { super::$scenario::<sqlx::Postgres>().await } )+
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $scenario() { super::$scenario::<sqlx::Sqlite>().await } )+
+        }
+    };
+}
