@@ -7,7 +7,8 @@ use barrier::{BranchId, Gid, Op, TransType};
 use chrono::TimeDelta;
 use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
 use coordinator::store::{
-    self, BranchChange, CreateOutcome, GlobalChange, ListFilter, NewBranch, NewGlobal, Store,
+    self, BranchChange, CreateOutcome, GlobalChange, ListFilter, NewBranch, NewGlobal, NewTrans,
+    StatusUpdate, Store,
 };
 
 fn gid(s: &str) -> Gid {
@@ -219,6 +220,178 @@ async fn contract(store: Arc<dyn Store>) {
     let json = serde_json::to_value(store.find(&gid("g1")).await.unwrap().unwrap()).unwrap();
     assert_eq!(json["global"]["status"], "succeed");
     assert_eq!(json["branches"][0]["bin_data"], "AAEC/w==", "bytes as base64, like Go");
+}
+
+fn new_trans(names: &[&str], now: chrono::DateTime<chrono::Utc>) -> Vec<NewTrans> {
+    let lease = now + TimeDelta::seconds(30);
+    names
+        .iter()
+        .map(|n| NewTrans {
+            global: new_global(n, GlobalStatus::Submitted, lease, now),
+            branches: saga_rows(),
+        })
+        .collect()
+}
+
+/// A saga's last write: `succeed`, both actions recorded.
+fn finish(g: &str, now: chrono::DateTime<chrono::Utc>) -> StatusUpdate {
+    StatusUpdate {
+        gid: gid(g),
+        expected: GlobalStatus::Submitted,
+        change: GlobalChange {
+            status: Some(GlobalStatus::Succeed),
+            rollback_reason: None,
+            next_cron_time: now + TimeDelta::seconds(30),
+            next_cron_interval: 10,
+        },
+        branches: (0..2)
+            .map(|k| BranchChange {
+                branch_id: BranchId::nth(k),
+                op: Op::Action,
+                status: BranchStatus::Succeed,
+            })
+            .collect(),
+        now,
+    }
+}
+
+async fn status_of(store: &dyn Store, g: &str) -> Option<GlobalStatus> {
+    store.find(&gid(g)).await.unwrap().map(|t| t.global.status)
+}
+
+/// `write_batch`: several creates and updates in one transaction, all or nothing.
+async fn batch_contract(store: Arc<dyn Store>) {
+    let now = store::now();
+    assert!(store.write_batch(&new_trans(&["b1", "b2", "b3"], now), &[]).await.unwrap());
+    for g in ["b1", "b2", "b3"] {
+        let t = store.find(&gid(g)).await.unwrap().unwrap();
+        assert_eq!((t.global.status, t.branches.len()), (GlobalStatus::Submitted, 4), "{g}");
+    }
+
+    // Creates and updates together; updates grouped by change.
+    assert!(
+        store.write_batch(&new_trans(&["b4"], now), &[finish("b1", now), finish("b2", now)]).await.unwrap()
+    );
+    for g in ["b1", "b2"] {
+        let t = store.find(&gid(g)).await.unwrap().unwrap();
+        assert_eq!(t.global.status, GlobalStatus::Succeed);
+        assert_eq!(t.global.finish_time, Some(now));
+        let statuses: Vec<(Op, BranchStatus)> = t.branches.iter().map(|b| (b.op, b.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (Op::Compensate, BranchStatus::Prepared),
+                (Op::Action, BranchStatus::Succeed),
+                (Op::Compensate, BranchStatus::Prepared),
+                (Op::Action, BranchStatus::Succeed)
+            ],
+            "{g}: exactly the named rows"
+        );
+    }
+    assert_eq!(status_of(&*store, "b4").await, Some(GlobalStatus::Submitted));
+
+    // Nothing of a batch is written when part of it cannot apply.
+    let refused: [(&str, Vec<NewTrans>, Vec<StatusUpdate>); 3] = [
+        ("a gid that exists", new_trans(&["b5", "b1"], now), vec![finish("b3", now)]),
+        ("a status that moved", new_trans(&["b5"], now), vec![finish("b3", now), finish("b1", now)]),
+        ("one gid twice", Vec::new(), vec![finish("b3", now), finish("b3", now)]),
+    ];
+    for (why, creates, updates) in refused {
+        assert!(!store.write_batch(&creates, &updates).await.unwrap(), "{why}");
+        assert_eq!(status_of(&*store, "b5").await, None, "{why}: the create was not kept");
+        let b3 = store.find(&gid("b3")).await.unwrap().unwrap();
+        assert_eq!(b3.global.status, GlobalStatus::Submitted, "{why}: the update was not kept");
+        assert!(b3.branches.iter().all(|b| b.status == BranchStatus::Prepared), "{why}");
+    }
+
+    // Different changes in one batch: each row gets its own.
+    let later = now + TimeDelta::seconds(60);
+    let pending = StatusUpdate {
+        gid: gid("b4"),
+        expected: GlobalStatus::Submitted,
+        change: GlobalChange {
+            status: None,
+            rollback_reason: Some("branch down".into()),
+            next_cron_time: later,
+            next_cron_interval: 20,
+        },
+        branches: vec![BranchChange {
+            branch_id: BranchId::nth(0),
+            op: Op::Action,
+            status: BranchStatus::Succeed,
+        }],
+        now,
+    };
+    assert!(store.write_batch(&[], &[finish("b3", now), pending]).await.unwrap());
+    assert_eq!(status_of(&*store, "b3").await, Some(GlobalStatus::Succeed));
+    let b4 = store.find(&gid("b4")).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            b4.global.status,
+            b4.global.next_cron_time,
+            b4.global.next_cron_interval,
+            b4.global.rollback_reason.as_str()
+        ),
+        (GlobalStatus::Submitted, Some(later), 20, "branch down")
+    );
+    assert_eq!(b4.branches.iter().filter(|b| b.status == BranchStatus::Succeed).count(), 1);
+}
+
+/// Through [`store::GroupCommit`] (what `store::open` returns), concurrent
+/// writers each get their own answer, whether their write shared a batch or not.
+async fn group_commit_answers_each_writer(store: Arc<dyn Store>) {
+    const N: usize = 48;
+    let now = store::now();
+    let names: Vec<String> = (0..N).map(|i| format!("gc-{i}")).collect();
+    let existing = new_trans(&["gc-existing"], now).remove(0);
+    assert_eq!(store.create(&existing.global, &existing.branches).await.unwrap(), CreateOutcome::Created);
+
+    let creates = futures::future::join_all(names.iter().map(|n| {
+        let store = Arc::clone(&store);
+        let t = new_trans(&[n], now).remove(0);
+        async move { store.create(&t.global, &t.branches).await.unwrap() }
+    }));
+    let again = store.create(&existing.global, &existing.branches);
+    let (created, again) = futures::join!(creates, again);
+    assert!(created.iter().all(|c| *c == CreateOutcome::Created), "{created:?}");
+    assert!(matches!(again.unwrap(), CreateOutcome::Exists(_)), "a gid that exists is answered as such");
+
+    let updates = futures::future::join_all(names.iter().map(|n| {
+        let store = Arc::clone(&store);
+        let u = finish(n, now);
+        async move { store.update(&u.gid, u.expected, &u.change, &u.branches, u.now).await.unwrap() }
+    }));
+    let mut stale = finish("gc-existing", now);
+    stale.expected = GlobalStatus::Prepared;
+    let lost = store.update(&stale.gid, stale.expected, &stale.change, &stale.branches, stale.now);
+    let (saved, lost) = futures::join!(updates, lost);
+    assert!(saved.iter().all(|s| *s), "{saved:?}");
+    assert!(!lost.unwrap(), "an update whose status moved is answered false");
+    for n in &names {
+        assert_eq!(status_of(&*store, n).await, Some(GlobalStatus::Succeed), "{n}");
+    }
+    assert_eq!(status_of(&*store, "gc-existing").await, Some(GlobalStatus::Submitted));
+}
+
+#[tokio::test]
+async fn batches_on_sqlite() {
+    let db = test_support::sqlite_database();
+    batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
+    group_commit_answers_each_writer(store::open(&db.url, 4).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn batches_on_mariadb() {
+    let db = test_support::mysql_database().await;
+    batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
+    group_commit_answers_each_writer(store::open(&db.url, 8).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn batches_on_postgres() {
+    let db = test_support::postgres_database().await;
+    batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
+    group_commit_answers_each_writer(store::open(&db.url, 8).await.unwrap()).await;
 }
 
 #[tokio::test]

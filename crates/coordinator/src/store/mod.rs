@@ -2,6 +2,8 @@
 //!
 //! The engine sees only [`Store`]; three SQL implementations share one body
 //! (the private `sql` module): MySQL/MariaDB, PostgreSQL and SQLite (the embedded default).
+//! [`open`] wraps them in [`GroupCommit`], which lets the writes of
+//! concurrent sagas share one transaction and one commit.
 //! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
 //! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
 //! dtm's admin UI and scripts can read a database written by us.
@@ -27,6 +29,7 @@
 //! database shared with a dtm server in another zone would see shifted
 //! times — do not mix the two on one database.
 
+mod group_commit;
 mod sql;
 
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use serde::Serialize;
 
 use crate::model::{BranchStatus, GlobalStatus, Protocol};
 
+pub use group_commit::GroupCommit;
 pub use sql::{MySqlStore, PostgresStore, SqliteStore};
 
 /// A storage failure. Internal: logged, answered with 500.
@@ -208,6 +212,30 @@ pub struct NewBranch {
     pub op: Op,
 }
 
+/// A transaction to create: its global row and its branch rows.
+#[derive(Debug, Clone)]
+pub struct NewTrans {
+    /// The `trans_global` row.
+    pub global: NewGlobal,
+    /// Its `trans_branch_op` rows.
+    pub branches: Vec<NewBranch>,
+}
+
+/// The arguments of one [`Store::update`], owned so it can wait in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    /// Global id.
+    pub gid: Gid,
+    /// The status the caller last saw; the update applies only if it still holds.
+    pub expected: GlobalStatus,
+    /// What changes on the global row.
+    pub change: GlobalChange,
+    /// Branch results recorded with it.
+    pub branches: Vec<BranchChange>,
+    /// The write time.
+    pub now: DateTime<Utc>,
+}
+
 /// What [`Store::create`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -288,6 +316,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Returns only after the commit: a submit acknowledged to a client survives a crash.
     async fn create(&self, global: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError>;
 
+    /// Several creates and status updates in ONE transaction (group commit,
+    /// see [`GroupCommit`]). `Ok(true)`: every create inserted a new
+    /// transaction and every update found its expected status, all
+    /// committed. `Ok(false)`: the batch cannot apply as a whole (a gid
+    /// exists, a status moved, one gid twice); nothing was written, and the
+    /// caller runs the writes one by one to learn each outcome. The default
+    /// batches nothing.
+    async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {
+        let _ = (creates, updates);
+        Ok(false)
+    }
+
     /// The global row and its branches.
     async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError>;
 
@@ -349,7 +389,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
 /// Opens the store named by `url`, creating the tables if needed:
 /// `mysql://` / `mariadb://`, `postgres://` / `postgresql://`, `sqlite:`.
+/// Creates and status updates go through [`GroupCommit`].
 pub async fn open(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(GroupCommit::new(open_direct(url, max_connections).await?)))
+}
+
+/// Like [`open`], without group commit: every write is its own transaction.
+pub async fn open_direct(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
     let scheme = url.split(':').next().unwrap_or_default();
     Ok(match scheme {
         "mysql" | "mariadb" => {

@@ -14,6 +14,7 @@
 //! | `update` with branch results | UPDATE global (conditional), one UPDATE per distinct branch status | 1 |
 //! | `update` without branch results | UPDATE global (autocommit) | 1 |
 //! | `lease_due` | UPDATE … LIMIT n, SELECT by owner, SELECT branches | 1 |
+//! | `write_batch` (group commit of n creates, m updates) | INSERT globals, INSERT branches, one UPDATE per distinct global change, one UPDATE per branch status | 1 |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,8 +25,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    BranchChange, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewBranch, NewGlobal, Page,
-    ResetCount, Store, StoreError, StoredTrans,
+    BranchChange, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewBranch, NewGlobal,
+    NewTrans, Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
 };
 use crate::model::{BranchStatus, GlobalStatus};
 
@@ -245,100 +246,16 @@ macro_rules! sql_store {
                 q.build().fetch_all(executor).await?.iter().map(Self::branch_row).collect()
             }
 
-            fn insert_branches<'a>(gid: &Gid, branches: &'a [NewBranch], now: DateTime<Utc>) -> QueryBuilder<'a, $db> {
-                let mut q = QueryBuilder::<$db>::new(
-                    "INSERT INTO trans_branch_op (gid, url, bin_data, branch_id, op, status, create_time, update_time) ",
-                );
-                q.push_values(branches, |mut row, b| {
-                    row.push_bind(gid.as_str().to_string())
-                        .push_bind(b.url.clone())
-                        .push_bind(b.bin_data.clone())
-                        .push_bind(b.branch_id.as_str().to_string())
-                        .push_bind(b.op.as_str())
-                        .push_bind(BranchStatus::Prepared.as_str())
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                q
-            }
-
-            /// One attempt of [`Store::update`].
-            async fn update_once(
-                &self,
-                gid: &Gid,
-                expected: GlobalStatus,
-                change: &GlobalChange,
-                branches: &[BranchChange],
-                now: DateTime<Utc>,
-            ) -> Result<bool, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
-                q.push_bind(now);
-                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
-                q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
-                if let Some(status) = change.status {
-                    q.push(", status = ").push_bind(status.as_str());
-                    match status {
-                        GlobalStatus::Succeed => {
-                            q.push(", finish_time = ").push_bind(now);
-                        }
-                        GlobalStatus::Failed => {
-                            q.push(", rollback_time = ").push_bind(now);
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(reason) = &change.rollback_reason {
-                    q.push(", rollback_reason = ").push_bind(reason.clone());
-                }
-                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
-                q.push(" AND status = ").push_bind(expected.as_str());
-                if branches.is_empty() {
-                    return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
-                }
-                let mut tx = self.pool.begin().await?;
-                // The global row first: on MySQL/Postgres this locks it, so a
-                // concurrent writer of the same transaction waits for us and
-                // then sees the new status.
-                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                // One statement per distinct new status (a finished saga: one).
-                for status in [BranchStatus::Succeed, BranchStatus::Failed, BranchStatus::Prepared] {
-                    let rows: Vec<&BranchChange> = branches.iter().filter(|b| b.status == status).collect();
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let mut b = QueryBuilder::<$db>::new("UPDATE trans_branch_op SET status = ");
-                    b.push_bind(status.as_str()).push(", update_time = ").push_bind(now);
-                    b.push(", finish_time = ").push_bind((status != BranchStatus::Prepared).then_some(now));
-                    b.push(" WHERE gid = ").push_bind(gid.as_str().to_string()).push(" AND (");
-                    for (i, row) in rows.iter().enumerate() {
-                        if i > 0 {
-                            b.push(" OR ");
-                        }
-                        b.push("(branch_id = ").push_bind(row.branch_id.as_str().to_string());
-                        b.push(" AND op = ").push_bind(row.op.as_str()).push(")");
-                    }
-                    b.push(")");
-                    b.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(true)
-            }
-        }
-
-        #[async_trait]
-        impl Store for $name {
-            async fn create(&self, g: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
-                let mut tx = self.pool.begin().await?;
+            /// `INSERT` of global rows; with `IGNORE` / `ON CONFLICT DO NOTHING`,
+            /// so `rows_affected` counts the gids that were new.
+            fn insert_globals<'a>(globals: impl IntoIterator<Item = &'a NewGlobal>) -> QueryBuilder<'a, $db> {
                 let (insert, on_conflict) = $dialect.insert_global();
                 let mut q = QueryBuilder::<$db>::new(insert);
                 q.push(
                     " (gid, trans_type, status, query_prepared, protocol, create_time, update_time, options, \
                      custom_data, next_cron_interval, next_cron_time, owner, ext_data, result, rollback_reason) ",
                 );
-                q.push_values(std::iter::once(g), |mut row, g| {
+                q.push_values(globals, |mut row, g| {
                     row.push_bind(g.gid.as_str().to_string())
                         .push_bind(g.trans_type.as_str())
                         .push_bind(g.status.as_str())
@@ -356,7 +273,193 @@ macro_rules! sql_store {
                         .push_bind(g.rollback_reason.clone());
                 });
                 q.push(on_conflict);
-                let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                q
+            }
+
+            /// One multi-row `INSERT` of branch rows (status `prepared`), of one or many transactions.
+            fn insert_branches<'a>(rows: &'a [(&'a Gid, &'a NewBranch, DateTime<Utc>)]) -> QueryBuilder<'a, $db> {
+                let mut q = QueryBuilder::<$db>::new(
+                    "INSERT INTO trans_branch_op (gid, url, bin_data, branch_id, op, status, create_time, update_time) ",
+                );
+                q.push_values(rows, |mut row, (gid, b, now)| {
+                    row.push_bind(gid.as_str().to_string())
+                        .push_bind(b.url.clone())
+                        .push_bind(b.bin_data.clone())
+                        .push_bind(b.branch_id.as_str().to_string())
+                        .push_bind(b.op.as_str())
+                        .push_bind(BranchStatus::Prepared.as_str())
+                        .push_bind(*now)
+                        .push_bind(*now);
+                });
+                q
+            }
+
+            /// The conditional `UPDATE` of global rows still in status
+            /// `expected`; `rows_affected` counts those that were.
+            fn update_globals<'a>(
+                gids: &[&'a Gid],
+                expected: GlobalStatus,
+                change: &'a GlobalChange,
+                now: DateTime<Utc>,
+            ) -> QueryBuilder<'a, $db> {
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
+                q.push_bind(now);
+                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
+                q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
+                if let Some(status) = change.status {
+                    q.push(", status = ").push_bind(status.as_str());
+                    match status {
+                        GlobalStatus::Succeed => {
+                            q.push(", finish_time = ").push_bind(now);
+                        }
+                        GlobalStatus::Failed => {
+                            q.push(", rollback_time = ").push_bind(now);
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(reason) = &change.rollback_reason {
+                    q.push(", rollback_reason = ").push_bind(reason.as_str());
+                }
+                if let [gid] = gids {
+                    q.push(" WHERE gid = ").push_bind(gid.as_str());
+                } else {
+                    q.push(" WHERE gid IN (");
+                    let mut list = q.separated(", ");
+                    for gid in gids {
+                        list.push_bind(gid.as_str());
+                    }
+                    q.push(")");
+                }
+                q.push(" AND status = ").push_bind(expected.as_str());
+                q
+            }
+
+            /// Records branch results, of one or many transactions: one
+            /// `UPDATE` per distinct new status (a finished saga: one),
+            /// naming each row by its unique key `(gid, branch_id, op)`.
+            async fn update_branches(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                rows: &[(&Gid, &BranchChange)],
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                for status in [BranchStatus::Succeed, BranchStatus::Failed, BranchStatus::Prepared] {
+                    let rows: Vec<_> = rows.iter().filter(|(_, b)| b.status == status).collect();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let mut b = QueryBuilder::<$db>::new("UPDATE trans_branch_op SET status = ");
+                    b.push_bind(status.as_str()).push(", update_time = ").push_bind(now);
+                    b.push(", finish_time = ").push_bind((status != BranchStatus::Prepared).then_some(now));
+                    b.push(" WHERE ");
+                    for (i, (gid, row)) in rows.iter().enumerate() {
+                        if i > 0 {
+                            b.push(" OR ");
+                        }
+                        b.push("(gid = ").push_bind(gid.as_str());
+                        b.push(" AND branch_id = ").push_bind(row.branch_id.as_str());
+                        b.push(" AND op = ").push_bind(row.op.as_str()).push(")");
+                    }
+                    b.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// One attempt of [`Store::update`].
+            async fn update_once(
+                &self,
+                gid: &Gid,
+                expected: GlobalStatus,
+                change: &GlobalChange,
+                branches: &[BranchChange],
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut q = Self::update_globals(&[gid], expected, change, now);
+                if branches.is_empty() {
+                    return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
+                }
+                let mut tx = self.pool.begin().await?;
+                // The global row first: on MySQL/Postgres this locks it, so a
+                // concurrent writer of the same transaction waits for us and
+                // then sees the new status.
+                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let rows: Vec<(&Gid, &BranchChange)> = branches.iter().map(|b| (gid, b)).collect();
+                Self::update_branches(&mut tx, &rows, now).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            /// One attempt of [`Store::write_batch`].
+            async fn write_batch_once(
+                &self,
+                creates: &[NewTrans],
+                updates: &[StatusUpdate],
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                if !creates.is_empty() {
+                    let inserted = Self::insert_globals(creates.iter().map(|c| &c.global))
+                        .build()
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if inserted != creates.len() as u64 {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                    let rows: Vec<(&Gid, &NewBranch, DateTime<Utc>)> = creates
+                        .iter()
+                        .flat_map(|c| c.branches.iter().map(|b| (&c.global.gid, b, c.global.now)))
+                        .collect();
+                    if !rows.is_empty() {
+                        Self::insert_branches(&rows).build().execute(&mut *tx).await.map_err(map_unique)?;
+                    }
+                }
+                // Global rows first (see `update_once`), one statement per
+                // distinct change — sagas finishing in the same second share one.
+                let mut groups: Vec<(&StatusUpdate, Vec<&Gid>)> = Vec::new();
+                for u in updates {
+                    match groups.iter_mut().find(|(first, _)| {
+                        (first.expected, &first.change, first.now) == (u.expected, &u.change, u.now)
+                    }) {
+                        Some((_, gids)) => gids.push(&u.gid),
+                        None => groups.push((u, vec![&u.gid])),
+                    }
+                }
+                for (u, gids) in &groups {
+                    let moved = Self::update_globals(gids, u.expected, &u.change, u.now)
+                        .build()
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if moved != gids.len() as u64 {
+                        tx.rollback().await?;
+                        return Ok(false);
+                    }
+                }
+                let mut by_time: Vec<(DateTime<Utc>, Vec<(&Gid, &BranchChange)>)> = Vec::new();
+                for u in updates {
+                    let rows = u.branches.iter().map(|b| (&u.gid, b));
+                    match by_time.iter_mut().find(|(now, _)| *now == u.now) {
+                        Some((_, all)) => all.extend(rows),
+                        None => by_time.push((u.now, rows.collect())),
+                    }
+                }
+                for (now, rows) in &by_time {
+                    Self::update_branches(&mut tx, rows, *now).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
+        #[async_trait]
+        impl Store for $name {
+            async fn create(&self, g: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = Self::insert_globals([g]).build().execute(&mut *tx).await?.rows_affected();
                 if inserted == 0 {
                     let row = sqlx::QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = "))
                         .push_bind(g.gid.as_str().to_string())
@@ -367,10 +470,30 @@ macro_rules! sql_store {
                     return Ok(CreateOutcome::Exists(Box::new(Self::global_row(&row)?)));
                 }
                 if !branches.is_empty() {
-                    Self::insert_branches(&g.gid, branches, g.now).build().execute(&mut *tx).await.map_err(map_unique)?;
+                    let rows: Vec<_> = branches.iter().map(|b| (&g.gid, b, g.now)).collect();
+                    Self::insert_branches(&rows).build().execute(&mut *tx).await.map_err(map_unique)?;
                 }
                 tx.commit().await?;
                 Ok(CreateOutcome::Created)
+            }
+
+            async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {
+                // Two writes of one gid cannot share a transaction: the
+                // second must see the first's outcome.
+                let mut gids = std::collections::HashSet::new();
+                if !creates.iter().map(|c| &c.global.gid).chain(updates.iter().map(|u| &u.gid)).all(|g| gids.insert(g)) {
+                    return Ok(false);
+                }
+                let mut attempt = 0;
+                loop {
+                    match self.write_batch_once(creates, updates).await {
+                        Err(e) if attempt < CONFLICT_RETRIES && is_transient_conflict(&e) => {
+                            attempt += 1;
+                            tracing::debug!(attempt, error = %e, "batch hit a deadlock; running it again");
+                        }
+                        outcome => return outcome,
+                    }
+                }
             }
 
             async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError> {
@@ -464,7 +587,8 @@ macro_rules! sql_store {
                     return Ok(false);
                 }
                 if !branches.is_empty() {
-                    Self::insert_branches(gid, branches, now).build().execute(&mut *tx).await.map_err(map_unique)?;
+                    let rows: Vec<_> = branches.iter().map(|b| (gid, b, now)).collect();
+                    Self::insert_branches(&rows).build().execute(&mut *tx).await.map_err(map_unique)?;
                 }
                 tx.commit().await?;
                 Ok(true)
