@@ -3,8 +3,12 @@
 //! dtm's `GenGid()` is `shortuuid.New()`: a random (v4) UUID written in base 57
 //! with an alphabet that leaves out look-alikes (`0 1 I O l`). 57^22 > 2^128,
 //! so 22 digits always suffice; shorter numbers are left-padded.
+//!
+//! The coordinator hands these out (`NewGid`), and a client may make its own
+//! ([`Gid::random`]): a gid only has to be unique, and a local one saves a
+//! round trip per transaction.
 
-use barrier::Gid;
+use crate::Gid;
 
 /// The alphabet of github.com/lithammer/shortuuid.
 const ALPHABET: &[u8; 57] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
@@ -22,11 +26,13 @@ pub fn encode_base57(mut n: u128) -> String {
     digits.iter().map(|&b| char::from(b)).collect()
 }
 
-/// A fresh random gid.
-pub fn new_gid() -> Gid {
-    let text = encode_base57(uuid::Uuid::new_v4().as_u128());
-    // 22 alphanumeric characters always satisfy Gid's rules.
-    Gid::new(text).unwrap_or_else(|_| unreachable!("base57 text is a valid gid"))
+impl Gid {
+    /// A fresh random gid, like dtm's `GenGid()`: 122 random bits, so two
+    /// are never equal in practice.
+    pub fn random() -> Gid {
+        // 22 base57 digits always satisfy Gid's rules (non-empty, short, printable).
+        Gid(encode_base57(uuid::Uuid::new_v4().as_u128()))
+    }
 }
 
 #[cfg(test)]
@@ -35,8 +41,8 @@ mod tests {
 
     #[test]
     fn gids_are_22_base57_characters_and_distinct() {
-        let a = new_gid();
-        let b = new_gid();
+        let a = Gid::random();
+        let b = Gid::random();
         assert_ne!(a, b);
         for g in [&a, &b] {
             assert_eq!(g.as_str().len(), GID_LEN);

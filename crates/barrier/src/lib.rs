@@ -95,6 +95,7 @@
 //! # Layout
 //!
 //! * [`protocol`] — `Gid`, `BranchId`, `TransType`, `Op`: the four values of every branch call.
+//! * [`gid`] — dtm's gid format, and [`Gid::random`] to make one.
 //! * [`result`] — `BranchResult` and `BranchError`: the four answers, over gRPC and HTTP.
 //! * [`barrier`](mod@barrier) — [`BranchBarrier`], [`Outcome`], [`Skipped`].
 //! * [`msg`] — the 2-phase message's local transaction and QueryPrepared check-back.
@@ -104,6 +105,7 @@
 
 pub mod barrier;
 pub mod database;
+pub mod gid;
 pub mod msg;
 pub mod protocol;
 pub mod result;

@@ -16,7 +16,7 @@ use std::str::FromStr;
 /// we refuse them instead of silently changing the id).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
-pub struct Gid(String);
+pub struct Gid(pub(crate) String);
 
 impl Gid {
     /// Longest accepted gid, in bytes.

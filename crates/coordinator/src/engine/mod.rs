@@ -5,7 +5,8 @@
 //!
 //! 1. `submit` validates, then [`Store::create`] commits the global row and
 //!    all branch rows at once, with `next_cron_time = now + lease`: this
-//!    instance holds the lease.
+//!    instance holds the lease. (Under load, the creates and final writes of
+//!    concurrent sagas share transactions: [`store::GroupCommit`].)
 //! 2. The same instance runs a pass right away (in a spawned task, or inline
 //!    for `wait_result`) from the request in memory — no read-back.
 //! 3. A pass that finishes writes the final status together with all branch
@@ -20,7 +21,6 @@
 //! (a lease that expired during a slow pass) is harmless: status changes are
 //! conditional, branches idempotent.
 
-pub mod gid;
 pub mod observer;
 mod process;
 pub mod retry;
@@ -153,7 +153,7 @@ impl Engine {
 
     /// A fresh gid (dtm's 22-character short UUID).
     pub fn new_gid(&self) -> Gid {
-        gid::new_gid()
+        Gid::random()
     }
 
     /// Refuses what this coordinator cannot process, before anything is stored.
@@ -575,7 +575,7 @@ impl Engine {
             return false;
         }
         let want = permits.len();
-        let owner = gid::new_gid().to_string();
+        let owner = Gid::random().to_string();
         let leased = match self
             .inner
             .core
