@@ -6,6 +6,7 @@
 #   CLIENTS="16" DURATION=10s scripts/bench.sh
 #   MYSQL_URL=mysql://root:pw@127.0.0.1:3306 scripts/bench.sh
 #   DTMRS=/path/to/dtmrs scripts/bench.sh    # add the dtmrs peer (default: `dtmrs` on PATH)
+#   HISTORY=0 SOAK=0 scripts/bench.sh        # skip the store-history runs and the soak
 #
 # Needs: a MySQL/MariaDB server at MYSQL_URL (root-like: it creates and
 # drops databases qob_*, and raises max_connections for the run), the
@@ -20,6 +21,9 @@ CLIENTS=${CLIENTS:-"16 64"}
 OUT=${OUT:-target/bench}
 DTMRS=${DTMRS:-$(command -v dtmrs || true)}
 MARKDOWN=${MARKDOWN:-BENCHMARKS.md}
+HISTORY=${HISTORY:-1000000} # finished sagas in the store for the history run (0: skip)
+SOAK=${SOAK:-600s}          # length of the soak run, 64 clients (0: skip)
+SOAK_CLIENTS=${SOAK_CLIENTS:-64}
 
 mkdir -p "$OUT"
 cargo build --release -p quickorder -p coordinator -p order-srv -p stock-srv -p order-api --bins
@@ -165,6 +169,51 @@ if [[ -n $DTMRS ]]; then
 fi
 echo >>"$SECTION"
 echo "(SQL columns count the MariaDB server's statements, so they are empty of meaning for the SQLite rows.)" >>"$SECTION"
+
+# sagas/s of a JSON report.
+rate() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sagas_per_s"])' "$1"; }
+
+# Does history slow the coordinator down? The same peer run on an empty store
+# and on one holding $HISTORY finished sagas, back to back.
+if [[ $HISTORY != 0 ]]; then
+  "$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
+    --peer-name ours-empty-store --json "$OUT/history-empty.json" --markdown "$OUT/history-empty.md"
+  "$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
+    --store-history "$HISTORY" --peer-name "ours-$HISTORY-finished" \
+    --json "$OUT/history-full.json" --markdown "$OUT/history-full.md"
+  {
+    echo
+    echo "### A store holding $HISTORY finished sagas, peer workload, $first_clients clients"
+    echo
+    cat "$OUT/history-empty.md"
+    tail -n +3 "$OUT/history-full.md"
+    echo
+    python3 -c 'import sys; e, f = map(float, sys.argv[1:]); print(f"- full / empty store: **{f / e:.2f}** (target >= 0.9)")' \
+      "$(rate "$OUT/history-empty.json")" "$(rate "$OUT/history-full.json")"
+  } >>"$SECTION"
+fi
+
+# The soak: $SOAK_CLIENTS clients for $SOAK, the coordinator's RSS sampled every minute.
+if [[ $SOAK != 0 ]]; then
+  "$Q" bench peer --clients "$SOAK_CLIENTS" --duration "$SOAK" --mysql "$MYSQL_URL" --quiet \
+    --peer-name ours-soak --json "$OUT/soak.json" --markdown "$OUT/soak.md" >"$OUT/soak.log" 2>&1 &
+  bench_pid=$!
+  rss=()
+  while kill -0 "$bench_pid" 2>/dev/null; do
+    sleep 60
+    coordinator=$(pgrep -P "$bench_pid" -x coordinator || true)
+    [[ -n $coordinator ]] && rss+=("$(($(ps -o rss= -p "$coordinator") / 1024))")
+  done
+  wait "$bench_pid"
+  {
+    echo
+    echo "### Soak: $SOAK_CLIENTS clients for $SOAK, peer workload"
+    echo
+    cat "$OUT/soak.md"
+    echo
+    echo "- coordinator RSS (MiB), sampled every minute: ${rss[*]}"
+  } >>"$SECTION"
+fi
 
 # Put the section between the markers, keeping everything else.
 if [[ ! -f $MARKDOWN ]] || ! grep -q '<!-- results:begin -->' "$MARKDOWN"; then

@@ -116,9 +116,14 @@ pub struct BenchArgs {
     /// peer/compare: the pid of that coordinator, to account its CPU.
     #[arg(long, value_name = "PID")]
     pub peer_pid: Option<u32>,
-    /// peer/compare: its name in the report.
-    #[arg(long, default_value = "peer")]
-    pub peer_name: String,
+    /// peer/compare: its name in the report (default: `peer`, or `ours`
+    /// for our own coordinator).
+    #[arg(long)]
+    pub peer_name: Option<String>,
+    /// saga/http/peer: put this many finished sagas into our coordinator's
+    /// store before measuring (does history slow it down?).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub store_history: u64,
     /// LOG_LEVEL of the started services.
     #[arg(long, default_value = "warn")]
     pub service_log_level: String,
@@ -177,6 +182,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         run_id,
         keep: args.keep,
+        store_history: args.store_history,
     };
 
     // Ctrl-C ends the measurement early; what ran is still reported and
@@ -206,18 +212,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The specs `args` asks for, one per run.
 fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
     let ours = || ModeSpec::Peer { dtm: None, pid: None, name: "ours".into() };
+    let peer_name = || args.peer_name.clone().unwrap_or_else(|| "peer".into());
     match args.mode {
         Mode::Db => vec![ModeSpec::Db],
         Mode::Direct => vec![ModeSpec::Direct],
         Mode::Saga => vec![ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work }],
         Mode::Http => vec![ModeSpec::Http],
         Mode::Peer => match &args.dtm {
-            Some(url) => vec![ModeSpec::Peer {
-                dtm: Some(url.clone()),
-                pid: args.peer_pid,
-                name: args.peer_name.clone(),
+            Some(url) => {
+                vec![ModeSpec::Peer { dtm: Some(url.clone()), pid: args.peer_pid, name: peer_name() }]
+            }
+            None => vec![ModeSpec::Peer {
+                dtm: None,
+                pid: None,
+                name: args.peer_name.clone().unwrap_or_else(|| "ours".into()),
             }],
-            None => vec![ours()],
         },
         Mode::Compare => {
             let mut specs = vec![
@@ -228,11 +237,7 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
                 ours(),
             ];
             if let Some(url) = &args.peer_url {
-                specs.push(ModeSpec::Peer {
-                    dtm: Some(url.clone()),
-                    pid: args.peer_pid,
-                    name: args.peer_name.clone(),
-                });
+                specs.push(ModeSpec::Peer { dtm: Some(url.clone()), pid: args.peer_pid, name: peer_name() });
             }
             specs
         }

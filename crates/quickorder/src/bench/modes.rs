@@ -31,7 +31,7 @@ use super::dbstat::Monitor;
 use super::load::{self, Limit, Op, OpError, Plan};
 use super::procstat::{self, Watched};
 use super::report::{Inputs, Readings, Report};
-use super::system::{BranchService, Databases, Launcher, Server, Service};
+use super::system::{BranchService, CoordinatorProcess, Databases, Launcher, Server, Service};
 
 /// The coordinator API a `saga` client submits through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,6 +118,8 @@ pub struct Settings {
     pub run_id: String,
     /// Keep the databases (for a look afterwards).
     pub keep: bool,
+    /// Finished sagas put into our coordinator's store before the run.
+    pub store_history: u64,
 }
 
 /// What a mode has started, stopped at the end whatever happened.
@@ -203,6 +205,12 @@ async fn measure(
     watched.push(Watched::new(bench_name, std::process::id()));
     let mut notes = prepared.notes;
     notes.push(format!("database: {}", monitor.describe().await));
+    if settings.store_history > 0 && !matches!(spec, ModeSpec::Db | ModeSpec::Direct) {
+        notes.push(format!(
+            "our coordinator's store held {} finished sagas before the run",
+            settings.store_history
+        ));
+    }
     if !matches!(spec, ModeSpec::Db)
         && let Some(limit) = monitor.max_connections().await
         && limit < POOLS_NEED
@@ -383,6 +391,17 @@ fn client_error(err: &ClientError) -> OpError {
     OpError::new(kind, err)
 }
 
+/// Our coordinator on a fresh store database, which first gets
+/// `--store-history` finished sagas when asked.
+async fn our_coordinator(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<CoordinatorProcess> {
+    let store = dbs.create_store("dtm").await?;
+    let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+    if settings.store_history > 0 {
+        dbs.fill_store(&store, settings.store_history).await?;
+    }
+    Ok(coordinator)
+}
+
 async fn saga(
     settings: &Settings,
     dbs: &mut Databases,
@@ -391,8 +410,7 @@ async fn saga(
     transport: Transport,
     work: Work,
 ) -> anyhow::Result<Prepared> {
-    let store = dbs.create_store("dtm").await?;
-    let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+    let coordinator = our_coordinator(settings, dbs).await?;
     let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
     let address = match api {
         Api::Grpc => coordinator.grpc.to_string(),
@@ -449,8 +467,7 @@ async fn peer(
             url.trim_end_matches('/').to_string()
         }
         None => {
-            let store = dbs.create_store("dtm").await?;
-            let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+            let coordinator = our_coordinator(settings, dbs).await?;
             watched.push(Watched::new("coordinator", coordinator.service.pid));
             let base = coordinator.http_base();
             parts.services.push(coordinator.service);
@@ -507,11 +524,10 @@ async fn peer(
 // ---- http -------------------------------------------------------------
 
 async fn http(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
-    let store = dbs.create_store("dtm").await?;
+    let coordinator = our_coordinator(settings, dbs).await?;
     let order_db = dbs.create("order").await?;
     let stock_db = dbs.create("stock").await?;
     let launcher = &settings.launcher;
-    let coordinator = launcher.coordinator(&settings.server, &store).await?;
     let (dtm_grpc, dtm_http) = (coordinator.grpc, coordinator.http_base());
     parts.services.push(coordinator.service);
     let (order, order_addr) =

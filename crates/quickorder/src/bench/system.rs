@@ -333,6 +333,57 @@ impl Databases {
         Ok(name)
     }
 
+    /// Puts `count` finished sagas into the coordinator store `store_db`
+    /// (tables already made by the coordinator): the "full store" runs of
+    /// BENCHMARKS.md, which ask whether a store holding history slows the
+    /// coordinator down. Each is shaped like a bench saga — two steps, four
+    /// `succeed` branch rows — and written 100 000 per transaction with
+    /// `INSERT … SELECT` over a generated number table (no round trip per row).
+    pub async fn fill_store(&mut self, store_db: &str, count: u64) -> anyhow::Result<()> {
+        const CHUNK: u64 = 100_000;
+        let digit = "(SELECT 0 AS d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
+                     SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 \
+                     UNION ALL SELECT 9)";
+        let numbers = format!(
+            "(SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS n \
+             FROM {digit} a, {digit} b, {digit} c, {digit} e, {digit} f)"
+        );
+        let ops = "(SELECT '01' AS bid, 'compensate' AS op UNION ALL SELECT '01', 'action' \
+                   UNION ALL SELECT '02', 'compensate' UNION ALL SELECT '02', 'action')";
+        let started = std::time::Instant::now();
+        for first in (0..count).step_by(CHUNK as usize) {
+            let size = CHUNK.min(count - first);
+            let gid = format!("CONCAT('{}-history-', {first} + t.n)", self.prefix);
+            let statements = [
+                format!(
+                    "INSERT INTO `{store_db}`.trans_global (gid, trans_type, status, query_prepared, protocol, \
+                     create_time, update_time, finish_time, options, custom_data, next_cron_interval, \
+                     next_cron_time, owner, ext_data, result, rollback_reason) \
+                     SELECT {gid}, 'saga', 'succeed', '', 'http', UTC_TIMESTAMP(), UTC_TIMESTAMP(), \
+                     UTC_TIMESTAMP(), '{{}}', '{{\"orders\":{{}}}}', 10, UTC_TIMESTAMP(), '', '', '', '' \
+                     FROM {numbers} t WHERE t.n < {size}"
+                ),
+                format!(
+                    "INSERT INTO `{store_db}`.trans_branch_op (gid, url, bin_data, branch_id, op, status, \
+                     finish_time, create_time, update_time) \
+                     SELECT {gid}, CONCAT('http://127.0.0.1:9/branch/', o.op), '{{}}', o.bid, o.op, 'succeed', \
+                     UTC_TIMESTAMP(), UTC_TIMESTAMP(), UTC_TIMESTAMP() FROM {numbers} t, {ops} o WHERE t.n < {size}"
+                ),
+            ];
+            let mut tx = sqlx::Connection::begin(&mut self.admin).await?;
+            for statement in &statements {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("cannot fill the store {store_db}"))?;
+            }
+            tx.commit().await?;
+            eprint!("\rfilling {store_db}: {} of {count} finished sagas", first + size);
+        }
+        eprintln!(" ({:.0} s)", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Raises goods 1's stock in `stock_db` far above what any run sells,
     /// so that every saga succeeds.
     pub async fn raise_stock(&mut self, stock_db: &str) -> anyhow::Result<()> {
