@@ -33,7 +33,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use sqlx::Connection;
+use sqlx::ConnectOptions;
 
 /// The configuration files as shipped.
 pub(super) const COORDINATOR_YAML: &str = include_str!("../../../../etc/coordinator.yaml");
@@ -286,7 +286,10 @@ pub struct Databases {
 impl Databases {
     /// Connects; nothing is created yet.
     pub async fn open(server: &Server, prefix: String) -> anyhow::Result<Databases> {
-        let mut admin = sqlx::MySqlConnection::connect(server.url()).await.with_context(|| {
+        // Statement logging off: filling a store runs statements that take
+        // seconds on purpose, and sqlx would warn about each.
+        let options: sqlx::mysql::MySqlConnectOptions = server.url().parse()?;
+        let mut admin = options.disable_statement_logging().connect().await.with_context(|| {
             format!("cannot connect to MySQL/MariaDB at {} (--mysql)", redact(&server.parsed))
         })?;
         let existing: i64 =
