@@ -53,6 +53,8 @@
 //! let order_rpc = "etcd://127.0.0.1:2379/order.rpc";
 //! let stock_rpc = "etcd://127.0.0.1:2379/stock.rpc";
 //!
+//! // As the article does; `barrier::Gid::random()` makes one locally in
+//! // the same format and saves the round trip (order-api does that).
 //! let gid = dtm.new_gid().await?;
 //! let saga = Saga::new(gid)
 //!     .add(

@@ -122,6 +122,21 @@ fn peer_mode_against_our_coordinator() {
     assert_clean(&report, &["coordinator"]);
 }
 
+/// `--store-history N`: the store holds N finished sagas before the run
+/// (the bench counts them in the database), and the report says so.
+#[test]
+fn peer_mode_on_a_store_with_history() {
+    let report =
+        bench(&["peer", "--store-history", "2500", "--peer-name", "ours-history", "--duration", "1s"]);
+    assert_eq!(report["label"], "peer ours-history");
+    assert_clean(&report, &["coordinator"]);
+    let notes = report["notes"].as_array().expect("notes");
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap_or_default().contains("held 2500 finished sagas")),
+        "{notes:?}"
+    );
+}
+
 /// `--dtm URL` with a coordinator the bench did not start: here ours on
 /// SQLite (the embedded store), started by the test like any peer would be.
 #[test]

@@ -336,3 +336,57 @@ pub async fn wait_final(engine: &Engine, gid: &str, limit: Duration) -> GlobalSt
 pub fn c(path: &str, branch_id: &str, op: &str) -> (String, String, String) {
     (path.to_string(), branch_id.to_string(), op.to_string())
 }
+
+/// An engine on a fresh MariaDB database, warmed up (connections, statement
+/// caches), with a connection that reads the server's `Com_*` counters —
+/// for the tests that count our SQL. Such a test must be alone in its test
+/// binary: test-support starts one server per test process, so the
+/// server-wide counters then count exactly its statements.
+pub struct CountedEngine {
+    /// The engine under test.
+    pub engine: Engine,
+    /// Reads the counters.
+    pub monitor: sqlx::MySqlPool,
+    /// A 2-step saga's (action, compensate) URLs on the branch servers.
+    pub steps: [(String, String); 2],
+    /// Kept alive for the test: the database and the branch servers.
+    _db: test_support::TestDatabase,
+    _branches: Branches,
+}
+
+impl CountedEngine {
+    /// Everything started, one saga run to warm up.
+    pub async fn start() -> CountedEngine {
+        let db = test_support::mysql_database().await;
+        let monitor = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+        let branches = Branches::start().await;
+        let engine = engine(&db.url).await;
+        let steps = [
+            (branches.url("TransOut"), branches.url("TransOutRevert")),
+            (branches.url("TransIn"), branches.url("TransInRevert")),
+        ];
+        let mut warm = saga("warm", &steps);
+        warm.wait_result = true;
+        engine.submit(req(warm)).await.unwrap();
+        CountedEngine { engine, monitor, steps, _db: db, _branches: branches }
+    }
+
+    /// A `wait_result` saga over the two steps.
+    pub fn saga(&self, gid: &str) -> TransRequest {
+        let mut input = saga(gid, &self.steps);
+        input.wait_result = true;
+        req(input)
+    }
+
+    /// `SHOW GLOBAL STATUS LIKE 'Com_%'`, names lower-cased.
+    pub async fn counters(&self) -> HashMap<String, i64> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com\\_%'").fetch_all(&self.monitor).await.unwrap();
+        rows.into_iter().map(|(k, v)| (k.to_lowercase(), v.parse().unwrap_or(0))).collect()
+    }
+}
+
+/// How much counter `key` grew between two readings, per saga of `n`.
+pub fn per_saga(before: &HashMap<String, i64>, after: &HashMap<String, i64>, key: &str, n: usize) -> f64 {
+    (after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)) as f64 / n as f64
+}

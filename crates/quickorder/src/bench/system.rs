@@ -387,6 +387,21 @@ impl Databases {
         Ok(())
     }
 
+    /// Finished sagas in the coordinator stores of this run, counted.
+    pub async fn finished_sagas(&mut self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        for db in &self.coordinator_dbs {
+            let count: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM `{db}`.trans_global WHERE status IN ('succeed', 'failed')"
+            ))
+            .fetch_one(&mut self.admin)
+            .await
+            .with_context(|| format!("cannot count the sagas in {db}"))?;
+            total += count;
+        }
+        Ok(total)
+    }
+
     /// Raises goods 1's stock in `stock_db` far above what any run sells,
     /// so that every saga succeeds.
     pub async fn raise_stock(&mut self, stock_db: &str) -> anyhow::Result<()> {
