@@ -201,7 +201,13 @@ if [[ $SOAK != 0 ]]; then
   rss=()
   while kill -0 "$bench_pid" 2>/dev/null; do
     sleep 60
-    coordinator=$(pgrep -P "$bench_pid" -x coordinator || true)
+    # The bench starts each service through a small sh guard: the
+    # coordinator is the bench's grandchild.
+    coordinator=""
+    for guard in $(pgrep -P "$bench_pid" || true); do
+      coordinator=$(pgrep -P "$guard" -x coordinator || true)
+      [[ -n $coordinator ]] && break
+    done
     [[ -n $coordinator ]] && rss+=("$(($(ps -o rss= -p "$coordinator") / 1024))")
   done
   wait "$bench_pid"
