@@ -52,6 +52,16 @@ fn saga_rows() -> Vec<NewBranch> {
     rows
 }
 
+fn with_results(
+    g: &str,
+    expected: GlobalStatus,
+    change: &GlobalChange,
+    results: &[BranchChange],
+    now: chrono::DateTime<chrono::Utc>,
+) -> StatusUpdate {
+    StatusUpdate { gid: gid(g), expected, change: change.clone(), branches: results.to_vec(), now }
+}
+
 async fn contract(store: Arc<dyn Store>) {
     let now = store::now();
     let past = now - TimeDelta::seconds(5);
@@ -114,7 +124,7 @@ async fn contract(store: Arc<dyn Store>) {
         BranchChange { branch_id: BranchId::nth(1), op: Op::Action, status: BranchStatus::Succeed },
     ];
     assert!(
-        !store.update(&gid("g1"), GlobalStatus::Aborting, &change, &results, now).await.unwrap(),
+        !store.update(&with_results("g1", GlobalStatus::Aborting, &change, &results, now)).await.unwrap(),
         "wrong status"
     );
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
@@ -123,7 +133,9 @@ async fn contract(store: Arc<dyn Store>) {
         t.branches.iter().all(|b| b.status == BranchStatus::Prepared),
         "a lost update writes no branch either"
     );
-    assert!(store.update(&gid("g1"), GlobalStatus::Submitted, &change, &results, now).await.unwrap());
+    assert!(
+        store.update(&with_results("g1", GlobalStatus::Submitted, &change, &results, now)).await.unwrap()
+    );
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
     assert_eq!(t.global.status, GlobalStatus::Succeed);
     assert_eq!(t.global.finish_time, Some(now));
@@ -131,7 +143,7 @@ async fn contract(store: Arc<dyn Store>) {
     use BranchStatus::{Prepared as P, Succeed as S};
     assert_eq!(statuses, [P, S, P, S]);
     assert!(
-        !store.update(&gid("g1"), GlobalStatus::Submitted, &change, &[], now).await.unwrap(),
+        !store.update(&StatusUpdate::global(&gid("g1"), GlobalStatus::Submitted, change, now)).await.unwrap(),
         "only once"
     );
 
@@ -143,7 +155,9 @@ async fn contract(store: Arc<dyn Store>) {
         next_cron_time: now,
         next_cron_interval: 20,
     };
-    assert!(store.update(&gid("g4"), GlobalStatus::Submitted, &abort, &[], now).await.unwrap());
+    assert!(
+        store.update(&StatusUpdate::global(&gid("g4"), GlobalStatus::Submitted, abort, now)).await.unwrap()
+    );
     let g4 = store.find(&gid("g4")).await.unwrap().unwrap().global;
     assert_eq!(
         (g4.status, g4.rollback_reason.as_str(), g4.next_cron_interval),
@@ -359,11 +373,11 @@ async fn group_commit_answers_each_writer(store: Arc<dyn Store>) {
     let updates = futures::future::join_all(names.iter().map(|n| {
         let store = Arc::clone(&store);
         let u = finish(n, now);
-        async move { store.update(&u.gid, u.expected, &u.change, &u.branches, u.now).await.unwrap() }
+        async move { store.update(&u).await.unwrap() }
     }));
     let mut stale = finish("gc-existing", now);
     stale.expected = GlobalStatus::Prepared;
-    let lost = store.update(&stale.gid, stale.expected, &stale.change, &stale.branches, stale.now);
+    let lost = store.update(&stale);
     let (saved, lost) = futures::join!(updates, lost);
     assert!(saved.iter().all(|s| *s), "{saved:?}");
     assert!(!lost.unwrap(), "an update whose status moved is answered false");

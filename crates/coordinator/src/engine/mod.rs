@@ -50,7 +50,8 @@ use self::process::{Core, PassEnd, Work};
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{
-    self, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewGlobal, Page, ResetCount, Store,
+    self, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewGlobal, Page, ResetCount,
+    StatusUpdate, Store,
 };
 
 /// `/api/dtmsvr/query`'s answer: the global row (or `null`) and its branches.
@@ -307,7 +308,10 @@ impl Engine {
                     next_cron_interval: row.next_cron_interval,
                 };
                 let store = &self.inner.core.store;
-                if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                if !store
+                    .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                    .await?
+                {
                     // Someone else moved it meanwhile; judge by what it is now.
                     return self.resubmitted(&request.gid, wait).await;
                 }
@@ -430,7 +434,10 @@ impl Engine {
                     next_cron_time: now,
                     next_cron_interval: global.next_cron_interval,
                 };
-                if store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                if store
+                    .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                    .await?
+                {
                     Ok(())
                 } else {
                     Err(refuse())
@@ -446,7 +453,10 @@ impl Engine {
                         next_cron_time: store::later(now, self.inner.core.settings.lease_duration),
                         next_cron_interval: global.next_cron_interval,
                     };
-                    if !store.update(&request.gid, GlobalStatus::Prepared, &change, &[], now).await? {
+                    if !store
+                        .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                        .await?
+                    {
                         return Err(refuse());
                     }
                 }

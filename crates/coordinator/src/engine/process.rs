@@ -32,7 +32,7 @@ use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
     TransRequest,
 };
-use crate::store::{self, BranchChange, GlobalChange, Store, StoreError, StoredTrans};
+use crate::store::{self, BranchChange, GlobalChange, StatusUpdate, Store, StoreError, StoredTrans};
 
 /// What a pass needs from the engine.
 pub(crate) struct Core {
@@ -311,7 +311,14 @@ impl SagaSpec {
         pass: &mut Pass,
         change: GlobalChange,
     ) -> Result<bool, StoreError> {
-        let saved = core.store.update(&self.gid, expected, &change, &pass.changes, store::now()).await?;
+        let update = StatusUpdate {
+            gid: self.gid.clone(),
+            expected,
+            change,
+            branches: pass.changes.clone(),
+            now: store::now(),
+        };
+        let saved = core.store.update(&update).await?;
         pass.changes.clear();
         pass.lease_renewed = Instant::now();
         Ok(saved)

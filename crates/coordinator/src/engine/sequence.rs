@@ -26,7 +26,7 @@ use super::process::{Core, PassEnd};
 use super::retry::{self, PassOutcome};
 use crate::branch::BranchCall;
 use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};
-use crate::store::{self, BranchChange, GlobalChange, StoreError, StoredTrans};
+use crate::store::{self, BranchChange, GlobalChange, StatusUpdate, StoreError, StoredTrans};
 
 /// One branch operation row.
 pub(crate) struct OpRow {
@@ -147,7 +147,14 @@ impl SequenceWork {
             next_cron_time: next,
             next_cron_interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
         };
-        let saved = core.store.update(&self.gid, self.status, &change, changes, store::now()).await?;
+        let update = StatusUpdate {
+            gid: self.gid.clone(),
+            expected: self.status,
+            change,
+            branches: changes.to_vec(),
+            now: store::now(),
+        };
+        let saved = core.store.update(&update).await?;
         if saved {
             if let Some(status) = status {
                 self.status = status;

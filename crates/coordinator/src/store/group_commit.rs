@@ -41,8 +41,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BranchChange, CreateOutcome, GlobalChange, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount,
-    StatusUpdate, Store, StoreError, StoredTrans,
+    CreateOutcome, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate, Store,
+    StoreError, StoredTrans,
 };
 use crate::model::GlobalStatus;
 
@@ -149,7 +149,7 @@ async fn write(store: &dyn Store, jobs: Vec<Job>) {
         let _ = reply.send(store.create(&c.global, &c.branches).await);
     });
     let updates = updates.iter().zip(updated).map(|(u, reply)| async move {
-        let _ = reply.send(store.update(&u.gid, u.expected, &u.change, &u.branches, u.now).await);
+        let _ = reply.send(store.update(u).await);
     });
     futures::future::join(futures::future::join_all(creates), futures::future::join_all(updates)).await;
 }
@@ -161,21 +161,8 @@ impl Store for GroupCommit {
         self.submit(|reply| Job::Create(write, reply)).await
     }
 
-    async fn update(
-        &self,
-        gid: &Gid,
-        expected: GlobalStatus,
-        change: &GlobalChange,
-        branches: &[BranchChange],
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        let write = StatusUpdate {
-            gid: gid.clone(),
-            expected,
-            change: change.clone(),
-            branches: branches.to_vec(),
-            now,
-        };
+    async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
+        let write = update.clone();
         self.submit(|reply| Job::Update(write, reply)).await
     }
 

@@ -221,7 +221,8 @@ pub struct NewTrans {
     pub branches: Vec<NewBranch>,
 }
 
-/// The arguments of one [`Store::update`], owned so it can wait in a batch.
+/// One conditional status change ([`Store::update`]), owned so that it can
+/// wait in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
     /// Global id.
@@ -234,6 +235,18 @@ pub struct StatusUpdate {
     pub branches: Vec<BranchChange>,
     /// The write time.
     pub now: DateTime<Utc>,
+}
+
+impl StatusUpdate {
+    /// A change of the global row alone, no branch results.
+    pub fn global(
+        gid: &Gid,
+        expected: GlobalStatus,
+        change: GlobalChange,
+        now: DateTime<Utc>,
+    ) -> StatusUpdate {
+        StatusUpdate { gid: gid.clone(), expected, change, branches: Vec::new(), now }
+    }
 }
 
 /// What [`Store::create`] found.
@@ -334,17 +347,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// dtm's `all`.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
 
-    /// In one transaction: if the global row still has status `expected`,
-    /// apply `change` and record branch results; otherwise change nothing and
-    /// return `false` (another instance moved it first).
-    async fn update(
-        &self,
-        gid: &Gid,
-        expected: GlobalStatus,
-        change: &GlobalChange,
-        branches: &[BranchChange],
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+    /// In one transaction: if the global row still has status
+    /// `update.expected`, apply the change and record the branch results;
+    /// otherwise change nothing and return `false` (another instance moved it first).
+    async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError>;
 
     /// Adds branch rows to a transaction still in status `expected`
     /// (registerBranch). `false` if it is not in that status or absent.

@@ -366,15 +366,9 @@ macro_rules! sql_store {
             }
 
             /// One attempt of [`Store::update`].
-            async fn update_once(
-                &self,
-                gid: &Gid,
-                expected: GlobalStatus,
-                change: &GlobalChange,
-                branches: &[BranchChange],
-                now: DateTime<Utc>,
-            ) -> Result<bool, StoreError> {
-                let mut q = Self::update_globals(&[gid], expected, change, now);
+            async fn update_once(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
+                let StatusUpdate { gid, expected, change, branches, now } = update;
+                let mut q = Self::update_globals(&[gid], *expected, change, *now);
                 if branches.is_empty() {
                     return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
                 }
@@ -387,7 +381,7 @@ macro_rules! sql_store {
                     return Ok(false);
                 }
                 let rows: Vec<(&Gid, &BranchChange)> = branches.iter().map(|b| (gid, b)).collect();
-                Self::update_branches(&mut tx, &rows, now).await?;
+                Self::update_branches(&mut tx, &rows, *now).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -541,20 +535,13 @@ macro_rules! sql_store {
                 Ok(Page { transactions, next_position })
             }
 
-            async fn update(
-                &self,
-                gid: &Gid,
-                expected: GlobalStatus,
-                change: &GlobalChange,
-                branches: &[BranchChange],
-                now: DateTime<Utc>,
-            ) -> Result<bool, StoreError> {
+            async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
                 let mut attempt = 0;
                 loop {
-                    match self.update_once(gid, expected, change, branches, now).await {
+                    match self.update_once(update).await {
                         Err(e) if attempt < CONFLICT_RETRIES && is_transient_conflict(&e) => {
                             attempt += 1;
-                            tracing::debug!(%gid, attempt, error = %e, "status update hit a deadlock; running it again");
+                            tracing::debug!(gid = %update.gid, attempt, error = %e, "status update hit a deadlock; running it again");
                         }
                         outcome => return outcome,
                     }
