@@ -124,7 +124,7 @@ async fn contract(store: Arc<dyn Store>) {
         BranchChange { branch_id: BranchId::nth(1), op: Op::Action, status: BranchStatus::Succeed },
     ];
     assert!(
-        !store.update(&with_results("g1", GlobalStatus::Aborting, &change, &results, now)).await.unwrap(),
+        !store.update(with_results("g1", GlobalStatus::Aborting, &change, &results, now)).await.unwrap(),
         "wrong status"
     );
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
@@ -133,9 +133,7 @@ async fn contract(store: Arc<dyn Store>) {
         t.branches.iter().all(|b| b.status == BranchStatus::Prepared),
         "a lost update writes no branch either"
     );
-    assert!(
-        store.update(&with_results("g1", GlobalStatus::Submitted, &change, &results, now)).await.unwrap()
-    );
+    assert!(store.update(with_results("g1", GlobalStatus::Submitted, &change, &results, now)).await.unwrap());
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
     assert_eq!(t.global.status, GlobalStatus::Succeed);
     assert_eq!(t.global.finish_time, Some(now));
@@ -143,7 +141,7 @@ async fn contract(store: Arc<dyn Store>) {
     use BranchStatus::{Prepared as P, Succeed as S};
     assert_eq!(statuses, [P, S, P, S]);
     assert!(
-        !store.update(&StatusUpdate::global(&gid("g1"), GlobalStatus::Submitted, change, now)).await.unwrap(),
+        !store.update(StatusUpdate::global(&gid("g1"), GlobalStatus::Submitted, change, now)).await.unwrap(),
         "only once"
     );
 
@@ -156,7 +154,7 @@ async fn contract(store: Arc<dyn Store>) {
         next_cron_interval: 20,
     };
     assert!(
-        store.update(&StatusUpdate::global(&gid("g4"), GlobalStatus::Submitted, abort, now)).await.unwrap()
+        store.update(StatusUpdate::global(&gid("g4"), GlobalStatus::Submitted, abort, now)).await.unwrap()
     );
     let g4 = store.find(&gid("g4")).await.unwrap().unwrap().global;
     assert_eq!(
@@ -373,11 +371,11 @@ async fn group_commit_answers_each_writer(store: Arc<dyn Store>) {
     let updates = futures::future::join_all(names.iter().map(|n| {
         let store = Arc::clone(&store);
         let u = finish(n, now);
-        async move { store.update(&u).await.unwrap() }
+        async move { store.update(u).await.unwrap() }
     }));
     let mut stale = finish("gc-existing", now);
     stale.expected = GlobalStatus::Prepared;
-    let lost = store.update(&stale);
+    let lost = store.update(stale);
     let (saved, lost) = futures::join!(updates, lost);
     assert!(saved.iter().all(|s| *s), "{saved:?}");
     assert!(!lost.unwrap(), "an update whose status moved is answered false");

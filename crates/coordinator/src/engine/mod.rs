@@ -309,7 +309,7 @@ impl Engine {
                 };
                 let store = &self.inner.core.store;
                 if !store
-                    .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                    .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
                     .await?
                 {
                     // Someone else moved it meanwhile; judge by what it is now.
@@ -435,7 +435,7 @@ impl Engine {
                     next_cron_interval: global.next_cron_interval,
                 };
                 if store
-                    .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                    .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
                     .await?
                 {
                     Ok(())
@@ -454,7 +454,7 @@ impl Engine {
                         next_cron_interval: global.next_cron_interval,
                     };
                     if !store
-                        .update(&StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
+                        .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
                         .await?
                     {
                         return Err(refuse());

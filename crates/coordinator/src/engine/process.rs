@@ -318,7 +318,7 @@ impl SagaSpec {
             branches: pass.changes.clone(),
             now: store::now(),
         };
-        let saved = core.store.update(&update).await?;
+        let saved = core.store.update(update).await?;
         pass.changes.clear();
         pass.lease_renewed = Instant::now();
         Ok(saved)

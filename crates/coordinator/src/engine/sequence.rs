@@ -154,7 +154,7 @@ impl SequenceWork {
             branches: changes.to_vec(),
             now: store::now(),
         };
-        let saved = core.store.update(&update).await?;
+        let saved = core.store.update(update).await?;
         if saved {
             if let Some(status) = status {
                 self.status = status;

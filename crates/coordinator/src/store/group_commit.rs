@@ -148,7 +148,7 @@ async fn write(store: &dyn Store, jobs: Vec<Job>) {
     let creates = creates.iter().zip(created).map(|(c, reply)| async move {
         let _ = reply.send(store.create(&c.global, &c.branches).await);
     });
-    let updates = updates.iter().zip(updated).map(|(u, reply)| async move {
+    let updates = updates.into_iter().zip(updated).map(|(u, reply)| async move {
         let _ = reply.send(store.update(u).await);
     });
     futures::future::join(futures::future::join_all(creates), futures::future::join_all(updates)).await;
@@ -161,9 +161,8 @@ impl Store for GroupCommit {
         self.submit(|reply| Job::Create(write, reply)).await
     }
 
-    async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
-        let write = update.clone();
-        self.submit(|reply| Job::Update(write, reply)).await
+    async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError> {
+        self.submit(|reply| Job::Update(update, reply)).await
     }
 
     async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {

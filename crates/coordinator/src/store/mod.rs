@@ -350,7 +350,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// In one transaction: if the global row still has status
     /// `update.expected`, apply the change and record the branch results;
     /// otherwise change nothing and return `false` (another instance moved it first).
-    async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError>;
+    async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError>;
 
     /// Adds branch rows to a transaction still in status `expected`
     /// (registerBranch). `false` if it is not in that status or absent.

@@ -535,10 +535,10 @@ macro_rules! sql_store {
                 Ok(Page { transactions, next_position })
             }
 
-            async fn update(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
+            async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError> {
                 let mut attempt = 0;
                 loop {
-                    match self.update_once(update).await {
+                    match self.update_once(&update).await {
                         Err(e) if attempt < CONFLICT_RETRIES && is_transient_conflict(&e) => {
                             attempt += 1;
                             tracing::debug!(gid = %update.gid, attempt, error = %e, "status update hit a deadlock; running it again");
