@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use barrier::{BranchId, Gid, Op, TransType};
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
 use coordinator::store::{
-    self, BranchChange, CreateOutcome, GlobalChange, ListFilter, NewBranch, NewGlobal, NewTrans,
-    StatusUpdate, Store,
+    self, BranchChange, CreateOutcome, GlobalChange, GroupCommit, ListFilter, NewBranch, NewGlobal, NewTrans,
+    Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
 };
 
 fn gid(s: &str) -> Gid {
@@ -390,6 +390,84 @@ async fn batches_on_sqlite() {
     let db = test_support::sqlite_database();
     batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
     group_commit_answers_each_writer(store::open(&db.url, 4).await.unwrap()).await;
+}
+
+/// A real store whose `create` panics for one gid, to prove the panic fence
+/// of the group-commit writer.
+#[derive(Debug)]
+struct PanicsOn(&'static str, Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Store for PanicsOn {
+    async fn create(&self, global: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
+        assert_ne!(global.gid.as_str(), self.0, "a bug in the store");
+        self.1.create(global, branches).await
+    }
+    async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError> {
+        self.1.update(update).await
+    }
+    async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {
+        self.1.write_batch(creates, updates).await
+    }
+    async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError> {
+        self.1.find(gid).await
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        self.1.list(filter).await
+    }
+    async fn add_branches(
+        &self,
+        gid: &Gid,
+        expected: GlobalStatus,
+        branches: &[NewBranch],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.1.add_branches(gid, expected, branches, now).await
+    }
+    async fn lease_due(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<StoredTrans>, StoreError> {
+        self.1.lease_due(owner, now, lease_for, limit).await
+    }
+    async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.1.release(gids, now).await
+    }
+    async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.1.force_stop(gid, now).await
+    }
+    async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.1.reset_next_cron_time(gid, now).await
+    }
+    async fn reset_stale_cron_times(
+        &self,
+        now: DateTime<Utc>,
+        later_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<ResetCount, StoreError> {
+        self.1.reset_stale_cron_times(now, later_than, limit).await
+    }
+}
+
+/// A panic while writing fails the writes it held (`WriteLost`), and only
+/// those: the single writer task keeps serving everyone else.
+#[tokio::test]
+async fn a_panicking_write_does_not_stop_the_group_commit_writer() {
+    let db = test_support::sqlite_database();
+    let inner = store::open_direct(&db.url, 4).await.unwrap();
+    let store = GroupCommit::new(Arc::new(PanicsOn("boom", inner)));
+    let now = store::now();
+    let [boom, after] = <[NewTrans; 2]>::try_from(new_trans(&["boom", "after"], now)).unwrap();
+
+    let lost = store.create(&boom.global, &boom.branches).await;
+    assert!(matches!(lost, Err(StoreError::WriteLost)), "{lost:?}");
+    assert_eq!(store.create(&after.global, &after.branches).await.unwrap(), CreateOutcome::Created);
+    assert!(store.update(finish("after", now)).await.unwrap());
+    assert_eq!(status_of(&store, "after").await, Some(GlobalStatus::Succeed));
+    assert_eq!(status_of(&store, "boom").await, None, "the panicked write left nothing");
 }
 
 #[tokio::test]

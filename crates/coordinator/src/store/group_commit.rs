@@ -32,12 +32,14 @@
 //! status already moved (`false`, the pass stops and the caller reads the
 //! outcome from the store).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use barrier::Gid;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -90,23 +92,32 @@ impl GroupCommit {
         job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        // The writer lives as long as the queue's sender, which we hold:
-        // neither failure below can happen while `self` exists, except when
-        // the runtime itself is going away.
-        self.queue.send(job(reply)).await.map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        // The writer lives as long as the queue's sender, which we hold: the
+        // send fails only when the runtime itself is going away, the answer
+        // is missing only when the writer's batch panicked.
+        self.queue.send(job(reply)).await.map_err(|_| StoreError::WriteLost)?;
+        answer.await.map_err(|_| StoreError::WriteLost)?
     }
-}
-
-fn writer_gone() -> StoreError {
-    StoreError::Database(sqlx::Error::PoolClosed)
 }
 
 /// Takes what is queued, up to [`MAX_BATCH`], and writes it; until the queue closes.
 async fn writer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(store.as_ref(), std::mem::take(&mut batch)).await;
+        // Every write of the coordinator goes through this one task: a panic
+        // in one batch (none is known; this is a fence, not a path) must not
+        // take the writer down with it. The batch's replies are dropped, so
+        // its callers get `WriteLost`; an open transaction rolls back when
+        // dropped; the next batch runs as usual.
+        let written = AssertUnwindSafe(write(store.as_ref(), std::mem::take(&mut batch)));
+        if let Err(panic) = written.catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "group-commit batch panicked; its writes are answered WriteLost");
+        }
     }
 }
 

@@ -57,6 +57,11 @@ pub enum StoreError {
     /// A stored value cannot be read back (hand-edited row, newer schema…).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A queued write got no answer: the group-commit writer failed while
+    /// its batch was in flight. Whether the write committed is unknown, as
+    /// after a connection lost during `COMMIT`.
+    #[error("the write's batch failed before it was answered")]
+    WriteLost,
     /// The store URL names no supported engine.
     #[error(
         "unsupported store URL {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)"
