@@ -28,7 +28,7 @@
 //!   and the pass checks that its lease outlasts each branch call before
 //!   making it;
 //! * within an instance, by single flight: a gid has at most one pass in
-//!   [`Inner::active`]. A `wait_result` resubmit or an abort of a
+//!   the engine's active set. A `wait_result` resubmit or an abort of a
 //!   transaction being driven here waits for that pass's outcome instead of
 //!   starting another; the poller never leases a gid this instance drives;
 //! * a client's resubmit or abort of a transaction that another instance
@@ -272,8 +272,6 @@ impl Engine {
         owner: Option<&Lease>,
     ) -> NewGlobal {
         let (owner, lease) = match owner {
-            // While shutting down we keep no lease: anyone may take it at once.
-            _ if self.inner.shutdown.is_cancelled() => (None, Duration::ZERO),
             Some(lease) => (Some(lease.token().clone()), lease.length()),
             None => (None, self.inner.core.settings.lease_duration),
         };
@@ -339,8 +337,14 @@ impl Engine {
         let now = store::now();
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
         let lease = Lease::new(LeaseToken::random(), self.lease_length(&request.options));
-        let global = self.new_global(&request, GlobalStatus::Submitted, now, interval, Some(&lease));
         let wait = request.options.wait_result;
+        // While shutting down we run no background pass and keep no lease:
+        // the transaction is stored due at once, for another instance.
+        let hand_over = self.inner.shutdown.is_cancelled() && !wait;
+        let mut global = self.new_global(&request, GlobalStatus::Submitted, now, interval, Some(&lease));
+        if hand_over {
+            (global.owner, global.lease) = (None, Duration::ZERO);
+        }
         let branches = Self::branch_rows(&request);
         match self.inner.core.store.create(&global, &branches).await? {
             CreateOutcome::Exists(_) if !branches.is_empty() => {
@@ -410,7 +414,7 @@ impl Engine {
                     // Someone else moved it meanwhile; judge by what it is now.
                     return self.resubmitted(&request.gid, wait).await;
                 };
-                if self.inner.shutdown.is_cancelled() {
+                if self.inner.shutdown.is_cancelled() && !wait {
                     return Ok(());
                 }
                 let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
