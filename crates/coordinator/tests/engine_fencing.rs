@@ -9,6 +9,7 @@
 //! coordinator's store on MariaDB, PostgreSQL and SQLite.
 
 mod engine_support;
+mod store_support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,10 @@ use async_trait::async_trait;
 use barrier::{BranchId, Gid, Op};
 use coordinator::engine::{Checkpoint, PassCheckpoint};
 use coordinator::model::{RegisterBranchRequest, TransRequestInput};
+use coordinator::store::StoreError;
 use coordinator::{Engine, EngineError, EngineHooks, EngineSettings, GlobalStatus};
 use engine_support::{Branches, Reply, fast_settings, req, saga, status, wait_final};
+use store_support::Intercepted;
 use tokio::sync::Semaphore;
 
 /// Holds the first pass that reaches `point` until the test opens the gate.
@@ -117,8 +120,12 @@ impl World {
     }
 
     async fn engine(&self, settings: EngineSettings) -> (Engine, Arc<Hook>) {
-        let hook = Arc::new(Hook::default());
         let store = coordinator::store::open(&self.store_url, 8).await.expect("open store");
+        Self::engine_on(store, settings)
+    }
+
+    fn engine_on(store: Arc<dyn coordinator::Store>, settings: EngineSettings) -> (Engine, Arc<Hook>) {
+        let hook = Arc::new(Hook::default());
         let hooks = EngineHooks { checkpoint: Some(hook.clone()), ..EngineHooks::default() };
         (Engine::new(store, settings, hooks).expect("engine"), hook)
     }
@@ -297,6 +304,51 @@ async fn a_timeout_cancels_every_branch_registered_before_it(world: World) {
     engine.abandon();
 }
 
+/// Aborts whose write committed but whose reply was lost (a connection cut
+/// during COMMIT, a group-commit batch that failed after committing): the
+/// answer comes from what the store holds, not from the lost reply.
+async fn an_abort_whose_reply_was_lost_is_judged_by_the_store(world: World) {
+    let direct = coordinator::store::open_direct(&world.store_url, 8).await.expect("open store");
+    let loses_abort_replies = Intercepted {
+        after_update: Box::new(|update, outcome| match update.change.status {
+            Some(GlobalStatus::Aborting | GlobalStatus::Failed) if outcome.is_ok() => {
+                Err(StoreError::WriteLost)
+            }
+            _ => outcome,
+        }),
+        ..Intercepted::new(direct)
+    };
+    let (engine, _hook) = World::engine_on(Arc::new(loses_abort_replies), fast_settings());
+    let tcc = TransRequestInput {
+        gid: "lost-tcc".into(),
+        trans_type: "tcc".into(),
+        ..TransRequestInput::default()
+    };
+    engine.prepare(req(tcc.clone())).await.expect("prepared");
+    let map = BTreeMap::from([
+        ("gid".to_string(), "lost-tcc".to_string()),
+        ("trans_type".to_string(), "tcc".to_string()),
+        ("branch_id".to_string(), "01".to_string()),
+        ("confirm".to_string(), world.branches.url("Confirm")),
+        ("cancel".to_string(), world.branches.url("Cancel")),
+    ]);
+    engine.register_branch(RegisterBranchRequest::from_map(&map, None).unwrap()).await.expect("registered");
+    let abort = engine.abort(req(TransRequestInput { wait_result: true, ..tcc })).await;
+    // The final write's reply is lost too; the pass reads the outcome back.
+    assert!(abort.is_ok(), "{abort:?}");
+    assert_eq!(wait_final(&engine, "lost-tcc", Duration::from_secs(10)).await, GlobalStatus::Failed);
+    assert_eq!(world.calls("lost-tcc"), calls(&[("/Cancel", 1)]));
+
+    let msg = TransRequestInput {
+        gid: "lost-msg".into(),
+        trans_type: "msg".into(),
+        ..TransRequestInput::default()
+    };
+    engine.prepare(req(msg.clone())).await.expect("prepared");
+    assert!(engine.abort(req(msg)).await.is_ok(), "the message is failed, as asked");
+    assert_eq!(status(&engine, "lost-msg").await, GlobalStatus::Failed);
+}
+
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         mod mariadb {
@@ -317,4 +369,5 @@ on_every_store!(
     a_pass_that_outlived_its_lease_makes_no_call,
     reset_next_cron_time_leaves_a_live_lease,
     a_timeout_cancels_every_branch_registered_before_it,
+    an_abort_whose_reply_was_lost_is_judged_by_the_store,
 );

@@ -1,14 +1,18 @@
 //! The store contract, one body run on MariaDB, PostgreSQL and SQLite.
 
+mod store_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use barrier::{BranchId, Gid, Op, TransType};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
+use store_support::Intercepted;
+
 use coordinator::store::{
     self, BranchChange, CreateOutcome, Fence, GlobalChange, GroupCommit, LeaseToken, ListFilter, NewBranch,
-    NewGlobal, NewTrans, Page, ResetCount, Schedule, StatusUpdate, Store, StoreError, StoredTrans,
+    NewGlobal, NewTrans, Schedule, StatusUpdate, Store, StoreError,
 };
 
 fn gid(s: &str) -> Gid {
@@ -490,83 +494,17 @@ async fn batches_on_sqlite() {
     group_commit_answers_each_writer(store::open(&db.url, 4).await.unwrap()).await;
 }
 
-/// A real store whose `create` panics for one gid, to prove the panic fence
-/// of the group-commit writer.
-#[derive(Debug)]
-struct PanicsOn(&'static str, Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl Store for PanicsOn {
-    async fn create(&self, global: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
-        assert_ne!(global.gid.as_str(), self.0, "a bug in the store");
-        self.1.create(global, branches).await
-    }
-    async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError> {
-        self.1.update(update).await
-    }
-    async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {
-        self.1.write_batch(creates, updates).await
-    }
-    async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError> {
-        self.1.find(gid).await
-    }
-    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        self.1.list(filter).await
-    }
-    async fn add_branches(
-        &self,
-        gid: &Gid,
-        expected: GlobalStatus,
-        branches: &[NewBranch],
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.1.add_branches(gid, expected, branches, now).await
-    }
-    async fn lease_due(
-        &self,
-        owner: &LeaseToken,
-        lease_for: Duration,
-        limit: u32,
-        skip: &[Gid],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<StoredTrans>, StoreError> {
-        self.1.lease_due(owner, lease_for, limit, skip, now).await
-    }
-    async fn acquire(
-        &self,
-        gid: &Gid,
-        owner: &LeaseToken,
-        lease_for: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<Option<StoredTrans>, StoreError> {
-        self.1.acquire(gid, owner, lease_for, now).await
-    }
-    async fn release(&self, held: &[(Gid, LeaseToken)], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.1.release(held, now).await
-    }
-    async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.1.force_stop(gid, now).await
-    }
-    async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.1.reset_next_cron_time(gid, now).await
-    }
-    async fn reset_stale_cron_times(
-        &self,
-        later_than: Duration,
-        limit: u32,
-        now: DateTime<Utc>,
-    ) -> Result<ResetCount, StoreError> {
-        self.1.reset_stale_cron_times(later_than, limit, now).await
-    }
-}
-
 /// A panic while writing fails the writes it held (`WriteLost`), and only
 /// those: the single writer task keeps serving everyone else.
 #[tokio::test]
 async fn a_panicking_write_does_not_stop_the_group_commit_writer() {
     let db = test_support::sqlite_database();
     let inner = store::open_direct(&db.url, 4).await.unwrap();
-    let store = GroupCommit::new(Arc::new(PanicsOn("boom", inner)));
+    let panics_on_boom = Intercepted {
+        before_create: Box::new(|global| assert_ne!(global.gid.as_str(), "boom", "a bug in the store")),
+        ..Intercepted::new(inner)
+    };
+    let store = GroupCommit::new(Arc::new(panics_on_boom));
     let now = store::now();
     let [boom, after] = <[NewTrans; 2]>::try_from(new_trans(&["boom", "after"], now)).unwrap();
 

@@ -84,10 +84,34 @@ impl Core {
 
     /// Writes `update` under `lease`; a write that holds the lease extends
     /// it from the moment the write was sent.
+    ///
+    /// A status change whose reply was lost (a connection cut during
+    /// `COMMIT`, a group-commit batch that failed after committing) is
+    /// judged by what the store holds: applied if the new status is there
+    /// with our token (or, for a final status, at all — the outcome is the
+    /// same whoever wrote it). Other writes keep their error: the pass stops
+    /// and its lease runs out.
     pub(crate) async fn write(&self, lease: &mut Lease, update: StatusUpdate) -> Result<bool, StoreError> {
         let sent = Instant::now();
         let holds = matches!(update.change.schedule, Schedule::Hold(_));
-        let saved = self.store.update(update).await?;
+        let (gid, target) = (update.gid.clone(), update.change.status);
+        let saved = match self.store.update(update).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                let Some(target) = target else { return Err(e) };
+                let stored = self.store.find(&gid).await.ok().flatten().map(|t| t.global);
+                match stored {
+                    Some(g)
+                        if g.status == target && (target.is_final() || g.owner == lease.token().as_str()) =>
+                    {
+                        tracing::warn!(error = %e, %gid, status = %target, "write reported an error but is in the store");
+                        // Whether the extension applied is unknown: keep the old expiry.
+                        return Ok(true);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        };
         if saved && holds {
             lease.extended(sent);
         }
