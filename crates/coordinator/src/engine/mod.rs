@@ -261,6 +261,12 @@ impl Engine {
         lease::length_for(&core.settings, core.call_timeout(options))
     }
 
+    /// The lease length for passes of a stored transaction (its own
+    /// options decide how long a branch call may take).
+    fn stored_lease_length(&self, row: &GlobalRow) -> Duration {
+        self.lease_length(&crate::model::TransOptions::from_stored_json(&row.options))
+    }
+
     /// The global row of a new transaction. `owner`: the lease of the pass
     /// that will process it at once; `None` for one that waits (prepare).
     fn new_global(
@@ -400,7 +406,7 @@ impl Engine {
                 // No pass calls branches of a prepared transaction (at most
                 // a msg check-back, which only reads): the client's decision
                 // takes the lease over from whoever holds it.
-                let lease = Lease::new(LeaseToken::random(), self.lease_length(&request.options));
+                let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&row));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Submitted),
                     rollback_reason: None,
@@ -671,7 +677,7 @@ impl Engine {
                 }
             }
             (TransType::Tcc, GlobalStatus::Prepared) if request.trans_type == TransType::Tcc => {
-                let lease = Lease::new(LeaseToken::random(), self.lease_length(&request.options));
+                let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&global));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Aborting),
                     rollback_reason: reason,
