@@ -378,18 +378,23 @@ impl TransOptions {
         serde_json::to_string(&stored).unwrap_or_default()
     }
 
-    /// Reads the `options` column back; an empty or unreadable column gives the defaults.
+    /// Reads the `options` column back; an empty or unreadable column gives
+    /// the defaults. Values beyond [`bounds`] — which the API refuses, but
+    /// dtm, an older version or a hand edit may have stored — are clamped to
+    /// the bound, so that no stored row can push the engine's intervals past
+    /// what the `next_cron_interval` column (dtm's `int(11)`) holds.
     pub fn from_stored_json(json: &str) -> TransOptions {
         let stored: StoredOptions = serde_json::from_str(json).unwrap_or_default();
-        let pos = |s: i64| (s > 0).then(|| Duration::from_secs(s.unsigned_abs()));
+        let pos = |s: i64, max: Duration| (s > 0).then(|| Duration::from_secs(s.unsigned_abs()).min(max));
         TransOptions {
             wait_result: stored.wait_result,
-            timeout_to_fail: pos(stored.timeout_to_fail),
-            request_timeout: pos(stored.request_timeout),
-            retry_interval: pos(stored.retry_interval),
+            timeout_to_fail: pos(stored.timeout_to_fail, bounds::MAX_TIMEOUT_TO_FAIL),
+            request_timeout: pos(stored.request_timeout, bounds::MAX_REQUEST_TIMEOUT),
+            retry_interval: pos(stored.retry_interval, bounds::MAX_RETRY_INTERVAL),
             branch_headers: stored.branch_headers,
             concurrent: stored.concurrent,
-            retry_limit: u32::try_from(stored.retry_limit).ok().filter(|l| *l > 0),
+            retry_limit: (stored.retry_limit > 0)
+                .then(|| u32::try_from(stored.retry_limit).unwrap_or(u32::MAX).min(bounds::MAX_RETRY_LIMIT)),
         }
     }
 }
@@ -824,6 +829,16 @@ mod tests {
                 assert_eq!(field_of(TransRequest::from_input(input).unwrap_err()), field, "{field}={bad}");
             }
         }
+        // A stored row beyond the bounds (dtm, an older version, a hand edit) reads back clamped.
+        let hostile = format!(
+            r#"{{"retry_interval":{m},"timeout_to_fail":{m},"request_timeout":{m},"retry_limit":{m}}}"#,
+            m = i64::MAX
+        );
+        let clamped = TransOptions::from_stored_json(&hostile);
+        assert_eq!(clamped.retry_interval, Some(bounds::MAX_RETRY_INTERVAL));
+        assert_eq!(clamped.timeout_to_fail, Some(bounds::MAX_TIMEOUT_TO_FAIL));
+        assert_eq!(clamped.request_timeout, Some(bounds::MAX_REQUEST_TIMEOUT));
+        assert_eq!(clamped.retry_limit, Some(bounds::MAX_RETRY_LIMIT));
         let msg = |custom: &str| TransRequestInput {
             gid: "m1".into(),
             trans_type: "msg".into(),
