@@ -220,13 +220,26 @@ macro_rules! sql_store {
                 &self.pool
             }
 
+            /// The `gid` column. On MySQL it has a binary collation (exact
+            /// gids), which sqlx reports as `VARBINARY` and refuses to decode
+            /// as a `String`: read the bytes then, they are ASCII (a [`Gid`]).
+            fn gid_of(row: &<$db as sqlx::Database>::Row) -> Result<Gid, StoreError> {
+                let text = match row.try_get::<String, _>("gid") {
+                    Ok(text) => text,
+                    Err(sqlx::Error::ColumnDecode { .. }) => String::from_utf8(row.try_get::<Vec<u8>, _>("gid")?)
+                        .map_err(|e| corrupt("gid", e))?,
+                    Err(e) => return Err(e.into()),
+                };
+                Gid::new(text).map_err(|e| corrupt("gid", e))
+            }
+
             fn global_row(row: &<$db as sqlx::Database>::Row) -> Result<GlobalRow, StoreError> {
                 let text = |col: &str| -> Result<String, StoreError> {
                     Ok(row.try_get::<Option<String>, _>(col)?.unwrap_or_default())
                 };
                 Ok(GlobalRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     trans_type: text("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
                     status: text("status")?.parse().map_err(|e| corrupt("status", e))?,
                     query_prepared: text("query_prepared")?,
@@ -253,7 +266,7 @@ macro_rules! sql_store {
                 };
                 Ok(BranchRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     url: text("url")?,
                     bin_data: row.try_get::<Option<Vec<u8>>, _>("bin_data")?.unwrap_or_default(),
                     branch_id: barrier::BranchId::new(text("branch_id")?).map_err(|e| corrupt("branch_id", e))?,
