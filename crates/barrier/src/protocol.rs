@@ -51,8 +51,7 @@ impl Gid {
                 field: "gid",
                 reason: format!(
                     "contains {bad:?}: only visible ASCII without ';' can travel as gRPC metadata (dtm-gid)"
-                )
-                .into(),
+                ),
             });
         }
         Ok(Gid(gid))
