@@ -57,6 +57,28 @@ impl Gid {
         Ok(Gid(gid))
     }
 
+    /// A gid read back from storage, checked by the rules that held before
+    /// gids had to be visible ASCII: non-empty, at most 128 bytes, no control
+    /// character or `;`.
+    ///
+    /// Only for rows already stored (a coordinator's `trans_global`): a
+    /// transaction accepted by an older version must still be readable, or
+    /// one such row would make every read of a batch that holds it fail.
+    /// Everything that comes from a request goes through [`Gid::new`].
+    pub fn from_storage(gid: impl Into<String>) -> Result<Gid, ProtocolError> {
+        let gid = gid.into();
+        if gid.is_empty() {
+            return Err(ProtocolError::Missing("gid"));
+        }
+        if gid.len() > Gid::MAX_LEN || gid.chars().any(|c| c.is_control() || c == ';') {
+            return Err(ProtocolError::Invalid {
+                field: "gid",
+                reason: "longer than 128 bytes, or contains a control character or ';'".into(),
+            });
+        }
+        Ok(Gid(gid))
+    }
+
     /// The gid as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -295,6 +317,13 @@ mod tests {
         {
             let e = Gid::new(bad).unwrap_err();
             assert!(matches!(e, ProtocolError::Invalid { field: "gid", .. }), "{bad:?}: {e:?}");
+        }
+        // Rows stored under the old rules still read back; garbage does not.
+        for legacy in ["a b", "caf\u{e9}", "\u{4e2d}\u{6587}"] {
+            assert_eq!(Gid::from_storage(legacy).unwrap().as_str(), legacy);
+        }
+        for bad in ["", "a;b", "a\nb", &"x".repeat(129)] {
+            assert!(Gid::from_storage(bad).is_err(), "{bad:?}");
         }
     }
 }

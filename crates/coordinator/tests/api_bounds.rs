@@ -373,3 +373,67 @@ async fn stored_rows_with_absurd_intervals_are_rescheduled_without_a_panic() {
     assert_eq!(status, 200);
     coordinator.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_stored_gid_from_before_the_ascii_rule_is_still_processed() {
+    // An older version accepted any gid without control characters; such a
+    // row must not make the poller's reads fail (and block every other saga).
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = InProcess::start(fast_config(sqlite_store(dir.path()))).await;
+    let (c, base) = (client(), coordinator.http.clone());
+    let branches = BranchServer::start().await;
+
+    let down = ("http://127.0.0.1:1/busi/action".to_string(), String::new());
+    let mut body = saga("legacy-placeholder", &[down], &[json!({})], false);
+    body["retry_interval"] = json!(86_400);
+    assert_eq!(post(&c, &format!("{base}/api/dtmsvr/submit"), &body).await.0, 200);
+    // After its first pass it waits a day: rename it as an old version could
+    // have stored it, make its branch an empty URL (immediate success), due now.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = query(&c, &base, "legacy-placeholder").await;
+        let next: chrono::DateTime<chrono::Utc> =
+            stored["transaction"]["next_cron_time"].as_str().unwrap().parse().unwrap();
+        if next - chrono::Utc::now() > chrono::TimeDelta::hours(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "first pass not done: {stored}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("coordinator.db").display()))
+        .await
+        .unwrap();
+    let legacy = "café au lait";
+    sqlx::query("UPDATE trans_branch_op SET gid = ?, url = '' WHERE gid = 'legacy-placeholder'")
+        .bind(legacy)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE trans_global SET gid = ?, next_cron_time = ? WHERE gid = 'legacy-placeholder'")
+        .bind(legacy)
+        .bind(chrono::Utc::now() - chrono::TimeDelta::seconds(5))
+        .execute(&db)
+        .await
+        .unwrap();
+
+    // The poller reads it back and finishes it; other sagas are unaffected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, page) = get(&c, &format!("{base}/api/dtmsvr/all")).await;
+        assert_eq!(status, 200, "the listing reads the legacy row: {page}");
+        let row = page["transactions"].as_array().unwrap().iter().find(|t| t["gid"] == legacy).cloned();
+        if row.as_ref().is_some_and(|t| t["status"] == "succeed") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "legacy saga not finished: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = post(
+        &c,
+        &format!("{base}/api/dtmsvr/submit"),
+        &saga("after-legacy", &steps(&branches, 1), &[json!({})], true),
+    )
+    .await;
+    assert_eq!(status, 200);
+    coordinator.stop().await.expect("clean shutdown");
+}

@@ -222,7 +222,10 @@ macro_rules! sql_store {
 
             /// The `gid` column. On MySQL it has a binary collation (exact
             /// gids), which sqlx reports as `VARBINARY` and refuses to decode
-            /// as a `String`: read the bytes then, they are ASCII (a [`Gid`]).
+            /// as a `String`: read the bytes then. Checked with
+            /// [`Gid::from_storage`]: a row accepted before gids had to be
+            /// visible ASCII stays readable (one unreadable row would fail
+            /// every lease of a batch holding it).
             fn gid_of(row: &<$db as sqlx::Database>::Row) -> Result<Gid, StoreError> {
                 let text = match row.try_get::<String, _>("gid") {
                     Ok(text) => text,
@@ -230,7 +233,7 @@ macro_rules! sql_store {
                         .map_err(|e| corrupt("gid", e))?,
                     Err(e) => return Err(e.into()),
                 };
-                Gid::new(text).map_err(|e| corrupt("gid", e))
+                Gid::from_storage(text).map_err(|e| corrupt("gid", e))
             }
 
             fn global_row(row: &<$db as sqlx::Database>::Row) -> Result<GlobalRow, StoreError> {
