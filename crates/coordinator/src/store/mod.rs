@@ -88,6 +88,31 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(0)
 }
 
+/// The latest time a store holds: MySQL's `DATETIME` ends at 9999-12-31
+/// 23:59:59 (PostgreSQL and SQLite go further, but one bound for all keeps
+/// a row portable). [`later`] saturates here.
+pub fn latest() -> DateTime<Utc> {
+    // 253402300799 = 9999-12-31T23:59:59Z, in range for chrono by far.
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t + d`, in whole seconds (rounded up so a lease is never shorter than
+/// asked), saturating at [`latest`].
+///
+/// Never panics, whatever `d` is: the API bounds every duration a request
+/// may carry (see `crate::model`), but a row written by an older version or
+/// by hand can hold any interval, and a panic here would kill the pass
+/// again at every lease, forever. A time past [`latest`] means "never" in
+/// practice, and is also the most a `DATETIME` column can store.
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|delta| t.checked_add_signed(delta))
+        .map_or_else(latest, |at| at.min(latest()))
+}
+
 /// The longest delay a write may schedule: the database's date arithmetic
 /// must stay far from its limits (MySQL's `DATETIME` ends in year 9999),
 /// whatever a stored row or an option says.
@@ -98,11 +123,6 @@ pub const MAX_SCHEDULE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub fn schedule_secs(d: Duration) -> i64 {
     let d = d.min(MAX_SCHEDULE);
     i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i64::MAX)
-}
-
-/// `t + d`, in whole seconds (rounded up, saturating: never panics).
-pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(chrono::TimeDelta::seconds(schedule_secs(d))).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Proof of ownership of a transaction: the random token a pass wrote into
@@ -550,5 +570,20 @@ mod tests {
         let t = now();
         assert_eq!(later(t, Duration::from_millis(200)), t + chrono::TimeDelta::seconds(1));
         assert_eq!(later(t, Duration::from_secs(10)), t + chrono::TimeDelta::seconds(10));
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let t = now();
+        let end = latest();
+        assert_eq!(end.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        // 10^14 s: the hostile retry_interval that used to panic in TimeDelta::seconds.
+        assert_eq!(later(t, Duration::from_secs(100_000_000_000_000)), end);
+        assert_eq!(later(t, Duration::from_secs(u64::MAX)), end);
+        assert_eq!(later(t, Duration::MAX), end);
+        assert_eq!(later(t, Duration::from_secs(i64::MAX.unsigned_abs())), end);
+        assert_eq!(later(end, Duration::from_secs(1)), end);
+        // A day is still a day.
+        assert_eq!(later(t, Duration::from_secs(86_400)), t + chrono::TimeDelta::days(1));
     }
 }

@@ -41,6 +41,41 @@ const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, query_prepared, proto
 const BRANCH_COLUMNS: &str =
     "id, gid, url, bin_data, branch_id, op, status, finish_time, rollback_time, create_time, update_time";
 
+/// The gid columns that must compare as exact byte strings, as
+/// `sql/mysql/coordinator.sql` declares them. Tables created by dtm's DDL or
+/// an older version of ours have the table's case-insensitive collation:
+/// saga `abc` would be refused as a duplicate of saga `AbC`. [`open`]
+/// converts them (MySQL only; see `barrier::schema::ensure_exact_columns`).
+///
+/// [`open`]: MySqlStore::open
+const EXACT_GID_COLUMNS: [(&str, barrier::schema::ExactColumn); 2] = [
+    (
+        "trans_global",
+        barrier::schema::ExactColumn {
+            name: "gid",
+            mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL \
+                               COMMENT 'global transaction id'",
+        },
+    ),
+    (
+        "trans_branch_op",
+        barrier::schema::ExactColumn {
+            name: "gid",
+            mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+        },
+    ),
+];
+
+/// Applies [`EXACT_GID_COLUMNS`] (idempotent, safe with concurrent starts).
+async fn ensure_exact_gids<DB: barrier::BarrierDatabase>(pool: &sqlx::Pool<DB>) -> Result<(), StoreError> {
+    for (table, column) in EXACT_GID_COLUMNS {
+        let table = barrier::BarrierTable::new(table)
+            .map_err(|e| StoreError::Corrupt(format!("table {table}: {e}")))?;
+        barrier::schema::ensure_exact_columns(pool, &table, &[column]).await?;
+    }
+    Ok(())
+}
+
 /// What differs between the engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -204,6 +239,7 @@ macro_rules! sql_store {
                 for statement in $dialect.ddl_statements() {
                     sqlx::query(&statement).execute(&pool).await?;
                 }
+                ensure_exact_gids(&pool).await?;
                 Ok($name { pool })
             }
 
@@ -212,13 +248,29 @@ macro_rules! sql_store {
                 &self.pool
             }
 
+            /// The `gid` column. On MySQL it has a binary collation (exact
+            /// gids), which sqlx reports as `VARBINARY` and refuses to decode
+            /// as a `String`: read the bytes then. Checked with
+            /// [`Gid::from_storage`]: a row accepted before gids had to be
+            /// visible ASCII stays readable (one unreadable row would fail
+            /// every lease of a batch holding it).
+            fn gid_of(row: &<$db as sqlx::Database>::Row) -> Result<Gid, StoreError> {
+                let text = match row.try_get::<String, _>("gid") {
+                    Ok(text) => text,
+                    Err(sqlx::Error::ColumnDecode { .. }) => String::from_utf8(row.try_get::<Vec<u8>, _>("gid")?)
+                        .map_err(|e| corrupt("gid", e))?,
+                    Err(e) => return Err(e.into()),
+                };
+                Gid::from_storage(text).map_err(|e| corrupt("gid", e))
+            }
+
             fn global_row(row: &<$db as sqlx::Database>::Row) -> Result<GlobalRow, StoreError> {
                 let text = |col: &str| -> Result<String, StoreError> {
                     Ok(row.try_get::<Option<String>, _>(col)?.unwrap_or_default())
                 };
                 Ok(GlobalRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     trans_type: text("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
                     status: text("status")?.parse().map_err(|e| corrupt("status", e))?,
                     query_prepared: text("query_prepared")?,
@@ -245,7 +297,7 @@ macro_rules! sql_store {
                 };
                 Ok(BranchRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     url: text("url")?,
                     bin_data: row.try_get::<Option<Vec<u8>>, _>("bin_data")?.unwrap_or_default(),
                     branch_id: barrier::BranchId::new(text("branch_id")?).map_err(|e| corrupt("branch_id", e))?,
@@ -834,3 +886,28 @@ sql_store!(
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_gid_definitions_are_the_ddl_files_own() {
+        // The migration must give an old table exactly what a fresh one gets.
+        let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let statements = Dialect::MySql.ddl_statements();
+        for (table, column) in EXACT_GID_COLUMNS {
+            let create = statements
+                .iter()
+                .find(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")))
+                .unwrap_or_else(|| panic!("no CREATE TABLE {table}"));
+            let body = flat(create);
+            let definition = flat(column.mysql_definition);
+            assert!(
+                body.contains(&format!("({definition},")) || body.contains(&format!(", {definition},")),
+                "{table}: {body}"
+            );
+            assert!(definition.contains("COLLATE utf8mb4_bin"));
+        }
+    }
+}
