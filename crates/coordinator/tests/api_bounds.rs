@@ -332,8 +332,8 @@ async fn stored_rows_with_absurd_intervals_are_rescheduled_without_a_panic() {
         .unwrap();
 
     // The poller takes both up and reschedules them: the saga at most a day
-    // ahead (its options read back clamped to the bounds), the msg at the end
-    // of storable time (9999-12-31, MySQL's DATETIME limit). Before the fix
+    // ahead (its options read back clamped to the bounds), the msg a century
+    // ahead (`store::MAX_SCHEDULE`, far inside MySQL's DATETIME range). Before the fix
     // both panicked in the time arithmetic, leaving each at its lease, to
     // panic again at every lease.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -356,7 +356,10 @@ async fn stored_rows_with_absurd_intervals_are_rescheduled_without_a_panic() {
     }
     loop {
         let stored = query(&c, &base, "hostile-msg").await;
-        if stored["transaction"]["next_cron_time"].as_str().unwrap_or_default().starts_with("9999-12-31") {
+        let next = stored["transaction"]["next_cron_time"].as_str().unwrap_or_default();
+        if let Ok(next) = next.parse::<chrono::DateTime<chrono::Utc>>()
+            && next - chrono::Utc::now() >= chrono::TimeDelta::days(36_000)
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "hostile-msg not rescheduled: {stored}");
