@@ -76,7 +76,7 @@ pub fn system_slot() -> SystemSlot {
 }
 
 fn take(dir: &std::path::Path, limit: usize) -> SystemSlot {
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let started = Instant::now();
     loop {
         for index in 0..limit {
