@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
     }
     tracing::debug!(?config, "configuration loaded");
     let coordinator = match Coordinator::build(config).await {
-        Ok(coordinator) => coordinator,
+        Ok(coordinator) => coordinator.announce_ready(),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;

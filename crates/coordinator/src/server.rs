@@ -7,7 +7,9 @@
 //!    real ports back with [`Coordinator::http_addr`] / [`Coordinator::grpc_addr`].
 //! 2. [`Coordinator::run_until_stopped`] starts serving HTTP and gRPC and the
 //!    recovery poller, and only *then* registers `dtmservice/<lease id>` in
-//!    etcd — a client that finds us there can connect at once.
+//!    etcd — a client that finds us there can connect at once — and, when
+//!    asked ([`Coordinator::announce_ready`], the binary), prints its
+//!    [readiness line](service_kit::ready).
 //! 3. When the `shutdown` future resolves (SIGINT/SIGTERM in `main`):
 //!    deregister first (revoke the lease, so clients stop choosing us),
 //!    mark gRPC health NOT_SERVING, stop accepting, let in-flight requests
@@ -83,6 +85,9 @@ pub struct Coordinator {
     http: TcpListener,
     /// Bound gRPC listener (dtm's 36790).
     grpc: TcpListener,
+    /// Called once serving and registered (the binary prints its
+    /// readiness line there).
+    on_ready: Option<service_kit::ready::OnReady>,
 }
 
 impl Coordinator {
@@ -108,7 +113,7 @@ impl Coordinator {
             grpc = %local(&grpc),
             "coordinator built"
         );
-        Ok(Coordinator { config, engine, metrics, http, grpc })
+        Ok(Coordinator { config, engine, metrics, http, grpc, on_ready: None })
     }
 
     /// The bound HTTP address (the real port when configured with 0).
@@ -121,6 +126,21 @@ impl Coordinator {
         local(&self.grpc)
     }
 
+    /// Prints the [readiness line](service_kit::ready) `ready coordinator
+    /// pid=… http=… grpc=…` once both APIs serve and the registration in
+    /// etcd (if configured) is done. The binary calls this.
+    pub fn announce_ready(self) -> Coordinator {
+        let addrs = [("http", self.http_addr()), ("grpc", self.grpc_addr())];
+        self.on_ready(move || service_kit::ready::announce("coordinator", &addrs))
+    }
+
+    /// Calls `hook` once both APIs serve and the registration in etcd (if
+    /// configured) is done.
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> Coordinator {
+        self.on_ready = Some(Box::new(hook));
+        self
+    }
+
     /// The engine (for in-process tests and embedding).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -129,14 +149,15 @@ impl Coordinator {
     /// Serves until `shutdown` resolves, then shuts down gracefully (see the
     /// module docs for the order). Returns an error if a server fails.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Coordinator { config, engine, metrics, http, grpc } = self;
+        let Coordinator { config, engine, metrics, http, grpc, on_ready } = self;
         let stop_accepting = CancellationToken::new();
         // Everything that can fail is built before anything is spawned.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ServerError::Serve("grpc", format!("reflection: {e}")))?;
-        let registration_target = config.micro_service.registration()?;
+        let registration_target =
+            config.micro_service.registration()?.map(|target| with_bound_port(target, local(&grpc).port()));
         engine.spawn_poller();
 
         // HTTP.
@@ -200,6 +221,9 @@ impl Coordinator {
             },
             None => None,
         };
+        if let Some(hook) = on_ready {
+            hook();
+        }
 
         // Run until told to stop, or until a server dies on its own.
         let failure = tokio::select! {
@@ -253,6 +277,17 @@ fn engine_settings(config: &Config) -> EngineSettings {
     }
 }
 
+/// An `EndPoint` whose port is 0 (`127.0.0.1:0`, with `GrpcPort: 0`)
+/// publishes the port the gRPC listener actually got: a coordinator started
+/// on any free port is still found in etcd. Any other end point is kept
+/// verbatim (behind NAT or a Kubernetes Service it differs on purpose).
+fn with_bound_port(mut target: RegistrationTarget, grpc_port: u16) -> RegistrationTarget {
+    if let Some(host) = target.end_point.strip_suffix(":0") {
+        target.end_point = format!("{host}:{grpc_port}");
+    }
+    target
+}
+
 /// Registers `<key>/<lease id>` → EndPoint (verbatim) under a 10 s lease.
 async fn register(target: &RegistrationTarget) -> Result<discovery::Registration, ServerError> {
     let conf = discovery::EtcdConf::new(target.hosts.clone(), target.key.clone());
@@ -273,4 +308,21 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
 fn local(listener: &TcpListener) -> SocketAddr {
     // A bound TCP listener always has a local address.
     listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_end_point_on_port_0_publishes_the_bound_port_and_others_stay_verbatim() {
+        let target = |end_point: &str| RegistrationTarget {
+            hosts: vec!["127.0.0.1:2379".into()],
+            key: "dtmservice".into(),
+            end_point: end_point.into(),
+        };
+        assert_eq!(with_bound_port(target("127.0.0.1:0"), 40123).end_point, "127.0.0.1:40123");
+        assert_eq!(with_bound_port(target("dtm:36790"), 40123).end_point, "dtm:36790");
+        assert_eq!(with_bound_port(target("dtm:10"), 40123).end_point, "dtm:10");
+    }
 }

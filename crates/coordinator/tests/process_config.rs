@@ -3,7 +3,7 @@
 //! named precisely with exit code 2, dtm's `-c` flag, and a clean exit on
 //! SIGTERM.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -29,23 +29,28 @@ fn a_bad_config_is_refused_at_start_up_with_the_key_named() {
 #[test]
 fn without_a_file_the_environment_configures_everything_and_sigterm_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let http_port = test_support::free_port();
-    let grpc_port = test_support::free_port();
+    // Ports 0: the readiness line says which ports it got, and that they
+    // are not the defaults (36789/36790) proves HTTP_PORT and GRPC_PORT ruled.
+    let log = dir.path().join("coordinator.log");
+    let log_file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .env("LISTEN_HOST", "127.0.0.1")
-        .env("HTTP_PORT", http_port.to_string())
-        .env("GRPC_PORT", grpc_port.to_string())
+        .env("HTTP_PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("STORE_DRIVER", "sqlite")
         .env("STORE_DB", dir.path().join("env.db"))
         .env("RETRY_INTERVAL", "1")
         .env("TIMEOUT_TO_FAIL", "2")
         .env("AUTH_TOKEN", "from-env")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
         .spawn()
         .unwrap();
-    assert!(test_support::wait_for_port(http_port, Duration::from_secs(30)), "HTTP_PORT not honoured");
-    assert!(test_support::wait_for_port(grpc_port, Duration::from_secs(5)), "GRPC_PORT not honoured");
+    let ready = test_support::wait_ready_line(&log, 0, "coordinator", child.id(), Duration::from_secs(60))
+        .unwrap_or_else(|err| panic!("{err}"));
+    let (http_port, grpc_port) = (ready.port("http"), ready.port("grpc"));
+    assert!(![36789, 0].contains(&http_port) && ![36790, 0].contains(&grpc_port), "{ready:?}");
+    assert_eq!(ready.addr("http").ip().to_string(), "127.0.0.1", "LISTEN_HOST honoured");
     let without = raw_http::get_status(http_port, "/api/dtmsvr/newGid", None);
     assert_eq!(without, 401, "AUTH_TOKEN from the environment is enforced");
     assert_eq!(raw_http::get_status(http_port, "/api/dtmsvr/newGid", Some("from-env")), 200);

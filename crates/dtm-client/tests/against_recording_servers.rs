@@ -126,7 +126,7 @@ async fn grpc_answers_map_to_typed_errors() {
 
 #[tokio::test]
 async fn an_unreachable_or_silent_coordinator_is_unavailable() {
-    let nobody = format!("127.0.0.1:{}", free_port());
+    let nobody = format!("127.0.0.1:{}", test_support::closed_port());
     let client = DtmClient::new(&nobody, ChannelCache::new()).unwrap();
     let err = client.new_gid().await.unwrap_err();
     assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
@@ -136,11 +136,14 @@ async fn an_unreachable_or_silent_coordinator_is_unavailable() {
     let err = client.submit(&order_saga("slow-1")).await.unwrap_err();
     assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
 
-    let err = DtmClient::new(&format!("http://127.0.0.1:{}/api/dtmsvr", free_port()), ChannelCache::new())
-        .unwrap()
-        .new_gid()
-        .await
-        .unwrap_err();
+    let err = DtmClient::new(
+        &format!("http://127.0.0.1:{}/api/dtmsvr", test_support::closed_port()),
+        ChannelCache::new(),
+    )
+    .unwrap()
+    .new_gid()
+    .await
+    .unwrap_err();
     assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
 }
 

@@ -64,7 +64,6 @@ pub enum StartError {
 }
 
 /// A bound, not yet serving order-api.
-#[derive(Debug)]
 pub struct Server {
     /// Bound at build time so port 0 works and the address is known.
     listener: TcpListener,
@@ -76,6 +75,8 @@ pub struct Server {
     max_connections: usize,
     /// How long in-flight requests may finish after shutdown (`Timeout`).
     drain_timeout: std::time::Duration,
+    /// Called when serving starts (the binary prints its readiness line).
+    on_ready: Option<service_kit::ready::OnReady>,
 }
 
 /// Builds the service: clients ready (nothing dialled), port bound.
@@ -86,13 +87,44 @@ pub async fn build(config: Config) -> Result<Server, StartError> {
     let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (max_connections, drain_timeout) = (svc.config.max_conns, svc.config.request_timeout());
-    Ok(Server { listener, local_addr, app: handler::routes(svc), max_connections, drain_timeout })
+    Ok(Server {
+        listener,
+        local_addr,
+        app: handler::routes(svc),
+        max_connections,
+        drain_timeout,
+        on_ready: None,
+    })
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("max_connections", &self.max_connections)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Prints the [readiness line](service_kit::ready) of process `name`
+    /// with the `http` address when serving starts. The binary calls this;
+    /// embedded servers do not.
+    pub fn announce_ready(self, name: &'static str) -> Server {
+        let addr = self.local_addr;
+        self.on_ready(move || service_kit::ready::announce(name, &[("http", addr)]))
+    }
+
+    /// Calls `hook` when serving starts.
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> Server {
+        self.on_ready = Some(Box::new(hook));
+        self
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets the
@@ -109,6 +141,12 @@ impl Server {
             drain_timeout: self.drain_timeout,
             ..Default::default()
         };
+        // The listener is bound and the clients are built (nothing to
+        // prepare: order-api has no database), so serving starts with the
+        // next poll; connections accepted meanwhile wait in the backlog.
+        if let Some(hook) = self.on_ready {
+            hook();
+        }
         service_kit::http::serve(self.listener, self.app, shutdown, limits).await?;
         tracing::info!("order-api stopped");
         Ok(())

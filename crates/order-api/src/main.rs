@@ -1,5 +1,6 @@
 //! `order-api -f etc/order-api.yaml`: load the config, start logging, build
-//! the service, serve until SIGINT/SIGTERM.
+//! the service, serve until SIGINT/SIGTERM; once serving, print the
+//! readiness line harnesses wait for (`service_kit::ready`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config: order_api::Config = service_kit::load_yaml(&args.config)?;
     telemetry::init_with(config.log.service_name.as_deref().unwrap_or(&config.name), &config.log)?;
-    let server = order_api::build(config).await?;
+    let server = order_api::build(config).await?.announce_ready("order-api");
     server.run_until_stopped(shutdown::signal()).await?;
     Ok(())
 }

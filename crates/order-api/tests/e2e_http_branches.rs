@@ -8,7 +8,6 @@ mod e2e_common;
 
 use e2e_common::System;
 use serde_json::json;
-use test_support::{free_port, wait_for_port};
 
 fn row(branch: &str, op: &str, reason: &str) -> (String, String, String) {
     (branch.to_string(), op.to_string(), reason.to_string())
@@ -18,12 +17,12 @@ fn row(branch: &str, op: &str, reason: &str) -> (String, String, String) {
 async fn http_system() -> System {
     tokio::task::spawn_blocking(|| {
         let mut system = System::infrastructure();
-        let (order_http, stock_http) = (free_port(), free_port());
-        system.start_order_srv_with(&format!("HttpListenOn: 127.0.0.1:{order_http}\n"));
-        system.start_stock_srv_with(&format!("HttpListenOn: 127.0.0.1:{stock_http}\n"));
-        for port in [order_http, stock_http] {
-            assert!(wait_for_port(port, std::time::Duration::from_secs(30)), "HTTP branches on {port}");
-        }
+        // Port 0: each service's readiness line says which port it got,
+        // and it is printed only once the HTTP branches serve too.
+        system.start_order_srv_with("HttpListenOn: 127.0.0.1:0\n");
+        system.start_stock_srv_with("HttpListenOn: 127.0.0.1:0\n");
+        let order_http = system.order_srv.as_ref().unwrap().ready.port("http");
+        let stock_http = system.stock_srvs[0].ready.port("http");
         system.start_order_api_configured(
             &format!(
                 "OrderHttpUrl: http://127.0.0.1:{order_http}/api/order\nStockHttpUrl: http://127.0.0.1:{stock_http}/api/stock\n"

@@ -63,14 +63,12 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
 pub struct OrderParts;
 
 impl<DB: OrderModel + BarrierDatabase> BranchParts<DB> for OrderParts {
-    async fn add_grpc(
-        server: GrpcServer,
-        pool: Pool<DB>,
-        max_msg_size: usize,
-    ) -> Result<GrpcServer, sqlx::Error> {
-        barrier::schema::ensure_order_table(&pool).await?;
-        Ok(server
-            .add_service(OrderServer::new(OrderService::new(pool)).max_decoding_message_size(max_msg_size)))
+    async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
+        barrier::schema::ensure_order_table(pool).await
+    }
+
+    fn add_grpc(server: GrpcServer, pool: Pool<DB>, max_msg_size: usize) -> GrpcServer {
+        server.add_service(OrderServer::new(OrderService::new(pool)).max_decoding_message_size(max_msg_size))
     }
 
     fn http_routes(pool: Pool<DB>, timeout: std::time::Duration) -> axum::Router {

@@ -1,5 +1,6 @@
 //! `order-srv -f etc/order-srv.yaml`: load the config, start logging, build
-//! the service, serve until SIGINT/SIGTERM.
+//! the service, serve until SIGINT/SIGTERM; once serving (and registered),
+//! print the readiness line harnesses wait for (`service_kit::ready`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), StartError> {
     let config: order_srv::Config = service_kit::load_yaml(&args.config)?;
     telemetry::init_with(config.log_service_name(), &config.log)?;
-    let server = order_srv::build(&config).await?;
+    let server = order_srv::build(&config).await?.announce_ready("order-srv");
     server.run_until_stopped(shutdown::signal()).await?;
     Ok(())
 }

@@ -163,8 +163,8 @@ impl Vars {
 }
 
 impl System {
-    /// Builds and starts the four servers; returns once all of them are
-    /// bound and serving.
+    /// Builds and starts the four servers; returns once each of them has
+    /// reported itself ready (serving, and registered when etcd is used).
     pub async fn start(options: &Options) -> anyhow::Result<System> {
         let host = options.host;
         let urls = DatabaseUrls::prepare(&options.databases).await?;
@@ -200,22 +200,13 @@ impl System {
             coordinator_config.micro_service.driver = coordinator::config::GOZERO_DRIVER.into();
             coordinator_config.micro_service.target = format!("etcd://{etcd}/dtmservice");
         }
+        // With port 0 the coordinator publishes the port it gets.
         coordinator_config.micro_service.end_point = reachable(host, options.ports.coordinator_grpc);
-        let coordinator = if options.etcd.is_some() && options.ports.coordinator_grpc == 0 {
-            // The published end point needs the port: bind once to learn
-            // it, then build again on that port with the end point set.
-            let probe = coordinator::server::Coordinator::build(coordinator_config.clone())
-                .await
-                .context("starting the coordinator")?;
-            coordinator_config.grpc_port = probe.grpc_addr().port();
-            coordinator_config.http_port = probe.http_addr().port();
-            drop(probe);
-            coordinator_config.micro_service.end_point = reachable(host, coordinator_config.grpc_port);
-            coordinator::server::Coordinator::build(coordinator_config).await
-        } else {
-            coordinator::server::Coordinator::build(coordinator_config).await
-        }
-        .context("starting the coordinator")?;
+        let (coordinator_ready, ready_coordinator) = ready_signal();
+        let coordinator = coordinator::server::Coordinator::build(coordinator_config)
+            .await
+            .context("starting the coordinator")?
+            .on_ready(coordinator_ready);
         let coordinator_grpc = coordinator.grpc_addr();
         let coordinator_http = coordinator.http_addr();
 
@@ -233,8 +224,12 @@ impl System {
             order_config.etcd = None;
             stock_config.etcd = None;
         }
-        let order = order_srv::build(&order_config).await.context("starting order-srv")?;
-        let stock = stock_srv::build(&stock_config).await.context("starting stock-srv")?;
+        let (order_ready, ready_order) = ready_signal();
+        let (stock_ready, ready_stock) = ready_signal();
+        let order =
+            order_srv::build(&order_config).await.context("starting order-srv")?.on_ready(order_ready);
+        let stock =
+            stock_srv::build(&stock_config).await.context("starting stock-srv")?.on_ready(stock_ready);
         let order_addr = order.local_addr();
         let stock_addr = stock.local_addr();
 
@@ -258,7 +253,8 @@ impl System {
             direct(&mut api_config.order_rpc_conf, reachable(host, order_addr.port()));
             direct(&mut api_config.stock_rpc_conf, reachable(host, stock_addr.port()));
         }
-        let api = order_api::build(api_config).await.context("starting order-api")?;
+        let (api_ready, ready_api) = ready_signal();
+        let api = order_api::build(api_config).await.context("starting order-api")?.on_ready(api_ready);
         let api_addr = api.local_addr();
 
         let mut running = Vec::new();
@@ -275,7 +271,7 @@ impl System {
             order.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
         }));
 
-        Ok(System {
+        let system = System {
             addrs: Addrs {
                 api: api_addr,
                 coordinator_http,
@@ -286,7 +282,22 @@ impl System {
             order_db: urls.order,
             stock_db: urls.stock,
             running,
-        })
+        };
+        // Ready means serving and registered (with etcd), as each server
+        // reports it — not merely bound.
+        for (name, ready) in [
+            ("coordinator", ready_coordinator),
+            ("order-srv", ready_order),
+            ("stock-srv", ready_stock),
+            ("order-api", ready_api),
+        ] {
+            if ready.await.is_err() {
+                // It ended before it was ready; stopping says why.
+                let cause = system.stop().await.err().unwrap_or_else(|| anyhow!("{name} stopped by itself"));
+                return Err(cause.context(format!("{name} never became ready")));
+            }
+        }
+        Ok(system)
     }
 
     /// Serves until `shutdown` resolves (or a server fails), then stops
@@ -327,6 +338,17 @@ impl System {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A hook for a server's `on_ready` and the receiver it completes.
+fn ready_signal() -> (impl FnOnce() + Send + 'static, tokio::sync::oneshot::Receiver<()>) {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    (
+        move || {
+            let _ = sender.send(());
+        },
+        receiver,
+    )
 }
 
 fn spawn<F, Fut>(name: &'static str, serve: F) -> Running

@@ -1,7 +1,9 @@
 //! `quickorder up`: the system on this machine, no external server needed.
 //!
 //! Starts the [`embedded`](crate::embedded) system on the usual ports,
-//! prints what listens where and the `curl` lines to try, and runs until
+//! prints what listens where and the `curl` lines to try, then the
+//! [readiness line](service_kit::ready) `ready quickorder pid=… api=…` (port
+//! flags may be 0: the line tells the ports chosen), and runs until
 //! Ctrl-C (or SIGTERM). The SQLite files stay in the data folder, so the
 //! stock sold and any saga still in flight survive a restart: the
 //! coordinator picks unfinished sagas up again when it starts.
@@ -93,6 +95,21 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let mut out = std::io::stdout().lock();
     write!(out, "{}", banner(&system.addrs, &where_, discovery))?;
     out.flush()?;
+    drop(out);
+    // For scripts and tests: one machine-readable line once every server
+    // serves (and is registered, with etcd), naming the ports it got.
+    let addrs = &system.addrs;
+    service_kit::ready::announce(
+        "quickorder",
+        &[
+            ("api", addrs.api),
+            ("coordinator-http", addrs.coordinator_http),
+            ("coordinator-grpc", addrs.coordinator_grpc),
+            ("order-srv", addrs.order_srv),
+            ("stock-srv", addrs.stock_srv),
+        ],
+    );
+    let out = std::io::stdout().lock();
     drop(out);
     system.run_until_stopped(shutdown).await?;
     println!("quickorder stopped cleanly");

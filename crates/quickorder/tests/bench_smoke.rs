@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use test_support::{GuardedProcess, MariaDb, free_port, wait_for_port};
+use test_support::{GuardedProcess, MariaDb, SystemSlot};
 
 /// `target/<profile>/quickorder`, built by cargo for this test.
 fn quickorder() -> PathBuf {
@@ -32,10 +32,19 @@ fn mariadb() -> &'static MariaDb {
     SERVER.get_or_init(MariaDb::start)
 }
 
-/// One bench at a time: two cores, and one server whose counters each run reads.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+/// One bench at a time in this binary (one server whose counters each run
+/// reads), and a system slot shared with every other whole-system test.
+struct Turn {
+    /// Taken second, released first.
+    _slot: SystemSlot,
+    /// Taken first: threads queue here, never while holding a slot.
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+fn one_at_a_time() -> Turn {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    let lock = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Turn { _slot: test_support::system_slot(), _lock: lock }
 }
 
 /// Runs `quickorder bench <args> …` briefly; returns the JSON report.
@@ -43,12 +52,17 @@ fn bench(args: &[&str]) -> Value {
     build_services();
     let server = mariadb().url();
     let _turn = one_at_a_time();
+    bench_in_turn(&server, args)
+}
+
+/// [`bench`] for a caller that already holds its [`Turn`].
+fn bench_in_turn(server: &str, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let output = Command::new(quickorder())
         .arg("bench")
         .args(args)
-        .args(["--clients", "2", "--warmup", "300ms", "--quiet", "--mysql", &server])
+        .args(["--clients", "2", "--warmup", "300ms", "--quiet", "--mysql", server])
         .arg("--json")
         .arg(&json)
         .env_remove("RUST_LOG")
@@ -142,24 +156,27 @@ fn peer_mode_on_a_store_with_history() {
 #[test]
 fn peer_mode_against_a_given_url() {
     build_services();
+    let server = mariadb().url();
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");
     let coordinator = quickorder().with_file_name("coordinator");
-    let (http, grpc) = (free_port(), free_port());
     let args: Vec<String> = vec![
         "LISTEN_HOST=127.0.0.1".into(),
-        format!("HTTP_PORT={http}"),
-        format!("GRPC_PORT={grpc}"),
+        "HTTP_PORT=0".into(),
+        "GRPC_PORT=0".into(),
         "STORE_DRIVER=sqlite".into(),
         format!("STORE_DB={}", dir.path().join("coordinator.db").display()),
         "LOG_LEVEL=warn".into(),
         coordinator.display().to_string(),
     ];
     let process = GuardedProcess::spawn("env", &args, &dir.path().join("coordinator.log"), None);
-    assert!(wait_for_port(http, Duration::from_secs(30)), "the SQLite coordinator did not start");
-    let url = format!("http://127.0.0.1:{http}/api/dtmsvr");
+    let http = process.wait_ready("coordinator", Duration::from_secs(60)).addr("http");
+    let url = format!("http://{http}/api/dtmsvr");
     let pid = process.pid().to_string();
-    let report =
-        bench(&["peer", "--dtm", &url, "--peer-pid", &pid, "--peer-name", "sqlite", "--duration", "2s"]);
+    let report = bench_in_turn(
+        &server,
+        &["peer", "--dtm", &url, "--peer-pid", &pid, "--peer-name", "sqlite", "--duration", "2s"],
+    );
     assert_eq!(report["label"], "peer sqlite");
     let sagas = report["sagas"].as_u64().unwrap_or(0);
     assert!(sagas > 0 && report["error_count"] == 0, "{report:#}");

@@ -45,6 +45,8 @@ fn run_chaos(seed: u64) {
     // One run at a time (see the module docs).
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // And a whole-system slot, shared with every other test binary.
+    let _slot = test_support::system_slot();
     build_services();
     let dir = tempfile::Builder::new().prefix(&format!("chaos-seed{seed}-")).tempdir().expect("temp dir");
     let output = Command::new(quickorder())

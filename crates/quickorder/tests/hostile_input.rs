@@ -22,15 +22,18 @@ struct Harness {
     system: System,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// A whole system runs: at most a few at once.
+    _slot: test_support::SystemSlot,
 }
 
 impl Harness {
     async fn start() -> Harness {
+        let slot = test_support::system_slot();
         let dir = tempfile::tempdir().expect("temp dir");
         let options = Options { ports: Ports::ANY, ..Options::sqlite(dir.path()) };
         let system = System::start(&options).await.expect("embedded system starts");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-        Harness { system, http, _dir: dir }
+        Harness { system, http, _dir: dir, _slot: slot }
     }
 
     fn api(&self, path: &str) -> String {

@@ -2,7 +2,6 @@
 //! folder, orders over HTTP, rows checked in the SQLite files, SIGTERM, and
 //! a second start that keeps (or, with `--reset`, drops) the data.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -11,37 +10,42 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
-use test_support::{free_port, wait_for_port};
+use test_support::{StdoutWatch, SystemSlot};
 
 /// A running `quickorder up`, killed if the test fails half-way.
 struct Up {
     child: Option<Child>,
+    /// Its stdout, read as it comes.
+    stdout: Option<StdoutWatch>,
     api: u16,
 }
 
 impl Up {
+    /// Starts `quickorder up` with every port 0 and waits for its readiness
+    /// line, which names the ports it got.
     fn start(data: &Path, extra: &[&str]) -> Up {
-        let api = free_port();
-        let ports = [
-            ("--api-port", api),
-            ("--coordinator-http-port", free_port()),
-            ("--coordinator-grpc-port", free_port()),
-            ("--order-port", free_port()),
-            ("--stock-port", free_port()),
-        ];
         let mut command = Command::new(env!("CARGO_BIN_EXE_quickorder"));
         command.arg("up").arg("--data-dir").arg(data).args(extra);
-        for (flag, port) in ports {
-            command.arg(flag).arg(port.to_string());
+        for flag in [
+            "--api-port",
+            "--coordinator-http-port",
+            "--coordinator-grpc-port",
+            "--order-port",
+            "--stock-port",
+        ] {
+            command.arg(flag).arg("0");
         }
-        let child = command
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start quickorder up");
-        let up = Up { child: Some(child), api };
-        assert!(wait_for_port(api, Duration::from_secs(60)), "order-api never listened");
+        let stdout = StdoutWatch::new(child.stdout.take().expect("piped"), "quickorder", child.id());
+        let mut up = Up { child: Some(child), stdout: None, api: 0 };
+        let ready = stdout.wait_ready(Duration::from_secs(60)).unwrap_or_else(|err| panic!("{err}"));
+        up.api = ready.port("api");
+        up.stdout = Some(stdout);
         up
     }
 
@@ -61,8 +65,7 @@ impl Up {
             assert!(Instant::now() < deadline, "quickorder did not exit after {signal}");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut out = String::new();
-        child.stdout.take().expect("piped").read_to_string(&mut out).expect("read stdout");
+        let out = self.stdout.take().expect("watched").finish();
         (status, out)
     }
 }
@@ -117,6 +120,7 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
+    let _slot: SystemSlot = test_support::system_slot();
     let (_dir, data) = data_dir();
 
     let up = Up::start(&data, &[]);

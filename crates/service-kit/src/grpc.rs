@@ -9,14 +9,22 @@
 //!    reported SERVING by the standard `grpc.health.v1.Health` service;
 //!    reflection (for `grpcurl`) is added when the settings ask for it;
 //! 3. [`GrpcServer::run_until_stopped`] starts serving, registers in etcd
-//!    (`<Key>/<lease id>` → `ip:port`) when configured, and waits for the
-//!    shutdown future. Then it stops in go-zero's order:
+//!    (`<Key>/<lease id>` → `ip:port`) when configured, and only then
+//!    reports the business services SERVING in health and calls the
+//!    [`GrpcServer::on_ready`] hook (the binaries print their
+//!    [readiness line](crate::ready) there). It then waits for the
+//!    shutdown future, and stops in go-zero's order:
 //!    * **deregister** (revoke the lease: the key vanishes, clients' watchers
 //!      drop this address) and report NOT_SERVING;
 //!    * wait a short grace period (go-zero's `WrapUpTime`, 1 s) so callers
 //!      really stop picking this instance;
 //!    * **drain**: stop accepting, let running calls finish, and give up
 //!      after the drain timeout (go-zero force-exits after 5.5 s).
+//!
+//! A service adds its business services only after its tables exist (see
+//! [`crate::service::build_branch_server`]), so a connection the kernel
+//! accepts on the bound listener before serving starts waits for a server
+//! that can answer it, never for one whose tables are missing.
 //!
 //! Draining first and deregistering second would be wrong: for the whole
 //! drain, etcd would still advertise an instance that refuses connections.
@@ -38,6 +46,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::RpcServerConf;
+use crate::ready::OnReady;
 
 /// How a gRPC server behaves; built from the config or by hand.
 #[derive(Debug, Clone)]
@@ -127,6 +136,8 @@ pub struct GrpcServer {
     services: Vec<&'static str>,
     /// Where to register, if anywhere.
     etcd: Option<EtcdConf>,
+    /// Called once serving and registered.
+    on_ready: Option<OnReady>,
 }
 
 impl GrpcServer {
@@ -140,6 +151,9 @@ impl GrpcServer {
         let advertise = format!("{host}:{}", local_addr.port());
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        // The overall status starts SERVING in tonic-health; a probe must
+        // not hear that before the server is registered and ready.
+        health.set_service_status("", ServingStatus::NotServing).await;
         let mut routes = Routes::new(health_service);
         if settings.reflection {
             let reflection = tonic_reflection::server::Builder::configure()
@@ -158,6 +172,7 @@ impl GrpcServer {
             health,
             services: Vec::new(),
             etcd: None,
+            on_ready: None,
         })
     }
 
@@ -195,14 +210,28 @@ impl GrpcServer {
         self
     }
 
+    /// Calls `hook` once the server serves and is registered (if
+    /// configured): the moment it is ready for traffic.
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> GrpcServer {
+        self.on_ready = Some(Box::new(hook));
+        self
+    }
+
     /// Serves until `shutdown` resolves, then deregisters and drains (see
     /// the module docs). Returns early with an error if the registration
     /// fails at start-up or the transport fails.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let GrpcServer { listener, local_addr, advertise, settings, routes, health, services, etcd } = self;
-        for name in &services {
-            health.set_service_status(*name, ServingStatus::Serving).await;
-        }
+        let GrpcServer {
+            listener,
+            local_addr,
+            advertise,
+            settings,
+            routes,
+            health,
+            services,
+            etcd,
+            on_ready,
+        } = self;
 
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let server = Server::builder()
@@ -226,6 +255,13 @@ impl GrpcServer {
             },
             None => None,
         };
+        health.set_service_status("", ServingStatus::Serving).await;
+        for name in &services {
+            health.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        if let Some(hook) = on_ready {
+            hook();
+        }
 
         tokio::select! {
             () = shutdown => {}

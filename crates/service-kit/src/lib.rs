@@ -14,6 +14,7 @@
 //! | [`listener`] | `MaxConns` | a TCP listener that stops accepting at a connection limit |
 //! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
 //! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
+//! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
 //!
 //! A typical `main` (thin, as the team brief asks):
 //!
@@ -38,6 +39,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_branch;
 pub mod listener;
+pub mod ready;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,6 +1,11 @@
 //! The listeners of one demo service: gRPC always, dtm-style HTTP branches
 //! when `HttpListenOn` is configured.
 //!
+//! Start-up order: tables, then listeners, then serving and registration,
+//! then the [readiness line](crate::ready) (see [`build_branch_server`]).
+//! The HTTP branches start serving before the gRPC server registers, so
+//! the line is true for both.
+//!
 //! Shutdown order: the gRPC server deregisters from etcd and drains first
 //! (see [`crate::grpc`]); the HTTP branches keep serving meanwhile — the
 //! coordinator may still be delivering a compensation over HTTP — and are
@@ -44,6 +49,22 @@ impl ServiceServer {
         self.http.as_ref().map(HttpBranchServer::local_addr)
     }
 
+    /// Prints the [readiness line](crate::ready) of process `name` (with
+    /// the gRPC and, if served, HTTP addresses) once the service serves and
+    /// is registered. The binaries call this; embedded servers do not.
+    pub fn announce_ready(self, name: &'static str) -> ServiceServer {
+        let mut addrs = vec![("grpc", self.local_addr())];
+        addrs.extend(self.http_addr().map(|addr| ("http", addr)));
+        self.on_ready(move || crate::ready::announce(name, &addrs))
+    }
+
+    /// Calls `hook` once the service serves (HTTP branches included) and
+    /// is registered, if configured.
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> ServiceServer {
+        self.grpc = self.grpc.on_ready(hook);
+        self
+    }
+
     /// Serves both until `shutdown` resolves, then stops gRPC (deregister,
     /// drain) and then HTTP. Returns the first error of either.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -71,24 +92,29 @@ impl ServiceServer {
 }
 
 /// What one branch service (order-srv, stock-srv) adds on one database
-/// engine: its tonic service and its HTTP branch routes. Everything else —
-/// connecting the database, binding, registration, HTTP limits — is
-/// [`build_branch_server`], shared.
+/// engine: its tables, its tonic service and its HTTP branch routes.
+/// Everything else — connecting the database, binding, registration, HTTP
+/// limits, the readiness line — is [`build_branch_server`], shared.
 pub trait BranchParts<DB: sqlx::Database> {
-    /// Creates the service's tables if missing and adds its tonic service.
-    fn add_grpc(
-        server: GrpcServer,
-        pool: sqlx::Pool<DB>,
-        max_msg_size: usize,
-    ) -> impl Future<Output = Result<GrpcServer, sqlx::Error>>;
+    /// Creates the service's tables if missing. Runs before any listener is
+    /// bound: nothing can reach the service before its tables exist.
+    fn prepare(pool: &sqlx::Pool<DB>) -> impl Future<Output = Result<(), sqlx::Error>>;
+
+    /// Adds its tonic service.
+    fn add_grpc(server: GrpcServer, pool: sqlx::Pool<DB>, max_msg_size: usize) -> GrpcServer;
 
     /// The dtm-style HTTP branch routes (served when `HttpListenOn` is set).
     fn http_routes(pool: sqlx::Pool<DB>, timeout: std::time::Duration) -> axum::Router;
 }
 
-/// Builds a branch service from its configuration: database connected and
-/// its tables created, gRPC (and HTTP, if configured) bound — port 0
+/// Builds a branch service from its configuration, in the order that makes
+/// an open port mean a prepared service: database connected and its tables
+/// created *first*, then gRPC (and HTTP, if configured) bound — port 0
 /// allowed — and not yet serving.
+///
+/// Binding before the tables exist would let the kernel accept connections
+/// (a TCP probe, a harness polling the port, a first request) for a service
+/// that then answers "table doesn't exist".
 pub async fn build_branch_server<P>(config: &crate::RpcServerConf) -> Result<ServiceServer, crate::StartError>
 where
     P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
@@ -96,19 +122,24 @@ where
     let settings = crate::GrpcSettings::from_conf(config);
     let max_msg_size = settings.max_msg_size;
     let db = crate::BusinessDb::connect(&config.db, config.db_acquire_timeout()).await?;
+    match &db {
+        crate::BusinessDb::MySql(pool) => <P as BranchParts<sqlx::MySql>>::prepare(pool).await?,
+        crate::BusinessDb::Postgres(pool) => <P as BranchParts<sqlx::Postgres>>::prepare(pool).await?,
+        crate::BusinessDb::Sqlite(pool) => <P as BranchParts<sqlx::Sqlite>>::prepare(pool).await?,
+    }
     let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
     let timeout = config.call_timeout();
     let (grpc, routes) = match db {
         crate::BusinessDb::MySql(pool) => (
-            <P as BranchParts<sqlx::MySql>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::MySql>>::add_grpc(grpc, pool.clone(), max_msg_size),
             <P as BranchParts<sqlx::MySql>>::http_routes(pool, timeout),
         ),
         crate::BusinessDb::Postgres(pool) => (
-            <P as BranchParts<sqlx::Postgres>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::Postgres>>::add_grpc(grpc, pool.clone(), max_msg_size),
             <P as BranchParts<sqlx::Postgres>>::http_routes(pool, timeout),
         ),
         crate::BusinessDb::Sqlite(pool) => (
-            <P as BranchParts<sqlx::Sqlite>>::add_grpc(grpc, pool.clone(), max_msg_size).await?,
+            <P as BranchParts<sqlx::Sqlite>>::add_grpc(grpc, pool.clone(), max_msg_size),
             <P as BranchParts<sqlx::Sqlite>>::http_routes(pool, timeout),
         ),
     };

@@ -59,7 +59,7 @@ async fn sqlite_file_is_created_with_an_unqualified_barrier_table() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_a_precise_error_without_the_password() {
-    let port = test_support::free_port();
+    let port = test_support::closed_port();
     let err = BusinessDb::connect(&conf(&format!("root:hunter2@tcp(127.0.0.1:{port})/x")), TIMEOUT)
         .await
         .unwrap_err();

@@ -83,7 +83,7 @@ async fn registers_serves_health_and_deregisters_before_draining() {
 
 #[tokio::test]
 async fn unreachable_etcd_fails_start_up() {
-    let dead = format!("127.0.0.1:{}", test_support::free_port());
+    let dead = format!("127.0.0.1:{}", test_support::closed_port());
     let server = GrpcServer::bind("127.0.0.1:0", GrpcSettings::default())
         .await
         .unwrap()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::process::{GuardedProcess, find_binary, free_port, tail, wait_for_port};
+use crate::process::{GuardedProcess, PORT_ATTEMPTS, find_binary, free_port, lost_port_race, wait_listening};
 
 /// A private single-node etcd on random ports, or the cluster named by
 /// `TEST_ETCD_ENDPOINTS` (comma-separated `host:port`). With an external
@@ -44,16 +44,42 @@ impl Etcd {
             process: None,
             endpoints: vec![format!("127.0.0.1:{client_port}")],
         };
-        etcd.restart();
+        etcd.launch(true);
         etcd
     }
 
     /// Starts a stopped private server again, same ports and data.
     pub fn restart(&mut self) {
-        let dir = self.dir.as_ref().expect("restart needs a private etcd (Etcd::start_private)");
+        self.launch(false);
+    }
+
+    /// Starts etcd and waits until *it* listens on its client port. On the
+    /// first start (`may_move`) ports taken meanwhile by other processes
+    /// are replaced by new ones; a restart must keep its ports.
+    fn launch(&mut self, may_move: bool) {
+        assert!(self.dir.is_some(), "restart needs a private etcd (Etcd::start_private)");
         if let Some(mut old) = self.process.take() {
             old.kill();
         }
+        for _ in 0..PORT_ATTEMPTS {
+            let process = self.spawn();
+            if wait_listening(&process, self.client_port, Duration::from_secs(30)) {
+                self.process = Some(process);
+                return;
+            }
+            if may_move && lost_port_race(&process) {
+                self.client_port = free_port();
+                self.peer_port = free_port();
+                self.endpoints = vec![format!("127.0.0.1:{}", self.client_port)];
+                continue;
+            }
+            panic!("etcd did not start on port {}:\n{}", self.client_port, process.log_tail());
+        }
+        panic!("etcd lost its ports to other processes {PORT_ATTEMPTS} times in a row");
+    }
+
+    fn spawn(&self) -> GuardedProcess {
+        let dir = self.dir.as_ref().expect("a private etcd");
         let etcd = find_binary("etcd", &[], "etcd-server");
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
@@ -68,11 +94,7 @@ impl Etcd {
             "--log-level=warn".to_string(),
         ];
         let log = dir.path().join("etcd.log");
-        let process = GuardedProcess::spawn(&etcd, &args, &log, None);
-        if !wait_for_port(self.client_port, Duration::from_secs(30)) {
-            panic!("etcd did not start on port {}:\n{}", self.client_port, tail(&log));
-        }
-        self.process = Some(process);
+        GuardedProcess::spawn(&etcd, &args, &log, None)
     }
 
     /// SIGKILLs a private server; [`Etcd::restart`] brings it back.

@@ -18,6 +18,12 @@
 //! A missing server binary fails the test with a message naming the Debian
 //! package to install. Nothing is ever skipped silently.
 //!
+//! Whole-system tests take a [`SystemSlot`] first ([`system_slot`]): at
+//! most `QUICKORDER_TEST_SYSTEMS` (default 2) of them run at once, across
+//! threads and test binaries. The workspace's own binaries are waited for
+//! through their readiness line ([`GuardedProcess::wait_ready`]), never
+//! through an open port.
+//!
 //! Servers started here die with the test process: each runs under a small
 //! `sh` guard that kills it as soon as its stdin (a pipe held by the test
 //! process) closes, whichever way the test process ends.
@@ -28,6 +34,7 @@ mod etcd;
 mod mariadb;
 mod postgres;
 mod process;
+mod slots;
 
 pub use binaries::{SERVICE_PACKAGES, service_binaries};
 pub use database::{
@@ -36,7 +43,11 @@ pub use database::{
 pub use etcd::Etcd;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
-pub use process::{GuardedProcess, free_port, wait_for_port};
+pub use process::{
+    GuardedProcess, ReadyLine, StdoutWatch, closed_port, free_port, listening_ports, listens_on, log_len,
+    pid_alive, wait_for_port, wait_ready_line,
+};
+pub use slots::{DEFAULT_SYSTEMS, SYSTEMS_VAR, SystemSlot, system_slot, system_slots};
 
 /// Installs a tracing subscriber once, printing only when `TEST_LOG` is set
 /// (e.g. `TEST_LOG=debug cargo test`), so test output stays quiet by default.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::process::{GuardedProcess, find_binary, free_port, tail, wait_for_port};
+use crate::process::{GuardedProcess, PORT_ATTEMPTS, find_binary, free_port, lost_port_race, wait_listening};
 
 /// A private `mariadbd` on a random port, with its data in a temp directory.
 ///
@@ -46,15 +46,38 @@ impl MariaDb {
             String::from_utf8_lossy(&output.stderr)
         );
         let mut server = MariaDb { dir, port: free_port(), process: None };
-        server.restart();
+        server.launch(true);
         server
     }
 
     /// Starts (again) a stopped server on the same port and data.
     pub fn restart(&mut self) {
+        self.launch(false);
+    }
+
+    /// Starts the server and waits until *it* listens on its port. On the
+    /// first start (`may_move`) a port taken meanwhile by another process
+    /// is replaced by a new one; a restart must keep its port.
+    fn launch(&mut self, may_move: bool) {
         if let Some(mut old) = self.process.take() {
             old.kill();
         }
+        for _ in 0..PORT_ATTEMPTS {
+            let process = self.spawn();
+            if wait_listening(&process, self.port, Duration::from_secs(60)) {
+                self.process = Some(process);
+                return;
+            }
+            if may_move && lost_port_race(&process) {
+                self.port = free_port();
+                continue;
+            }
+            panic!("mariadbd did not start on port {}:\n{}", self.port, process.log_tail());
+        }
+        panic!("mariadbd lost its port to other processes {PORT_ATTEMPTS} times in a row");
+    }
+
+    fn spawn(&self) -> GuardedProcess {
         let mariadbd = find_binary("mariadbd", &["/usr/sbin"], "mariadb-server");
         let log = self.log_path();
         let args = vec![
@@ -73,11 +96,7 @@ impl MariaDb {
             "--character-set-server=utf8mb4".to_string(),
             "--collation-server=utf8mb4_general_ci".to_string(),
         ];
-        let process = GuardedProcess::spawn(&mariadbd, &args, &log, None);
-        if !wait_for_port(self.port, Duration::from_secs(60)) {
-            panic!("mariadbd did not start on port {}:\n{}", self.port, tail(&log));
-        }
-        self.process = Some(process);
+        GuardedProcess::spawn(&mariadbd, &args, &log, None)
     }
 
     /// SIGKILLs the server (data stays, [`MariaDb::restart`] brings it back).

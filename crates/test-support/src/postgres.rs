@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::process::{GuardedProcess, find_binary, free_port, tail, wait_for_port};
+use crate::process::{GuardedProcess, PORT_ATTEMPTS, find_binary, free_port, lost_port_race};
 
 /// A private `postgres` on a random port with trust authentication.
 ///
@@ -49,30 +49,39 @@ impl Postgres {
             .output()
             .expect("run initdb");
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        let port = free_port();
         let log = dir.path().join("postgres.log");
-        let args = vec![
-            "-D".to_string(),
-            data.display().to_string(),
-            "-p".to_string(),
-            port.to_string(),
-            "-k".to_string(),
-            dir.path().display().to_string(),
-            "-c".to_string(),
-            "listen_addresses=127.0.0.1".to_string(),
-            "-c".to_string(),
-            "max_connections=500".to_string(),
-        ];
-        let process = GuardedProcess::spawn(&postgres, &args, &log, run_as);
-        if !wait_for_port(port, Duration::from_secs(60)) {
-            panic!("postgres did not start on port {port}:\n{}", tail(&log));
-        }
-        // The port opens before the server accepts sessions: until recovery
-        // ends, connections fail with "the database system is starting up".
         let pg_isready = find_binary("pg_isready", DIRS, "postgresql");
-        if !wait_until_ready(&pg_isready, port, Duration::from_secs(60)) {
-            panic!("postgres on port {port} never became ready:\n{}", tail(&log));
+        let mut found = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            let args = vec![
+                "-D".to_string(),
+                data.display().to_string(),
+                "-p".to_string(),
+                port.to_string(),
+                "-k".to_string(),
+                dir.path().display().to_string(),
+                "-c".to_string(),
+                "listen_addresses=127.0.0.1".to_string(),
+                "-c".to_string(),
+                "max_connections=500".to_string(),
+            ];
+            let process = GuardedProcess::spawn(&postgres, &args, &log, run_as);
+            // Its own log says when *it* accepts sessions (the port opens
+            // earlier, and may be another process's); pg_isready confirms.
+            if process.wait_logged("ready to accept connections", Duration::from_secs(60))
+                && wait_until_ready(&pg_isready, port, Duration::from_secs(60))
+            {
+                found = Some((port, process));
+                break;
+            }
+            if lost_port_race(&process) || process.has_logged("could not create any TCP/IP sockets") {
+                continue;
+            }
+            panic!("postgres did not start on port {port}:\n{}", process.log_tail());
         }
+        let (port, process) = found
+            .unwrap_or_else(|| panic!("postgres lost its port to other processes {PORT_ATTEMPTS} times"));
         Postgres { _dir: dir, port, _process: process }
     }
 

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 
 use sqlx::Connection;
 use test_support::{Backend, Etcd, MariaDb};
@@ -118,4 +119,53 @@ fn post(endpoint: &str, path: &str, body: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+#[test]
+fn a_readiness_line_is_parsed_and_log_lines_are_not() {
+    let line = "ready order-srv pid=4242 grpc=127.0.0.1:40123 http=127.0.0.1:40124";
+    let ready = test_support::ReadyLine::parse(line).expect("a readiness line");
+    assert_eq!((ready.name.as_str(), ready.pid), ("order-srv", 4242));
+    assert_eq!((ready.port("grpc"), ready.port("http")), (40123, 40124));
+    for other in [
+        "2026-12-03T09:00:00Z INFO ready line=ready order-srv pid=1 grpc=127.0.0.1:1",
+        "ready order-srv",
+        "ready order-srv pid=x grpc=127.0.0.1:1",
+        "ready order-srv pid=1 grpc=nowhere",
+    ] {
+        assert_eq!(test_support::ReadyLine::parse(other), None, "{other}");
+    }
+}
+
+#[test]
+fn a_child_is_ready_only_when_it_says_so_and_its_pid_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("child.log");
+    // An earlier process's line in the same log must not count.
+    std::fs::write(&log, "ready fake pid=1 http=127.0.0.1:9\n").unwrap();
+    let script = "sleep 0.3; echo \"ready fake pid=$$ http=127.0.0.1:4321\"; sleep 30".to_string();
+    let process = test_support::GuardedProcess::spawn("sh", &["-c".into(), script], &log, None);
+    let started = std::time::Instant::now();
+    let ready = process.wait_ready("fake", Duration::from_secs(10));
+    assert!(started.elapsed() >= Duration::from_millis(250), "the old line was taken for readiness");
+    assert_eq!((ready.pid, ready.port("http")), (process.pid(), 4321));
+
+    let quitter =
+        test_support::GuardedProcess::spawn("sh", &["-c".into(), "echo bye; exit 3".into()], &log, None);
+    let err = quitter.try_wait_ready("fake", Duration::from_secs(10)).unwrap_err();
+    assert!(err.contains("exited before it was ready") && err.contains("bye"), "{err}");
+}
+
+#[test]
+fn a_listener_is_seen_owned_by_its_process_and_a_closed_port_refuses() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(test_support::listens_on(std::process::id(), port));
+    assert!(!test_support::listens_on(1, port), "pid 1 does not own our listener");
+    drop(listener);
+    assert!(!test_support::listens_on(std::process::id(), port));
+
+    let closed = test_support::closed_port();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", closed)).is_err());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", closed)).is_err(), "nobody else can take it");
 }

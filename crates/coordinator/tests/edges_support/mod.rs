@@ -310,15 +310,15 @@ pub struct CoordinatorProcess {
 }
 
 impl CoordinatorProcess {
-    /// Writes `yaml` (which must not set the ports) to `dir`, picks free
-    /// ports and starts the binary with `-f`; waits until HTTP accepts.
+    /// Writes `yaml` (which must not set the ports) to `dir` and starts
+    /// the binary with `-f` on ports 0; waits for its readiness line, which
+    /// tells the ports it got.
     pub fn start(dir: &Path, name: &str, yaml: &str) -> CoordinatorProcess {
-        let http_port = test_support::free_port();
-        let grpc_port = test_support::free_port();
-        CoordinatorProcess::start_on(dir, name, yaml, http_port, grpc_port)
+        CoordinatorProcess::start_on(dir, name, yaml, 0, 0)
     }
 
-    /// Like [`CoordinatorProcess::start`] with given ports (a restart keeps them).
+    /// Like [`CoordinatorProcess::start`] with given ports (a restart keeps
+    /// them); the readiness line must show exactly those.
     pub fn start_on(
         dir: &Path,
         name: &str,
@@ -330,6 +330,7 @@ impl CoordinatorProcess {
         let full = format!("ListenHost: 127.0.0.1\nHttpPort: {http_port}\nGrpcPort: {grpc_port}\n{yaml}");
         std::fs::write(&config_path, full).expect("write config");
         let log = dir.join(format!("{name}.log"));
+        let log_start = test_support::log_len(&log);
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
             .arg("-f")
@@ -340,12 +341,19 @@ impl CoordinatorProcess {
             .stderr(log_file)
             .spawn()
             .expect("spawn coordinator");
-        let mut process = CoordinatorProcess { child: Some(child), http_port, grpc_port, log, config_path };
-        if !test_support::wait_for_port(http_port, Duration::from_secs(30)) {
-            let status = process.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            panic!("coordinator did not start (exit: {status:?}):\n{}", process.log_tail());
+        let ready = test_support::wait_ready_line(
+            &log,
+            log_start,
+            "coordinator",
+            child.id(),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        let (http, grpc) = (ready.port("http"), ready.port("grpc"));
+        if http_port != 0 || grpc_port != 0 {
+            assert_eq!((http, grpc), (http_port, grpc_port), "the coordinator did not keep its ports");
         }
-        process
+        CoordinatorProcess { child: Some(child), http_port: http, grpc_port: grpc, log, config_path }
     }
 
     /// `http://127.0.0.1:<http port>`.

@@ -6,6 +6,12 @@
 //! Each test gets its own etcd, coordinator (SQLite store in a temp dir)
 //! and services; the MariaDB server is shared by the tests of one binary,
 //! each test on its own two databases.
+//!
+//! Every process is started on port 0 and waited for through its readiness
+//! line (`ready <name> pid=… grpc=…`), which also tells the port it got —
+//! never by polling a port picked in advance, which another test's process
+//! may hold. A process restarted later gets the port it had. A system takes
+//! a [`SystemSlot`] first, so only a few run at once on the machine.
 
 #![allow(dead_code)] // each e2e_*.rs uses a different part
 
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
-use test_support::{Etcd, GuardedProcess, MariaDb, free_port, wait_for_port};
+use test_support::{Etcd, GuardedProcess, MariaDb, ReadyLine, SystemSlot};
 
 /// Where the workspace lives (for `etc/` and `cargo build`).
 pub fn workspace() -> PathBuf {
@@ -40,10 +46,12 @@ pub fn mariadb() -> &'static MariaDb {
 pub struct Proc {
     /// The process (killed when dropped).
     pub process: GuardedProcess,
-    /// Its main port.
+    /// Its main port (gRPC; HTTP for order-api).
     pub port: u16,
     /// Its log file.
     pub log: PathBuf,
+    /// Its readiness line: every address it serves on.
+    pub ready: ReadyLine,
 }
 
 impl Proc {
@@ -97,8 +105,28 @@ fn spawn(binary: &Path, args: &[&str], env: &[(String, String)], log: &Path) -> 
     GuardedProcess::spawn("env", &argv, log, None)
 }
 
+/// How long a process may take from spawn to its readiness line (a busy
+/// two-core machine builds a MariaDB schema slowly).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Spawns `binary` and waits for its readiness line as `name`.
+fn start(
+    name: &str,
+    binary: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: PathBuf,
+    main: &str,
+) -> Proc {
+    let process = spawn(binary, args, env, &log);
+    let ready = process.wait_ready(name, READY_TIMEOUT);
+    Proc { process, port: ready.port(main), log, ready }
+}
+
 /// The system under test.
 pub struct System {
+    /// Held while the system exists: at most a few whole systems at once.
+    pub slot: SystemSlot,
     /// Temp dir for logs and the coordinator's SQLite file.
     pub dir: tempfile::TempDir,
     /// This test's etcd.
@@ -109,15 +137,17 @@ pub struct System {
     pub stock_db: String,
     /// The coordinator (gRPC port; HTTP port in `coordinator_http`).
     pub coordinator: Option<Proc>,
-    /// The coordinator's HTTP port.
+    /// The coordinator's HTTP port (0 until it first started).
     pub coordinator_http: u16,
+    /// The coordinator's gRPC port (0 until it first started).
+    pub coordinator_grpc: u16,
     /// order-srv, when running.
     pub order_srv: Option<Proc>,
     /// stock-srv instances.
     pub stock_srvs: Vec<Proc>,
     /// order-api.
     pub order_api: Option<Proc>,
-    /// Port reserved for order-srv (kept across restarts).
+    /// order-srv's port (0 until it first started; kept across restarts).
     pub order_srv_port: u16,
 }
 
@@ -125,6 +155,7 @@ impl System {
     /// etcd, databases and coordinator; no business services yet.
     pub fn infrastructure() -> System {
         test_support::init_tracing();
+        let slot = test_support::system_slot();
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir().expect("temp dir");
         let etcd = Etcd::start_private();
         let server = mariadb().url();
@@ -133,16 +164,18 @@ impl System {
         let order_db = format!("{server}/dtm-gozero-order-{}", &suffix[..12]);
         let stock_db = format!("{server}/dtm-gozero-stock-{}", &suffix[..12]);
         let mut system = System {
+            slot,
             dir,
             etcd,
             order_db,
             stock_db,
             coordinator: None,
-            coordinator_http: free_port(),
+            coordinator_http: 0,
+            coordinator_grpc: 0,
             order_srv: None,
             stock_srvs: Vec::new(),
             order_api: None,
-            order_srv_port: free_port(),
+            order_srv_port: 0,
         };
         system.start_coordinator();
         system
@@ -162,10 +195,11 @@ impl System {
     }
 
     /// The coordinator from `etc/coordinator.yaml` (as docker-compose runs
-    /// it), with fast retries and etcd registration as `dtmservice`.
+    /// it), with fast retries and etcd registration as `dtmservice`. The
+    /// first start picks its ports (0: the end point it registers gets the
+    /// bound port); a restart keeps them.
     pub fn start_coordinator(&mut self) {
-        let grpc = free_port();
-        let http = self.coordinator_http;
+        let (http, grpc) = (self.coordinator_http, self.coordinator_grpc);
         let db = self.dir.path().join("coordinator.db");
         let env: Vec<(String, String)> = [
             ("LISTEN_HOST", "127.0.0.1".to_string()),
@@ -185,14 +219,9 @@ impl System {
         .collect();
         let log = self.dir.path().join("coordinator.log");
         let binary = binary("coordinator", "coordinator");
-        let process = spawn(&binary, &["-f", &Self::etc("coordinator.yaml")], &env, &log);
-        let proc = Proc { process, port: grpc, log };
-        assert!(
-            wait_for_port(grpc, Duration::from_secs(30)),
-            "coordinator did not start:\n{}",
-            proc.log_tail()
-        );
-        assert!(wait_for_port(http, Duration::from_secs(30)), "coordinator HTTP did not start");
+        let proc = start("coordinator", &binary, &["-f", &Self::etc("coordinator.yaml")], &env, log, "grpc");
+        self.coordinator_http = proc.ready.port("http");
+        self.coordinator_grpc = proc.ready.port("grpc");
         self.coordinator = Some(proc);
         self.wait_for_registration("dtmservice/", 1);
     }
@@ -217,7 +246,7 @@ impl System {
         path.display().to_string()
     }
 
-    /// order-srv from `etc/order-srv.yaml`, on its reserved port.
+    /// order-srv from `etc/order-srv.yaml`, on the port it had before.
     pub fn start_order_srv(&mut self) {
         self.start_order_srv_with("");
     }
@@ -230,13 +259,9 @@ impl System {
         env.push(("ORDER_DSN".into(), self.order_db.clone()));
         let log = self.dir.path().join("order-srv.log"); // appended to across restarts
         let binary = binary("order-srv", "order-srv");
-        let process = spawn(&binary, &["-f", &self.config_with("order-srv.yaml", extra)], &env, &log);
-        let proc = Proc { process, port, log };
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "order-srv did not start:\n{}",
-            proc.log_tail()
-        );
+        let config = self.config_with("order-srv.yaml", extra);
+        let proc = start("order-srv", &binary, &["-f", &config], &env, log, "grpc");
+        self.order_srv_port = proc.port;
         self.order_srv = Some(proc);
         self.wait_for_registration("order.rpc/", 1);
     }
@@ -248,19 +273,13 @@ impl System {
 
     /// A stock-srv instance with `extra` YAML appended to its etc file.
     pub fn start_stock_srv_with(&mut self, extra: &str) {
-        let port = free_port();
         let mut env = self.common_env();
-        env.push(("STOCK_SRV_LISTEN_ON".into(), format!("127.0.0.1:{port}")));
+        env.push(("STOCK_SRV_LISTEN_ON".into(), "127.0.0.1:0".into()));
         env.push(("STOCK_DSN".into(), self.stock_db.clone()));
-        let log = self.dir.path().join(format!("stock-srv-{port}.log"));
+        let log = self.dir.path().join(format!("stock-srv-{}.log", self.stock_srvs.len() + 1));
         let binary = binary("stock-srv", "stock-srv");
-        let process = spawn(&binary, &["-f", &self.config_with("stock-srv.yaml", extra)], &env, &log);
-        let proc = Proc { process, port, log };
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "stock-srv did not start:\n{}",
-            proc.log_tail()
-        );
+        let config = self.config_with("stock-srv.yaml", extra);
+        let proc = start("stock-srv", &binary, &["-f", &config], &env, log, "grpc");
         self.stock_srvs.push(proc);
         self.wait_for_registration("stock.rpc/", self.stock_srvs.len());
     }
@@ -277,10 +296,9 @@ impl System {
 
     /// order-api with `yaml` appended to its etc file and `extra` env overrides.
     pub fn start_order_api_configured(&mut self, yaml: &str, extra: &[(&str, &str)]) {
-        let port = free_port();
         let mut env = self.common_env();
         env.push(("ORDER_API_HOST".into(), "127.0.0.1".into()));
-        env.push(("ORDER_API_PORT".into(), port.to_string()));
+        env.push(("ORDER_API_PORT".into(), "0".into()));
         env.push(("DTM_SERVER".into(), format!("etcd://{}/dtmservice", self.etcd_hosts())));
         env.push((
             "DTM_HTTP_SERVER".into(),
@@ -289,14 +307,8 @@ impl System {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = self.dir.path().join("order-api.log");
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_order-api"));
-        let process = spawn(&binary, &["-f", &self.config_with("order-api.yaml", yaml)], &env, &log);
-        let proc = Proc { process, port, log };
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "order-api did not start:\n{}",
-            proc.log_tail()
-        );
-        self.order_api = Some(proc);
+        let config = self.config_with("order-api.yaml", yaml);
+        self.order_api = Some(start("order-api", &binary, &["-f", &config], &env, log, "http"));
     }
 
     /// `http://127.0.0.1:<order-api port>`.

@@ -15,6 +15,13 @@
 //! the numbers. That edit is done on the YAML text, top-level block by
 //! top-level block, and fails loudly if the file's shape ever changes.
 //!
+//! Every service is started on port 0 and waited for through its readiness
+//! line (`ready <name> pid=<pid> grpc=… http=…`, printed once it serves:
+//! tables created, listening, registered), which also names the ports it
+//! got. Polling a port picked in advance would let the bench start while a
+//! service is bound but not yet prepared, or talk to another process that
+//! took the port meanwhile.
+//!
 //! Every process runs under a small `sh` guard that holds a pipe to the
 //! bench: when the bench exits, however it exits, the pipe closes and the
 //! guard stops the server (SIGTERM, then SIGKILL after 5 s). Nothing
@@ -27,10 +34,10 @@
 //! `dtm_barrier` database only if it created it and left it empty.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use sqlx::ConnectOptions;
@@ -41,7 +48,7 @@ pub(super) const ORDER_SRV_YAML: &str = include_str!("../../../../etc/order-srv.
 pub(super) const STOCK_SRV_YAML: &str = include_str!("../../../../etc/stock-srv.yaml");
 pub(super) const ORDER_API_YAML: &str = include_str!("../../../../etc/order-api.yaml");
 
-/// How long a spawned server may take to accept connections.
+/// How long a spawned server may take to print its readiness line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The folder holding the service binaries.
@@ -90,6 +97,8 @@ pub struct Service {
     pub pid: u32,
     /// Where its stdout and stderr go.
     pub log: PathBuf,
+    /// The log's length before it started (a later run may append).
+    log_start: u64,
     /// The `sh` guard (taken by [`Service::stop`] to wait for it).
     guard: Option<Child>,
     /// The guard's stdin; closing it stops the server.
@@ -127,6 +136,7 @@ impl Service {
             command.env(key, value);
         }
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let log_start = test_support::log_len(&log);
         let mut guard = command.spawn().with_context(|| format!("cannot run sh to start {name}"))?;
         let stdin = guard.stdin.take();
         let mut stdout = guard.stdout.take().ok_or_else(|| anyhow!("no stdout from the guard of {name}"))?;
@@ -134,7 +144,7 @@ impl Service {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut stdout), &mut line)
             .with_context(|| format!("the guard of {name} printed no pid"))?;
         let pid = line.trim().parse().with_context(|| format!("the guard of {name} printed {line:?}"))?;
-        Ok(Service { name, pid, log, guard: Some(guard), stdin })
+        Ok(Service { name, pid, log, log_start, guard: Some(guard), stdin })
     }
 
     /// Running, and not a zombie.
@@ -152,31 +162,15 @@ impl Service {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Waits until `addr` accepts connections; fails early if the process
-    /// died, with its log.
-    async fn wait_ready(&self, addr: SocketAddr) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if !self.is_alive() {
-                bail!(
-                    "{} exited during start-up; its log ({}):\n{}",
-                    self.name,
-                    self.log.display(),
-                    self.log_tail()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not listen on {addr} within {START_TIMEOUT:?}; its log:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    /// Waits for its readiness line (it prints one once serving) and
+    /// returns it; fails early, with its log, if the process exits.
+    async fn wait_ready(&self) -> anyhow::Result<test_support::ReadyLine> {
+        let (log, start, name, pid) = (self.log.clone(), self.log_start, self.name, self.pid);
+        tokio::task::spawn_blocking(move || {
+            test_support::wait_ready_line(&log, start, name, pid, START_TIMEOUT)
+        })
+        .await?
+        .map_err(|err| anyhow!("{err}\n(its log: {})", self.log.display()))
     }
 
     /// Stops the server (SIGTERM, SIGKILL after 5 s) and waits for it.
@@ -204,13 +198,14 @@ impl Drop for Service {
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// The address labelled `label` in a readiness line.
+fn ready_addr(ready: &test_support::ReadyLine, label: &str) -> anyhow::Result<SocketAddr> {
+    ready
+        .addrs
+        .iter()
+        .find(|(l, _)| l == label)
+        .map(|(_, addr)| *addr)
+        .ok_or_else(|| anyhow!("{}'s readiness line has no {label}= address: {ready:?}", ready.name))
 }
 
 /// The MySQL/MariaDB server the bench uses, as given by `--mysql`.
@@ -528,17 +523,19 @@ impl Launcher {
     /// its tables).
     pub async fn coordinator(&self, server: &Server, store_db: &str) -> anyhow::Result<CoordinatorProcess> {
         let config = self.write_config("coordinator.yaml", COORDINATOR_YAML)?;
-        let (grpc, http) = (free_port()?, free_port()?);
         let mut env = vec![
             ("LISTEN_HOST".into(), "127.0.0.1".into()),
-            ("HTTP_PORT".into(), http.to_string()),
-            ("GRPC_PORT".into(), grpc.to_string()),
+            ("HTTP_PORT".into(), "0".into()),
+            ("GRPC_PORT".into(), "0".into()),
         ];
         env.extend(server.store_env(store_db));
         let service = self.spawn("coordinator", &config, env)?;
-        service.wait_ready(loopback(grpc)).await?;
-        service.wait_ready(loopback(http)).await?;
-        Ok(CoordinatorProcess { service, grpc: loopback(grpc), http: loopback(http) })
+        let ready = service.wait_ready().await?;
+        Ok(CoordinatorProcess {
+            grpc: ready_addr(&ready, "grpc")?,
+            http: ready_addr(&ready, "http")?,
+            service,
+        })
     }
 
     /// order-srv or stock-srv on its `etc/` file, without etcd, on database
@@ -559,10 +556,10 @@ impl Launcher {
         };
         let yaml = replace_block(yaml, "Etcd", "").with_context(|| format!("etc/{file}"))?;
         let config = self.write_config(file, &yaml)?;
-        let addr = loopback(free_port()?);
-        let env = vec![(listen.to_string(), addr.to_string()), (dsn.to_string(), db_url.to_string())];
+        let env =
+            vec![(listen.to_string(), "127.0.0.1:0".to_string()), (dsn.to_string(), db_url.to_string())];
         let service = self.spawn(name, &config, env)?;
-        service.wait_ready(addr).await?;
+        let addr = ready_addr(&service.wait_ready().await?, "grpc")?;
         Ok((service, addr))
     }
 
@@ -586,15 +583,14 @@ impl Launcher {
         })
         .context("etc/order-api.yaml")?;
         let config = self.write_config("order-api.yaml", &yaml)?;
-        let addr = loopback(free_port()?);
         let env = vec![
             ("ORDER_API_HOST".into(), "127.0.0.1".into()),
-            ("ORDER_API_PORT".into(), addr.port().to_string()),
+            ("ORDER_API_PORT".into(), "0".into()),
             ("DTM_SERVER".into(), dtm_grpc.to_string()),
             ("DTM_HTTP_SERVER".into(), dtm_http.to_string()),
         ];
         let service = self.spawn("order-api", &config, env)?;
-        service.wait_ready(addr).await?;
+        let addr = ready_addr(&service.wait_ready().await?, "http")?;
         Ok((service, addr))
     }
 }

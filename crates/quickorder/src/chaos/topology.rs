@@ -112,6 +112,15 @@ impl Kind {
         }
     }
 
+    /// The name in its readiness line, for the workspace's own binaries
+    /// (`None`: a third-party server, checked by socket ownership).
+    fn ready_name(self) -> Option<&'static str> {
+        match self {
+            Kind::MariaDb | Kind::Etcd => None,
+            other => Some(other.name()),
+        }
+    }
+
     /// How long a start may take before it counts as failed.
     fn start_timeout(self) -> Duration {
         match self {
@@ -154,16 +163,18 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts it and waits until its ports accept connections; a start that
-    /// exits early (its database or etcd unreachable at that moment) is
-    /// retried until the kind's start timeout.
+    /// Starts it and waits until *it* is ready: our binaries print their
+    /// readiness line (serving, registered), a third-party server must own
+    /// its listening port and accept there — an open port alone may belong
+    /// to another process. A start that exits early (its database or etcd
+    /// unreachable at that moment) is retried until the kind's start timeout.
     pub async fn start(&mut self) -> Result<(), ChaosError> {
         let timeout = self.kind.start_timeout();
         let deadline = Instant::now() + timeout;
         loop {
             self.spawn();
             loop {
-                if ports_open(&self.command.ports).await {
+                if self.ready().await {
                     return Ok(());
                 }
                 if !self.alive() || Instant::now() >= deadline {
@@ -181,6 +192,19 @@ impl Proc {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Whether the process just spawned is ready (see [`Proc::start`]).
+    async fn ready(&self) -> bool {
+        let Some(process) = &self.process else { return false };
+        match self.kind.ready_name() {
+            Some(name) => process.ready_line(name).is_some(),
+            None => {
+                let owns =
+                    self.command.ports.iter().all(|port| test_support::listens_on(process.pid(), *port));
+                owns && ports_open(&self.command.ports).await
+            }
         }
     }
 
