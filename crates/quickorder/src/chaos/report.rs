@@ -4,7 +4,7 @@
 //! The last lines are stable and meant for scripts and CI:
 //!
 //! ```text
-//! summary: seed=7 requests=1234 faults=14 sagas_succeed=820 sagas_failed=330 stuck=0 violations=0 quiescence_s=1.52 recovery_p99_s=2.31
+//! summary: seed=7 workload=quick-order requests=1234 fencing_sagas=0 faults=14 sagas_succeed=820 sagas_failed=330 stuck=0 violations=0 branch_violations=0 quiescence_s=1.52 recovery_p99_s=2.31
 //! RESULT: PASS
 //! ```
 
@@ -14,7 +14,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Workload;
 use super::checker::{Checked, Quiescence, Rule};
+use super::fencing::{DtmAnswer, Middle, SagaRecord};
 use super::schedule::{Fault, Injected};
 use super::traffic::{Answer, Record};
 
@@ -56,12 +58,18 @@ pub struct Report {
     pub ran_for: Duration,
     /// `--clients`.
     pub clients: usize,
+    /// `--workload`.
+    pub workload: Workload,
+    /// How far coordinator-2's clock ran ahead, as verified.
+    pub clock_skew: Option<Duration>,
     /// The run folder.
     pub run_dir: PathBuf,
     /// Each process's log.
     pub logs: Vec<PathBuf>,
-    /// Every request.
+    /// Every quick order.
     pub records: Vec<Record>,
+    /// Every fencing saga.
+    pub sagas: Vec<SagaRecord>,
     /// Every fault, by start time.
     pub injected: Vec<Injected>,
     /// Proxy counters.
@@ -72,6 +80,8 @@ pub struct Report {
     pub checked: Checked,
     /// Every request with its gid and final state ([`write_requests`]).
     pub requests_file: PathBuf,
+    /// Every fencing saga and its submits ([`write_sagas`]).
+    pub sagas_file: Option<PathBuf>,
     /// Per violating gid, its log lines from every process ([`write_traces`]).
     pub traces: Vec<PathBuf>,
 }
@@ -103,6 +113,46 @@ pub fn write_requests(
         );
     }
     std::fs::write(path, text)
+}
+
+/// Writes every fencing saga's submits as tab-separated lines: gid, the
+/// middle step, start and end (seconds from the start of traffic),
+/// coordinator, API, first submit or resubmit, answer, final state.
+pub fn write_sagas(
+    path: &Path,
+    sagas: &[SagaRecord],
+    states: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let mut text =
+        String::from("gid\tmiddle\tstarted_s\tfinished_s\tcoordinator\tapi\tkind\tanswer\tfinal_state\n");
+    for saga in sagas {
+        let state = states.get(&saga.gid).map_or("", String::as_str);
+        for s in &saga.submits {
+            let _ = writeln!(
+                text,
+                "{}\t{}\t{:.3}\t{:.3}\tcoordinator-{}\t{:?}\t{}\t{}\t{state}",
+                saga.gid,
+                middle_label(&saga.plan.middle),
+                s.at.as_secs_f64(),
+                s.finished.as_secs_f64(),
+                s.coordinator + 1,
+                s.api,
+                if s.resubmit { "resubmit" } else { "submit" },
+                match &s.answer {
+                    DtmAnswer::Other(text) => format!("other: {text}"),
+                    answer => answer.label().to_string(),
+                }
+            );
+        }
+    }
+    std::fs::write(path, text)
+}
+
+fn middle_label(middle: &Middle) -> String {
+    match middle {
+        Middle::Gate(gate) => format!("gate fail={} delay={}ms", gate.fail, gate.delay_ms),
+        Middle::Stock { num } => format!("stock-B {num}"),
+    }
 }
 
 /// For each gid (at most 20), every log line that names it, from every
@@ -161,6 +211,15 @@ impl Report {
                         r.started >= kill.at && matches!(r.answer, Answer::Http { status: 200 | 409, .. })
                     })
                     .map(|r| r.finished)
+                    .chain(
+                        self.sagas
+                            .iter()
+                            .flat_map(|saga| &saga.submits)
+                            .filter(|s| {
+                                s.at >= kill.at && matches!(s.answer, DtmAnswer::Succeed | DtmAnswer::Failed)
+                            })
+                            .map(|s| s.finished),
+                    )
                     .min()
                     .map(|done| done - kill.at),
             })
@@ -174,6 +233,14 @@ impl Report {
 
     fn count(&self, status: &str) -> usize {
         self.checked.sagas_by_status.get(status).copied().unwrap_or_default()
+    }
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::QuickOrder => "quick-order",
+        Workload::Fencing => "fencing",
+        Workload::Mixed => "mixed",
     }
 }
 
@@ -204,6 +271,14 @@ impl fmt::Display for Report {
             secs(self.ran_for),
             self.clients
         )?;
+        writeln!(f, "workload: {}", workload_name(self.workload))?;
+        if let Some(skew) = self.clock_skew {
+            writeln!(
+                f,
+                "clocks: coordinator-2's wall clock {} s ahead of coordinator-1's (libfaketime, checked in its log)",
+                skew.as_secs()
+            )?;
+        }
         writeln!(f, "run folder: {}", self.run_dir.display())?;
 
         // Requests.
@@ -221,6 +296,34 @@ impl fmt::Display for Report {
                 _ => "",
             };
             writeln!(f, "  {answer:<32} {n:>6}{meaning}")?;
+        }
+        if !self.sagas.is_empty() {
+            let submits: Vec<_> = self.sagas.iter().flat_map(|s| &s.submits).collect();
+            let resubmits = submits.iter().filter(|s| s.resubmit).count();
+            let gates = self.sagas.iter().filter(|s| matches!(s.plan.middle, Middle::Gate(_))).count();
+            let must_fail = self.sagas.iter().filter(|s| s.plan.must_fail()).count();
+            writeln!(
+                f,
+                "fencing sagas: {} ({} with the gate as middle step, {} with stock B; {} must fail), \
+                 {} submits of which {} resubmits in flight",
+                self.sagas.len(),
+                gates,
+                self.sagas.len() - gates,
+                must_fail,
+                submits.len(),
+                resubmits
+            )?;
+            let mut by_answer: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            for s in &submits {
+                let kind = if s.resubmit { "resubmit" } else { "submit" };
+                *by_answer.entry((kind, s.answer.label())).or_default() += 1;
+            }
+            for ((kind, answer), n) in &by_answer {
+                writeln!(f, "  {kind:<9} {answer:<23} {n:>6}")?;
+            }
+            if let Some(file) = &self.sagas_file {
+                writeln!(f, "  every submit, its answer and the final state: {}", file.display())?;
+            }
         }
         let statuses: Vec<String> =
             self.checked.sagas_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
@@ -335,13 +438,16 @@ impl fmt::Display for Report {
         let stuck = self.checked.violations.iter().filter(|v| v.rule == Rule::Final).count();
         writeln!(
             f,
-            "\nsummary: seed={} requests={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} quiescence_s={:.2} recovery_p99_s={p99}",
+            "\nsummary: seed={} workload={} requests={} fencing_sagas={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} branch_violations={} quiescence_s={:.2} recovery_p99_s={p99}",
             self.seed,
+            workload_name(self.workload),
             self.records.len(),
+            self.sagas.len(),
             self.injected.len(),
             self.count("succeed"),
             self.count("failed"),
             self.checked.violations.len(),
+            self.checked.violations.iter().filter(|v| v.rule == Rule::BranchEffects).count(),
             self.quiescence.took.as_secs_f64(),
         )?;
         writeln!(f, "RESULT: {}", if self.passed() { "PASS" } else { "FAIL" })

@@ -1,0 +1,370 @@
+//! The fencing workload: three-step sagas straight to the two coordinators,
+//! from clients that resubmit a saga while it is still running.
+//!
+//! Each saga, with `wait_result`:
+//!
+//! | step | action (compensation) | effect checked by |
+//! |---|---|---|
+//! | 01 | stock-srv `deduct` goods [`GOODS_A`] (`deductRollback`) | barrier rows, stock total |
+//! | 02 | the [`gate`](super::gate) (slow, FAILURE when the payload says so), or stock-srv `deduct` goods [`GOODS_B`], sometimes more than there is | barrier rows, `chaos_gate.gate` rows, stock total |
+//! | 03 | order-srv `create` goods [`GOODS_A`] (`createRollback`) | barrier rows, the order row of the gid |
+//!
+//! The failing step is the middle one, so a failed saga has an action
+//! before it to compensate (01) and one after it that must never take
+//! effect (03) — or, if it did, must be compensated too. Steps 01 and 03
+//! name `etcd://…` URLs, so the calls are balanced over the service
+//! instances and cross the fault proxies like order-api's.
+//!
+//! Hostile clients: for about half of the sagas the client submits the
+//! same body (same gid) again, with `wait_result`, 30 ms to half a second
+//! after the first submit — while the first pass is still waiting on the
+//! gate — usually to the other coordinator, sometimes a third time. Each
+//! submit picks the gRPC or the HTTP API at random. Everything is drawn
+//! from the seed; the gids are `fence-s<seed>-c<client>-<n>`.
+
+use std::time::Duration;
+
+use barrier::Gid;
+use dtm_client::{ClientError, DtmClient, Saga};
+use futures::future::join_all;
+use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
+use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ChaosError;
+use super::gate::{ACTION_PATH, COMPENSATE_PATH, GateReq};
+
+/// Deducted by step 01 and ordered by step 03: plenty, never runs out.
+pub const GOODS_A: i64 = 11;
+/// Deducted by step 02 when it is not the gate: runs out during a run.
+pub const GOODS_B: i64 = 12;
+/// The fencing workload's goods and their stock at the start.
+pub const GOODS: [(i64, i32); 2] = [(GOODS_A, 1_000_000), (GOODS_B, 300)];
+/// Share of sagas whose middle step is the gate (the rest: stock B).
+const GATE_SHARE: f64 = 0.65;
+/// Share of gate steps that answer FAILURE.
+const GATE_FAIL_SHARE: f64 = 0.5;
+/// Share of stock-B steps asking more than was ever in stock.
+const OVER_STOCK_SHARE: f64 = 0.3;
+/// Share of sagas submitted a second time while the first submit runs.
+const RESUBMIT_SHARE: f64 = 0.5;
+/// Share of those submitted a third time.
+const THIRD_SUBMIT_SHARE: f64 = 0.3;
+/// A client's deadline for one submit (a pass waits for every branch
+/// once; a paused coordinator never answers).
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Where the sagas go and what their branches are.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// Each coordinator's gRPC address (`127.0.0.1:P`).
+    pub grpc: Vec<String>,
+    /// Each coordinator's HTTP API (`http://127.0.0.1:P/api/dtmsvr`).
+    pub http: Vec<String>,
+    /// `etcd://127.0.0.1:P`: the services' discovery, for branch URLs.
+    pub etcd: String,
+    /// `http://127.0.0.1:P`: the gate (through its fault proxy).
+    pub gate: String,
+}
+
+/// The middle step of one saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Middle {
+    /// The slow gate branch.
+    Gate(GateReq),
+    /// stock-srv deducts `num` of [`GOODS_B`].
+    Stock {
+        /// Units.
+        num: i64,
+    },
+}
+
+/// What one saga asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SagaPlan {
+    /// The order's user.
+    pub user: i64,
+    /// Units of [`GOODS_A`] deducted (01) and ordered (03).
+    pub num: i64,
+    /// Step 02.
+    pub middle: Middle,
+}
+
+impl SagaPlan {
+    /// Whether the saga must end failed whatever happens (the gate says
+    /// FAILURE, or stock B never had that many).
+    pub fn must_fail(&self) -> bool {
+        match self.middle {
+            Middle::Gate(gate) => gate.fail,
+            Middle::Stock { num } => num > i64::from(GOODS[1].1),
+        }
+    }
+
+    /// The saga of this plan.
+    pub fn saga(&self, gid: Gid, targets: &Targets) -> Saga {
+        let etcd = &targets.etcd;
+        let stock = |path: &str| format!("{etcd}/stock.rpc{path}");
+        let order = |path: &str| format!("{etcd}/order.rpc{path}");
+        let saga = Saga::new(gid).add(
+            stock(DEDUCT_PATH),
+            stock(DEDUCT_ROLLBACK_PATH),
+            &DeductReq { goods_id: GOODS_A, num: self.num },
+        );
+        let saga = match self.middle {
+            Middle::Gate(req) => saga.add_raw(
+                format!("{}{ACTION_PATH}", targets.gate),
+                format!("{}{COMPENSATE_PATH}", targets.gate),
+                serde_json::to_vec(&req).unwrap_or_default(),
+            ),
+            Middle::Stock { num } => saga.add(
+                stock(DEDUCT_PATH),
+                stock(DEDUCT_ROLLBACK_PATH),
+                &DeductReq { goods_id: GOODS_B, num },
+            ),
+        };
+        saga.add(
+            order(CREATE_PATH),
+            order(CREATE_ROLLBACK_PATH),
+            &CreateReq { user_id: self.user, goods_id: GOODS_A, num: self.num },
+        )
+        .wait_result(true)
+    }
+
+    fn draw(rng: &mut StdRng) -> SagaPlan {
+        let user = rng.random_range(1..=10_000);
+        let num = rng.random_range(1..=3);
+        let middle = if rng.random_bool(GATE_SHARE) {
+            Middle::Gate(GateReq {
+                fail: rng.random_bool(GATE_FAIL_SHARE),
+                delay_ms: rng.random_range(150..450),
+            })
+        } else if rng.random_bool(OVER_STOCK_SHARE) {
+            Middle::Stock { num: rng.random_range(400..=500) }
+        } else {
+            Middle::Stock { num: rng.random_range(1..=3) }
+        };
+        SagaPlan { user, num, middle }
+    }
+}
+
+/// Which of a coordinator's APIs a submit used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `dtmgimp.Dtm/Submit`.
+    Grpc,
+    /// `POST /api/dtmsvr/submit`.
+    Http,
+}
+
+/// What a submit got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DtmAnswer {
+    /// SUCCESS: the saga succeeded.
+    Succeed,
+    /// FAILURE: the saga failed (or is rolling back).
+    Failed,
+    /// ONGOING: still going forward.
+    Ongoing,
+    /// No answer, or the coordinator unreachable: outcome unknown.
+    Unavailable,
+    /// Any other answer (a conflict, a storage error), with its text.
+    Other(String),
+}
+
+impl DtmAnswer {
+    fn of(result: Result<(), ClientError>) -> DtmAnswer {
+        match result {
+            Ok(()) => DtmAnswer::Succeed,
+            Err(ClientError::Failure(_)) => DtmAnswer::Failed,
+            Err(ClientError::Ongoing) => DtmAnswer::Ongoing,
+            Err(ClientError::Unavailable(_)) => DtmAnswer::Unavailable,
+            Err(err) => DtmAnswer::Other(err.to_string()),
+        }
+    }
+
+    /// `SUCCESS`, `FAILURE`, … for the report.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DtmAnswer::Succeed => "SUCCESS",
+            DtmAnswer::Failed => "FAILURE",
+            DtmAnswer::Ongoing => "ONGOING",
+            DtmAnswer::Unavailable => "unavailable",
+            DtmAnswer::Other(_) => "other error",
+        }
+    }
+}
+
+/// One submit of a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submit {
+    /// Sent at (from the start of traffic).
+    pub at: Duration,
+    /// Answered (or given up) at.
+    pub finished: Duration,
+    /// Which coordinator (0 or 1).
+    pub coordinator: usize,
+    /// Which API.
+    pub api: Api,
+    /// A resubmit of a saga already submitted.
+    pub resubmit: bool,
+    /// The answer.
+    pub answer: DtmAnswer,
+}
+
+/// One saga and every submit of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaRecord {
+    /// The gid.
+    pub gid: String,
+    /// The steps asked.
+    pub plan: SagaPlan,
+    /// Every submit, the first one first.
+    pub submits: Vec<Submit>,
+}
+
+/// The running fencing clients.
+pub struct FencingDriver {
+    stop: CancellationToken,
+    clients: Vec<JoinHandle<Vec<SagaRecord>>>,
+}
+
+impl FencingDriver {
+    /// Starts `clients` clients.
+    pub fn start(
+        targets: &Targets,
+        clients: usize,
+        seed: u64,
+        t0: Instant,
+    ) -> Result<FencingDriver, ChaosError> {
+        let stop = CancellationToken::new();
+        let channels = discovery::ChannelCache::new();
+        let mut dtm = Vec::new();
+        for (grpc, http) in targets.grpc.iter().zip(&targets.http) {
+            let client = |address: &str| {
+                DtmClient::with_timeout(address, channels.clone(), SUBMIT_TIMEOUT)
+                    .map_err(|e| ChaosError::Setup(format!("dtm client for {address}: {e}")))
+            };
+            dtm.push([client(grpc)?, client(http)?]);
+        }
+        if dtm.is_empty() {
+            return Err(ChaosError::Setup("the fencing workload needs a coordinator".into()));
+        }
+        let clients = (0..clients)
+            .map(|i| {
+                // Streams distinct from the quick-order clients' of the same seed.
+                let rng = StdRng::seed_from_u64(seed.wrapping_mul(2_000_003).wrapping_add(7919 + i as u64));
+                let client = Client { id: i, seed, dtm: dtm.clone(), targets: targets.clone(), t0 };
+                tokio::spawn(client.run(rng, stop.clone()))
+            })
+            .collect();
+        Ok(FencingDriver { stop, clients })
+    }
+
+    /// Stops the clients after their current saga; every record.
+    pub async fn stop(self) -> Vec<SagaRecord> {
+        self.stop.cancel();
+        let mut records = Vec::new();
+        for client in self.clients {
+            if let Ok(mine) = client.await {
+                records.extend(mine);
+            }
+        }
+        records.sort_by_key(|r| r.submits.first().map(|s| s.at));
+        records
+    }
+}
+
+struct Client {
+    id: usize,
+    seed: u64,
+    /// Per coordinator: [gRPC, HTTP].
+    dtm: Vec<[DtmClient; 2]>,
+    targets: Targets,
+    t0: Instant,
+}
+
+impl Client {
+    async fn run(self, mut rng: StdRng, stop: CancellationToken) -> Vec<SagaRecord> {
+        let mut records = Vec::new();
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            n += 1;
+            let gid = format!("fence-s{}-c{}-{n}", self.seed, self.id);
+            let Ok(valid) = Gid::new(gid.clone()) else { break };
+            let plan = SagaPlan::draw(&mut rng);
+            let saga = plan.saga(valid, &self.targets);
+            // Who gets which submit, and when: drawn before sending, so the
+            // plan of a seed does not depend on the answers.
+            let first = rng.random_range(0..self.dtm.len());
+            let mut sends = vec![(Duration::ZERO, first, self.api(&mut rng), false)];
+            if rng.random_bool(RESUBMIT_SHARE) {
+                let other = (first + 1) % self.dtm.len();
+                sends.push((
+                    Duration::from_millis(rng.random_range(30..500)),
+                    other,
+                    self.api(&mut rng),
+                    true,
+                ));
+                if rng.random_bool(THIRD_SUBMIT_SHARE) {
+                    let any = rng.random_range(0..self.dtm.len());
+                    sends.push((
+                        Duration::from_millis(rng.random_range(30..700)),
+                        any,
+                        self.api(&mut rng),
+                        true,
+                    ));
+                }
+            }
+            let t0 = self.t0;
+            let submits = join_all(sends.into_iter().map(|(delay, coordinator, api, resubmit)| {
+                let client = &self.dtm[coordinator][usize::from(api == Api::Http)];
+                let saga = &saga;
+                async move {
+                    tokio::time::sleep(delay).await;
+                    let at = t0.elapsed();
+                    let answer = DtmAnswer::of(client.submit(saga).await);
+                    Submit { at, finished: t0.elapsed(), coordinator, api, resubmit, answer }
+                }
+            }))
+            .await;
+            let settled = matches!(submits[0].answer, DtmAnswer::Succeed | DtmAnswer::Failed);
+            records.push(SagaRecord { gid, plan, submits });
+            if !settled {
+                // A real client backs off instead of spinning on a dead coordinator.
+                let pause = Duration::from_millis(rng.random_range(100..200));
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+        }
+        records
+    }
+
+    fn api(&self, rng: &mut StdRng) -> Api {
+        if rng.random_bool(0.5) { Api::Grpc } else { Api::Http }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_are_seeded_and_cover_every_middle_step() {
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200).map(|_| SagaPlan::draw(&mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        let plans = draw(7);
+        assert!(plans.iter().any(|p| matches!(p.middle, Middle::Gate(g) if g.fail)));
+        assert!(plans.iter().any(|p| matches!(p.middle, Middle::Gate(g) if !g.fail)));
+        assert!(plans.iter().any(|p| matches!(p.middle, Middle::Stock { .. }) && p.must_fail()));
+        assert!(plans.iter().any(|p| matches!(p.middle, Middle::Stock { .. }) && !p.must_fail()));
+    }
+}
