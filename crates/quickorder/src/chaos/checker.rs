@@ -867,6 +867,21 @@ pub fn check(
                     }
                 }
                 (DtmAnswer::Succeed | DtmAnswer::Failed, None) => {}
+                // "current status 'succeed', cannot submit": the status it
+                // names must be the final one when it is a final one.
+                (DtmAnswer::AlreadyIn(named), Some(s)) if named == "succeed" || named == "failed" => {
+                    out.count(Rule::HttpAgrees);
+                    if named != s {
+                        out.violate(
+                            Rule::HttpAgrees,
+                            Some(gid),
+                            format!(
+                                "{label} to coordinator-{} was refused as already {named}, final state {s}",
+                                submit.coordinator + 1
+                            ),
+                        );
+                    }
+                }
                 (_, resolved) => {
                     out.note_unknown(format!("dtm {answer} → {}", resolved.unwrap_or("never stored")), gid);
                 }
@@ -1103,7 +1118,6 @@ mod tests {
             at: Duration::ZERO,
             finished: Duration::ZERO,
             coordinator: usize::from(resubmit),
-            api: fencing::Api::Grpc,
             resubmit,
             answer: answer.clone(),
         };

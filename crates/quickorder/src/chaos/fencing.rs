@@ -18,9 +18,10 @@
 //! Hostile clients: for about half of the sagas the client submits the
 //! same body (same gid) again, with `wait_result`, 30 ms to half a second
 //! after the first submit — while the first pass is still waiting on the
-//! gate — usually to the other coordinator, sometimes a third time. Each
-//! submit picks the gRPC or the HTTP API at random. Everything is drawn
-//! from the seed; the gids are `fence-s<seed>-c<client>-<n>`.
+//! gate — usually to the other coordinator, sometimes a third time. The
+//! submits use the coordinators' gRPC API: steps 01 and 03 carry protobuf
+//! payloads, which dtm's HTTP API cannot (it takes JSON text). Everything
+//! is drawn from the seed; the gids are `fence-s<seed>-c<client>-<n>`.
 
 use std::time::Duration;
 
@@ -63,8 +64,6 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(12);
 pub struct Targets {
     /// Each coordinator's gRPC address (`127.0.0.1:P`).
     pub grpc: Vec<String>,
-    /// Each coordinator's HTTP API (`http://127.0.0.1:P/api/dtmsvr`).
-    pub http: Vec<String>,
     /// `etcd://127.0.0.1:P`: the services' discovery, for branch URLs.
     pub etcd: String,
     /// `http://127.0.0.1:P`: the gate (through its fault proxy).
@@ -151,15 +150,6 @@ impl SagaPlan {
     }
 }
 
-/// Which of a coordinator's APIs a submit used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// `dtmgimp.Dtm/Submit`.
-    Grpc,
-    /// `POST /api/dtmsvr/submit`.
-    Http,
-}
-
 /// What a submit got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DtmAnswer {
@@ -169,6 +159,10 @@ pub enum DtmAnswer {
     Failed,
     /// ONGOING: still going forward.
     Ongoing,
+    /// A resubmit refused because the saga is no longer `submitted`: dtm
+    /// answers FAILURE with "current status 'succeed', cannot submit",
+    /// which is not the saga's outcome. The status it names.
+    AlreadyIn(String),
     /// No answer, or the coordinator unreachable: outcome unknown.
     Unavailable,
     /// Any other answer (a conflict, a storage error), with its text.
@@ -179,7 +173,10 @@ impl DtmAnswer {
     fn of(result: Result<(), ClientError>) -> DtmAnswer {
         match result {
             Ok(()) => DtmAnswer::Succeed,
-            Err(ClientError::Failure(_)) => DtmAnswer::Failed,
+            Err(ClientError::Failure(message)) => match already_in(&message) {
+                Some(status) => DtmAnswer::AlreadyIn(status),
+                None => DtmAnswer::Failed,
+            },
             Err(ClientError::Ongoing) => DtmAnswer::Ongoing,
             Err(ClientError::Unavailable(_)) => DtmAnswer::Unavailable,
             Err(err) => DtmAnswer::Other(err.to_string()),
@@ -192,10 +189,18 @@ impl DtmAnswer {
             DtmAnswer::Succeed => "SUCCESS",
             DtmAnswer::Failed => "FAILURE",
             DtmAnswer::Ongoing => "ONGOING",
+            DtmAnswer::AlreadyIn(_) => "refused: already final",
             DtmAnswer::Unavailable => "unavailable",
             DtmAnswer::Other(_) => "other error",
         }
     }
+}
+
+/// The status in dtm's refusal "current status 'succeed', cannot submit".
+fn already_in(message: &str) -> Option<String> {
+    let rest = message.split("current status '").nth(1)?;
+    let (status, tail) = rest.split_once('\'')?;
+    tail.contains("cannot submit").then(|| status.to_string())
 }
 
 /// One submit of a saga.
@@ -207,8 +212,6 @@ pub struct Submit {
     pub finished: Duration,
     /// Which coordinator (0 or 1).
     pub coordinator: usize,
-    /// Which API.
-    pub api: Api,
     /// A resubmit of a saga already submitted.
     pub resubmit: bool,
     /// The answer.
@@ -243,12 +246,11 @@ impl FencingDriver {
         let stop = CancellationToken::new();
         let channels = discovery::ChannelCache::new();
         let mut dtm = Vec::new();
-        for (grpc, http) in targets.grpc.iter().zip(&targets.http) {
-            let client = |address: &str| {
+        for address in &targets.grpc {
+            dtm.push(
                 DtmClient::with_timeout(address, channels.clone(), SUBMIT_TIMEOUT)
-                    .map_err(|e| ChaosError::Setup(format!("dtm client for {address}: {e}")))
-            };
-            dtm.push([client(grpc)?, client(http)?]);
+                    .map_err(|e| ChaosError::Setup(format!("dtm client for {address}: {e}")))?,
+            );
         }
         if dtm.is_empty() {
             return Err(ChaosError::Setup("the fencing workload needs a coordinator".into()));
@@ -281,8 +283,8 @@ impl FencingDriver {
 struct Client {
     id: usize,
     seed: u64,
-    /// Per coordinator: [gRPC, HTTP].
-    dtm: Vec<[DtmClient; 2]>,
+    /// One per coordinator.
+    dtm: Vec<DtmClient>,
     targets: Targets,
     t0: Instant,
 }
@@ -300,34 +302,24 @@ impl Client {
             // Who gets which submit, and when: drawn before sending, so the
             // plan of a seed does not depend on the answers.
             let first = rng.random_range(0..self.dtm.len());
-            let mut sends = vec![(Duration::ZERO, first, self.api(&mut rng), false)];
+            let mut sends = vec![(Duration::ZERO, first, false)];
             if rng.random_bool(RESUBMIT_SHARE) {
                 let other = (first + 1) % self.dtm.len();
-                sends.push((
-                    Duration::from_millis(rng.random_range(30..500)),
-                    other,
-                    self.api(&mut rng),
-                    true,
-                ));
+                sends.push((Duration::from_millis(rng.random_range(30..500)), other, true));
                 if rng.random_bool(THIRD_SUBMIT_SHARE) {
                     let any = rng.random_range(0..self.dtm.len());
-                    sends.push((
-                        Duration::from_millis(rng.random_range(30..700)),
-                        any,
-                        self.api(&mut rng),
-                        true,
-                    ));
+                    sends.push((Duration::from_millis(rng.random_range(30..700)), any, true));
                 }
             }
             let t0 = self.t0;
-            let submits = join_all(sends.into_iter().map(|(delay, coordinator, api, resubmit)| {
-                let client = &self.dtm[coordinator][usize::from(api == Api::Http)];
+            let submits = join_all(sends.into_iter().map(|(delay, coordinator, resubmit)| {
+                let client = &self.dtm[coordinator];
                 let saga = &saga;
                 async move {
                     tokio::time::sleep(delay).await;
                     let at = t0.elapsed();
                     let answer = DtmAnswer::of(client.submit(saga).await);
-                    Submit { at, finished: t0.elapsed(), coordinator, api, resubmit, answer }
+                    Submit { at, finished: t0.elapsed(), coordinator, resubmit, answer }
                 }
             }))
             .await;
@@ -343,10 +335,6 @@ impl Client {
             }
         }
         records
-    }
-
-    fn api(&self, rng: &mut StdRng) -> Api {
-        if rng.random_bool(0.5) { Api::Grpc } else { Api::Http }
     }
 }
 
@@ -366,5 +354,13 @@ mod tests {
         assert!(plans.iter().any(|p| matches!(p.middle, Middle::Gate(g) if !g.fail)));
         assert!(plans.iter().any(|p| matches!(p.middle, Middle::Stock { .. }) && p.must_fail()));
         assert!(plans.iter().any(|p| matches!(p.middle, Middle::Stock { .. }) && !p.must_fail()));
+    }
+
+    #[test]
+    fn a_refused_resubmit_is_not_an_outcome() {
+        let answer = |m: &str| DtmAnswer::of(Err(ClientError::Failure(m.into())));
+        assert_eq!(answer("current status 'succeed', cannot submit"), DtmAnswer::AlreadyIn("succeed".into()));
+        assert_eq!(answer("the gate refuses this saga"), DtmAnswer::Failed);
+        assert_eq!(DtmAnswer::of(Ok(())), DtmAnswer::Succeed);
     }
 }

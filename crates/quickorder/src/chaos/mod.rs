@@ -269,11 +269,6 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
         Some((_, gate_port)) => {
             let targets = fencing::Targets {
                 grpc: topology.coordinator_grpc.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
-                http: topology
-                    .coordinator_http
-                    .iter()
-                    .map(|p| format!("http://127.0.0.1:{p}/api/dtmsvr"))
-                    .collect(),
                 etcd: format!("etcd://{}", topology.etcd_hosts),
                 gate: format!("http://127.0.0.1:{gate_port}"),
             };

@@ -117,29 +117,29 @@ pub fn write_requests(
 
 /// Writes every fencing saga's submits as tab-separated lines: gid, the
 /// middle step, start and end (seconds from the start of traffic),
-/// coordinator, API, first submit or resubmit, answer, final state.
+/// coordinator, first submit or resubmit, answer, final state.
 pub fn write_sagas(
     path: &Path,
     sagas: &[SagaRecord],
     states: &BTreeMap<String, String>,
 ) -> std::io::Result<()> {
     let mut text =
-        String::from("gid\tmiddle\tstarted_s\tfinished_s\tcoordinator\tapi\tkind\tanswer\tfinal_state\n");
+        String::from("gid\tmiddle\tstarted_s\tfinished_s\tcoordinator\tkind\tanswer\tfinal_state\n");
     for saga in sagas {
         let state = states.get(&saga.gid).map_or("", String::as_str);
         for s in &saga.submits {
             let _ = writeln!(
                 text,
-                "{}\t{}\t{:.3}\t{:.3}\tcoordinator-{}\t{:?}\t{}\t{}\t{state}",
+                "{}\t{}\t{:.3}\t{:.3}\tcoordinator-{}\t{}\t{}\t{state}",
                 saga.gid,
                 middle_label(&saga.plan.middle),
                 s.at.as_secs_f64(),
                 s.finished.as_secs_f64(),
                 s.coordinator + 1,
-                s.api,
                 if s.resubmit { "resubmit" } else { "submit" },
                 match &s.answer {
                     DtmAnswer::Other(text) => format!("other: {text}"),
+                    DtmAnswer::AlreadyIn(status) => format!("refused: already {status}"),
                     answer => answer.label().to_string(),
                 }
             );

@@ -269,8 +269,6 @@ pub struct Topology {
     pub api_port: u16,
     /// Each coordinator's gRPC port.
     pub coordinator_grpc: Vec<u16>,
-    /// Each coordinator's HTTP port.
-    pub coordinator_http: Vec<u16>,
     /// `127.0.0.1:P` of etcd.
     pub etcd_hosts: String,
     /// How far coordinator-2's wall clock is ahead, verified from its log.
@@ -346,7 +344,6 @@ impl Topology {
             mariadb_port: free_port(),
             api_port: free_port(),
             coordinator_grpc: Vec::new(),
-            coordinator_http: Vec::new(),
             etcd_hosts: String::new(),
             clock_skew: None,
         };
@@ -465,7 +462,6 @@ impl Topology {
                 _ => None,
             };
             topology.coordinator_grpc.push(grpc);
-            topology.coordinator_http.push(*http);
             let command = Command {
                 program: coordinator_bin.clone(),
                 args: vec!["-f".into(), config("coordinator.yaml")],
