@@ -107,11 +107,10 @@ impl Gate {
 
 const SUCCESS_BODY: &str = r#"{"dtm_result":"SUCCESS"}"#;
 
-fn parse(query: Option<&str>, body: &[u8]) -> Result<(BranchBarrier, GateReq), Response> {
+fn parse(query: Option<&str>, body: &[u8]) -> Result<(BranchBarrier, GateReq), (StatusCode, String)> {
     let barrier = BranchBarrier::from_query(query.unwrap_or_default())
-        .map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()).into_response())?;
-    let req = serde_json::from_slice(body)
-        .map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()).into_response())?;
+        .map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?;
+    let req = serde_json::from_slice(body).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?;
     Ok((barrier, req))
 }
 
@@ -125,7 +124,7 @@ fn reply<T>(result: Result<T, BranchError>) -> Response {
 async fn action(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let (mut barrier, req) = match parse(query.as_deref(), &body) {
         Ok(parsed) => parsed,
-        Err(bad) => return bad,
+        Err(bad) => return bad.into_response(),
     };
     // Slow before the barrier, so a concurrent pass of the same saga can
     // reach this step while the first one is still waiting here.
@@ -149,7 +148,7 @@ async fn action(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, b
 async fn compensate(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let (mut barrier, _req) = match parse(query.as_deref(), &body) {
         Ok(parsed) => parsed,
-        Err(bad) => return bad,
+        Err(bad) => return bad.into_response(),
     };
     let gid = barrier.gid().as_str().to_string();
     let result = barrier

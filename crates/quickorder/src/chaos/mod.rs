@@ -193,6 +193,12 @@ impl ChaosError {
 /// Runs the whole experiment; prints the report to stdout and progress to
 /// stderr. `Err(Violations)` when an invariant broke.
 pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
+    // The experiment's state machine is large (two drivers, the topology,
+    // both fault tracks): on the heap, not on the caller's stack.
+    Box::pin(experiment(args)).await
+}
+
+async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
     if args.clients == 0 {
         return Err(ChaosError::Setup("--clients must be at least 1".into()));
     }
