@@ -335,9 +335,13 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
             .map_err(|e| ChaosError::io(format!("writing {}", file.display()), e))?;
     }
     let traces_dir = run_dir.join("traces");
-    let traces =
-        report::write_traces(&traces_dir, checked.violations.iter().filter_map(|v| v.gid.as_deref()), &logs)
-            .map_err(|e| ChaosError::io(format!("writing {}", traces_dir.display()), e))?;
+    let traces = report::write_traces(
+        &traces_dir,
+        checked.violations.iter().filter_map(|v| v.gid.as_deref()),
+        &logs,
+        clock_skew.map(|skew| ("coordinator-2", skew)),
+    )
+    .map_err(|e| ChaosError::io(format!("writing {}", traces_dir.display()), e))?;
     let report = Report {
         seed: args.seed,
         planned: args.duration,

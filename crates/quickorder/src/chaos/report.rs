@@ -157,10 +157,13 @@ fn middle_label(middle: &Middle) -> String {
 
 /// For each gid (at most 20), every log line that names it, from every
 /// process, in time order, in `dir/<gid>.log`: the saga's whole story.
+/// `skewed` names the process whose clock ran ahead and by how much: its
+/// lines are placed by their true time (and marked), not by their stamp.
 pub fn write_traces<'a>(
     dir: &Path,
     gids: impl IntoIterator<Item = &'a str>,
     logs: &[PathBuf],
+    skewed: Option<(&str, Duration)>,
 ) -> std::io::Result<Vec<PathBuf>> {
     let gids: BTreeSet<&str> = gids.into_iter().take(20).collect();
     if gids.is_empty() {
@@ -176,16 +179,24 @@ pub fn write_traces<'a>(
         .collect();
     let mut written = Vec::new();
     for gid in gids {
-        // Lines start with an RFC 3339 UTC timestamp: sorting them sorts by time.
-        let mut lines: Vec<(&str, &str)> = texts
+        // Lines start with an RFC 3339 UTC timestamp: sorting them sorts by
+        // time, once a skewed process's stamps are brought back.
+        let mut lines: Vec<((i64, String), &str, String)> = texts
             .iter()
             .flat_map(|(name, text)| {
-                text.lines().filter(|l| l.contains(gid)).map(move |l| (l, name.as_str()))
+                let skew = skewed.filter(|(n, _)| n == name).map(|(_, d)| d);
+                text.lines().filter(|l| l.contains(gid)).map(move |l| {
+                    let label = match skew {
+                        Some(d) => format!("{name} (+{}s)", d.as_secs()),
+                        None => name.clone(),
+                    };
+                    (true_time(l, skew), l, label)
+                })
             })
             .collect();
         lines.sort();
         let mut trace = String::new();
-        for (line, name) in lines {
+        for (_, line, name) in lines {
             let _ = writeln!(trace, "{name:<14} {line}");
         }
         let path = dir.join(format!("{gid}.log"));
@@ -193,6 +204,19 @@ pub fn write_traces<'a>(
         written.push(path);
     }
     Ok(written)
+}
+
+/// The sort key of a log line: its leading timestamp in microseconds,
+/// minus `skew`; lines without one sort first, by their text.
+fn true_time(line: &str, skew: Option<Duration>) -> (i64, String) {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    match sqlx::types::chrono::DateTime::parse_from_rfc3339(stamp) {
+        Ok(t) => {
+            let skew = skew.map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            (t.timestamp_micros().saturating_sub(skew), String::new())
+        }
+        Err(_) => (i64::MIN, line.to_string()),
+    }
 }
 
 impl Report {
@@ -473,7 +497,8 @@ mod tests {
             "2026-01-01T00:00:00Z INFO gid=g1 saved\n2026-01-01T00:00:03Z INFO gid=g1 done\n",
         )
         .unwrap();
-        let traces = write_traces(&dir.path().join("traces"), ["g1", "g1"], &[api, coordinator]).unwrap();
+        let traces =
+            write_traces(&dir.path().join("traces"), ["g1", "g1"], &[api, coordinator], None).unwrap();
         assert_eq!(traces.len(), 1);
         let text = std::fs::read_to_string(&traces[0]).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -481,6 +506,25 @@ mod tests {
         assert!(lines[0].starts_with("coordinator-1") && lines[0].ends_with("saved"), "{text}");
         assert!(lines[1].starts_with("order-api") && lines[1].ends_with("submit"), "{text}");
         assert!(lines[2].ends_with("done"), "{text}");
+    }
+
+    #[test]
+    fn a_skewed_process_is_placed_by_its_true_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("coordinator-1.log");
+        let two = dir.path().join("coordinator-2.log");
+        std::fs::write(
+            &one,
+            "2026-01-01T00:00:01.000000Z INFO gid=g1 first\n2026-01-01T00:00:03.000000Z INFO gid=g1 third\n",
+        )
+        .unwrap();
+        std::fs::write(&two, "2026-01-01T00:00:32.000000Z INFO gid=g1 second\n").unwrap();
+        let skewed = Some(("coordinator-2", Duration::from_secs(30)));
+        let traces = write_traces(&dir.path().join("traces"), ["g1"], &[one, two], skewed).unwrap();
+        let text = std::fs::read_to_string(&traces[0]).unwrap();
+        let order: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+        assert_eq!(order, ["first", "second", "third"], "{text}");
+        assert!(text.contains("coordinator-2 (+30s)"), "{text}");
     }
 
     #[test]
