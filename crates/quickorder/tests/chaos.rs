@@ -2,8 +2,9 @@
 //! real coordinator, order-srv, stock-srv and order-api processes with a
 //! private MariaDB and etcd for about 30 s under a seeded fault schedule,
 //! on three seeds of quick orders and one of the fencing workload (sagas
-//! whose middle step fails, resubmitted while in flight, one coordinator's
-//! clock 30 s ahead, a coordinator paused far longer than the lease), and
+//! whose middle step fails, resubmitted while in flight, TCCs aborted or
+//! timed out while a try runs, one coordinator's clock 30 s ahead, a
+//! coordinator paused far longer than the lease), and
 //! must find every invariant intact — the branch-level one included.
 //!
 //! Needs `mariadbd`/`mariadb-install-db` (Debian: mariadb-server), `etcd`
@@ -120,6 +121,7 @@ fn chaos_fencing_seed_5_keeps_every_branch_effect() {
     let summary = summary(&report);
     assert_eq!(summary.get("workload").map(String::as_str), Some("fencing"), "{report}");
     assert!(number(&summary, "fencing_sagas") > 20, "too few sagas to mean anything:\n{report}");
+    assert!(number(&summary, "tccs") > 5, "too few TCCs to mean anything:\n{report}");
     assert_eq!(number(&summary, "branch_violations"), 0, "{report}");
     // What makes this workload hostile must really have happened.
     assert!(report.contains("coordinator-2's wall clock 30 s ahead"), "no clock offset:\n{report}");

@@ -37,7 +37,7 @@ use sqlx::MySqlPool;
 use tokio::time::Instant;
 
 use super::ChaosError;
-use super::fencing::{self, DtmAnswer, GOODS_A, GOODS_B, Middle, SagaRecord};
+use super::fencing::{self, DtmAnswer, GOODS_A, GOODS_B, Middle, SagaRecord, TccRecord};
 use super::gate::{ACTION_PATH as GATE_ACTION_PATH, GATE_DB, GateReq};
 use super::topology::{BARRIER_DB, COORDINATOR_DB, ORDER_DB, STOCK_DB};
 use super::traffic::{Answer, Record};
@@ -254,6 +254,10 @@ pub struct Snapshot {
     /// `chaos_gate.gate`: gid → state (0 held, −1 compensated); empty
     /// unless the fencing workload ran.
     pub gates: BTreeMap<String, i8>,
+    /// Gids of `trans_global` whose type is TCC.
+    pub tcc: BTreeSet<String>,
+    /// `chaos_gate.hold`: (gid, branch) → state (0 reserved, 1 confirmed, −1 cancelled).
+    pub holds: BTreeMap<(String, String), i8>,
 }
 
 /// A `trans_branch_op` row.
@@ -307,8 +311,8 @@ impl Snapshot {
     /// Reads every table; `gates` also the fencing workload's gate table.
     pub async fn read(server_url: &str, gates: bool) -> Result<Snapshot, ChaosError> {
         let pool = connect(server_url, Instant::now() + Duration::from_secs(30)).await?;
-        let sagas: Vec<(String, String)> =
-            sqlx::query_as(&format!("SELECT gid, status FROM `{COORDINATOR_DB}`.trans_global"))
+        let sagas: Vec<(String, String, String)> =
+            sqlx::query_as(&format!("SELECT gid, status, trans_type FROM `{COORDINATOR_DB}`.trans_global"))
                 .fetch_all(&pool)
                 .await?;
         let branches: Vec<Branch> = sqlx::query_as(&format!(
@@ -328,14 +332,21 @@ impl Snapshot {
         .await?;
         let stock: Vec<(i64, i32)> =
             sqlx::query_as(&format!("SELECT goods_id, num FROM `{STOCK_DB}`.stock")).fetch_all(&pool).await?;
-        let gate_rows: Vec<(String, i8)> = if gates {
-            sqlx::query_as(&format!("SELECT gid, state FROM `{GATE_DB}`.gate")).fetch_all(&pool).await?
+        let (gate_rows, hold_rows): (Vec<(String, i8)>, Vec<Hold>) = if gates {
+            (
+                sqlx::query_as(&format!("SELECT gid, state FROM `{GATE_DB}`.gate")).fetch_all(&pool).await?,
+                sqlx::query_as(&format!("SELECT gid, branch_id, state FROM `{GATE_DB}`.hold"))
+                    .fetch_all(&pool)
+                    .await?,
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         pool.close().await;
         Ok(Snapshot {
-            sagas: sagas.into_iter().collect(),
+            tcc: sagas.iter().filter(|(_, _, t)| t == "tcc").map(|(gid, _, _)| gid.clone()).collect(),
+            sagas: sagas.into_iter().map(|(gid, status, _)| (gid, status)).collect(),
+            holds: hold_rows.into_iter().map(|(gid, branch, state)| ((gid, branch), state)).collect(),
             branches: branches
                 .into_iter()
                 .map(|(gid, branch_id, op, url, bin_data)| BranchRow { gid, branch_id, op, url, bin_data })
@@ -367,6 +378,8 @@ impl Snapshot {
     }
 }
 
+/// A `chaos_gate.hold` row as read: gid, branch, state.
+type Hold = (String, String, i8);
 /// A `trans_branch_op` row as read.
 type Branch = (String, String, String, String, Option<Vec<u8>>);
 /// An `order` row as read.
@@ -528,6 +541,7 @@ pub fn check(
     records: &[Record],
     sagas: &[SagaRecord],
     initial: &[(i64, i32)],
+    tccs: &[TccRecord],
 ) -> Checked {
     let mut out = Checked::default();
 
@@ -560,6 +574,16 @@ pub fn check(
         out.count(Rule::Final);
         if status != "succeed" && status != "failed" {
             out.violate(Rule::Final, gid_ref, format!("still {status:?} after quiescence"));
+        }
+        if snapshot.tcc.contains(gid) {
+            check_tcc(
+                &mut out,
+                snapshot,
+                gid,
+                status,
+                barrier_rows.get(gid.as_str()).unwrap_or(&no_barriers),
+            );
+            continue;
         }
         let own_steps = steps.get(gid.as_str()).unwrap_or(&no_steps);
         out.count(Rule::RequestMatches);
@@ -748,6 +772,7 @@ pub fn check(
         .chain(barrier_rows.keys())
         .copied()
         .chain(snapshot.gates.keys().map(String::as_str))
+        .chain(snapshot.holds.keys().map(|(gid, _)| gid.as_str()))
         .filter(|gid| !snapshot.sagas.contains_key(*gid))
         .collect();
     for gid in orphans {
@@ -900,8 +925,162 @@ pub fn check(
             }
         }
     }
+    for tcc in tccs {
+        let gid = tcc.gid.as_str();
+        traced.insert(gid);
+        let stored = snapshot.sagas.get(gid).map(String::as_str);
+        for (call, answer) in &tcc.calls {
+            if call == "prepare" && *answer == DtmAnswer::Succeed {
+                out.count(Rule::NotLost);
+                if stored.is_none() {
+                    out.violate(
+                        Rule::NotLost,
+                        Some(gid),
+                        "prepare answered SUCCESS, but not in the store".into(),
+                    );
+                }
+            }
+            // submit SUCCESS ⇒ succeed, submit FAILURE ⇒ failed; an abort
+            // answered SUCCESS (with wait_result: rolled back) ⇒ failed.
+            let want = match (call.as_str(), answer) {
+                ("submit", DtmAnswer::Succeed) => Some("succeed"),
+                ("submit", DtmAnswer::Failed) | ("abort", DtmAnswer::Succeed) => Some("failed"),
+                _ => None,
+            };
+            if let (Some(want), Some(s)) = (want, stored) {
+                out.count(Rule::HttpAgrees);
+                if s != want {
+                    out.violate(
+                        Rule::HttpAgrees,
+                        Some(gid),
+                        format!(
+                            "TCC {call} to coordinator-{} answered {}, final state {s}",
+                            tcc.coordinator + 1,
+                            answer.label()
+                        ),
+                    );
+                }
+            }
+        }
+    }
     out.untraced_sagas = snapshot.sagas.keys().filter(|gid| !traced.contains(gid.as_str())).count();
     out
+}
+
+/// What the barrier rows say one TCC branch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TccEffect {
+    /// No row.
+    NotReached,
+    /// The try reserved, and nothing settled it.
+    Reserved,
+    /// The try reserved, then the confirm ran.
+    Confirmed,
+    /// The try reserved, then the cancel ran.
+    Cancelled,
+    /// The cancel came first (null cancel): nothing reserved, and a late try is refused.
+    Skipped,
+    /// Rows the protocol forbids (confirmed and cancelled, confirmed without a try).
+    Anomalous(String),
+}
+
+impl TccEffect {
+    fn label(&self) -> String {
+        match self {
+            TccEffect::NotReached => "not reached".into(),
+            TccEffect::Reserved => "reserved, never confirmed or cancelled".into(),
+            TccEffect::Confirmed => "confirmed".into(),
+            TccEffect::Cancelled => "cancelled".into(),
+            TccEffect::Skipped => "skipped (null cancel)".into(),
+            TccEffect::Anomalous(what) => format!("ANOMALOUS ({what})"),
+        }
+    }
+}
+
+/// Classifies TCC branch `branch` from its barrier rows: `(b, try)` with
+/// reason `try` is the try's reservation, with reason `cancel` a cancel
+/// that found no try; `(b, confirm)` and `(b, cancel)` are the second
+/// phase's own rows.
+pub fn classify_tcc(rows: &[&BarrierRow], branch: &str) -> TccEffect {
+    let find = |op: &str| {
+        rows.iter().find(|r| r.branch_id.as_deref() == Some(branch) && r.op.as_deref() == Some(op))
+    };
+    let tried = find("try").map(|r| r.reason.as_deref().unwrap_or_default());
+    let (confirmed, cancelled) = (find("confirm").is_some(), find("cancel").is_some());
+    match (tried, confirmed, cancelled) {
+        (None, false, false) => TccEffect::NotReached,
+        (Some("try"), false, false) => TccEffect::Reserved,
+        (Some("try"), true, false) => TccEffect::Confirmed,
+        (Some("try"), false, true) => TccEffect::Cancelled,
+        (Some("cancel"), false, true) => TccEffect::Skipped,
+        (Some("try"), true, true) => TccEffect::Anomalous("confirmed and cancelled".into()),
+        (None | Some("cancel"), true, _) => {
+            TccEffect::Anomalous("confirmed, but its try never reserved".into())
+        }
+        (tried, confirmed, cancelled) => TccEffect::Anomalous(format!(
+            "try row {tried:?}, confirm row {confirmed}, cancel row {cancelled}"
+        )),
+    }
+}
+
+/// The branch-level invariant of one TCC: succeed ⇒ every branch
+/// confirmed; failed ⇒ every reservation cancelled, nothing confirmed; and
+/// the `hold` rows agree with the barrier rows.
+fn check_tcc(out: &mut Checked, snapshot: &Snapshot, gid: &str, status: &str, rows: &[&BarrierRow]) {
+    let gid_ref = Some(gid);
+    // Every branch anything knows of: registered, reached a branch, or reserved.
+    let branches: BTreeSet<&str> = snapshot
+        .branches
+        .iter()
+        .filter(|b| b.gid == gid)
+        .map(|b| b.branch_id.as_str())
+        .chain(rows.iter().filter_map(|r| r.branch_id.as_deref()))
+        .chain(snapshot.holds.keys().filter(|(g, _)| g == gid).map(|(_, b)| b.as_str()))
+        .collect();
+    let effects: Vec<(&str, TccEffect)> = branches.iter().map(|b| (*b, classify_tcc(rows, b))).collect();
+    let story = || {
+        let branches: Vec<String> = effects.iter().map(|(b, e)| format!("{b}: {}", e.label())).collect();
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
+                format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
+            })
+            .collect();
+        format!("TCC branches [{}]; barrier rows [{}]", branches.join(" | "), rows.join(", "))
+    };
+    out.count(Rule::BranchEffects);
+    out.count(Rule::AtMostOnce);
+    for (branch, effect) in &effects {
+        let wrong = match (status, effect) {
+            (_, TccEffect::Anomalous(_)) => true,
+            ("succeed", e) => *e != TccEffect::Confirmed,
+            ("failed", TccEffect::Reserved | TccEffect::Confirmed) => true,
+            _ => false,
+        };
+        if wrong {
+            out.violate(
+                Rule::BranchEffects,
+                gid_ref,
+                format!("{status} TCC, yet branch {branch} is {}; {}", effect.label(), story()),
+            );
+        }
+        let hold = snapshot.holds.get(&(gid.to_string(), (*branch).to_string())).copied();
+        let agrees = match effect {
+            TccEffect::Reserved => hold == Some(0),
+            TccEffect::Confirmed => hold == Some(1),
+            TccEffect::Cancelled => hold == Some(-1),
+            TccEffect::NotReached | TccEffect::Skipped => hold.is_none(),
+            TccEffect::Anomalous(_) => true,
+        };
+        if !agrees {
+            out.violate(
+                Rule::AtMostOnce,
+                gid_ref,
+                format!("hold row {hold:?} of branch {branch} disagrees with the barrier: {}", story()),
+            );
+        }
+    }
 }
 
 /// The steps a fencing plan submits, as the checker decodes them.
@@ -990,7 +1169,8 @@ mod tests {
 
     #[test]
     fn a_consistent_run_passes() {
-        let checked = check(&healthy(), &[record("g1", 200, 2), record("g2", 409, 900)], &[], &[(1, 10)]);
+        let checked =
+            check(&healthy(), &[record("g1", 200, 2), record("g2", 409, 900)], &[], &[(1, 10)], &[]);
         assert!(checked.violations.is_empty(), "{:?}", checked.violations);
         assert_eq!(checked.sagas_by_status["succeed"], 1);
         assert_eq!(checked.sagas_by_status["failed"], 1);
@@ -1000,14 +1180,14 @@ mod tests {
     fn a_double_deduction_breaks_conservation() {
         let mut s = healthy();
         s.stock.insert(1, 6);
-        assert!(rules(&check(&s, &[], &[], &[(1, 10)])).contains(&Rule::StockConserved));
+        assert!(rules(&check(&s, &[], &[], &[(1, 10)], &[])).contains(&Rule::StockConserved));
     }
 
     #[test]
     fn a_second_order_row_is_a_double_effect() {
         let mut s = healthy();
         order(&mut s, "g1", 1, 2, 0);
-        let found = rules(&check(&s, &[], &[], &[(1, 10)]));
+        let found = rules(&check(&s, &[], &[], &[(1, 10)], &[]));
         assert!(found.contains(&Rule::AtMostOnce), "{found:?}");
         assert!(found.contains(&Rule::OutcomeEffects), "{found:?}");
     }
@@ -1016,7 +1196,7 @@ mod tests {
     fn stuck_lost_and_disagreeing_sagas_are_named() {
         let mut s = healthy();
         saga(&mut s, "g3", "submitted", 2, 1);
-        let checked = check(&s, &[record("g1", 409, 2), record("g9", 200, 1)], &[], &[(1, 10)]);
+        let checked = check(&s, &[record("g1", 409, 2), record("g9", 200, 1)], &[], &[(1, 10)], &[]);
         let found: Vec<(Rule, Option<&str>)> =
             checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
         assert!(found.contains(&(Rule::Final, Some("g3"))), "{found:?}");
@@ -1031,7 +1211,7 @@ mod tests {
         s.barriers.retain(|b| !(b.gid.as_deref() == Some("g2") && b.branch_id.as_deref() == Some("02")));
         barrier(&mut s, "g2", "02", "action", "action");
         s.stock.insert(1, 8 - 900);
-        let checked = check(&s, &[], &[], &[(1, 10)]);
+        let checked = check(&s, &[], &[], &[(1, 10)], &[]);
         let found = rules(&checked);
         // The order was cancelled, so the business rows of the order look
         // right; only the step-by-step view sees the deduction kept.
@@ -1157,7 +1337,7 @@ mod tests {
     #[test]
     fn consistent_fencing_sagas_pass() {
         let (s, records) = fencing_healthy();
-        let checked = check(&s, &[], &records, &FENCE_INITIAL);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
         assert!(checked.violations.is_empty(), "{:#?}", checked.violations);
         assert_eq!(checked.untraced_sagas, 0);
     }
@@ -1170,7 +1350,7 @@ mod tests {
         let (mut s, records) = fencing_healthy();
         barrier(&mut s, "f2", "03", "action", "action");
         order(&mut s, "f2", GOODS_A, 3, 0);
-        let checked = check(&s, &[], &records, &FENCE_INITIAL);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
         let branch: Vec<&Violation> =
             checked.violations.iter().filter(|v| v.rule == Rule::BranchEffects).collect();
         assert_eq!(branch.len(), 1, "{:#?}", checked.violations);
@@ -1191,7 +1371,7 @@ mod tests {
         s.barriers.retain(|b| !(b.gid.as_deref() == Some("f2") && b.branch_id.as_deref() == Some("01")));
         barrier(&mut s, "f2", "01", "action", "action");
         s.stock.insert(GOODS_A, 94);
-        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL));
+        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL, &[]));
         assert!(found.contains(&Rule::BranchEffects), "{found:?}");
         assert!(found.contains(&Rule::StockConserved), "{found:?}");
     }
@@ -1201,7 +1381,7 @@ mod tests {
         let (mut s, records) = fencing_healthy();
         barrier(&mut s, "f1", "02", "compensate", "compensate");
         s.gates.insert("f1".into(), -1);
-        let checked = check(&s, &[], &records, &FENCE_INITIAL);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
         assert!(
             checked
                 .violations
@@ -1213,28 +1393,102 @@ mod tests {
         // A gate that can only answer FAILURE, yet the saga succeeded.
         let (mut s, mut records) = fencing_healthy();
         records[0].plan.middle = GATE_FAILS;
-        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL));
+        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL, &[]));
         assert!(found.contains(&Rule::BranchEffects), "{found:?}");
         // And the request no longer matches what the client sent.
         assert!(found.contains(&Rule::RequestMatches), "{found:?}");
         s.gates.clear();
-        assert!(rules(&check(&s, &[], &[], &FENCE_INITIAL)).contains(&Rule::AtMostOnce));
+        assert!(rules(&check(&s, &[], &[], &FENCE_INITIAL, &[])).contains(&Rule::AtMostOnce));
     }
 
     #[test]
     fn a_dtm_answer_that_disagrees_with_the_final_state_is_caught() {
         let (s, mut records) = fencing_healthy();
         records[1].submits[1].answer = DtmAnswer::Succeed;
-        let checked = check(&s, &[], &records, &FENCE_INITIAL);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
         let found: Vec<(Rule, Option<&str>)> =
             checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
         assert_eq!(found, vec![(Rule::HttpAgrees, Some("f2"))]);
     }
 
     #[test]
+    fn tcc_branches_are_classified_from_their_barrier_rows() {
+        let rows = step_rows(&[
+            ("01", "try", "try"),
+            ("01", "confirm", "confirm"),
+            ("02", "try", "try"),
+            ("02", "cancel", "cancel"),
+            ("03", "try", "cancel"),
+            ("03", "cancel", "cancel"),
+            ("04", "try", "try"),
+            ("05", "confirm", "confirm"),
+            ("06", "try", "try"),
+            ("06", "confirm", "confirm"),
+            ("06", "cancel", "cancel"),
+        ]);
+        let rows: Vec<&BarrierRow> = rows.iter().collect();
+        assert_eq!(classify_tcc(&rows, "01"), TccEffect::Confirmed);
+        assert_eq!(classify_tcc(&rows, "02"), TccEffect::Cancelled);
+        assert_eq!(classify_tcc(&rows, "03"), TccEffect::Skipped);
+        assert_eq!(classify_tcc(&rows, "04"), TccEffect::Reserved);
+        assert_eq!(classify_tcc(&rows, "09"), TccEffect::NotReached);
+        for anomalous in ["05", "06"] {
+            assert!(matches!(classify_tcc(&rows, anomalous), TccEffect::Anomalous(_)), "{anomalous}");
+        }
+    }
+
+    /// A TCC branch for [`tcc`]: its id, its barrier rows (op, reason), its hold row.
+    type TestBranch<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<i8>);
+
+    fn tcc(s: &mut Snapshot, gid: &str, status: &str, branches: &[TestBranch<'_>]) {
+        s.sagas.insert(gid.into(), status.into());
+        s.tcc.insert(gid.into());
+        for (branch, rows, hold) in branches {
+            for op in ["confirm", "cancel"] {
+                s.branches.push(BranchRow {
+                    gid: gid.into(),
+                    branch_id: (*branch).into(),
+                    op: op.into(),
+                    url: format!("http://127.0.0.1:1/tcc/{op}"),
+                    bin_data: None,
+                });
+            }
+            for (op, reason) in *rows {
+                barrier(s, gid, branch, op, reason);
+            }
+            if let Some(state) = hold {
+                s.holds.insert((gid.into(), (*branch).into()), *state);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_tcc_that_kept_a_reservation_is_caught() {
+        let mut s = Snapshot::default();
+        tcc(&mut s, "t1", "succeed", &[("01", &[("try", "try"), ("confirm", "confirm")], Some(1))]);
+        tcc(
+            &mut s,
+            "t2",
+            "failed",
+            &[
+                ("01", &[("try", "try"), ("cancel", "cancel")], Some(-1)),
+                ("02", &[("try", "cancel"), ("cancel", "cancel")], None),
+            ],
+        );
+        assert!(check(&s, &[], &[], &[], &[]).violations.is_empty());
+        // A try registered after the cancels were decided: reserved for ever.
+        tcc(&mut s, "t3", "failed", &[("01", &[("try", "try")], Some(0))]);
+        let checked = check(&s, &[], &[], &[], &[]);
+        let found: Vec<(Rule, Option<&str>)> =
+            checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
+        assert_eq!(found, vec![(Rule::BranchEffects, Some("t3"))], "{:#?}", checked.violations);
+        assert!(checked.violations[0].detail.contains("branch 01 is reserved, never confirmed or cancelled"));
+    }
+
+    #[test]
     fn effects_without_a_saga_are_orphans() {
         let mut s = healthy();
         order(&mut s, "ghost", 1, 1, 0);
-        assert!(rules(&check(&s, &[], &[], &[])).contains(&Rule::NoOrphanEffects));
+        assert!(rules(&check(&s, &[], &[], &[], &[])).contains(&Rule::NoOrphanEffects));
     }
 }

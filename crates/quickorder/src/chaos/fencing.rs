@@ -22,11 +22,19 @@
 //! submits use the coordinators' gRPC API: steps 01 and 03 carry protobuf
 //! payloads, which dtm's HTTP API cannot (it takes JSON text). Everything
 //! is drawn from the seed; the gids are `fence-s<seed>-c<client>-<n>`.
+//!
+//! A share of each client's transactions are TCCs instead
+//! (`tcc-s<seed>-c<client>-<n>`): prepare with a short `timeout_to_fail`,
+//! two branches on the gate's TCC routes (register, then a slow try; some
+//! tries answer FAILURE), with the client dawdling between them — sometimes
+//! past the timeout, so the coordinator's cancel races the next
+//! registration — and then submit, or abort: after a failed try, on a
+//! whim, or while the last try is still in flight.
 
 use std::time::Duration;
 
 use barrier::Gid;
-use dtm_client::{ClientError, DtmClient, Saga};
+use dtm_client::{ClientError, DtmClient, Saga, Tcc};
 use futures::future::join_all;
 use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
 use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq};
@@ -37,7 +45,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ChaosError;
-use super::gate::{ACTION_PATH, COMPENSATE_PATH, GateReq};
+use super::gate::{ACTION_PATH, CANCEL_PATH, COMPENSATE_PATH, CONFIRM_PATH, GateReq, TRY_PATH};
 
 /// Deducted by step 01 and ordered by step 03: plenty, never runs out.
 pub const GOODS_A: i64 = 11;
@@ -55,6 +63,11 @@ const OVER_STOCK_SHARE: f64 = 0.3;
 const RESUBMIT_SHARE: f64 = 0.5;
 /// Share of those submitted a third time.
 const THIRD_SUBMIT_SHARE: f64 = 0.3;
+/// Share of a client's transactions that are TCCs.
+const TCC_SHARE: f64 = 0.3;
+/// The TCCs' `timeout_to_fail`: short, so that the coordinator's timeout
+/// races the slow clients.
+const TCC_TIMEOUT_TO_FAIL: Duration = Duration::from_secs(2);
 /// A client's deadline for one submit (a pass waits for every branch
 /// once; a paused coordinator never answers).
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(12);
@@ -203,6 +216,48 @@ fn already_in(message: &str) -> Option<String> {
     tail.contains("cannot submit").then(|| status.to_string())
 }
 
+/// What one TCC client does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TccPlan {
+    /// Per branch: how long the client dawdles before registering it, and
+    /// what its try does.
+    pub tries: Vec<(Duration, GateReq)>,
+    /// Abort even if every try succeeded.
+    pub abort: bool,
+    /// Abort while the last try is in flight.
+    pub abort_during_last_try: bool,
+}
+
+impl TccPlan {
+    fn draw(rng: &mut StdRng) -> TccPlan {
+        let tries = (0..2)
+            .map(|_| {
+                let dawdle = Duration::from_millis(if rng.random_bool(0.2) {
+                    rng.random_range(1500..2600)
+                } else {
+                    rng.random_range(0..300)
+                });
+                (dawdle, GateReq { fail: rng.random_bool(0.15), delay_ms: rng.random_range(50..400) })
+            })
+            .collect();
+        TccPlan { tries, abort: rng.random_bool(0.2), abort_during_last_try: rng.random_bool(0.2) }
+    }
+}
+
+/// One TCC and every call its client made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TccRecord {
+    /// The gid.
+    pub gid: String,
+    /// What the client meant to do.
+    pub plan: TccPlan,
+    /// The coordinator it used (0 or 1).
+    pub coordinator: usize,
+    /// `prepare`, `try 01`, `try 02`, `submit` or `abort`, and the answer,
+    /// in order.
+    pub calls: Vec<(String, DtmAnswer)>,
+}
+
 /// One submit of a saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submit {
@@ -232,7 +287,7 @@ pub struct SagaRecord {
 /// The running fencing clients.
 pub struct FencingDriver {
     stop: CancellationToken,
-    clients: Vec<JoinHandle<Vec<SagaRecord>>>,
+    clients: Vec<JoinHandle<(Vec<SagaRecord>, Vec<TccRecord>)>>,
 }
 
 impl FencingDriver {
@@ -266,17 +321,18 @@ impl FencingDriver {
         Ok(FencingDriver { stop, clients })
     }
 
-    /// Stops the clients after their current saga; every record.
-    pub async fn stop(self) -> Vec<SagaRecord> {
+    /// Stops the clients after their current transaction; every record.
+    pub async fn stop(self) -> (Vec<SagaRecord>, Vec<TccRecord>) {
         self.stop.cancel();
-        let mut records = Vec::new();
+        let (mut records, mut tccs) = (Vec::new(), Vec::new());
         for client in self.clients {
-            if let Ok(mine) = client.await {
-                records.extend(mine);
+            if let Ok((sagas, mine)) = client.await {
+                records.extend(sagas);
+                tccs.extend(mine);
             }
         }
         records.sort_by_key(|r| r.submits.first().map(|s| s.at));
-        records
+        (records, tccs)
     }
 }
 
@@ -290,11 +346,21 @@ struct Client {
 }
 
 impl Client {
-    async fn run(self, mut rng: StdRng, stop: CancellationToken) -> Vec<SagaRecord> {
+    async fn run(self, mut rng: StdRng, stop: CancellationToken) -> (Vec<SagaRecord>, Vec<TccRecord>) {
         let mut records = Vec::new();
+        let mut tccs = Vec::new();
         let mut n = 0u64;
         while !stop.is_cancelled() {
             n += 1;
+            if rng.random_bool(TCC_SHARE) {
+                let plan = TccPlan::draw(&mut rng);
+                let coordinator = rng.random_range(0..self.dtm.len());
+                let abort_after = Duration::from_millis(rng.random_range(20..200));
+                let gid = format!("tcc-s{}-c{}-{n}", self.seed, self.id);
+                // Boxed: the TCC's calls make a large state machine.
+                tccs.push(Box::pin(self.tcc(gid, plan, coordinator, abort_after)).await);
+                continue;
+            }
             let gid = format!("fence-s{}-c{}-{n}", self.seed, self.id);
             let Ok(valid) = Gid::new(gid.clone()) else { break };
             let plan = SagaPlan::draw(&mut rng);
@@ -334,7 +400,63 @@ impl Client {
                 }
             }
         }
-        records
+        (records, tccs)
+    }
+
+    /// One TCC as `plan` says, on coordinator `coordinator`.
+    async fn tcc(&self, gid: String, plan: TccPlan, coordinator: usize, abort_after: Duration) -> TccRecord {
+        let mut calls = Vec::new();
+        let record = |calls: Vec<(String, DtmAnswer)>| TccRecord {
+            gid: gid.clone(),
+            plan: plan.clone(),
+            coordinator,
+            calls,
+        };
+        let Ok(valid) = Gid::new(gid.clone()) else { return record(calls) };
+        let tcc = Tcc::new(self.dtm[coordinator].clone(), valid)
+            .timeout_to_fail(TCC_TIMEOUT_TO_FAIL)
+            .wait_result(true);
+        let prepared = DtmAnswer::of(tcc.prepare().await);
+        let go_on = prepared == DtmAnswer::Succeed;
+        calls.push(("prepare".to_string(), prepared));
+        if !go_on {
+            return record(calls);
+        }
+        let gate = &self.targets.gate;
+        let (try_url, confirm_url, cancel_url) =
+            (format!("{gate}{TRY_PATH}"), format!("{gate}{CONFIRM_PATH}"), format!("{gate}{CANCEL_PATH}"));
+        let mut all_tried = true;
+        let last = plan.tries.len().saturating_sub(1);
+        for (i, (dawdle, req)) in plan.tries.iter().enumerate() {
+            tokio::time::sleep(*dawdle).await;
+            let label = format!("try {:02}", i + 1);
+            let call = tcc.call_branch_json(req, &try_url, &confirm_url, &cancel_url);
+            if i == last && plan.abort_during_last_try {
+                let abort = async {
+                    tokio::time::sleep(abort_after).await;
+                    tcc.abort("the client gave up").await
+                };
+                let (tried, aborted) = tokio::join!(call, abort);
+                calls.push((label, DtmAnswer::of(tried.map(|_| ()))));
+                calls.push(("abort".to_string(), DtmAnswer::of(aborted)));
+                return record(calls);
+            }
+            let tried = DtmAnswer::of(call.await.map(|_| ()));
+            all_tried = tried == DtmAnswer::Succeed;
+            calls.push((label, tried));
+            if !all_tried {
+                break;
+            }
+        }
+        if all_tried && !plan.abort {
+            calls.push(("submit".to_string(), DtmAnswer::of(tcc.submit().await)));
+        } else {
+            calls.push((
+                "abort".to_string(),
+                DtmAnswer::of(tcc.abort("a try failed, or the client changed its mind").await),
+            ));
+        }
+        record(calls)
     }
 }
 

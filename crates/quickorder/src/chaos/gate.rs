@@ -16,6 +16,12 @@
 //! dtm's HTTP branch protocol: `POST /gate/action?gid=…&trans_type=saga&branch_id=02&op=action`
 //! with the JSON payload as the body; `{"dtm_result":"SUCCESS"}`, 409
 //! FAILURE, or a 5xx that the coordinator retries.
+//!
+//! The same server is the TCC branch of the fencing workload's TCC
+//! clients: `/tcc/try` (waits, then reserves: `chaos_gate.hold (gid,
+//! branch_id, state 0)`, or answers FAILURE), `/tcc/confirm` (state 1) and
+//! `/tcc/cancel` (state −1), each inside the barrier with ops
+//! `try`/`confirm`/`cancel`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +48,12 @@ pub const GATE_DB: &str = "chaos_gate";
 pub const ACTION_PATH: &str = "/gate/action";
 /// Its compensation path.
 pub const COMPENSATE_PATH: &str = "/gate/compensate";
+/// The TCC branch's try path.
+pub const TRY_PATH: &str = "/tcc/try";
+/// Its confirm path.
+pub const CONFIRM_PATH: &str = "/tcc/confirm";
+/// Its cancel path.
+pub const CANCEL_PATH: &str = "/tcc/cancel";
 
 /// What a saga asks of its gate step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +84,12 @@ impl Gate {
         ))
         .execute(&mut conn)
         .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS `{GATE_DB}`.hold (gid VARCHAR(128) NOT NULL, branch_id VARCHAR(32) NOT NULL, \
+             state TINYINT NOT NULL, PRIMARY KEY (gid, branch_id))"
+        ))
+        .execute(&mut conn)
+        .await?;
         conn.close().await?;
         // MariaDB is killed during the run: a lazy pool reconnects, and a
         // call that finds it down answers a retryable error.
@@ -82,6 +100,9 @@ impl Gate {
         let router = Router::new()
             .route(ACTION_PATH, post(action))
             .route(COMPENSATE_PATH, post(compensate))
+            .route(TRY_PATH, post(tcc_try))
+            .route(CONFIRM_PATH, post(tcc_confirm))
+            .route(CANCEL_PATH, post(tcc_cancel))
             .with_state(Arc::new(pool));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -155,6 +176,60 @@ async fn compensate(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuer
         .call_with_pool(&*pool, async |conn| {
             sqlx::query(&format!("UPDATE `{GATE_DB}`.gate SET state = -1 WHERE gid = ?"))
                 .bind(&gid)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await;
+    reply(result)
+}
+
+async fn tcc_try(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let (mut barrier, req) = match parse(query.as_deref(), &body) {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad.into_response(),
+    };
+    // As the gate's action: slow before the barrier, so an abort or the
+    // coordinator's timeout can overtake it.
+    tokio::time::sleep(Duration::from_millis(req.delay_ms)).await;
+    let (gid, branch) = (barrier.gid().as_str().to_string(), barrier.branch_id().as_str().to_string());
+    let result = barrier
+        .call_with_pool(&*pool, async |conn| {
+            if req.fail {
+                return Err(BranchError::failure("the branch refuses to reserve"));
+            }
+            sqlx::query(&format!("INSERT INTO `{GATE_DB}`.hold (gid, branch_id, state) VALUES (?, ?, 0)"))
+                .bind(&gid)
+                .bind(&branch)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await;
+    reply(result)
+}
+
+async fn tcc_confirm(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    tcc_settle(&pool, query.as_deref(), &body, 1).await
+}
+
+async fn tcc_cancel(State(pool): State<Arc<MySqlPool>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    tcc_settle(&pool, query.as_deref(), &body, -1).await
+}
+
+/// Confirm (1) or cancel (−1) the reservation, inside the barrier.
+async fn tcc_settle(pool: &MySqlPool, query: Option<&str>, body: &[u8], state: i8) -> Response {
+    let (mut barrier, _req) = match parse(query, body) {
+        Ok(parsed) => parsed,
+        Err(bad) => return bad.into_response(),
+    };
+    let (gid, branch) = (barrier.gid().as_str().to_string(), barrier.branch_id().as_str().to_string());
+    let result = barrier
+        .call_with_pool(pool, async |conn| {
+            sqlx::query(&format!("UPDATE `{GATE_DB}`.hold SET state = ? WHERE gid = ? AND branch_id = ?"))
+                .bind(state)
+                .bind(&gid)
+                .bind(&branch)
                 .execute(&mut *conn)
                 .await?;
             Ok(())

@@ -31,7 +31,8 @@
 //! slow middle step served by the chaos process itself ([`gate`]);
 //! coordinator-2 runs with its wall clock `--clock-skew` ahead (30 s by
 //! default, libfaketime) and one coordinator is paused for far longer
-//! than the lease. `--workload mixed` runs both kinds of clients. The
+//! than the lease; a third of those clients' transactions are TCCs that
+//! dawdle past their timeout or abort while a try runs. `--workload mixed` runs both kinds of clients. The
 //! checker then also proves, step by step from the barrier rows, that a
 //! failed saga left no action in force and a succeeded one every action
 //! exactly once.
@@ -314,17 +315,18 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         async {
             match fencing_driver {
                 Some(driver) => driver.stop().await,
-                None => Vec::new(),
+                None => (Vec::new(), Vec::new()),
             }
         }
     );
+    let (sagas, tccs) = sagas;
 
     // Heal, wait for quiescence, check.
     topology.heal().await?;
     let quiescence = checker::wait_quiescent(&server_url, stopping, args.quiesce_timeout).await?;
     eprintln!("chaos: checking invariants");
     let snapshot = checker::Snapshot::read(&server_url, fencing_on).await?;
-    let checked = checker::check(&snapshot, &records, &sagas, &goods);
+    let checked = checker::check(&snapshot, &records, &sagas, &goods, &tccs);
     let logs: Vec<PathBuf> = topology.logs().into_iter().map(PathBuf::from).collect();
     let requests_file = run_dir.join("requests.tsv");
     report::write_requests(&requests_file, &records, &snapshot.sagas)
@@ -353,6 +355,7 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         logs,
         records,
         sagas,
+        tccs,
         injected,
         links: links
             .iter()

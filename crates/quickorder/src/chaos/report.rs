@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::Workload;
 use super::checker::{Checked, Quiescence, Rule};
-use super::fencing::{DtmAnswer, Middle, SagaRecord};
+use super::fencing::{DtmAnswer, Middle, SagaRecord, TccRecord};
 use super::schedule::{Fault, Injected};
 use super::traffic::{Answer, Record};
 
@@ -70,6 +70,8 @@ pub struct Report {
     pub records: Vec<Record>,
     /// Every fencing saga.
     pub sagas: Vec<SagaRecord>,
+    /// Every TCC of the fencing clients.
+    pub tccs: Vec<TccRecord>,
     /// Every fault, by start time.
     pub injected: Vec<Injected>,
     /// Proxy counters.
@@ -345,6 +347,20 @@ impl fmt::Display for Report {
             for ((kind, answer), n) in &by_answer {
                 writeln!(f, "  {kind:<9} {answer:<23} {n:>6}")?;
             }
+            let mut tcc_calls: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            for (call, answer) in self.tccs.iter().flat_map(|t| &t.calls) {
+                let call = if call.starts_with("try") { "try" } else { call.as_str() };
+                *tcc_calls.entry((call, answer.label())).or_default() += 1;
+            }
+            writeln!(
+                f,
+                "fencing TCCs: {} ({} abort while their last try runs)",
+                self.tccs.len(),
+                self.tccs.iter().filter(|t| t.plan.abort_during_last_try).count()
+            )?;
+            for ((call, answer), n) in &tcc_calls {
+                writeln!(f, "  {call:<9} {answer:<23} {n:>6}")?;
+            }
             if let Some(file) = &self.sagas_file {
                 writeln!(f, "  every submit, its answer and the final state: {}", file.display())?;
             }
@@ -462,11 +478,12 @@ impl fmt::Display for Report {
         let stuck = self.checked.violations.iter().filter(|v| v.rule == Rule::Final).count();
         writeln!(
             f,
-            "\nsummary: seed={} workload={} requests={} fencing_sagas={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} branch_violations={} quiescence_s={:.2} recovery_p99_s={p99}",
+            "\nsummary: seed={} workload={} requests={} fencing_sagas={} tccs={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} branch_violations={} quiescence_s={:.2} recovery_p99_s={p99}",
             self.seed,
             workload_name(self.workload),
             self.records.len(),
             self.sagas.len(),
+            self.tccs.len(),
             self.injected.len(),
             self.count("succeed"),
             self.count("failed"),
