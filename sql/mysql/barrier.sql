@@ -21,7 +21,11 @@
 CREATE TABLE IF NOT EXISTS barrier (
   id bigint(22) PRIMARY KEY AUTO_INCREMENT,
   trans_type varchar(45) DEFAULT '' COMMENT 'saga, tcc, msg, xa, workflow',
-  gid varchar(128) DEFAULT '' COMMENT 'global transaction id',
+  -- Binary collation: gids are exact byte strings. With the table's default
+  -- (case-insensitive) collation, the unique key below would make saga `abc`'s
+  -- rows a "duplicate" of saga `AbC`'s, and its business would never run.
+  -- `barrier::schema::ensure_barrier_table` migrates older tables to this.
+  gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT '' COMMENT 'global transaction id',
   branch_id varchar(128) DEFAULT '' COMMENT '01, 02, ... (00 for a 2-phase message)',
   op varchar(45) DEFAULT '' COMMENT 'action, compensate, try, confirm, cancel, msg, ...',
   barrier_id varchar(45) DEFAULT '' COMMENT '01, 02, ...: n-th guarded transaction of one request',

@@ -2,9 +2,16 @@
 -- sqls/dtmsvr.storage.mysql.sql, so dtm's tooling and admin UI can read them.
 -- Applied at every start: every statement is idempotent (IF NOT EXISTS).
 -- All times are UTC (dtm writes the server's local time; see the crate docs).
+--
+-- One deliberate difference from dtm's file: the gid columns have a binary
+-- collation. With the default (case-insensitive) one, a saga `abc` submitted
+-- after a saga `AbC` is "the same gid" and is refused, never run. gids are
+-- exact byte strings everywhere else (gRPC metadata, the barrier), so here
+-- too. Tables created by dtm's file or an older version of this one are
+-- migrated at start (`MySqlStore::open`, `ALTER TABLE … MODIFY gid …`).
 CREATE TABLE IF NOT EXISTS trans_global (
   id bigint(22) NOT NULL AUTO_INCREMENT,
-  gid varchar(128) NOT NULL COMMENT 'global transaction id',
+  gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'global transaction id',
   trans_type varchar(45) NOT NULL COMMENT 'saga, xa, tcc, msg, workflow',
   status varchar(12) NOT NULL COMMENT 'prepared, submitted, aborting, succeed, failed',
   query_prepared varchar(1024) NOT NULL COMMENT 'msg check-back URL',
@@ -29,7 +36,7 @@ CREATE TABLE IF NOT EXISTS trans_global (
 
 CREATE TABLE IF NOT EXISTS trans_branch_op (
   id bigint(22) NOT NULL AUTO_INCREMENT,
-  gid varchar(128) NOT NULL,
+  gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   url varchar(1024) NOT NULL,
   data TEXT,
   bin_data BLOB,

@@ -17,7 +17,10 @@ CREATE TABLE IF NOT EXISTS `order` (
   -- The demo declares tinyint(1); sqlx reads tinyint(1) as a boolean, and this
   -- column holds -1, so it is a plain tinyint here.
   `row_state` tinyint NOT NULL DEFAULT '0' COMMENT '-1: rolled back (saga compensated), 0: live, awaiting payment',
-  `gid` varchar(128) NOT NULL DEFAULT '' COMMENT 'dtm gid of the saga that created this order',
+  -- Binary collation: gids are exact byte strings, so the compensation of saga
+  -- `abc` never cancels the order of saga `AbC` (the table's collation is
+  -- case-insensitive). `barrier::schema::ensure_order_table` migrates older tables.
+  `gid` varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '' COMMENT 'dtm gid of the saga that created this order',
   PRIMARY KEY (`id`),
   -- Not unique: orders created outside a saga keep the default ''.
   KEY `idx_gid` (`gid`)

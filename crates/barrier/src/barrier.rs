@@ -466,9 +466,14 @@ mod tests {
     #[test]
     fn reads_http_query_parameters() {
         let barrier =
-            BranchBarrier::from_query("dtm=x&gid=g%201&trans_type=msg&branch_id=00&op=msg&gid=ignored")
+            BranchBarrier::from_query("dtm=x&gid=g%2F1&trans_type=msg&branch_id=00&op=msg&gid=ignored")
                 .unwrap();
-        assert_eq!(barrier.gid().as_str(), "g 1", "percent-decoded, first occurrence wins");
+        assert_eq!(barrier.gid().as_str(), "g/1", "percent-decoded, first occurrence wins");
+        // A space is no gid (it could not travel as gRPC metadata): refused, not trimmed.
+        assert!(matches!(
+            BranchBarrier::from_query("gid=g%201&trans_type=msg&branch_id=00&op=msg"),
+            Err(ProtocolError::Invalid { field: "gid", .. })
+        ));
         assert_eq!(barrier.trans_type(), TransType::Msg);
         assert_eq!(barrier.branch_id().as_str(), "00");
         assert_eq!(barrier.op(), Op::Msg);

@@ -84,6 +84,14 @@ pub(crate) mod sealed {
             conn: &'a mut Self::Connection,
             sql: &'a str,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+
+        /// Gives `columns` of `table` a byte-exact collation where the engine
+        /// needs it (see [`crate::schema::ensure_exact_columns`]).
+        fn exact_columns<'a>(
+            conn: &'a mut Self::Connection,
+            table: &'a BarrierTable,
+            columns: &'a [crate::schema::ExactColumn],
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
     }
 }
 
@@ -91,7 +99,7 @@ pub(crate) mod sealed {
 macro_rules! barrier_database {
     (
         $db:ty, dir: $dir:literal, default_table: $default:expr,
-        insert: $insert:literal, select: $select:literal $(,)?
+        insert: $insert:literal, select: $select:literal, exact_columns: $exact:expr $(,)?
     ) => {
         impl BarrierDatabase for $db {
             const DEFAULT_TABLE: &'static str = $default;
@@ -147,6 +155,14 @@ macro_rules! barrier_database {
             async fn execute<'a>(conn: &'a mut Self::Connection, sql: &'a str) -> Result<u64, sqlx::Error> {
                 Ok(sqlx::query(sql).execute(&mut *conn).await?.rows_affected())
             }
+
+            async fn exact_columns<'a>(
+                conn: &'a mut Self::Connection,
+                table: &'a BarrierTable,
+                columns: &'a [crate::schema::ExactColumn],
+            ) -> Result<(), sqlx::Error> {
+                $exact(conn, table, columns).await
+            }
         }
     };
 }
@@ -157,6 +173,7 @@ barrier_database!(
     default_table: BarrierTable::DTM_DEFAULT,
     insert: "insert ignore into {table}(trans_type, gid, branch_id, op, barrier_id, reason) values(?,?,?,?,?,?)",
     select: "select reason from {table} where gid=? and branch_id=? and op=? and barrier_id=?",
+    exact_columns: crate::schema::mysql_exact_columns,
 );
 
 barrier_database!(
@@ -166,6 +183,8 @@ barrier_database!(
     insert: "insert into {table}(trans_type, gid, branch_id, op, barrier_id, reason) values($1,$2,$3,$4,$5,$6) \
              on conflict ON CONSTRAINT uniq_barrier do nothing",
     select: "select reason from {table} where gid=$1 and branch_id=$2 and op=$3 and barrier_id=$4",
+    // Deterministic collations (the only kind a database default can be) compare bytes.
+    exact_columns: already_exact,
 );
 
 barrier_database!(
@@ -174,7 +193,18 @@ barrier_database!(
     default_table: BarrierTable::UNQUALIFIED,
     insert: "insert or ignore into {table}(trans_type, gid, branch_id, op, barrier_id, reason) values(?,?,?,?,?,?)",
     select: "select reason from {table} where gid=? and branch_id=? and op=? and barrier_id=?",
+    // SQLite's default collation is BINARY.
+    exact_columns: already_exact,
 );
+
+/// [`sealed::Engine::exact_columns`] of an engine that already compares bytes.
+async fn already_exact<C>(
+    _conn: &mut C,
+    _table: &BarrierTable,
+    _columns: &[crate::schema::ExactColumn],
+) -> Result<(), sqlx::Error> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -11,9 +11,24 @@ use std::str::FromStr;
 
 /// A global transaction id (dtm's `gid`).
 ///
-/// Any non-empty string of at most 128 bytes (the width of dtm's `gid`
-/// columns) without control characters or `;` (dtm strips `\n`, `\r`, `;`;
-/// we refuse them instead of silently changing the id).
+/// 1 to 128 bytes (the width of dtm's `gid` columns) of visible ASCII
+/// (`!` to `~`) except `;`. This type is the one place that decides; every
+/// API and the barrier go through [`Gid::new`].
+///
+/// * Visible ASCII because the gid travels to gRPC branches as the
+///   `dtm-gid` metadata value, and a gRPC (HTTP/2) header value must be
+///   printable ASCII: grpc-go refuses anything else, tonic cannot even build
+///   the header. A gid that cannot be sent would be stored and retried
+///   forever, so it is refused at submit instead. Spaces are refused too:
+///   HTTP stacks trim them at the ends of header values, which would change
+///   the id on the way.
+/// * No `;`: dtm strips `\n`, `\r` and `;` from gids (`dtmimp.Escape`); we
+///   refuse them instead of silently changing the id.
+///
+/// dtm's own gids (`NewGid`, shortuuid) and every gid of its SDK examples
+/// (letters, digits, `-`, `_`) are accepted. Gids compare as exact byte
+/// strings: the MySQL schema gives gid columns a binary collation, so `AbC`
+/// and `abc` are two transactions there too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct Gid(pub(crate) String);
@@ -31,10 +46,34 @@ impl Gid {
         if gid.len() > Gid::MAX_LEN {
             return Err(ProtocolError::Invalid { field: "gid", reason: "longer than 128 bytes".into() });
         }
-        if gid.chars().any(|c| c.is_control() || c == ';') {
+        if let Some(bad) = gid.chars().find(|&c| !c.is_ascii_graphic() || c == ';') {
             return Err(ProtocolError::Invalid {
                 field: "gid",
-                reason: "contains a control character or ';'".into(),
+                reason: format!(
+                    "contains {bad:?}: only visible ASCII without ';' can travel as gRPC metadata (dtm-gid)"
+                ),
+            });
+        }
+        Ok(Gid(gid))
+    }
+
+    /// A gid read back from storage, checked by the rules that held before
+    /// gids had to be visible ASCII: non-empty, at most 128 bytes, no control
+    /// character or `;`.
+    ///
+    /// Only for rows already stored (a coordinator's `trans_global`): a
+    /// transaction accepted by an older version must still be readable, or
+    /// one such row would make every read of a batch that holds it fail.
+    /// Everything that comes from a request goes through [`Gid::new`].
+    pub fn from_storage(gid: impl Into<String>) -> Result<Gid, ProtocolError> {
+        let gid = gid.into();
+        if gid.is_empty() {
+            return Err(ProtocolError::Missing("gid"));
+        }
+        if gid.len() > Gid::MAX_LEN || gid.chars().any(|c| c.is_control() || c == ';') {
+            return Err(ProtocolError::Invalid {
+                field: "gid",
+                reason: "longer than 128 bytes, or contains a control character or ';'".into(),
             });
         }
         Ok(Gid(gid))
@@ -268,5 +307,23 @@ mod tests {
         assert!(Gid::new("a;b").is_err());
         assert!(Gid::new("a\nb").is_err());
         assert!(Gid::new("x".repeat(129)).is_err());
+        // What dtm's NewGid, its SDK examples and ours produce.
+        for ok in ["Yo6hjXnuPHdEdpy7cytNBK", "gid-1_A", "a.b:c/d@e+f=g~h!", "AbC", &"x".repeat(128)] {
+            let gid = Gid::new(ok).unwrap();
+            assert!(tonic::metadata::AsciiMetadataValue::try_from(gid.as_str()).is_ok(), "{ok}");
+        }
+        // Everything a gRPC metadata value cannot carry.
+        for bad in ["a b", " a", "a\tb", "caf\u{e9}", "\u{4e2d}\u{6587}", "a\u{7f}", "emoji\u{1f600}", "a\rb"]
+        {
+            let e = Gid::new(bad).unwrap_err();
+            assert!(matches!(e, ProtocolError::Invalid { field: "gid", .. }), "{bad:?}: {e:?}");
+        }
+        // Rows stored under the old rules still read back; garbage does not.
+        for legacy in ["a b", "caf\u{e9}", "\u{4e2d}\u{6587}"] {
+            assert_eq!(Gid::from_storage(legacy).unwrap().as_str(), legacy);
+        }
+        for bad in ["", "a;b", "a\nb", &"x".repeat(129)] {
+            assert!(Gid::from_storage(bad).is_err(), "{bad:?}");
+        }
     }
 }

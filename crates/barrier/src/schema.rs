@@ -23,6 +23,7 @@ use crate::{BarrierDatabase, BarrierTable};
 
 /// MySQL / MariaDB DDL (`sql/mysql/*.sql`).
 pub mod mysql {
+    use super::ExactColumn;
     use crate::BarrierDatabase;
     /// The barrier table, named `barrier` (see [`super::barrier_statements`] for other names).
     pub const BARRIER: &str = <sqlx::MySql as BarrierDatabase>::BARRIER_DDL;
@@ -30,6 +31,40 @@ pub mod mysql {
     pub const ORDER: &str = <sqlx::MySql as BarrierDatabase>::ORDER_DDL;
     /// The `stock` table, seeded with goods 1 = 100 units.
     pub const STOCK: &str = <sqlx::MySql as BarrierDatabase>::STOCK_DDL;
+
+    /// The barrier table's `gid`, exactly as [`BARRIER`] declares it.
+    pub const BARRIER_GID: ExactColumn = ExactColumn {
+        name: "gid",
+        mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT '' \
+                           COMMENT 'global transaction id'",
+    };
+
+    /// The `order` table's `gid`, exactly as [`ORDER`] declares it.
+    pub const ORDER_GID: ExactColumn = ExactColumn {
+        name: "gid",
+        mysql_definition: "`gid` varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '' \
+                           COMMENT 'dtm gid of the saga that created this order'",
+    };
+}
+
+/// A column whose values must compare as exact byte strings (a gid), and
+/// its full MySQL definition with a binary collation.
+///
+/// MySQL and MariaDB give a new column the table's collation, and every
+/// default collation is case-insensitive: `'AbC' = 'abc'` holds, and a
+/// unique key treats the two as one value. For a gid that is a correctness
+/// bug — a second saga is taken for a duplicate of the first, in the
+/// coordinator (refused at submit) and in the barrier (its business
+/// skipped). The DDL files declare gid columns `COLLATE utf8mb4_bin`;
+/// [`ensure_exact_columns`] converts tables created before that.
+/// PostgreSQL (deterministic collations) and SQLite (`BINARY`) already
+/// compare bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactColumn {
+    /// The column's name.
+    pub name: &'static str,
+    /// What follows `ALTER TABLE t MODIFY`: the definition as the DDL file has it.
+    pub mysql_definition: &'static str,
 }
 
 /// PostgreSQL DDL (`sql/postgres/*.sql`).
@@ -122,16 +157,117 @@ async fn apply_statements<DB: BarrierDatabase>(
 /// Creates the barrier table `table` if it does not exist. A qualified name
 /// (`dtm_barrier.barrier`) needs its database (MySQL) or schema (PostgreSQL)
 /// to exist already: creating those is the server owner's job.
+///
+/// On MySQL an existing table whose `gid` still has a case-insensitive
+/// collation (dtm's own DDL, our older one) is converted to the binary one
+/// (see [`ensure_exact_columns`]).
 pub async fn ensure_barrier_table<DB: BarrierDatabase>(
     pool: &Pool<DB>,
     table: &BarrierTable,
 ) -> Result<(), sqlx::Error> {
-    apply_statements(pool, barrier_statements::<DB>(table)).await
+    apply_statements(pool, barrier_statements::<DB>(table)).await?;
+    ensure_exact_columns(pool, table, &[mysql::BARRIER_GID]).await
 }
 
-/// Creates the demo's `order` table (with `gid`) if it does not exist.
+/// Creates the demo's `order` table (with `gid`) if it does not exist, and
+/// gives an older table's `gid` the binary collation on MySQL.
 pub async fn ensure_order_table<DB: BarrierDatabase>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-    apply(pool, DB::ORDER_DDL).await
+    apply(pool, DB::ORDER_DDL).await?;
+    ensure_exact_columns(pool, &BarrierTable::trusted("order"), &[mysql::ORDER_GID]).await
+}
+
+/// Makes `columns` of `table` compare as exact byte strings.
+///
+/// MySQL / MariaDB: reads each column's collation from
+/// `information_schema.COLUMNS`; if it is not binary (`…_bin`, or none for
+/// a `VARBINARY`), runs `ALTER TABLE table MODIFY <definition>`. Idempotent
+/// (a binary column is left alone, so the second run does nothing), and
+/// safe when several services start at once: the check and the `ALTER` run
+/// under the server-wide named lock `GET_LOCK('quickorder.exact_columns')`,
+/// so the second process waits, then finds the column already binary. A
+/// table or column that does not exist is skipped. PostgreSQL and SQLite:
+/// nothing to do.
+pub async fn ensure_exact_columns<DB: BarrierDatabase>(
+    pool: &Pool<DB>,
+    table: &BarrierTable,
+    columns: &[ExactColumn],
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    DB::exact_columns(&mut conn, table, columns).await
+}
+
+/// The server-wide lock that serialises [`ensure_exact_columns`] across processes.
+const EXACT_COLUMNS_LOCK: &str = "quickorder.exact_columns";
+
+/// Longest wait for another process's migration, in seconds. An `ALTER` of
+/// a large barrier table copies it; a minute is generous for the tables
+/// these services keep, and a timeout is an error, not a silent skip.
+const EXACT_COLUMNS_LOCK_WAIT_SECS: i64 = 60;
+
+/// [`ensure_exact_columns`] on MySQL / MariaDB.
+pub(crate) async fn mysql_exact_columns(
+    conn: &mut sqlx::MySqlConnection,
+    table: &BarrierTable,
+    columns: &[ExactColumn],
+) -> Result<(), sqlx::Error> {
+    let (schema, name) = match table.as_str().split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table.as_str()),
+    };
+    // Every part of a BarrierTable is [A-Za-z0-9_]: quoting cannot be escaped,
+    // and it makes reserved words such as `order` usable.
+    let quoted = match schema {
+        Some(schema) => format!("`{schema}`.`{name}`"),
+        None => format!("`{name}`"),
+    };
+    let needs_change = async |conn: &mut sqlx::MySqlConnection| -> Result<Vec<ExactColumn>, sqlx::Error> {
+        let mut pending = Vec::new();
+        for column in columns {
+            let collation: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT CAST(COLLATION_NAME AS CHAR) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            )
+            .bind(schema)
+            .bind(name)
+            .bind(column.name)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(Some(collation)) = collation
+                && !collation.ends_with("_bin")
+            {
+                pending.push(*column);
+            }
+        }
+        Ok(pending)
+    };
+    // The common case, every start after the first: nothing to convert, no lock taken.
+    if needs_change(conn).await?.is_empty() {
+        return Ok(());
+    }
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(EXACT_COLUMNS_LOCK)
+        .bind(EXACT_COLUMNS_LOCK_WAIT_SECS)
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(sqlx::Error::Protocol(format!(
+            "could not take the lock {EXACT_COLUMNS_LOCK:?} within {EXACT_COLUMNS_LOCK_WAIT_SECS} s \
+             to give {quoted}'s gid columns a binary collation"
+        )));
+    }
+    let result = async {
+        // Another process may have converted them while we waited for the lock.
+        for column in needs_change(conn).await? {
+            tracing::info!(table = %table, column = column.name, "giving the column a binary collation (exact gids)");
+            sqlx::query(&format!("ALTER TABLE {quoted} MODIFY {}", column.mysql_definition))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)").bind(EXACT_COLUMNS_LOCK).execute(&mut *conn).await;
+    result.and(released.map(|_| ()))
 }
 
 /// Creates the demo's `stock` table if it does not exist and seeds goods 1
@@ -174,6 +310,17 @@ mod tests {
             let statements = statements(script);
             assert_eq!(statements.len(), count, "{statements:#?}");
             assert!(statements.iter().all(|s| !s.contains("--")), "{statements:#?}");
+        }
+    }
+
+    #[test]
+    fn exact_column_definitions_are_the_ddl_files_own() {
+        // The migration must produce exactly what a fresh table gets.
+        for (ddl, column) in [(mysql::BARRIER, mysql::BARRIER_GID), (mysql::ORDER, mysql::ORDER_GID)] {
+            let statement = &statements(ddl)[0];
+            let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat(statement).contains(&flat(column.mysql_definition)), "{statement}\n{column:?}");
+            assert!(column.mysql_definition.contains("COLLATE utf8mb4_bin"));
         }
     }
 

@@ -351,6 +351,31 @@ async fn call_on_a_caller_transaction_with_a_qualified_table<E: Engine>() {
     assert_eq!(f.stock().await, 96);
 }
 
+/// Two sagas whose gids differ only in letter case are two sagas: each
+/// action runs its business, each compensation cancels its own order. (On
+/// MySQL this needs the gid columns' binary collation: with the table's
+/// default, `abc`'s barrier row would "duplicate" `AbC`'s.)
+async fn gids_differing_only_in_case_are_different_transactions<E: Engine>() {
+    let f = Fixture::<E>::new().await;
+    let (upper, lower) = (Gid::new("AbC").unwrap(), Gid::new("abc").unwrap());
+    assert_eq!(f.create_order(&upper, 1).await.unwrap(), Outcome::Ran(()));
+    assert_eq!(f.create_order(&lower, 2).await.unwrap(), Outcome::Ran(()), "not a duplicate of AbC");
+    assert_eq!(f.deduct(&upper, 1).await.unwrap(), Outcome::Ran(()));
+    assert_eq!(f.deduct(&lower, 2).await.unwrap(), Outcome::Ran(()));
+    assert_eq!(f.stock().await, 97, "both deductions ran");
+    assert_eq!(f.cancel_order(&lower).await.unwrap(), Outcome::Ran(()));
+    assert_eq!(f.restore(&lower, 2).await.unwrap(), Outcome::Ran(()));
+    assert_eq!(f.stock().await, 99);
+    let mut orders = E::orders(&f.pool).await;
+    orders.sort();
+    assert_eq!(
+        orders,
+        vec![("AbC".to_string(), USER, GOODS, 1, 0), ("abc".to_string(), USER, GOODS, 2, -1)],
+        "abc's compensation cancelled abc's order only"
+    );
+    assert_eq!(f.rows().await.len(), 6, "two action rows each, and abc's two compensation rows");
+}
+
 /// 2-phase message: the local transaction commits, then the check-back
 /// says "go" (dtm submits the message).
 async fn msg_committed_local_transaction_passes_query_prepared<E: Engine>() {
@@ -441,4 +466,82 @@ on_every_engine!(
     msg_committed_local_transaction_passes_query_prepared,
     msg_query_prepared_first_rolls_back_and_blocks_the_local_transaction,
     msg_query_prepared_waits_for_an_in_flight_local_transaction,
+    gids_differing_only_in_case_are_different_transactions,
 );
+
+/// Tables created by the old DDL (and by dtm's own, which has the same
+/// columns) compare gids case-insensitively on MySQL. `ensure_*_table`
+/// converts them: idempotently, and with two services starting at once.
+mod mysql_collation {
+    use super::*;
+
+    /// The DDL as it was before gid columns had a binary collation.
+    fn old_ddl(ddl: &str) -> String {
+        let old = ddl.replace(" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", "");
+        assert_ne!(old, ddl, "the current DDL declares the binary collation");
+        old
+    }
+
+    async fn collation(pool: &sqlx::MySqlPool, table: &str) -> String {
+        sqlx::query_scalar(
+            "SELECT CAST(COLLATION_NAME AS CHAR) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'gid'",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .expect("gid collation")
+    }
+
+    #[tokio::test]
+    async fn old_tables_are_migrated_to_exact_gids_by_concurrent_starts() {
+        test_support::init_tracing();
+        let db = test_support::mysql_database().await;
+        let pool = PoolOptions::<sqlx::MySql>::new().max_connections(8).connect(&db.url).await.unwrap();
+        let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
+        schema::apply(&pool, &old_ddl(schema::mysql::BARRIER)).await.unwrap();
+        schema::apply(&pool, &old_ddl(schema::mysql::ORDER)).await.unwrap();
+        schema::ensure_stock_table(&pool).await.unwrap();
+        assert!(!collation(&pool, "barrier").await.ends_with("_bin"), "the old DDL reproduces the bug");
+
+        // Saga AbC's action, on the old table.
+        let f = Fixture::<sqlx::MySql> { db, pool: pool.clone(), table: table.clone() };
+        let (upper, lower) = (Gid::new("AbC").unwrap(), Gid::new("abc").unwrap());
+        assert_eq!(f.create_order(&upper, 1).await.unwrap(), Outcome::Ran(()));
+        // The bug itself: abc's action is taken for a duplicate of AbC's.
+        let probe = Gid::new("aBc").unwrap();
+        assert_eq!(f.create_order(&probe, 1).await.unwrap(), Outcome::Skipped(Skipped::Duplicate));
+
+        // Two services start at once, each migrating on its own pool; then a third, later.
+        let other = PoolOptions::<sqlx::MySql>::new().max_connections(2).connect(&f.db.url).await.unwrap();
+        let (a, b) = tokio::join!(
+            async {
+                schema::ensure_barrier_table(&pool, &table).await?;
+                schema::ensure_order_table(&pool).await
+            },
+            async {
+                schema::ensure_barrier_table(&other, &table).await?;
+                schema::ensure_order_table(&other).await
+            },
+        );
+        a.expect("first service's migration");
+        b.expect("second service's migration");
+        schema::ensure_barrier_table(&pool, &table).await.expect("again: a no-op");
+        schema::ensure_order_table(&pool).await.expect("again: a no-op");
+        assert_eq!(collation(&pool, "barrier").await, "utf8mb4_bin");
+        assert_eq!(collation(&pool, "order").await, "utf8mb4_bin");
+
+        // The rows survived, and abc is now a saga of its own.
+        assert_eq!(f.create_order(&upper, 1).await.unwrap(), Outcome::Skipped(Skipped::Duplicate));
+        assert_eq!(f.create_order(&lower, 2).await.unwrap(), Outcome::Ran(()));
+        let gids: Vec<String> = order_gids(&pool).await;
+        assert_eq!(gids, vec!["AbC".to_string(), "abc".to_string()]);
+    }
+
+    async fn order_gids(pool: &sqlx::MySqlPool) -> Vec<String> {
+        let mut gids: Vec<String> =
+            <sqlx::MySql as Engine>::orders(pool).await.into_iter().map(|o| o.0).collect();
+        gids.sort();
+        gids
+    }
+}

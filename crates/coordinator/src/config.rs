@@ -432,6 +432,22 @@ impl Config {
     /// Checks cross-field rules with messages that name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        // The server defaults obey the bounds a transaction's own options
+        // obey (crate::model::bounds): beyond them the engine's time
+        // arithmetic has nothing sensible to do (e.g. 3 × TimeoutToFail).
+        use crate::model::bounds;
+        for (key, value, max) in [
+            ("RetryInterval", self.retry_interval, bounds::MAX_RETRY_INTERVAL),
+            ("MaxRetryInterval", self.max_retry_interval, bounds::MAX_RETRY_INTERVAL),
+            ("TimeoutToFail", self.timeout_to_fail, bounds::MAX_TIMEOUT_TO_FAIL),
+            ("RequestTimeout", self.request_timeout, bounds::MAX_REQUEST_TIMEOUT),
+            ("TransCronInterval", self.trans_cron_interval, bounds::MAX_REQUEST_TIMEOUT),
+            ("ApiTimeout", self.api_timeout, bounds::MAX_REQUEST_TIMEOUT),
+        ] {
+            if value > max.as_secs() {
+                return invalid(key, &format!("must be at most {} seconds", max.as_secs()));
+            }
+        }
         if self.retry_interval < 1 {
             return invalid(
                 "RetryInterval",
@@ -707,6 +723,12 @@ mod tests {
             ("Store:\n  Driver: boltdb\n", "boltdb"),
             ("Store:\n  Driver: mysql\n  Port: 3306\n  User: u\n", "Store.Host"),
             ("RetryInterval: 0\n", "RetryInterval"),
+            ("RetryInterval: 100000000000000\n", "RetryInterval: must be at most 86400"),
+            ("MaxRetryInterval: 86401\n", "MaxRetryInterval"),
+            ("TimeoutToFail: 18446744073709551615\n", "TimeoutToFail"),
+            ("RequestTimeout: 3601\n", "RequestTimeout"),
+            ("TransCronInterval: 3601\n", "TransCronInterval"),
+            ("ApiTimeout: 3601\n", "ApiTimeout"),
             ("HttpPort: lots\n", "HttpPort"),
             (
                 "MicroService:\n  Driver: dtm-driver-gozero\n  Target: consul://c:8500/dtm\n",

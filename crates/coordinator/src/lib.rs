@@ -19,9 +19,11 @@
 //! * `config`, `api`, `metrics`, `server` — configuration, the two APIs,
 //!   Prometheus metrics and the process wiring used by the `coordinator` binary.
 //!
-//! Several coordinators may share one database: there is no leader; each
-//! leases due transactions by pushing their `next_cron_time` forward, and
-//! every status change is a conditional update, so a doubled pass is harmless.
+//! Several coordinators may share one database: there is no leader. A pass
+//! holds a lease on its transaction (a token in `owner`, an expiry in
+//! `next_cron_time` on the database's clock) and every write it makes is
+//! fenced by that token, so at most one pass drives a transaction at a time
+//! ([`engine::lease`], the contract in [`store`]).
 
 pub mod api;
 pub mod branch;

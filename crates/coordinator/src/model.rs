@@ -21,6 +21,37 @@ pub const MAX_PAYLOAD_BYTES: usize = 65_535;
 /// Width of dtm's `url`, `options`, `custom_data`, `query_prepared` and `rollback_reason` columns.
 pub const MAX_TEXT_COLUMN: usize = 1024;
 
+/// Upper bounds of the per-transaction options, in the units dtm's API uses.
+///
+/// dtm accepts any `int64` and stores it; a `retry_interval` of 10^14 s
+/// then overflows the time arithmetic of every retry. Ours are refused at
+/// the API (400 / `InvalidArgument` naming the field, nothing stored), and
+/// chosen so that no sensible use is refused:
+///
+/// | option | bound | why |
+/// |---|---|---|
+/// | `request_timeout` | 1 h | one branch call; longer work belongs in ONGOING + retry |
+/// | `retry_interval` | 1 day | a saga retried less than daily is a saga nobody watches |
+/// | `timeout_to_fail` | 30 days | an open TCC/msg or saga may wait long, not forever |
+/// | msg `custom_data.delay` | 30 days | delayed delivery, same horizon as `timeout_to_fail` |
+/// | `retry_limit` | 100 | immediate re-invocations within one pass (see the engine) |
+///
+/// 0 (or absent) still means "the server default" for each of them.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// Longest `request_timeout`: one hour.
+    pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3_600);
+    /// Longest `retry_interval`: one day.
+    pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(86_400);
+    /// Longest `timeout_to_fail`: thirty days.
+    pub const MAX_TIMEOUT_TO_FAIL: Duration = Duration::from_secs(30 * 86_400);
+    /// Longest 2-phase message `delay` (`custom_data {"delay":N}`): thirty days.
+    pub const MAX_MSG_DELAY: Duration = Duration::from_secs(30 * 86_400);
+    /// Largest `retry_limit`.
+    pub const MAX_RETRY_LIMIT: u32 = 100;
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> EngineError {
     EngineError::InvalidArgument { field: field.to_string(), message: message.into() }
 }
@@ -291,11 +322,42 @@ fn secs(d: Option<Duration>) -> i64 {
     d.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn from_secs(field: &str, s: i64) -> Result<Option<Duration>, EngineError> {
-    match s {
-        0 => Ok(None),
-        s if s < 0 => Err(invalid(field, "must not be negative")),
-        s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
+/// A duration option in seconds: 0 = unset, otherwise `1..=max`.
+fn from_secs(field: &str, s: i64, max: Duration) -> Result<Option<Duration>, EngineError> {
+    match u64::try_from(s) {
+        Ok(0) => Ok(None),
+        Ok(s) if s <= max.as_secs() => Ok(Some(Duration::from_secs(s))),
+        _ => Err(invalid(
+            field,
+            format!("must be between 0 (server default) and {} seconds, got {s}", max.as_secs()),
+        )),
+    }
+}
+
+/// A 2-phase message's `custom_data`: empty, or a JSON object whose
+/// optional `delay` is a whole number of seconds up to [`bounds::MAX_MSG_DELAY`].
+/// The engine reads the same field back (`engine::sequence`).
+fn check_msg_custom_data(custom_data: &str) -> Result<(), EngineError> {
+    if custom_data.trim().is_empty() {
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(custom_data)
+        .map_err(|e| invalid("custom_data", format!("not a msg custom_data object: {e}")))?;
+    let Some(object) = value.as_object() else {
+        return Err(invalid("custom_data", "a msg custom_data must be a JSON object"));
+    };
+    match object.get("delay") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(delay) => match delay.as_u64() {
+            Some(n) if n <= bounds::MAX_MSG_DELAY.as_secs() => Ok(()),
+            _ => Err(invalid(
+                "custom_data.delay",
+                format!(
+                    "must be a whole number of seconds between 0 and {}, got {delay}",
+                    bounds::MAX_MSG_DELAY.as_secs()
+                ),
+            )),
+        },
     }
 }
 
@@ -316,18 +378,23 @@ impl TransOptions {
         serde_json::to_string(&stored).unwrap_or_default()
     }
 
-    /// Reads the `options` column back; an empty or unreadable column gives the defaults.
+    /// Reads the `options` column back; an empty or unreadable column gives
+    /// the defaults. Values beyond [`bounds`] — which the API refuses, but
+    /// dtm, an older version or a hand edit may have stored — are clamped to
+    /// the bound, so that no stored row can push the engine's intervals past
+    /// what the `next_cron_interval` column (dtm's `int(11)`) holds.
     pub fn from_stored_json(json: &str) -> TransOptions {
         let stored: StoredOptions = serde_json::from_str(json).unwrap_or_default();
-        let pos = |s: i64| (s > 0).then(|| Duration::from_secs(s.unsigned_abs()));
+        let pos = |s: i64, max: Duration| (s > 0).then(|| Duration::from_secs(s.unsigned_abs()).min(max));
         TransOptions {
             wait_result: stored.wait_result,
-            timeout_to_fail: pos(stored.timeout_to_fail),
-            request_timeout: pos(stored.request_timeout),
-            retry_interval: pos(stored.retry_interval),
+            timeout_to_fail: pos(stored.timeout_to_fail, bounds::MAX_TIMEOUT_TO_FAIL),
+            request_timeout: pos(stored.request_timeout, bounds::MAX_REQUEST_TIMEOUT),
+            retry_interval: pos(stored.retry_interval, bounds::MAX_RETRY_INTERVAL),
             branch_headers: stored.branch_headers,
             concurrent: stored.concurrent,
-            retry_limit: u32::try_from(stored.retry_limit).ok().filter(|l| *l > 0),
+            retry_limit: (stored.retry_limit > 0)
+                .then(|| u32::try_from(stored.retry_limit).unwrap_or(u32::MAX).min(bounds::MAX_RETRY_LIMIT)),
         }
     }
 }
@@ -494,8 +561,9 @@ impl TransRequest {
     ///
     /// Refuses: empty or malformed gid, unknown trans_type or protocol,
     /// steps/payloads count mismatch, unparsable branch URLs, payloads over
-    /// [`MAX_PAYLOAD_BYTES`], text fields wider than their columns, negative
-    /// durations, and (sagas) invalid `custom_data` orders.
+    /// [`MAX_PAYLOAD_BYTES`], text fields wider than their columns, durations
+    /// and counts outside [`bounds`], (sagas) invalid `custom_data` orders
+    /// and (msgs) a `custom_data` that is not `{"delay":N}`-shaped.
     pub fn from_input(input: TransRequestInput) -> Result<TransRequest, EngineError> {
         let gid = Gid::new(input.gid).map_err(|e| invalid("gid", e.to_string()))?;
         let trans_type: TransType = input
@@ -539,18 +607,40 @@ impl TransRequest {
         if !input.query_prepared.is_empty() {
             BranchUrl::parse(&input.query_prepared).map_err(|m| invalid("query_prepared", m))?;
         }
-        if trans_type == TransType::Saga {
-            SagaOrders::parse(&input.custom_data, steps.len())?;
+        match trans_type {
+            TransType::Saga => {
+                SagaOrders::parse(&input.custom_data, steps.len())?;
+            }
+            TransType::Msg => check_msg_custom_data(&input.custom_data)?,
+            _ => {}
         }
-        let retry_limit = match input.retry_limit {
-            0 => None,
-            n => Some(u32::try_from(n).map_err(|_| invalid("retry_limit", "out of range"))?),
+        let retry_limit = match u32::try_from(input.retry_limit) {
+            Ok(0) => None,
+            Ok(n) if n <= bounds::MAX_RETRY_LIMIT => Some(n),
+            _ => {
+                return Err(invalid(
+                    "retry_limit",
+                    format!(
+                        "must be between 0 (no limit) and {}, got {}",
+                        bounds::MAX_RETRY_LIMIT,
+                        input.retry_limit
+                    ),
+                ));
+            }
         };
         let options = TransOptions {
             wait_result: input.wait_result,
-            timeout_to_fail: from_secs("timeout_to_fail", input.timeout_to_fail)?,
-            request_timeout: from_secs("request_timeout", input.request_timeout)?,
-            retry_interval: from_secs("retry_interval", input.retry_interval)?,
+            timeout_to_fail: from_secs(
+                "timeout_to_fail",
+                input.timeout_to_fail,
+                bounds::MAX_TIMEOUT_TO_FAIL,
+            )?,
+            request_timeout: from_secs(
+                "request_timeout",
+                input.request_timeout,
+                bounds::MAX_REQUEST_TIMEOUT,
+            )?,
+            retry_interval: from_secs("retry_interval", input.retry_interval, bounds::MAX_RETRY_INTERVAL)?,
             branch_headers: input.branch_headers,
             retry_limit,
             concurrent: input.concurrent,
@@ -716,6 +806,61 @@ mod tests {
         let mut big = saga_input(&[("h:1/a.B/C", "")]);
         big.payloads[0] = vec![b'x'; MAX_PAYLOAD_BYTES + 1];
         assert_eq!(field_of(TransRequest::from_input(big).unwrap_err()), "payloads[0]");
+    }
+
+    #[test]
+    fn every_duration_and_count_option_is_bounded() {
+        type Set = fn(&mut TransRequestInput, i64);
+        let cases: [(&str, i64, Set); 4] = [
+            ("request_timeout", 3_600, |i, v| i.request_timeout = v),
+            ("retry_interval", 86_400, |i, v| i.retry_interval = v),
+            ("timeout_to_fail", 2_592_000, |i, v| i.timeout_to_fail = v),
+            ("retry_limit", 100, |i, v| i.retry_limit = v),
+        ];
+        for (field, max, set) in cases {
+            for ok in [0, 1, max] {
+                let mut input = saga_input(&[("h:1/a.B/C", "")]);
+                set(&mut input, ok);
+                assert!(TransRequest::from_input(input).is_ok(), "{field}={ok}");
+            }
+            for bad in [max + 1, -1, 100_000_000_000_000, i64::MAX, i64::MIN] {
+                let mut input = saga_input(&[("h:1/a.B/C", "")]);
+                set(&mut input, bad);
+                assert_eq!(field_of(TransRequest::from_input(input).unwrap_err()), field, "{field}={bad}");
+            }
+        }
+        // A stored row beyond the bounds (dtm, an older version, a hand edit) reads back clamped.
+        let hostile = format!(
+            r#"{{"retry_interval":{m},"timeout_to_fail":{m},"request_timeout":{m},"retry_limit":{m}}}"#,
+            m = i64::MAX
+        );
+        let clamped = TransOptions::from_stored_json(&hostile);
+        assert_eq!(clamped.retry_interval, Some(bounds::MAX_RETRY_INTERVAL));
+        assert_eq!(clamped.timeout_to_fail, Some(bounds::MAX_TIMEOUT_TO_FAIL));
+        assert_eq!(clamped.request_timeout, Some(bounds::MAX_REQUEST_TIMEOUT));
+        assert_eq!(clamped.retry_limit, Some(bounds::MAX_RETRY_LIMIT));
+        let msg = |custom: &str| TransRequestInput {
+            gid: "m1".into(),
+            trans_type: "msg".into(),
+            steps: vec![BTreeMap::from([("action".into(), "h:1/a.B/C".into())])],
+            custom_data: custom.into(),
+            ..Default::default()
+        };
+        for ok in ["", r#"{"delay":0}"#, r#"{"delay":2592000}"#, r#"{"other":1}"#, r#"{"delay":null}"#] {
+            assert!(TransRequest::from_input(msg(ok)).is_ok(), "{ok}");
+        }
+        for (bad, field) in [
+            (r#"{"delay":2592001}"#, "custom_data.delay"),
+            (r#"{"delay":100000000000000}"#, "custom_data.delay"),
+            (r#"{"delay":18446744073709551615}"#, "custom_data.delay"),
+            (r#"{"delay":-1}"#, "custom_data.delay"),
+            (r#"{"delay":1.5}"#, "custom_data.delay"),
+            (r#"{"delay":"10"}"#, "custom_data.delay"),
+            ("[1]", "custom_data"),
+            ("not json", "custom_data"),
+        ] {
+            assert_eq!(field_of(TransRequest::from_input(msg(bad)).unwrap_err()), field, "{bad}");
+        }
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Coordinator {
         let hooks = EngineHooks {
             observer: metrics.clone(),
             resolver: Some(Arc::new(discovery::ChannelCache::new())),
+            checkpoint: None,
         };
         let engine = Engine::new(store, engine_settings(&config), hooks)
             .map_err(|e| ServerError::Serve("branch client", e.to_string()))?;

@@ -1,24 +1,34 @@
 //! The store contract, one body run on MariaDB, PostgreSQL and SQLite.
 
+mod store_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use barrier::{BranchId, Gid, Op, TransType};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
+use store_support::Intercepted;
+
 use coordinator::store::{
-    self, BranchChange, CreateOutcome, GlobalChange, GroupCommit, ListFilter, NewBranch, NewGlobal, NewTrans,
-    Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
+    self, BranchChange, CreateOutcome, Fence, GlobalChange, GroupCommit, LeaseToken, ListFilter, NewBranch,
+    NewGlobal, NewTrans, Schedule, StatusUpdate, Store, StoreError,
 };
 
 fn gid(s: &str) -> Gid {
     s.parse().unwrap()
 }
 
+/// The lease token a test's pass on `g` holds.
+fn tok(g: &str) -> LeaseToken {
+    LeaseToken::new(format!("tok-{g}"))
+}
+
+/// A new transaction; `lease`: held by `tok(g)` that long, `None`: unowned and due now.
 fn new_global(
     g: &str,
     status: GlobalStatus,
-    next: chrono::DateTime<chrono::Utc>,
+    lease: Option<Duration>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> NewGlobal {
     NewGlobal {
@@ -30,8 +40,8 @@ fn new_global(
         options: r#"{"retry_interval":1}"#.into(),
         custom_data: String::new(),
         next_cron_interval: 10,
-        next_cron_time: next,
-        owner: String::new(),
+        owner: lease.map(|_| tok(g)),
+        lease: lease.unwrap_or_default(),
         rollback_reason: String::new(),
         now,
     }
@@ -59,26 +69,39 @@ fn with_results(
     results: &[BranchChange],
     now: chrono::DateTime<chrono::Utc>,
 ) -> StatusUpdate {
-    StatusUpdate { gid: gid(g), expected, change: change.clone(), branches: results.to_vec(), now }
+    StatusUpdate {
+        gid: gid(g),
+        expected,
+        fence: Fence::Owner(tok(g)),
+        change: change.clone(),
+        branches: results.to_vec(),
+        now,
+    }
+}
+
+/// `next_cron_time` minus the database's now, in seconds (give or take one:
+/// the store's clock is the database's, ours only approximates it).
+async fn due_in(store: &dyn Store, g: &str) -> i64 {
+    let t = store.find(&gid(g)).await.unwrap().unwrap().global;
+    (t.next_cron_time.unwrap() - store::now()).num_seconds()
 }
 
 async fn contract(store: Arc<dyn Store>) {
     let now = store::now();
-    let past = now - TimeDelta::seconds(5);
 
     // create: all rows in one go, insert-if-absent.
     assert_eq!(
-        store.create(&new_global("g1", GlobalStatus::Submitted, past, now), &saga_rows()).await.unwrap(),
+        store.create(&new_global("g1", GlobalStatus::Submitted, None, now), &saga_rows()).await.unwrap(),
         CreateOutcome::Created
     );
-    match store.create(&new_global("g1", GlobalStatus::Prepared, now, now), &[]).await.unwrap() {
+    match store.create(&new_global("g1", GlobalStatus::Prepared, None, now), &[]).await.unwrap() {
         CreateOutcome::Exists(row) => assert_eq!(row.status, GlobalStatus::Submitted),
         CreateOutcome::Created => panic!("a second create must not insert"),
     }
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
     assert_eq!(t.global.protocol, Protocol::Grpc);
     assert_eq!(t.global.create_time, Some(now), "UTC, whole seconds, read back unchanged");
-    assert_eq!(t.global.next_cron_time, Some(past));
+    assert!(due_in(&*store, "g1").await <= 0, "unowned: due now");
     let order: Vec<(String, Op)> = t.branches.iter().map(|b| (b.branch_id.to_string(), b.op)).collect();
     assert_eq!(
         order,
@@ -92,97 +115,169 @@ async fn contract(store: Arc<dyn Store>) {
     assert_eq!(t.branches[0].bin_data, [0, 1, 2, 255], "payload bytes verbatim");
     assert!(store.find(&gid("nope")).await.unwrap().is_none());
 
-    // lease: due rows only, each once, until the lease expires.
+    // lease: due rows only, each once, until the lease expires; the lease
+    // is on the database's clock.
     store
-        .create(&new_global("g2", GlobalStatus::Submitted, now + TimeDelta::seconds(60), now), &[])
+        .create(&new_global("g2", GlobalStatus::Submitted, Some(Duration::from_secs(60)), now), &[])
         .await
         .unwrap();
-    store.create(&new_global("g3", GlobalStatus::Succeed, past, now), &[]).await.unwrap();
-    let leased = store.lease_due("owner-a", now, Duration::from_secs(30), 10).await.unwrap();
+    assert!((59..=61).contains(&due_in(&*store, "g2").await));
+    store.create(&new_global("g3", GlobalStatus::Succeed, None, now), &[]).await.unwrap();
+    let (a, b) = (LeaseToken::new("owner-a"), LeaseToken::new("owner-b"));
+    let leased = store.lease_due(&a, Duration::from_secs(30), 10, &[], now).await.unwrap();
     let gids: Vec<&str> = leased.iter().map(|t| t.global.gid.as_str()).collect();
-    assert_eq!(gids, ["g1"], "not g2 (not due), not g3 (final)");
+    assert_eq!(gids, ["g1"], "not g2 (held), not g3 (final)");
     assert_eq!(leased[0].branches.len(), 4);
     assert_eq!(leased[0].global.owner, "owner-a");
-    assert_eq!(leased[0].global.next_cron_time, Some(now + TimeDelta::seconds(30)));
+    assert!((29..=31).contains(&due_in(&*store, "g1").await));
     assert!(
-        store.lease_due("owner-b", now, Duration::from_secs(30), 10).await.unwrap().is_empty(),
+        store.lease_due(&b, Duration::from_secs(30), 10, &[], now).await.unwrap().is_empty(),
         "held by a"
     );
-    let later = now + TimeDelta::seconds(31);
-    let again = store.lease_due("owner-c", later, Duration::from_secs(30), 10).await.unwrap();
+    let skewed = now + TimeDelta::days(1);
+    assert!(
+        store.lease_due(&b, Duration::from_secs(30), 10, &[], skewed).await.unwrap().is_empty(),
+        "a caller whose clock is a day ahead still sees a's lease: leases are on the database's clock"
+    );
+    assert!(store.acquire(&gid("g1"), &b, Duration::from_secs(30), skewed).await.unwrap().is_none());
+    store
+        .create(&new_global("g7", GlobalStatus::Submitted, Some(Duration::from_secs(1)), now), &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        store.lease_due(&b, Duration::from_secs(30), 10, &[gid("g7")], now).await.unwrap().is_empty(),
+        "g7's lease expired, but it is skipped (the caller drives it)"
+    );
+    let again = store.lease_due(&b, Duration::from_secs(30), 10, &[], now).await.unwrap();
     assert_eq!(again.len(), 1, "an expired lease is up for grabs");
+    assert_eq!(again[0].global.owner, "owner-b");
 
-    // update: conditional on the status; branch results ride along.
+    // update: conditional on the status AND the owner; branch results ride along.
     let change = GlobalChange {
         status: Some(GlobalStatus::Succeed),
         rollback_reason: None,
-        next_cron_time: now,
+        schedule: Schedule::Release(Duration::ZERO),
         next_cron_interval: 10,
     };
     let results = [
         BranchChange { branch_id: BranchId::nth(0), op: Op::Action, status: BranchStatus::Succeed },
         BranchChange { branch_id: BranchId::nth(1), op: Op::Action, status: BranchStatus::Succeed },
     ];
-    assert!(
-        !store.update(with_results("g1", GlobalStatus::Aborting, &change, &results, now)).await.unwrap(),
-        "wrong status"
-    );
+    let as_owner = |owner: &LeaseToken, expected| StatusUpdate {
+        fence: Fence::Owner(owner.clone()),
+        ..with_results("g1", expected, &change, &results, now)
+    };
+    assert!(!store.update(as_owner(&a, GlobalStatus::Aborting)).await.unwrap(), "wrong status");
+    assert!(!store.update(as_owner(&b, GlobalStatus::Submitted)).await.unwrap(), "not the owner");
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
-    assert_eq!(t.global.status, GlobalStatus::Submitted);
+    assert_eq!((t.global.status, t.global.owner.as_str()), (GlobalStatus::Submitted, "owner-a"));
     assert!(
         t.branches.iter().all(|b| b.status == BranchStatus::Prepared),
-        "a lost update writes no branch either"
+        "a refused update writes no branch either"
     );
-    assert!(store.update(with_results("g1", GlobalStatus::Submitted, &change, &results, now)).await.unwrap());
+    assert!(store.update(as_owner(&a, GlobalStatus::Submitted)).await.unwrap());
     let t = store.find(&gid("g1")).await.unwrap().unwrap();
     assert_eq!(t.global.status, GlobalStatus::Succeed);
     assert_eq!(t.global.finish_time, Some(now));
+    assert_eq!(t.global.owner, "", "a pass's last write lets go of the lease");
     let statuses: Vec<BranchStatus> = t.branches.iter().map(|b| b.status).collect();
     use BranchStatus::{Prepared as P, Succeed as S};
     assert_eq!(statuses, [P, S, P, S]);
-    assert!(
-        !store.update(StatusUpdate::global(&gid("g1"), GlobalStatus::Submitted, change, now)).await.unwrap(),
-        "only once"
-    );
+    assert!(!store.update(as_owner(&a, GlobalStatus::Submitted)).await.unwrap(), "only once");
 
-    // rollback reason and failed.
-    store.create(&new_global("g4", GlobalStatus::Submitted, now, now), &saga_rows()).await.unwrap();
+    // A hold extends the lease; a take-over applies whoever owns it and takes it.
+    store
+        .create(&new_global("g4", GlobalStatus::Submitted, Some(Duration::from_secs(5)), now), &saga_rows())
+        .await
+        .unwrap();
     let abort = GlobalChange {
         status: Some(GlobalStatus::Aborting),
         rollback_reason: Some("no stock".into()),
-        next_cron_time: now,
+        schedule: Schedule::Hold(Duration::from_secs(40)),
         next_cron_interval: 20,
     };
+    let taker = LeaseToken::new("taker");
     assert!(
-        store.update(StatusUpdate::global(&gid("g4"), GlobalStatus::Submitted, abort, now)).await.unwrap()
+        store
+            .update(StatusUpdate::global(
+                &gid("g4"),
+                GlobalStatus::Submitted,
+                Fence::TakeOver(taker.clone()),
+                abort,
+                now
+            ))
+            .await
+            .unwrap()
     );
     let g4 = store.find(&gid("g4")).await.unwrap().unwrap().global;
     assert_eq!(
-        (g4.status, g4.rollback_reason.as_str(), g4.next_cron_interval),
-        (GlobalStatus::Aborting, "no stock", 20)
+        (g4.status, g4.rollback_reason.as_str(), g4.next_cron_interval, g4.owner.as_str()),
+        (GlobalStatus::Aborting, "no stock", 20, "taker")
     );
+    assert!((39..=41).contains(&due_in(&*store, "g4").await));
 
-    // release, reset, force stop.
+    // acquire: only what nobody holds.
+    assert!(
+        store.acquire(&gid("g4"), &a, Duration::from_secs(9), now).await.unwrap().is_none(),
+        "live lease"
+    );
+    assert!(store.acquire(&gid("g1"), &a, Duration::from_secs(9), now).await.unwrap().is_none(), "final");
+    assert!(store.acquire(&gid("nope"), &a, Duration::from_secs(9), now).await.unwrap().is_none());
+    store.create(&new_global("g8", GlobalStatus::Submitted, None, now), &saga_rows()).await.unwrap();
+    let mine = store.acquire(&gid("g8"), &a, Duration::from_secs(9), now).await.unwrap().expect("unowned");
+    assert_eq!((mine.global.owner.as_str(), mine.branches.len()), ("owner-a", 4));
+    assert!((8..=10).contains(&due_in(&*store, "g8").await));
+    assert!(store.acquire(&gid("g8"), &b, Duration::from_secs(9), now).await.unwrap().is_none(), "now held");
+
+    // release: only leases still held by the given token.
     store
-        .create(&new_global("g5", GlobalStatus::Submitted, now + TimeDelta::seconds(3600), now), &[])
+        .create(&new_global("g5", GlobalStatus::Submitted, Some(Duration::from_secs(3600)), now), &[])
         .await
         .unwrap();
-    assert_eq!(store.release(&[gid("g5"), gid("g3")], now).await.unwrap(), 1, "final rows are left alone");
-    assert_eq!(store.find(&gid("g5")).await.unwrap().unwrap().global.next_cron_time, Some(now));
+    let held = [(gid("g5"), tok("g5")), (gid("g3"), tok("g3")), (gid("g8"), b.clone())];
+    assert_eq!(store.release(&held, now).await.unwrap(), 1, "final rows and others' leases are left alone");
+    let g5 = store.find(&gid("g5")).await.unwrap().unwrap().global;
+    assert_eq!(g5.owner, "");
+    assert!(due_in(&*store, "g5").await <= 0);
+    assert_eq!(store.find(&gid("g8")).await.unwrap().unwrap().global.owner, "owner-a");
+
+    // resetNextCronTime moves a retry time, never a live lease.
+    let retry_later = GlobalChange {
+        status: None,
+        rollback_reason: None,
+        schedule: Schedule::Release(Duration::from_secs(3600)),
+        next_cron_interval: 10,
+    };
     store
-        .create(&new_global("g6", GlobalStatus::Submitted, now + TimeDelta::seconds(3600), now), &[])
+        .create(&new_global("g6", GlobalStatus::Submitted, Some(Duration::from_secs(60)), now), &[])
         .await
         .unwrap();
-    let reset = store.reset_stale_cron_times(now, now + TimeDelta::seconds(600), 100).await.unwrap();
-    assert_eq!((reset.succeed_count, reset.has_remaining), (1, false), "only g6 is scheduled that far ahead");
-    assert!(store.reset_next_cron_time(&gid("g2"), now).await.unwrap());
+    assert!(
+        store
+            .update(StatusUpdate::global(
+                &gid("g6"),
+                GlobalStatus::Submitted,
+                Fence::Owner(tok("g6")),
+                retry_later,
+                now
+            ))
+            .await
+            .unwrap()
+    );
+    assert!((3599..=3601).contains(&due_in(&*store, "g6").await));
+    assert!(store.reset_next_cron_time(&gid("g2"), now).await.unwrap(), "found");
+    assert!(due_in(&*store, "g2").await > 50, "g2's live lease is untouched");
+    let reset = store.reset_stale_cron_times(Duration::from_secs(600), 100, now).await.unwrap();
+    assert_eq!((reset.succeed_count, reset.has_remaining), (1, false), "only g6 waits that long, unowned");
+    assert!(due_in(&*store, "g6").await <= 0);
     assert!(!store.reset_next_cron_time(&gid("nope"), now).await.unwrap());
     assert!(store.force_stop(&gid("g4"), now).await.unwrap());
     assert!(!store.force_stop(&gid("g4"), now).await.unwrap(), "already final");
     assert_eq!(store.find(&gid("g4")).await.unwrap().unwrap().global.status, GlobalStatus::Failed);
 
     // add_branches only on the expected status; duplicates refused.
-    store.create(&new_global("t1", GlobalStatus::Prepared, now, now), &[]).await.unwrap();
+    store.create(&new_global("t1", GlobalStatus::Prepared, None, now), &[]).await.unwrap();
     let tcc = vec![NewBranch {
         url: "http://h/cancel".into(),
         bin_data: vec![],
@@ -197,19 +292,20 @@ async fn contract(store: Arc<dyn Store>) {
     assert!(!store.add_branches(&gid("g1"), GlobalStatus::Prepared, &tcc, now).await.unwrap());
 
     // list: newest first, keyset pagination, filters.
-    let page = store.list(&ListFilter { limit: 3, ..Default::default() }).await.unwrap();
+    let page = store.list(&ListFilter { limit: 4, ..Default::default() }).await.unwrap();
     let names: Vec<&str> = page.transactions.iter().map(|t| t.gid.as_str()).collect();
-    assert_eq!(names, ["t1", "g6", "g5"]);
+    assert_eq!(names, ["t1", "g6", "g5", "g8"]);
     let position = page.next_position.parse().unwrap();
     let page2 =
-        store.list(&ListFilter { limit: 3, position: Some(position), ..Default::default() }).await.unwrap();
+        store.list(&ListFilter { limit: 4, position: Some(position), ..Default::default() }).await.unwrap();
     let names: Vec<&str> = page2.transactions.iter().map(|t| t.gid.as_str()).collect();
-    assert_eq!(names, ["g4", "g3", "g2"]);
+    assert_eq!(names, ["g4", "g7", "g3", "g2"]);
     let last = store
-        .list(&ListFilter { limit: 3, position: page2.next_position.parse().ok(), ..Default::default() })
+        .list(&ListFilter { limit: 4, position: page2.next_position.parse().ok(), ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(last.transactions.len(), 1);
+    let names: Vec<&str> = last.transactions.iter().map(|t| t.gid.as_str()).collect();
+    assert_eq!(names, ["g1"]);
     assert_eq!(last.next_position, "", "a short page is the last one");
     let failed = store
         .list(&ListFilter { limit: 100, status: Some(GlobalStatus::Failed), ..Default::default() })
@@ -226,7 +322,7 @@ async fn contract(store: Arc<dyn Store>) {
         ..Default::default()
     };
     let recent = store.list(&since(Some(now - TimeDelta::milliseconds(1500)), None)).await.unwrap();
-    assert_eq!(recent.transactions.len(), 7, "all rows were created at `now`");
+    assert_eq!(recent.transactions.len(), 9, "all rows were created at `now`");
     let old = store.list(&since(None, Some(now - TimeDelta::seconds(10)))).await.unwrap();
     assert!(old.transactions.is_empty());
     let json = serde_json::to_value(store.find(&gid("g1")).await.unwrap().unwrap()).unwrap();
@@ -235,7 +331,7 @@ async fn contract(store: Arc<dyn Store>) {
 }
 
 fn new_trans(names: &[&str], now: chrono::DateTime<chrono::Utc>) -> Vec<NewTrans> {
-    let lease = now + TimeDelta::seconds(30);
+    let lease = Some(Duration::from_secs(30));
     names
         .iter()
         .map(|n| NewTrans {
@@ -250,10 +346,11 @@ fn finish(g: &str, now: chrono::DateTime<chrono::Utc>) -> StatusUpdate {
     StatusUpdate {
         gid: gid(g),
         expected: GlobalStatus::Submitted,
+        fence: Fence::Owner(tok(g)),
         change: GlobalChange {
             status: Some(GlobalStatus::Succeed),
             rollback_reason: None,
-            next_cron_time: now + TimeDelta::seconds(30),
+            schedule: Schedule::Release(Duration::ZERO),
             next_cron_interval: 10,
         },
         branches: (0..2)
@@ -303,10 +400,14 @@ async fn batch_contract(store: Arc<dyn Store>) {
     assert_eq!(status_of(&*store, "b4").await, Some(GlobalStatus::Submitted));
 
     // Nothing of a batch is written when part of it cannot apply.
-    let refused: [(&str, Vec<NewTrans>, Vec<StatusUpdate>); 3] = [
+    // A pass that lost its lease, batched with one that holds its own: the
+    // shared `owner IN (…)` must not let the first through.
+    let lost_lease = StatusUpdate { fence: Fence::Owner(tok("b2")), ..finish("b3", now) };
+    let refused: [(&str, Vec<NewTrans>, Vec<StatusUpdate>); 4] = [
         ("a gid that exists", new_trans(&["b5", "b1"], now), vec![finish("b3", now)]),
         ("a status that moved", new_trans(&["b5"], now), vec![finish("b3", now), finish("b1", now)]),
         ("one gid twice", Vec::new(), vec![finish("b3", now), finish("b3", now)]),
+        ("a lease that was lost", new_trans(&["b5"], now), vec![finish("b4", now), lost_lease]),
     ];
     for (why, creates, updates) in refused {
         assert!(!store.write_batch(&creates, &updates).await.unwrap(), "{why}");
@@ -317,14 +418,14 @@ async fn batch_contract(store: Arc<dyn Store>) {
     }
 
     // Different changes in one batch: each row gets its own.
-    let later = now + TimeDelta::seconds(60);
     let pending = StatusUpdate {
         gid: gid("b4"),
         expected: GlobalStatus::Submitted,
+        fence: Fence::Owner(tok("b4")),
         change: GlobalChange {
             status: None,
             rollback_reason: Some("branch down".into()),
-            next_cron_time: later,
+            schedule: Schedule::Release(Duration::from_secs(60)),
             next_cron_interval: 20,
         },
         branches: vec![BranchChange {
@@ -340,12 +441,13 @@ async fn batch_contract(store: Arc<dyn Store>) {
     assert_eq!(
         (
             b4.global.status,
-            b4.global.next_cron_time,
+            b4.global.owner.as_str(),
             b4.global.next_cron_interval,
             b4.global.rollback_reason.as_str()
         ),
-        (GlobalStatus::Submitted, Some(later), 20, "branch down")
+        (GlobalStatus::Submitted, "", 20, "branch down")
     );
+    assert!((59..=61).contains(&due_in(&*store, "b4").await));
     assert_eq!(b4.branches.iter().filter(|b| b.status == BranchStatus::Succeed).count(), 1);
 }
 
@@ -392,73 +494,17 @@ async fn batches_on_sqlite() {
     group_commit_answers_each_writer(store::open(&db.url, 4).await.unwrap()).await;
 }
 
-/// A real store whose `create` panics for one gid, to prove the panic fence
-/// of the group-commit writer.
-#[derive(Debug)]
-struct PanicsOn(&'static str, Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl Store for PanicsOn {
-    async fn create(&self, global: &NewGlobal, branches: &[NewBranch]) -> Result<CreateOutcome, StoreError> {
-        assert_ne!(global.gid.as_str(), self.0, "a bug in the store");
-        self.1.create(global, branches).await
-    }
-    async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError> {
-        self.1.update(update).await
-    }
-    async fn write_batch(&self, creates: &[NewTrans], updates: &[StatusUpdate]) -> Result<bool, StoreError> {
-        self.1.write_batch(creates, updates).await
-    }
-    async fn find(&self, gid: &Gid) -> Result<Option<StoredTrans>, StoreError> {
-        self.1.find(gid).await
-    }
-    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
-        self.1.list(filter).await
-    }
-    async fn add_branches(
-        &self,
-        gid: &Gid,
-        expected: GlobalStatus,
-        branches: &[NewBranch],
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.1.add_branches(gid, expected, branches, now).await
-    }
-    async fn lease_due(
-        &self,
-        owner: &str,
-        now: DateTime<Utc>,
-        lease_for: Duration,
-        limit: u32,
-    ) -> Result<Vec<StoredTrans>, StoreError> {
-        self.1.lease_due(owner, now, lease_for, limit).await
-    }
-    async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.1.release(gids, now).await
-    }
-    async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.1.force_stop(gid, now).await
-    }
-    async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.1.reset_next_cron_time(gid, now).await
-    }
-    async fn reset_stale_cron_times(
-        &self,
-        now: DateTime<Utc>,
-        later_than: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<ResetCount, StoreError> {
-        self.1.reset_stale_cron_times(now, later_than, limit).await
-    }
-}
-
 /// A panic while writing fails the writes it held (`WriteLost`), and only
 /// those: the single writer task keeps serving everyone else.
 #[tokio::test]
 async fn a_panicking_write_does_not_stop_the_group_commit_writer() {
     let db = test_support::sqlite_database();
     let inner = store::open_direct(&db.url, 4).await.unwrap();
-    let store = GroupCommit::new(Arc::new(PanicsOn("boom", inner)));
+    let panics_on_boom = Intercepted {
+        before_create: Box::new(|global| assert_ne!(global.gid.as_str(), "boom", "a bug in the store")),
+        ..Intercepted::new(inner)
+    };
+    let store = GroupCommit::new(Arc::new(panics_on_boom));
     let now = store::now();
     let [boom, after] = <[NewTrans; 2]>::try_from(new_trans(&["boom", "after"], now)).unwrap();
 

@@ -194,9 +194,9 @@ async fn http_submit(State(log): State<HttpLog>, headers: HeaderMap, body: Strin
 
 async fn http_query(Query(params): Query<Vec<(String, String)>>) -> (StatusCode, String) {
     let gid = params.iter().find(|(k, _)| k == "gid").map(|(_, v)| v.clone()).unwrap_or_default();
-    if gid == "a b&c" {
-        let body = r#"{"branches":[{"gid":"a b&c","url":"http://h/TransOut","branch_id":"01","op":"action","status":"failed"}],
-            "transaction":{"gid":"a b&c","trans_type":"saga","status":"failed","rollback_reason":"out of stock"}}"#;
+    if gid == "a+b&c=d%" {
+        let body = r#"{"branches":[{"gid":"a+b&c=d%","url":"http://h/TransOut","branch_id":"01","op":"action","status":"failed"}],
+            "transaction":{"gid":"a+b&c=d%","trans_type":"saga","status":"failed","rollback_reason":"out of stock"}}"#;
         (StatusCode::OK, body.into())
     } else {
         (StatusCode::OK, r#"{"branches":[],"transaction":null}"#.into())
@@ -243,7 +243,7 @@ async fn http_query_returns_typed_status_and_branches() {
     let base = start_http_dtm(HttpLog::default()).await;
     let client = DtmClient::new(&base, ChannelCache::new()).unwrap();
     // The gid is sent URL-encoded and arrives intact.
-    let result = client.query(&Gid::new("a b&c").unwrap()).await.unwrap();
+    let result = client.query(&Gid::new("a+b&c=d%").unwrap()).await.unwrap();
     let transaction = result.transaction.unwrap();
     assert_eq!(transaction.status, TransStatus::Failed);
     assert_eq!(transaction.rollback_reason.as_deref(), Some("out of stock"));

@@ -65,10 +65,11 @@ fn new_gid() -> String {
 /// `(gid, row_state, user_id, num)` of every order, by id.
 async fn mysql_orders(url: &str) -> Vec<(String, i64, i64, i64)> {
     let pool = sqlx::MySqlPool::connect(url).await.unwrap();
-    let rows = sqlx::query("select gid, row_state, user_id, num from `order` order by id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query("select cast(gid as char) as gid, row_state, user_id, num from `order` order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     rows.iter()
         .map(|r| (r.get(0), i64::from(r.get::<i8, _>(1)), r.get(2), i64::from(r.get::<i32, _>(3))))
         .collect()

@@ -125,7 +125,7 @@ fn placeholders(sql: &str, dollar: bool) -> String {
 
 macro_rules! engine {
     ($db:ty, database: $database:expr, qualified: $qualified:expr, order: $order:literal,
-     bigint: $bigint:literal, dollar: $dollar:literal) => {
+     bigint: $bigint:literal, text: $text:literal, dollar: $dollar:literal) => {
         impl Engine for $db {
             async fn database() -> TestDatabase {
                 $database
@@ -214,7 +214,11 @@ macro_rules! engine {
 
             async fn orders(pool: &Pool<Self>) -> Vec<OrderRow> {
                 let sql = concat!(
-                    "select gid, cast(user_id as ",
+                    // gid is cast to text: MySQL's binary-collated gid column
+                    // (exact gids) is VARBINARY to sqlx, not a String.
+                    "select cast(gid as ",
+                    $text,
+                    "), cast(user_id as ",
                     $bigint,
                     "), cast(goods_id as ",
                     $bigint,
@@ -231,7 +235,8 @@ macro_rules! engine {
 
             async fn barrier_rows(pool: &Pool<Self>, table: &BarrierTable) -> Vec<Row> {
                 let sql = format!(
-                    "select trans_type, gid, branch_id, op, barrier_id, reason from {table} order by id"
+                    "select trans_type, cast(gid as {}), branch_id, op, barrier_id, reason from {table} order by id",
+                    $text
                 );
                 let rows: Vec<(String, String, String, String, String, String)> =
                     sqlx::query_as(&sql).fetch_all(pool).await.expect("read barrier rows");
@@ -257,6 +262,7 @@ engine!(
     qualified: |db| (None, format!("{}.barrier", db.name)),
     order: "`order`",
     bigint: "signed",
+    text: "char",
     dollar: false
 );
 
@@ -266,6 +272,7 @@ engine!(
     qualified: |_| (Some("CREATE SCHEMA IF NOT EXISTS dtm_barrier"), "dtm_barrier.barrier".to_string()),
     order: "\"order\"",
     bigint: "bigint",
+    text: "text",
     dollar: true
 );
 
@@ -276,6 +283,7 @@ engine!(
     qualified: |_| (None, "main.barrier".to_string()),
     order: "\"order\"",
     bigint: "integer",
+    text: "text",
     dollar: false
 );
 

@@ -6,11 +6,20 @@
 //! [`BranchResult`] through the barrier crate's `from_http` / `from_grpc`, so
 //! the coordinator and the branches agree on what FAILURE and ONGOING look
 //! like. Connections are pooled: one shared `reqwest::Client`, and one
-//! lazily connected tonic `Channel` per gRPC server string.
+//! lazily connected tonic `Channel` per gRPC server string, in a map bounded
+//! by [`MAX_CHANNELS`] (least recently used evicted).
+//!
+//! Whoever can submit a transaction chooses the URLs the coordinator calls,
+//! so the caller defends itself against what comes back: an HTTP reply body
+//! is read up to [`MAX_REPLY_BYTES`] and no further, and redirects are not
+//! followed (a 3xx is a retryable error, logged) — dtm follows them, but a
+//! branch that redirects is misconfigured, and following lets a submitted
+//! URL reach hosts nobody named.
 
+mod channels;
 mod codec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +30,19 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::model::{BranchTarget, BranchUrl, GrpcTarget};
 
+use channels::ChannelMap;
 pub use codec::{DiscardDecoder, RawCodec, RawEncoder};
+
+/// Largest HTTP branch reply read, in bytes: dtm's answers are a few dozen
+/// bytes of JSON (`{"dtm_result":"SUCCESS"}`); a branch sending more than
+/// this is broken or hostile, and its reply is a retryable error rather
+/// than unbounded memory in the coordinator.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+/// Most gRPC channels kept at once (one per distinct `host:port` ever named
+/// in a branch URL). Beyond it the least recently used is dropped; a later
+/// call to that server simply connects again.
+pub const MAX_CHANNELS: usize = 256;
 
 /// Why a channel to a discovery target could not be produced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +95,7 @@ pub struct BranchCaller {
     /// One client for all HTTP branches: its pool keeps connections alive.
     http: reqwest::Client,
     /// gRPC channels by server string; a `Channel` multiplexes calls over one HTTP/2 connection.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<ChannelMap>>,
     /// Resolver for `etcd://` servers, if discovery is configured.
     resolver: Option<Arc<dyn BranchResolver>>,
 }
@@ -88,12 +109,26 @@ impl std::fmt::Debug for BranchCaller {
 impl BranchCaller {
     /// A caller; `resolver` handles discovery URLs (`etcd://…`).
     pub fn new(resolver: Option<Arc<dyn BranchResolver>>) -> Result<BranchCaller, reqwest::Error> {
+        BranchCaller::with_channel_capacity(resolver, MAX_CHANNELS)
+    }
+
+    /// Like [`BranchCaller::new`], keeping at most `capacity` gRPC channels.
+    pub fn with_channel_capacity(
+        resolver: Option<Arc<dyn BranchResolver>>,
+        capacity: usize,
+    ) -> Result<BranchCaller, reqwest::Error> {
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(3))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(BranchCaller { http, channels: Arc::default(), resolver })
+        Ok(BranchCaller { http, channels: Arc::new(Mutex::new(ChannelMap::new(capacity))), resolver })
+    }
+
+    /// How many gRPC channels are kept now (at most the capacity).
+    pub fn cached_channels(&self) -> usize {
+        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
     /// Whether URLs of this shape can be called at all (checked at submit).
@@ -136,10 +171,26 @@ impl BranchCaller {
         }
         match request.timeout(call.timeout).send().await {
             Ok(response) => {
-                let status = response.status().as_u16();
-                match response.text().await {
-                    Ok(body) => BranchResult::from_http(status, &body),
-                    Err(e) => BranchResult::Retry(format!("reading HTTP {status} reply: {e}")),
+                let status = response.status();
+                if status.is_redirection() {
+                    let location = response
+                        .headers()
+                        .get(http::header::LOCATION)
+                        .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        gid = %call.gid, branch_id = %call.branch_id, op = %call.op, url = %call.url,
+                        status = status.as_u16(), %location,
+                        "branch answered with a redirect, which is not followed: fix the branch URL"
+                    );
+                    return BranchResult::Retry(format!(
+                        "HTTP {} redirect to {location:?} not followed: branch URLs must name the branch itself",
+                        status.as_u16()
+                    ));
+                }
+                match read_capped(response, MAX_REPLY_BYTES).await {
+                    Ok(body) => BranchResult::from_http(status.as_u16(), &String::from_utf8_lossy(&body)),
+                    Err(e) => BranchResult::Retry(format!("reading HTTP {} reply: {e}", status.as_u16())),
                 }
             }
             Err(e) => BranchResult::Retry(format!("HTTP request failed: {e}")),
@@ -151,14 +202,14 @@ impl BranchCaller {
     fn direct_channel(&self, server: &str) -> Result<Channel, ResolveError> {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(channel) = channels.get(server) {
-            return Ok(channel.clone());
+            return Ok(channel);
         }
         let channel = Endpoint::from_shared(format!("http://{server}"))
             .map_err(|e| ResolveError(format!("bad gRPC server {server:?}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(server.to_string(), channel.clone());
+        channels.insert(server, channel.clone());
         Ok(channel)
     }
 
@@ -212,4 +263,31 @@ impl BranchCaller {
             Err(_) => BranchResult::Retry(format!("no reply within {:?}", call.timeout)),
         }
     }
+}
+
+/// Why a reply body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// More than the cap: announced by `Content-Length` or found while reading.
+    #[error("reply larger than {0} bytes: not read (a dtm branch answers with a few bytes of JSON)")]
+    TooLarge(usize),
+    /// The connection failed or timed out mid-body.
+    #[error(transparent)]
+    Transport(#[from] reqwest::Error),
+}
+
+/// Reads `response`'s body, refusing it as soon as it exceeds `cap` bytes:
+/// memory per call is bounded whatever the branch sends.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge(cap));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Err(ReadError::TooLarge(cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

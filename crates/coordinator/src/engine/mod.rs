@@ -4,7 +4,7 @@
 //! # Life of a saga
 //!
 //! 1. `submit` validates, then [`Store::create`] commits the global row and
-//!    all branch rows at once, with `next_cron_time = now + lease`: this
+//!    all branch rows at once, with a fresh lease token in `owner`: this
 //!    instance holds the lease. (Under load, the creates and final writes of
 //!    concurrent sagas share transactions: [`store::GroupCommit`].)
 //! 2. The same instance runs a pass right away (in a spawned task, or inline
@@ -12,15 +12,33 @@
 //! 3. A pass that finishes writes the final status together with all branch
 //!    results in one transaction. A pass that cannot finish (a branch is
 //!    down, ONGOING) writes what it learned plus the next `next_cron_time`
-//!    (capped, jittered exponential backoff; see [`retry`]).
+//!    (capped, jittered exponential backoff; see [`retry`]) and lets go of
+//!    the lease.
 //! 4. The recovery poller of every instance leases due transactions and runs
 //!    passes on them, so a coordinator killed at any instant leaves nothing
 //!    behind that another one will not finish.
 //!
-//! Concurrency is bounded by a semaphore on passes in flight. Double pickup
-//! (a lease that expired during a slow pass) is harmless: status changes are
-//! conditional, branches idempotent.
+//! # One pass per transaction
+//!
+//! At most one pass drives a transaction at a time, whatever clients,
+//! clocks and pauses do:
+//!
+//! * across instances, by the lease and its fencing token ([`lease`],
+//!   [`crate::store`]): every write of a pass is conditional on its token,
+//!   and the pass checks that its lease outlasts each branch call before
+//!   making it;
+//! * within an instance, by single flight: a gid has at most one pass in
+//!   the engine's active set. A `wait_result` resubmit or an abort of a
+//!   transaction being driven here waits for that pass's outcome instead of
+//!   starting another; the poller never leases a gid this instance drives;
+//! * a client's resubmit or abort of a transaction that another instance
+//!   is driving takes the lease only once it has expired
+//!   ([`Store::acquire`]); until then it waits for the outcome in the store.
+//!
+//! Concurrency is bounded by a semaphore on passes in flight.
 
+pub mod checkpoint;
+pub mod lease;
 pub mod observer;
 mod process;
 pub mod retry;
@@ -30,28 +48,31 @@ mod settings;
 
 mod error;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use barrier::{Gid, TransType};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use checkpoint::{Checkpoint, PassCheckpoint};
 pub use error::EngineError;
 pub use observer::{EngineObserver, NoopObserver};
 pub use settings::EngineSettings;
 
+use self::lease::Lease;
 use self::process::{Core, PassEnd, Work};
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{
-    self, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewGlobal, Page, ResetCount,
-    StatusUpdate, Store,
+    self, BranchRow, CreateOutcome, Fence, GlobalChange, GlobalRow, LeaseToken, ListFilter, NewGlobal, Page,
+    ResetCount, Schedule, StatusUpdate, Store, StoredTrans,
 };
 
 /// `/api/dtmsvr/query`'s answer: the global row (or `null`) and its branches.
@@ -71,6 +92,8 @@ pub struct EngineHooks {
     /// Resolver for `etcd://` branch URLs (default: a fresh
     /// [`discovery::ChannelCache`]; `None` refuses such URLs at submit).
     pub resolver: Option<Arc<dyn BranchResolver>>,
+    /// Test hook that may hold passes at named points (default: none).
+    pub checkpoint: Option<Arc<dyn PassCheckpoint>>,
 }
 
 impl Default for EngineHooks {
@@ -78,6 +101,7 @@ impl Default for EngineHooks {
         EngineHooks {
             observer: Arc::new(NoopObserver),
             resolver: Some(Arc::new(discovery::ChannelCache::new())),
+            checkpoint: None,
         }
     }
 }
@@ -86,6 +110,14 @@ impl Default for EngineHooks {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+/// A pass running in this process.
+struct ActivePass {
+    /// The token of its lease (shutdown releases the lease by it).
+    token: LeaseToken,
+    /// Callers waiting for its outcome (`wait_result` resubmits, aborts).
+    waiters: Vec<oneshot::Sender<PassEnd>>,
 }
 
 struct Inner {
@@ -99,8 +131,15 @@ struct Inner {
     kill: CancellationToken,
     /// The spawned passes, so that shutdown can wait for them.
     tracker: TaskTracker,
-    /// Gids with a pass running in this process: the leases we hold.
-    active: Mutex<HashSet<Gid>>,
+    /// The gids with a pass running in this process, at most one each
+    /// (single flight): the leases we hold.
+    active: Mutex<HashMap<Gid, ActivePass>>,
+}
+
+impl Inner {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<Gid, ActivePass>> {
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -112,13 +151,40 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Removes a gid from the active set when its pass ends (or is dropped).
-struct ActiveGuard<'a>(&'a Inner, Gid);
+/// What claiming a gid for a pass found.
+enum Claim {
+    /// No pass was running; this one is registered and runs.
+    Claimed(ActiveGuard),
+    /// A pass is running here already; its outcome arrives on the receiver.
+    Running(oneshot::Receiver<PassEnd>),
+}
 
-impl Drop for ActiveGuard<'_> {
+/// Removes a gid from the active set when its pass ends (or is dropped),
+/// and hands the outcome to whoever waits for it.
+struct ActiveGuard {
+    inner: Arc<Inner>,
+    gid: Gid,
+    end: Option<PassEnd>,
+}
+
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.1);
+        let Some(pass) = self.inner.active().remove(&self.gid) else { return };
+        // A pass dropped without an outcome (killed) tells its waiters it
+        // lost: they read the outcome from the store.
+        let end = self.end.take().unwrap_or(PassEnd::Lost);
+        for waiter in pass.waiters {
+            let _ = waiter.send(end.clone());
+        }
     }
+}
+
+/// How a caller that did not run the pass itself learns its outcome.
+enum Outcome {
+    /// From a pass (ours or one we waited for).
+    Pass(PassEnd),
+    /// Read from the store.
+    Stored(GlobalStatus, String),
 }
 
 impl Engine {
@@ -132,7 +198,13 @@ impl Engine {
         let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
         Ok(Engine {
             inner: Arc::new(Inner {
-                core: Core { store, settings, caller, observer: hooks.observer },
+                core: Core {
+                    store,
+                    settings,
+                    caller,
+                    observer: hooks.observer,
+                    checkpoint: hooks.checkpoint,
+                },
                 permits,
                 shutdown: CancellationToken::new(),
                 kill: CancellationToken::new(),
@@ -183,14 +255,32 @@ impl Engine {
         Ok(())
     }
 
+    /// The lease length for passes of a transaction with these options.
+    fn lease_length(&self, options: &crate::model::TransOptions) -> Duration {
+        let core = &self.inner.core;
+        lease::length_for(&core.settings, core.call_timeout(options))
+    }
+
+    /// The lease length for passes of a stored transaction (its own
+    /// options decide how long a branch call may take).
+    fn stored_lease_length(&self, row: &GlobalRow) -> Duration {
+        self.lease_length(&crate::model::TransOptions::from_stored_json(&row.options))
+    }
+
+    /// The global row of a new transaction. `owner`: the lease of the pass
+    /// that will process it at once; `None` for one that waits (prepare).
     fn new_global(
         &self,
         request: &TransRequest,
         status: GlobalStatus,
         now: chrono::DateTime<chrono::Utc>,
         interval: Duration,
+        owner: Option<&Lease>,
     ) -> NewGlobal {
-        let lease = self.inner.core.settings.lease_duration;
+        let (owner, lease) = match owner {
+            Some(lease) => (Some(lease.token().clone()), lease.length()),
+            None => (None, self.inner.core.settings.lease_duration),
+        };
         NewGlobal {
             gid: request.gid.clone(),
             trans_type: request.trans_type,
@@ -200,9 +290,8 @@ impl Engine {
             options: request.options.to_stored_json(),
             custom_data: request.custom_data.clone(),
             next_cron_interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
-            // While shutting down we keep no lease: anyone may take it at once.
-            next_cron_time: if self.inner.shutdown.is_cancelled() { now } else { store::later(now, lease) },
-            owner: String::new(),
+            owner,
+            lease,
             rollback_reason: request.rollback_reason.clone(),
             now,
         }
@@ -235,7 +324,7 @@ impl Engine {
         self.check_processable(&request)?;
         let now = store::now();
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
-        let global = self.new_global(&request, GlobalStatus::Prepared, now, interval);
+        let global = self.new_global(&request, GlobalStatus::Prepared, now, interval, None);
         match self.inner.core.store.create(&global, &Self::branch_rows(&request)).await? {
             CreateOutcome::Created => Ok(()),
             CreateOutcome::Exists(row) if row.status == GlobalStatus::Prepared => Ok(()),
@@ -253,8 +342,15 @@ impl Engine {
         self.check_processable(&request)?;
         let now = store::now();
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
-        let global = self.new_global(&request, GlobalStatus::Submitted, now, interval);
+        let lease = Lease::new(LeaseToken::random(), self.lease_length(&request.options));
         let wait = request.options.wait_result;
+        // While shutting down we run no background pass and keep no lease:
+        // the transaction is stored due at once, for another instance.
+        let hand_over = self.inner.shutdown.is_cancelled() && !wait;
+        let mut global = self.new_global(&request, GlobalStatus::Submitted, now, interval, Some(&lease));
+        if hand_over {
+            (global.owner, global.lease) = (None, Duration::ZERO);
+        }
         let branches = Self::branch_rows(&request);
         match self.inner.core.store.create(&global, &branches).await? {
             CreateOutcome::Exists(_) if !branches.is_empty() => {
@@ -276,15 +372,23 @@ impl Engine {
                         request.gid
                     )));
                 }
-                self.submit_existing(&request, &global, stored.global, wait, now).await
+                self.submit_existing(&request, stored.global, wait).await
             }
-            CreateOutcome::Exists(row) => self.submit_existing(&request, &global, *row, wait, now).await,
+            CreateOutcome::Exists(row) => self.submit_existing(&request, *row, wait).await,
+            CreateOutcome::Created if global.owner.is_none() => Ok(()),
             CreateOutcome::Created => {
-                match Work::from_request(&request, GlobalStatus::Submitted, now, interval) {
-                    Some(work) => self.process(work, wait).await,
-                    // Types whose work is built from rows: read them back.
-                    None => self.process_stored(&request.gid, wait).await,
-                }
+                let work = match Work::from_request(&request, GlobalStatus::Submitted, now, interval) {
+                    Some(work) => work,
+                    // Types whose work is built from rows: read them back
+                    // (ours: we hold the lease since the create).
+                    None => {
+                        let stored =
+                            self.inner.core.store.find(&request.gid).await?.ok_or(EngineError::NotFound)?;
+                        Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?
+                    }
+                };
+                let end = self.run_or_spawn(work, lease, wait).await?;
+                self.answer_submit(&request.gid, end).await
             }
         }
     }
@@ -294,81 +398,193 @@ impl Engine {
     async fn submit_existing(
         &self,
         request: &TransRequest,
-        global: &store::NewGlobal,
         row: store::GlobalRow,
         wait: bool,
-        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), EngineError> {
         match row.status {
             GlobalStatus::Prepared => {
+                // No pass calls branches of a prepared transaction (at most
+                // a msg check-back, which only reads): the client's decision
+                // takes the lease over from whoever holds it.
+                let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&row));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Submitted),
                     rollback_reason: None,
-                    next_cron_time: global.next_cron_time,
+                    schedule: Schedule::Hold(lease.length()),
                     next_cron_interval: row.next_cron_interval,
                 };
-                let store = &self.inner.core.store;
-                if !store
-                    .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
-                    .await?
-                {
+                let fence = Fence::TakeOver(lease.token().clone());
+                let update =
+                    StatusUpdate::global(&request.gid, GlobalStatus::Prepared, fence, change, store::now());
+                let Some(stored) = self.decide(update, &lease, GlobalStatus::Submitted).await? else {
                     // Someone else moved it meanwhile; judge by what it is now.
                     return self.resubmitted(&request.gid, wait).await;
+                };
+                if self.inner.shutdown.is_cancelled() && !wait {
+                    return Ok(());
                 }
-                self.process_stored(&request.gid, wait).await
+                let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
+                let end = self.run_or_spawn(work, lease, wait).await?;
+                self.answer_submit(&request.gid, end).await
             }
             GlobalStatus::Submitted => self.resubmitted(&request.gid, wait).await,
             status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
         }
     }
 
+    /// Applies a client's decision (a take-over write) and reads the
+    /// transaction back under the new lease. `None` if the decision did not
+    /// apply. A write whose answer was lost (the commit's reply, a batch that
+    /// failed after committing) is judged by what the store holds: ours if
+    /// our token and the new status are there.
+    async fn decide(
+        &self,
+        update: StatusUpdate,
+        lease: &Lease,
+        status: GlobalStatus,
+    ) -> Result<Option<StoredTrans>, EngineError> {
+        let core = &self.inner.core;
+        let gid = update.gid.clone();
+        let written = core.store.update(update).await;
+        let reread = core.reload(&gid, lease, status).await;
+        match (written, reread) {
+            (_, Ok(Some(stored))) => Ok(Some(stored)),
+            (Ok(_), Ok(None)) => Ok(None),
+            (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        }
+    }
+
     /// A submit of a gid that already exists and is (perhaps) running: accepted;
-    /// with `wait_result`, one pass runs on the stored state.
+    /// with `wait_result`, the caller gets the outcome of the pass that
+    /// drives it (joined, or run here if nobody holds it).
     async fn resubmitted(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
         let Some(stored) = self.inner.core.store.find(gid).await? else { return Err(EngineError::NotFound) };
         match stored.global.status {
-            GlobalStatus::Submitted | GlobalStatus::Prepared if wait => self.process_stored(gid, true).await,
+            GlobalStatus::Submitted | GlobalStatus::Prepared if wait => {
+                let outcome = self.drive_or_join(gid).await?;
+                self.answer(gid, outcome).await
+            }
             GlobalStatus::Submitted | GlobalStatus::Prepared => Ok(()),
             status => Err(EngineError::Conflict(format!("current status '{status}', cannot submit"))),
         }
     }
 
-    async fn process_stored(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
-        let Some(stored) = self.inner.core.store.find(gid).await? else { return Err(EngineError::NotFound) };
-        let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
-        self.process(work, wait).await
-    }
-
-    /// Runs a pass inline (`wait`) or in the background; with `wait`, maps
-    /// the outcome as dtm's submit does: `Ok` only for `succeed`.
-    async fn process(&self, work: Work, wait: bool) -> Result<(), EngineError> {
-        let gid = work.gid().clone();
-        match self.run_or_spawn(work, wait).await? {
-            None | Some(PassEnd::Finished(GlobalStatus::Succeed, _)) => Ok(()),
-            Some(PassEnd::Finished(_, reason) | PassEnd::Pending(GlobalStatus::Aborting, reason)) => {
-                Err(EngineError::Failure(failure_text(reason)))
+    /// One pass's outcome for a caller that waits: joins the pass running in
+    /// this process, or takes the lease and runs one, or — if another
+    /// instance holds a live lease — waits for the store to show progress.
+    async fn drive_or_join(&self, gid: &Gid) -> Result<Outcome, EngineError> {
+        if let Some(running) = self.join(gid) {
+            return Ok(Outcome::Pass(running.await.unwrap_or(PassEnd::Lost)));
+        }
+        let core = &self.inner.core;
+        let token = LeaseToken::random();
+        let sent = Instant::now();
+        let length = lease::length_for(&core.settings, core.settings.request_timeout);
+        match core.store.acquire(gid, &token, length, store::now()).await? {
+            Some(stored) => {
+                let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
+                // Extensions fit the transaction's own request timeout.
+                let extension = lease::length_for(&core.settings, work.call_timeout(core));
+                let lease = Lease::sent_at(token, length, sent).with_length(extension);
+                let end = self.run_or_spawn(work, lease, true).await?;
+                Ok(Outcome::Pass(end.unwrap_or(PassEnd::Lost)))
             }
-            Some(PassEnd::Pending(..)) => Err(EngineError::Ongoing),
-            Some(PassEnd::Lost) => self.outcome_now(&gid).await,
+            // Another pass of this process took it meanwhile: wait for it.
+            None if let Some(running) = self.join(gid) => {
+                Ok(Outcome::Pass(running.await.unwrap_or(PassEnd::Lost)))
+            }
+            None => self.await_store(gid).await,
         }
     }
 
-    /// `Some(end)` after an inline pass, `None` once a background pass is spawned.
-    async fn run_or_spawn(&self, work: Work, wait: bool) -> Result<Option<PassEnd>, EngineError> {
+    /// Waits (up to one lease) for a transaction driven by another instance
+    /// to reach a final status; reports what the store holds then.
+    async fn await_store(&self, gid: &Gid) -> Result<Outcome, EngineError> {
+        let deadline = Instant::now() + self.inner.core.settings.lease_duration;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let Some(stored) = self.inner.core.store.find(gid).await? else {
+                return Err(EngineError::NotFound);
+            };
+            let global = stored.global;
+            if global.status.is_final() || Instant::now() >= deadline {
+                return Ok(Outcome::Stored(global.status, global.rollback_reason));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The waiters' view of a pass that runs here, if one does.
+    fn join(&self, gid: &Gid) -> Option<oneshot::Receiver<PassEnd>> {
+        let mut active = self.inner.active();
+        let pass = active.get_mut(gid)?;
+        let (tx, rx) = oneshot::channel();
+        pass.waiters.push(tx);
+        Some(rx)
+    }
+
+    /// Registers a pass on `gid` under `token`, or joins the one running.
+    fn claim(&self, gid: &Gid, token: &LeaseToken) -> Claim {
+        let mut active = self.inner.active();
+        if let Some(pass) = active.get_mut(gid) {
+            let (tx, rx) = oneshot::channel();
+            pass.waiters.push(tx);
+            return Claim::Running(rx);
+        }
+        active.insert(gid.clone(), ActivePass { token: token.clone(), waiters: Vec::new() });
+        Claim::Claimed(ActiveGuard { inner: Arc::clone(&self.inner), gid: gid.clone(), end: None })
+    }
+
+    /// Maps a submit's pass outcome as dtm's submit does: `Ok` only for `succeed`.
+    async fn answer_submit(&self, gid: &Gid, end: Option<PassEnd>) -> Result<(), EngineError> {
+        match end {
+            None => Ok(()),
+            Some(end) => self.answer(gid, Outcome::Pass(end)).await,
+        }
+    }
+
+    /// dtm's `wait_result` answer: `Ok` for succeed, `Failure` for failed
+    /// or rolling back, `Ongoing` otherwise.
+    async fn answer(&self, gid: &Gid, outcome: Outcome) -> Result<(), EngineError> {
+        let (status, reason) = match outcome {
+            Outcome::Pass(PassEnd::Finished(status, reason) | PassEnd::Pending(status, reason)) => {
+                (status, reason)
+            }
+            Outcome::Pass(PassEnd::Lost) => return self.outcome_now(gid).await,
+            Outcome::Stored(status, reason) => (status, reason),
+        };
+        match status {
+            GlobalStatus::Succeed => Ok(()),
+            GlobalStatus::Failed | GlobalStatus::Aborting => Err(EngineError::Failure(failure_text(reason))),
+            _ => Err(EngineError::Ongoing),
+        }
+    }
+
+    /// Runs a pass inline (`wait`: `Some(end)`) or in the background (`None`).
+    /// If a pass on the gid is already running here, the new one waits for
+    /// it to end first (its lease was taken over, so it ends soon).
+    async fn run_or_spawn(
+        &self,
+        work: Work,
+        lease: Lease,
+        wait: bool,
+    ) -> Result<Option<PassEnd>, EngineError> {
         if wait {
             let permit = self.inner.permits.clone().acquire_owned().await;
-            let end = self.run_pass(work).await;
+            // Boxed: a pass's future is large, and the API futures awaiting it stay small.
+            let end = Box::pin(self.run_claimed(work, lease)).await;
             drop(permit);
             return end.map(Some);
         }
         if self.inner.shutdown.is_cancelled() {
-            // Stored with next_cron_time = now: another instance takes it.
+            // Stored with a lease that expires: another instance takes it.
             return Ok(None);
         }
         let engine = self.clone();
         self.inner.tracker.spawn(async move {
             let Ok(permit) = engine.inner.permits.clone().acquire_owned().await else { return };
-            engine.guarded_pass(work, permit).await;
+            engine.guarded_pass(work, lease, permit).await;
         });
         Ok(None)
     }
@@ -386,26 +602,36 @@ impl Engine {
     }
 
     /// A pass that ends early if the engine is killed; holds its permit.
-    async fn guarded_pass(&self, work: Work, permit: OwnedSemaphorePermit) {
+    async fn guarded_pass(&self, work: Work, lease: Lease, permit: OwnedSemaphorePermit) {
         let kill = self.inner.kill.clone();
         tokio::select! {
             // Checked first: a killed engine must not start a pass.
             biased;
             _ = kill.cancelled() => {}
-            _ = self.run_pass(work) => {}
+            _ = self.run_claimed(work, lease) => {}
         }
         drop(permit);
     }
 
-    async fn run_pass(&self, work: Work) -> Result<PassEnd, EngineError> {
+    /// Runs a pass as the only one on its gid in this process: waits for a
+    /// pass already running to end, then runs.
+    async fn run_claimed(&self, work: Work, lease: Lease) -> Result<PassEnd, EngineError> {
         let gid = work.gid().clone();
+        let mut guard = loop {
+            match self.claim(&gid, lease.token()) {
+                Claim::Claimed(guard) => break guard,
+                Claim::Running(ended) => {
+                    let _ = ended.await;
+                }
+            }
+        };
         let span = tracing::info_span!("pass", gid = %gid);
-        self.inner.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(gid.clone());
-        let _active = ActiveGuard(&self.inner, gid);
-        let end = work.run(&self.inner.core).instrument(span.clone()).await;
-        if let Err(e) = &end {
+        self.inner.core.checkpoint(&gid, Checkpoint::PassStarted).await;
+        let end = work.run(&self.inner.core, lease).instrument(span.clone()).await;
+        match &end {
+            Ok(end) => guard.end = Some(end.clone()),
             // The lease expires and the transaction is picked up again later.
-            span.in_scope(|| tracing::warn!(error = %e, "pass stopped by a storage error"));
+            Err(e) => span.in_scope(|| tracing::warn!(error = %e, "pass stopped by a storage error")),
         }
         Ok(end?)
     }
@@ -418,62 +644,86 @@ impl Engine {
         let store = &self.inner.core.store;
         let Some(stored) = store.find(&request.gid).await? else { return Err(EngineError::NotFound) };
         let global = stored.global;
-        let now = store::now();
-        let refuse = || {
+        let refuse = |global: &GlobalRow| {
             EngineError::Conflict(format!(
                 "trans type: '{}' current status '{}', cannot abort",
                 global.trans_type, global.status
             ))
         };
         let reason = (!request.rollback_reason.is_empty()).then(|| request.rollback_reason.clone());
+        let wait = request.options.wait_result;
         match (global.trans_type, global.status) {
             (TransType::Msg, GlobalStatus::Prepared) => {
+                let lease = Lease::new(LeaseToken::random(), Duration::ZERO);
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Failed),
                     rollback_reason: reason,
-                    next_cron_time: now,
+                    schedule: Schedule::Release(Duration::ZERO),
                     next_cron_interval: global.next_cron_interval,
                 };
-                if store
-                    .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
-                    .await?
-                {
-                    Ok(())
-                } else {
-                    Err(refuse())
-                }
-            }
-            (TransType::Tcc, status @ (GlobalStatus::Prepared | GlobalStatus::Aborting))
-                if request.trans_type == TransType::Tcc =>
-            {
-                if status == GlobalStatus::Prepared {
-                    let change = GlobalChange {
-                        status: Some(GlobalStatus::Aborting),
-                        rollback_reason: reason,
-                        next_cron_time: store::later(now, self.inner.core.settings.lease_duration),
-                        next_cron_interval: global.next_cron_interval,
-                    };
-                    if !store
-                        .update(StatusUpdate::global(&request.gid, GlobalStatus::Prepared, change, now))
-                        .await?
-                    {
-                        return Err(refuse());
+                let fence = Fence::TakeOver(lease.token().clone());
+                let update =
+                    StatusUpdate::global(&request.gid, GlobalStatus::Prepared, fence, change, store::now());
+                let written = store.update(update).await;
+                // Judged by the store, not by the write's answer (a commit
+                // whose reply was lost): failed is what the client asked for.
+                match store.find(&request.gid).await? {
+                    Some(t) if t.global.status == GlobalStatus::Failed => Ok(()),
+                    Some(t) => {
+                        written?;
+                        Err(refuse(&t.global))
                     }
-                }
-                let Some(stored) = store.find(&request.gid).await? else { return Err(EngineError::NotFound) };
-                let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
-                match self.run_or_spawn(work, request.options.wait_result).await? {
-                    None | Some(PassEnd::Finished(GlobalStatus::Failed, _)) => Ok(()),
-                    Some(PassEnd::Lost) => Ok(()),
-                    Some(_) => Err(EngineError::Ongoing),
+                    None => Err(EngineError::NotFound),
                 }
             }
-            _ => Err(refuse()),
+            (TransType::Tcc, GlobalStatus::Prepared) if request.trans_type == TransType::Tcc => {
+                let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&global));
+                let change = GlobalChange {
+                    status: Some(GlobalStatus::Aborting),
+                    rollback_reason: reason,
+                    schedule: Schedule::Hold(lease.length()),
+                    next_cron_interval: global.next_cron_interval,
+                };
+                let fence = Fence::TakeOver(lease.token().clone());
+                let update =
+                    StatusUpdate::global(&request.gid, GlobalStatus::Prepared, fence, change, store::now());
+                let Some(stored) = self.decide(update, &lease, GlobalStatus::Aborting).await? else {
+                    // Moved meanwhile: aborting already (join it) or decided otherwise.
+                    return match store.find(&request.gid).await? {
+                        Some(t) if t.global.status == GlobalStatus::Aborting => {
+                            self.join_abort(&request.gid, wait).await
+                        }
+                        Some(t) if t.global.status == GlobalStatus::Failed => Ok(()),
+                        Some(t) => Err(refuse(&t.global)),
+                        None => Err(EngineError::NotFound),
+                    };
+                };
+                // The cancels to run are read after the decision committed
+                // (a registerBranch racing it either committed first and is
+                // here, or was refused).
+                let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
+                let end = self.run_or_spawn(work, lease, wait).await?;
+                abort_answer(end.map(Outcome::Pass).as_ref())
+            }
+            (TransType::Tcc, GlobalStatus::Aborting) if request.trans_type == TransType::Tcc => {
+                self.join_abort(&request.gid, wait).await
+            }
+            _ => Err(refuse(&global)),
         }
     }
 
+    /// An abort of a TCC that is already rolling back.
+    async fn join_abort(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
+        if !wait {
+            return Ok(());
+        }
+        let outcome = self.drive_or_join(gid).await?;
+        abort_answer(Some(&outcome))
+    }
+
     /// dtm `registerBranch` for TCC: adds the branch's `cancel` and
-    /// `confirm` rows to a transaction that is still `prepared`.
+    /// `confirm` rows to a transaction that is still `prepared` (checked in
+    /// the same database transaction that stores them).
     pub async fn register_branch(&self, request: RegisterBranchRequest) -> Result<(), EngineError> {
         let RegisteredUrls::Tcc { confirm, cancel } = &request.urls else {
             return Err(unsupported(request.trans_type));
@@ -533,7 +783,9 @@ impl Engine {
         }
     }
 
-    /// dtm `resetNextCronTime`: make the transaction due now.
+    /// dtm `resetNextCronTime`: make a transaction that waits for its next
+    /// retry due now. One that a pass is processing right now (a live
+    /// lease) is left to that pass.
     pub async fn reset_next_cron_time(&self, gid: &Gid) -> Result<(), EngineError> {
         if self.inner.core.store.reset_next_cron_time(gid, store::now()).await? {
             Ok(())
@@ -550,8 +802,7 @@ impl Engine {
         limit: u32,
     ) -> Result<ResetCount, EngineError> {
         let timeout = timeout.unwrap_or(self.inner.core.settings.timeout_to_fail * 3);
-        let now = store::now();
-        Ok(self.inner.core.store.reset_stale_cron_times(now, store::later(now, timeout), limit).await?)
+        Ok(self.inner.core.store.reset_stale_cron_times(timeout, limit, store::now()).await?)
     }
 
     /// Starts the recovery poller; it stops when [`Engine::shutdown`] is called.
@@ -585,12 +836,23 @@ impl Engine {
             return false;
         }
         let want = permits.len();
-        let owner = Gid::random().to_string();
+        let token = LeaseToken::random();
+        // Never a second pass on a gid this process is driving, even if its
+        // lease lapsed (a stalled pass): that pass finds out at its next
+        // write, and the transaction is leased again after it.
+        let skip: Vec<Gid> = self.inner.active().keys().cloned().collect();
+        let sent = Instant::now();
         let leased = match self
             .inner
             .core
             .store
-            .lease_due(&owner, store::now(), settings.lease_duration, u32::try_from(want).unwrap_or(u32::MAX))
+            .lease_due(
+                &token,
+                settings.lease_duration,
+                u32::try_from(want).unwrap_or(u32::MAX),
+                &skip,
+                store::now(),
+            )
             .await
         {
             Ok(leased) => leased,
@@ -605,7 +867,10 @@ impl Engine {
             match Work::from_stored(trans) {
                 Ok(work) => {
                     let engine = self.clone();
-                    self.inner.tracker.spawn(async move { engine.guarded_pass(work, permit).await });
+                    let extension = lease::length_for(settings, work.call_timeout(&self.inner.core));
+                    let lease =
+                        Lease::sent_at(token.clone(), settings.lease_duration, sent).with_length(extension);
+                    self.inner.tracker.spawn(async move { engine.guarded_pass(work, lease, permit).await });
                 }
                 Err(reason) => tracing::error!(%gid, %reason, "cannot process stored transaction"),
             }
@@ -623,14 +888,8 @@ impl Engine {
         if tokio::time::timeout(timeout, self.inner.tracker.wait()).await.is_ok() {
             return;
         }
-        let held: Vec<Gid> = self
-            .inner
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect();
+        let held: Vec<(Gid, LeaseToken)> =
+            self.inner.active().iter().map(|(gid, pass)| (gid.clone(), pass.token.clone())).collect();
         self.inner.kill.cancel();
         self.inner.tracker.wait().await;
         if let Err(e) = self.inner.core.store.release(&held, store::now()).await {
@@ -648,7 +907,17 @@ impl Engine {
 
     /// Number of passes currently running in this process.
     pub fn passes_in_flight(&self) -> usize {
-        self.inner.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.inner.active().len()
+    }
+}
+
+/// An abort's answer with `wait_result`: `Ok` once rolled back.
+fn abort_answer(outcome: Option<&Outcome>) -> Result<(), EngineError> {
+    match outcome {
+        None
+        | Some(Outcome::Pass(PassEnd::Finished(GlobalStatus::Failed, _) | PassEnd::Lost))
+        | Some(Outcome::Stored(GlobalStatus::Failed, _)) => Ok(()),
+        Some(_) => Err(EngineError::Ongoing),
     }
 }
 

@@ -5,8 +5,14 @@
 //! writes the outcome with conditional updates. It never waits for a retry:
 //! a pass that cannot finish records when to come back (`next_cron_time`)
 //! and ends; the recovery poller — of this or any other instance — runs
-//! the next pass. Losing a conditional update means another instance moved
-//! the transaction first; the pass then stops without writing anything.
+//! the next pass.
+//!
+//! A pass runs under a [`Lease`]: every write is fenced by its token, and
+//! before every branch call the pass makes sure the lease outlasts the call
+//! (extending it if not). A refused write means another pass owns the
+//! transaction now; this one stops at once, without another call or write.
+//! What to undo after a decision to roll back is read back from the store
+//! once that decision has committed, never taken from the pass's memory.
 //!
 //! What to do next depends on the transaction type; [`Work`] is the one
 //! place that matches on it: sagas here (rules in [`super::saga`]), TCC and
@@ -22,6 +28,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use super::checkpoint::{Checkpoint, PassCheckpoint};
+use super::lease::Lease;
 use super::observer::EngineObserver;
 use super::retry::{self, PassOutcome};
 use super::saga::{Ordering, StepState};
@@ -32,7 +40,9 @@ use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
     TransRequest,
 };
-use crate::store::{self, BranchChange, GlobalChange, StatusUpdate, Store, StoreError, StoredTrans};
+use crate::store::{
+    self, BranchChange, BranchRow, GlobalChange, Schedule, StatusUpdate, Store, StoreError, StoredTrans,
+};
 
 /// What a pass needs from the engine.
 pub(crate) struct Core {
@@ -40,6 +50,73 @@ pub(crate) struct Core {
     pub settings: EngineSettings,
     pub caller: BranchCaller,
     pub observer: Arc<dyn EngineObserver>,
+    /// Test hook that may hold a pass at named points; `None` in production.
+    pub checkpoint: Option<Arc<dyn PassCheckpoint>>,
+}
+
+impl Core {
+    /// Lets a test hook hold the pass at `point`.
+    pub(crate) async fn checkpoint(&self, gid: &Gid, point: Checkpoint) {
+        if let Some(hook) = &self.checkpoint {
+            hook.reached(gid, point).await;
+        }
+    }
+
+    /// The timeout of one branch call of a transaction with `options`.
+    pub(crate) fn call_timeout(&self, options: &TransOptions) -> Duration {
+        options.request_timeout.unwrap_or(self.settings.request_timeout)
+    }
+
+    /// Reads the transaction back after a decision of this pass committed:
+    /// `None` if it is no longer ours (owner or status changed since).
+    pub(crate) async fn reload(
+        &self,
+        gid: &Gid,
+        lease: &Lease,
+        status: GlobalStatus,
+    ) -> Result<Option<StoredTrans>, StoreError> {
+        Ok(self
+            .store
+            .find(gid)
+            .await?
+            .filter(|t| t.global.owner == lease.token().as_str() && t.global.status == status))
+    }
+
+    /// Writes `update` under `lease`; a write that holds the lease extends
+    /// it from the moment the write was sent.
+    ///
+    /// A status change whose reply was lost (a connection cut during
+    /// `COMMIT`, a group-commit batch that failed after committing) is
+    /// judged by what the store holds: applied if the new status is there
+    /// with our token (or, for a final status, at all — the outcome is the
+    /// same whoever wrote it). Other writes keep their error: the pass stops
+    /// and its lease runs out.
+    pub(crate) async fn write(&self, lease: &mut Lease, update: StatusUpdate) -> Result<bool, StoreError> {
+        let sent = Instant::now();
+        let holds = matches!(update.change.schedule, Schedule::Hold(_));
+        let (gid, target) = (update.gid.clone(), update.change.status);
+        let saved = match self.store.update(update).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                let Some(target) = target else { return Err(e) };
+                let stored = self.store.find(&gid).await.ok().flatten().map(|t| t.global);
+                match stored {
+                    Some(g)
+                        if g.status == target && (target.is_final() || g.owner == lease.token().as_str()) =>
+                    {
+                        tracing::warn!(error = %e, %gid, status = %target, "write reported an error but is in the store");
+                        // Whether the extension applied is unknown: keep the old expiry.
+                        return Ok(true);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        };
+        if saved && holds {
+            lease.extended(sent);
+        }
+        Ok(saved)
+    }
 }
 
 /// How a pass ended.
@@ -170,11 +247,19 @@ impl Work {
         }
     }
 
-    /// Runs one pass.
-    pub(crate) async fn run(self, core: &Core) -> Result<PassEnd, StoreError> {
+    /// The timeout of one branch call of this transaction.
+    pub(crate) fn call_timeout(&self, core: &Core) -> Duration {
         match self {
-            Work::Saga(w) => w.run(core).await,
-            Work::Sequence(w) => w.run(core).await,
+            Work::Saga(w) => core.call_timeout(&w.spec.options),
+            Work::Sequence(w) => core.call_timeout(w.options()),
+        }
+    }
+
+    /// Runs one pass under `lease`.
+    pub(crate) async fn run(self, core: &Core, lease: Lease) -> Result<PassEnd, StoreError> {
+        match self {
+            Work::Saga(w) => w.run(core, lease).await,
+            Work::Sequence(w) => w.run(core, lease).await,
         }
     }
 }
@@ -216,7 +301,7 @@ pub(crate) struct SagaWork {
 struct Pass {
     changes: Vec<BranchChange>,
     outcome: PassOutcome,
-    lease_renewed: Instant,
+    lease: Lease,
     retries: u32,
 }
 
@@ -239,14 +324,14 @@ fn clip(mut reason: String) -> String {
 }
 
 /// A global-row change; `interval` becomes `next_cron_interval` (seconds).
-fn change(
+pub(crate) fn change(
     status: Option<GlobalStatus>,
     rollback_reason: Option<String>,
-    next_cron_time: DateTime<Utc>,
+    schedule: Schedule,
     interval: Duration,
 ) -> GlobalChange {
     let next_cron_interval = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
-    GlobalChange { status, rollback_reason, next_cron_time, next_cron_interval }
+    GlobalChange { status, rollback_reason, schedule, next_cron_interval }
 }
 
 /// How the forward phase ended.
@@ -283,7 +368,7 @@ impl SagaSpec {
                 branch_id: &step.branch_id,
                 op,
                 headers: &self.options.branch_headers,
-                timeout: self.options.request_timeout.unwrap_or(core.settings.request_timeout),
+                timeout: core.call_timeout(&self.options),
             })
             .await;
         core.observer.branch_called(TransType::Saga, &step.branch_id, op, &result, started.elapsed());
@@ -302,8 +387,9 @@ impl SagaSpec {
         pass.changes.push(BranchChange { branch_id: self.steps[k].branch_id.clone(), op, status });
     }
 
-    /// Writes a change if the status is still `expected`; takes the pending
-    /// branch results along. `false`: another instance moved it first.
+    /// Writes a change if the status is still `expected` and the lease
+    /// still ours; takes the pending branch results along. `false`: another
+    /// pass owns the transaction now.
     async fn save(
         &self,
         core: &Core,
@@ -314,30 +400,35 @@ impl SagaSpec {
         let update = StatusUpdate {
             gid: self.gid.clone(),
             expected,
+            fence: pass.lease.fence(),
             change,
             branches: pass.changes.clone(),
             now: store::now(),
         };
-        let saved = core.store.update(update).await?;
+        let saved = core.write(&mut pass.lease, update).await?;
         pass.changes.clear();
-        pass.lease_renewed = Instant::now();
         Ok(saved)
     }
 
-    /// Keeps the lease during a long pass: once half of it has passed, push
-    /// `next_cron_time` forward again (flushing pending results with it).
-    async fn renew_lease(
+    /// Before calling `op` of step `k`: lets a test hold the pass, then makes
+    /// sure the lease outlasts the call, extending it (and flushing pending
+    /// results with it) if not. `false`: the lease is lost, do not call.
+    async fn before_call(
         &self,
         core: &Core,
         expected: GlobalStatus,
         interval: Duration,
         pass: &mut Pass,
+        k: usize,
+        op: Op,
     ) -> Result<bool, StoreError> {
-        let lease = core.settings.lease_duration;
-        if pass.lease_renewed.elapsed() < lease / 2 {
+        core.checkpoint(&self.gid, Checkpoint::BeforeCall { branch_id: self.steps[k].branch_id.clone(), op })
+            .await;
+        if pass.lease.covers(core.call_timeout(&self.options)) {
             return Ok(true);
         }
-        self.save(core, expected, pass, change(None, None, store::later(store::now(), lease), interval)).await
+        let hold = Schedule::Hold(pass.lease.length());
+        self.save(core, expected, pass, change(None, None, hold, interval)).await
     }
 }
 
@@ -371,13 +462,8 @@ impl SagaWork {
         }
     }
 
-    async fn run(mut self, core: &Core) -> Result<PassEnd, StoreError> {
-        let mut pass = Pass {
-            changes: Vec::new(),
-            outcome: PassOutcome::Progress,
-            lease_renewed: Instant::now(),
-            retries: 0,
-        };
+    async fn run(mut self, core: &Core, lease: Lease) -> Result<PassEnd, StoreError> {
+        let mut pass = Pass { changes: Vec::new(), outcome: PassOutcome::Progress, lease, retries: 0 };
         if self.status == GlobalStatus::Prepared {
             // A prepared saga only moves when it times out (dtm's needProcess).
             let Some(limit) = self.spec.timed_out(store::now()) else {
@@ -420,22 +506,35 @@ impl SagaWork {
         reason: String,
     ) -> Result<bool, StoreError> {
         let reason = clip(reason);
-        let until = store::later(store::now(), core.settings.lease_duration);
-        let saved = self
-            .spec
-            .save(
-                core,
-                self.status,
-                pass,
-                change(Some(GlobalStatus::Aborting), Some(reason.clone()), until, self.interval),
-            )
-            .await?;
-        if saved {
-            tracing::info!(%reason, "saga aborting");
-            self.status = GlobalStatus::Aborting;
-            self.rollback_reason = reason;
+        let hold = Schedule::Hold(pass.lease.length());
+        let aborting = change(Some(GlobalStatus::Aborting), Some(reason.clone()), hold, self.interval);
+        if !self.spec.save(core, self.status, pass, aborting).await? {
+            return Ok(false);
         }
-        Ok(saved)
+        tracing::info!(%reason, "saga aborting");
+        self.status = GlobalStatus::Aborting;
+        self.rollback_reason = reason;
+        // What to compensate comes from the store, as it stands after the
+        // decision (which carried this pass's own results along): the same
+        // view any pass that takes over later will have.
+        core.checkpoint(&self.spec.gid, Checkpoint::AfterAbortDecided).await;
+        let Some(stored) = core.reload(&self.spec.gid, &pass.lease, GlobalStatus::Aborting).await? else {
+            return Ok(false);
+        };
+        self.load_state(&stored.branches);
+        Ok(true)
+    }
+
+    /// Replaces the step states with the stored branch statuses.
+    fn load_state(&mut self, rows: &[BranchRow]) {
+        for row in rows {
+            let Some(k) = self.spec.steps.iter().position(|s| s.branch_id == row.branch_id) else { continue };
+            match row.op {
+                Op::Action => self.state[k].action = row.status,
+                Op::Compensate => self.state[k].compensate = row.status,
+                _ => {}
+            }
+        }
     }
 
     /// Runs actions until all succeeded, one failed, or none can proceed.
@@ -456,10 +555,12 @@ impl SagaWork {
             if abort.is_none() {
                 let blocked: Vec<bool> = busy.iter().zip(&parked).map(|(b, p)| *b || *p).collect();
                 let ready = spec.ordering.runnable_actions(state, &blocked);
-                if !ready.is_empty() && !spec.renew_lease(core, self.status, self.interval, pass).await? {
-                    return Ok(Forward::Lost);
-                }
                 for k in ready {
+                    if !spec.before_call(core, self.status, self.interval, pass, k, Op::Action).await? {
+                        // Calls already sent still finish (their results are
+                        // dropped: the new owner re-runs them through the barrier).
+                        return Ok(Forward::Lost);
+                    }
                     busy[k] = true;
                     calls.push(spec.call(core, k, Op::Action));
                 }
@@ -471,9 +572,9 @@ impl SagaWork {
                     pass.note(PassOutcome::Progress);
                     spec.record(state, pass, k, Op::Action, BranchStatus::Succeed);
                     if spec.sync_writes {
-                        let until = store::later(store::now(), core.settings.lease_duration);
+                        let hold = Schedule::Hold(pass.lease.length());
                         if !spec
-                            .save(core, self.status, pass, change(None, None, until, self.interval))
+                            .save(core, self.status, pass, change(None, None, hold, self.interval))
                             .await?
                         {
                             return Ok(Forward::Lost);
@@ -494,6 +595,12 @@ impl SagaWork {
                                 "RetryCount is greater than RetryLimit, RetryLimit: {limit}"
                             ));
                         } else if abort.is_none() {
+                            if !spec
+                                .before_call(core, self.status, self.interval, pass, k, Op::Action)
+                                .await?
+                            {
+                                return Ok(Forward::Lost);
+                            }
                             busy[k] = true;
                             calls.push(spec.call(core, k, Op::Action));
                             continue;
@@ -530,10 +637,10 @@ impl SagaWork {
         loop {
             let blocked: Vec<bool> = busy.iter().zip(&parked).map(|(b, p)| *b || *p).collect();
             let ready = spec.ordering.runnable_compensations(state, &need, &blocked);
-            if !ready.is_empty() && !spec.renew_lease(core, self.status, self.interval, pass).await? {
-                return Ok(None);
-            }
             for k in ready {
+                if !spec.before_call(core, self.status, self.interval, pass, k, Op::Compensate).await? {
+                    return Ok(None);
+                }
                 busy[k] = true;
                 calls.push(spec.call(core, k, Op::Compensate));
             }
@@ -560,9 +667,10 @@ impl SagaWork {
 
     async fn finish(self, core: &Core, mut pass: Pass, outcome: GlobalStatus) -> Result<PassEnd, StoreError> {
         let now = store::now();
+        let release = Schedule::Release(Duration::ZERO);
         let saved = self
             .spec
-            .save(core, self.status, &mut pass, change(Some(outcome), None, now, self.interval))
+            .save(core, self.status, &mut pass, change(Some(outcome), None, release, self.interval))
             .await?;
         if !saved {
             return Ok(PassEnd::Lost);
@@ -578,8 +686,9 @@ impl SagaWork {
         let interval =
             retry::next_interval(self.interval, base, core.settings.max_retry_interval, pass.outcome);
         let delay = retry::jittered(interval, rand::random::<f64>());
-        let next = store::later(store::now(), delay);
-        let saved = self.spec.save(core, self.status, &mut pass, change(None, None, next, interval)).await?;
+        let release = Schedule::Release(delay);
+        let saved =
+            self.spec.save(core, self.status, &mut pass, change(None, None, release, interval)).await?;
         Ok(if saved { PassEnd::Pending(self.status, self.rollback_reason) } else { PassEnd::Lost })
     }
 }

@@ -22,11 +22,15 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::process::{Core, PassEnd};
+use super::checkpoint::Checkpoint;
+use super::lease::Lease;
+use super::process::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use crate::branch::BranchCall;
 use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};
-use crate::store::{self, BranchChange, GlobalChange, StatusUpdate, StoreError, StoredTrans};
+use crate::store::{
+    self, BranchChange, BranchRow, GlobalChange, Schedule, StatusUpdate, StoreError, StoredTrans,
+};
 
 /// One branch operation row.
 pub(crate) struct OpRow {
@@ -58,18 +62,21 @@ struct MsgCustomData {
     delay: u64,
 }
 
+fn op_rows(branches: Vec<BranchRow>) -> Result<Vec<OpRow>, String> {
+    branches
+        .into_iter()
+        .map(|r| {
+            let url = BranchUrl::parse(&r.url).map_err(|e| format!("branch {}: {e}", r.branch_id))?;
+            Ok(OpRow { branch_id: r.branch_id, op: r.op, url, payload: r.bin_data, status: r.status })
+        })
+        .collect()
+}
+
 impl SequenceWork {
     /// From stored rows (also used right after creation: rows are known then too).
     pub(crate) fn from_stored(t: StoredTrans) -> Result<SequenceWork, String> {
         let g = t.global;
-        let rows = t
-            .branches
-            .into_iter()
-            .map(|r| {
-                let url = BranchUrl::parse(&r.url).map_err(|e| format!("branch {}: {e}", r.branch_id))?;
-                Ok(OpRow { branch_id: r.branch_id, op: r.op, url, payload: r.bin_data, status: r.status })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let rows = op_rows(t.branches)?;
         let delay = if g.trans_type == TransType::Msg && !g.custom_data.is_empty() {
             let custom: MsgCustomData = serde_json::from_str(&g.custom_data).unwrap_or_default();
             (custom.delay > 0).then(|| Duration::from_secs(custom.delay))
@@ -95,6 +102,11 @@ impl SequenceWork {
         &self.gid
     }
 
+    /// The transaction's options.
+    pub(crate) fn options(&self) -> &TransOptions {
+        &self.options
+    }
+
     /// Prepared TCC/msg time out after their own `timeout_to_fail`, else the server's.
     fn timed_out(&self, core: &Core, now: DateTime<Utc>) -> Option<Duration> {
         let limit = self.options.timeout_to_fail.unwrap_or(core.settings.timeout_to_fail);
@@ -114,7 +126,7 @@ impl SequenceWork {
             return BranchResult::Success;
         }
         let started = Instant::now();
-        let timeout = self.options.request_timeout.unwrap_or(core.settings.request_timeout);
+        let timeout = core.call_timeout(&self.options);
         let result = core
             .caller
             .call(&BranchCall {
@@ -132,29 +144,24 @@ impl SequenceWork {
         result
     }
 
+    /// Writes a change under the lease; `false`: another pass owns it now.
     async fn save(
         &mut self,
         core: &Core,
-        status: Option<GlobalStatus>,
-        reason: Option<String>,
-        next: DateTime<Utc>,
-        interval: Duration,
+        lease: &mut Lease,
+        change: GlobalChange,
         changes: &[BranchChange],
     ) -> Result<bool, StoreError> {
-        let change = GlobalChange {
-            status,
-            rollback_reason: reason.clone(),
-            next_cron_time: next,
-            next_cron_interval: i64::try_from(interval.as_secs()).unwrap_or(i64::MAX),
-        };
+        let (status, reason) = (change.status, change.rollback_reason.clone());
         let update = StatusUpdate {
             gid: self.gid.clone(),
             expected: self.status,
+            fence: lease.fence(),
             change,
             branches: changes.to_vec(),
             now: store::now(),
         };
-        let saved = core.store.update(update).await?;
+        let saved = core.write(lease, update).await?;
         if saved {
             if let Some(status) = status {
                 self.status = status;
@@ -166,33 +173,81 @@ impl SequenceWork {
         Ok(saved)
     }
 
+    /// Before calling a branch: lets a test hold the pass, then makes sure
+    /// the lease outlasts the call, extending it if not. `false`: lost, do
+    /// not call.
+    async fn before_call(
+        &self,
+        core: &Core,
+        lease: &mut Lease,
+        branch_id: &BranchId,
+        op: Op,
+    ) -> Result<bool, StoreError> {
+        core.checkpoint(&self.gid, Checkpoint::BeforeCall { branch_id: branch_id.clone(), op }).await;
+        if lease.covers(core.call_timeout(&self.options)) {
+            return Ok(true);
+        }
+        let update = StatusUpdate {
+            gid: self.gid.clone(),
+            expected: self.status,
+            fence: lease.fence(),
+            change: change(None, None, Schedule::Hold(lease.length()), self.interval),
+            branches: Vec::new(),
+            now: store::now(),
+        };
+        core.write(lease, update).await
+    }
+
     /// Runs one pass.
-    pub(crate) async fn run(mut self, core: &Core) -> Result<PassEnd, StoreError> {
-        let lease = store::later(store::now(), core.settings.lease_duration);
+    pub(crate) async fn run(mut self, core: &Core, mut lease: Lease) -> Result<PassEnd, StoreError> {
         if self.status == GlobalStatus::Prepared {
             let Some(limit) = self.timed_out(core, store::now()) else {
                 return Ok(PassEnd::Pending(self.status, self.rollback_reason));
             };
             match self.trans_type {
-                TransType::Msg => match self.check_back(core).await {
-                    BranchResult::Success => {
-                        if !self
-                            .save(core, Some(GlobalStatus::Submitted), None, lease, self.interval, &[])
-                            .await?
-                        {
-                            return Ok(PassEnd::Lost);
-                        }
-                    }
-                    BranchResult::Failure(_) => return self.finish(core, GlobalStatus::Failed, &[]).await,
-                    BranchResult::Ongoing => return self.reschedule(core, PassOutcome::Ongoing, &[]).await,
-                    BranchResult::Retry(_) => return self.reschedule(core, PassOutcome::Error, &[]).await,
-                },
-                _ => {
-                    let reason = format!("Timeout after {} seconds", limit.as_secs());
-                    let status = Some(GlobalStatus::Aborting);
-                    if !self.save(core, status, Some(reason), lease, self.interval, &[]).await? {
+                TransType::Msg => {
+                    if !self.before_call(core, &mut lease, &BranchId::msg(), Op::Msg).await? {
                         return Ok(PassEnd::Lost);
                     }
+                    match self.check_back(core).await {
+                        BranchResult::Success => {
+                            let hold = Schedule::Hold(lease.length());
+                            let submitted = Some(GlobalStatus::Submitted);
+                            if !self
+                                .save(core, &mut lease, change(submitted, None, hold, self.interval), &[])
+                                .await?
+                            {
+                                return Ok(PassEnd::Lost);
+                            }
+                        }
+                        BranchResult::Failure(_) => {
+                            return self.finish(core, lease, GlobalStatus::Failed, &[]).await;
+                        }
+                        BranchResult::Ongoing => {
+                            return self.reschedule(core, lease, PassOutcome::Ongoing, &[]).await;
+                        }
+                        BranchResult::Retry(_) => {
+                            return self.reschedule(core, lease, PassOutcome::Error, &[]).await;
+                        }
+                    }
+                }
+                _ => {
+                    let reason = format!("Timeout after {} seconds", limit.as_secs());
+                    let (aborting, hold) = (Some(GlobalStatus::Aborting), Schedule::Hold(lease.length()));
+                    if !self
+                        .save(core, &mut lease, change(aborting, Some(reason), hold, self.interval), &[])
+                        .await?
+                    {
+                        return Ok(PassEnd::Lost);
+                    }
+                    // A registerBranch that committed before the decision is
+                    // in the store now; one after it was refused. Cancel
+                    // what the store holds, not what was loaded before.
+                    core.checkpoint(&self.gid, Checkpoint::AfterAbortDecided).await;
+                    let Some(stored) = core.reload(&self.gid, &lease, GlobalStatus::Aborting).await? else {
+                        return Ok(PassEnd::Lost);
+                    };
+                    self.rows = op_rows(stored.branches).map_err(StoreError::Corrupt)?;
                 }
             }
         }
@@ -202,22 +257,26 @@ impl SequenceWork {
             (TransType::Tcc, GlobalStatus::Aborting) => (Op::Cancel, GlobalStatus::Failed),
             (_, status) => return Ok(PassEnd::Finished(status, self.rollback_reason)),
         };
-        if let Some(delay) = self.delay
-            && (store::now() - self.create_time).to_std().unwrap_or_default() < delay
-        {
-            // Not yet: come back when the delay is over.
-            let at = store::later(self.create_time, delay);
-            return if self.save(core, None, None, at, self.interval, &[]).await? {
-                Ok(PassEnd::Pending(self.status, self.rollback_reason))
-            } else {
-                Ok(PassEnd::Lost)
-            };
+        if let Some(delay) = self.delay {
+            let age = (store::now() - self.create_time).to_std().unwrap_or_default();
+            if age < delay {
+                // Not yet: come back when the delay is over.
+                let wait = Schedule::Release(delay - age);
+                return if self.save(core, &mut lease, change(None, None, wait, self.interval), &[]).await? {
+                    Ok(PassEnd::Pending(self.status, self.rollback_reason))
+                } else {
+                    Ok(PassEnd::Lost)
+                };
+            }
         }
-        let (changes, outcome) = self.deliver(core, op).await;
+        let (changes, outcome, lost) = self.deliver(core, &mut lease, op).await?;
+        if lost {
+            return Ok(PassEnd::Lost);
+        }
         if self.rows.iter().filter(|r| r.op == op).all(|r| r.status == BranchStatus::Succeed) {
-            self.finish(core, done, &changes).await
+            self.finish(core, lease, done, &changes).await
         } else {
-            self.reschedule(core, outcome, &changes).await
+            self.reschedule(core, lease, outcome, &changes).await
         }
     }
 
@@ -234,7 +293,13 @@ impl SequenceWork {
     /// Calls the due `op` rows: TCC in reverse registration order, msg in
     /// order, one at a time (stopping at the first that does not succeed),
     /// or msg all at once with `concurrent`.
-    async fn deliver(&mut self, core: &Core, op: Op) -> (Vec<BranchChange>, PassOutcome) {
+    /// `Ok((.., true))` if the lease was lost on the way (nothing more may be written).
+    async fn deliver(
+        &mut self,
+        core: &Core,
+        lease: &mut Lease,
+        op: Op,
+    ) -> Result<(Vec<BranchChange>, PassOutcome, bool), StoreError> {
         let mut due: Vec<usize> = (0..self.rows.len())
             .filter(|&i| self.rows[i].op == op && self.rows[i].status != BranchStatus::Succeed)
             .collect();
@@ -244,6 +309,7 @@ impl SequenceWork {
         let concurrent = self.trans_type == TransType::Msg && self.options.concurrent;
         let mut outcome = PassOutcome::Progress;
         let mut succeeded = Vec::new();
+        let mut lost = false;
         {
             let this = &*self;
             let call = |i: usize| async move {
@@ -252,16 +318,24 @@ impl SequenceWork {
             };
             let mut calls = FuturesUnordered::new();
             let mut queue = due.into_iter();
-            if concurrent {
-                calls.extend(queue.by_ref().map(call));
-            } else if let Some(i) = queue.next() {
+            let first: Vec<usize> =
+                if concurrent { queue.by_ref().collect() } else { queue.next().into_iter().collect() };
+            for i in first {
+                if !this.before_call(core, lease, &this.rows[i].branch_id, op).await? {
+                    lost = true;
+                    break;
+                }
                 calls.push(call(i));
             }
-            while let Some((i, result)) = calls.next().await {
+            while !lost && let Some((i, result)) = calls.next().await {
                 match result {
                     BranchResult::Success => {
                         succeeded.push(i);
                         if !concurrent && let Some(next) = queue.next() {
+                            if !this.before_call(core, lease, &this.rows[next].branch_id, op).await? {
+                                lost = true;
+                                break;
+                            }
                             calls.push(call(next));
                         }
                     }
@@ -278,17 +352,19 @@ impl SequenceWork {
                 BranchChange { branch_id: self.rows[i].branch_id.clone(), op, status: BranchStatus::Succeed }
             })
             .collect();
-        (changes, outcome)
+        Ok((changes, outcome, lost))
     }
 
     async fn finish(
         mut self,
         core: &Core,
+        mut lease: Lease,
         outcome: GlobalStatus,
         changes: &[BranchChange],
     ) -> Result<PassEnd, StoreError> {
         let now = store::now();
-        if !self.save(core, Some(outcome), None, now, self.interval, changes).await? {
+        let release = Schedule::Release(Duration::ZERO);
+        if !self.save(core, &mut lease, change(Some(outcome), None, release, self.interval), changes).await? {
             return Ok(PassEnd::Lost);
         }
         let age = (now - self.create_time).to_std().unwrap_or_default();
@@ -299,13 +375,14 @@ impl SequenceWork {
     async fn reschedule(
         mut self,
         core: &Core,
+        mut lease: Lease,
         outcome: PassOutcome,
         changes: &[BranchChange],
     ) -> Result<PassEnd, StoreError> {
         let base = retry::base_interval(&self.options, core.settings.retry_interval);
         let interval = retry::next_interval(self.interval, base, core.settings.max_retry_interval, outcome);
-        let next = store::later(store::now(), retry::jittered(interval, rand::random::<f64>()));
-        Ok(if self.save(core, None, None, next, interval, changes).await? {
+        let release = Schedule::Release(retry::jittered(interval, rand::random::<f64>()));
+        Ok(if self.save(core, &mut lease, change(None, None, release, interval), changes).await? {
             PassEnd::Pending(self.status, self.rollback_reason)
         } else {
             PassEnd::Lost

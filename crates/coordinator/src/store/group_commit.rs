@@ -43,8 +43,8 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CreateOutcome, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate, Store,
-    StoreError, StoredTrans,
+    CreateOutcome, LeaseToken, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate,
+    Store, StoreError, StoredTrans,
 };
 use crate::model::GlobalStatus;
 
@@ -200,16 +200,27 @@ impl Store for GroupCommit {
 
     async fn lease_due(
         &self,
-        owner: &str,
-        now: DateTime<Utc>,
+        owner: &LeaseToken,
         lease_for: Duration,
         limit: u32,
+        skip: &[Gid],
+        now: DateTime<Utc>,
     ) -> Result<Vec<StoredTrans>, StoreError> {
-        self.inner.lease_due(owner, now, lease_for, limit).await
+        self.inner.lease_due(owner, lease_for, limit, skip, now).await
     }
 
-    async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.inner.release(gids, now).await
+    async fn acquire(
+        &self,
+        gid: &Gid,
+        owner: &LeaseToken,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredTrans>, StoreError> {
+        self.inner.acquire(gid, owner, lease_for, now).await
+    }
+
+    async fn release(&self, held: &[(Gid, LeaseToken)], now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.release(held, now).await
     }
 
     async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -222,10 +233,10 @@ impl Store for GroupCommit {
 
     async fn reset_stale_cron_times(
         &self,
-        now: DateTime<Utc>,
-        later_than: DateTime<Utc>,
+        later_than: Duration,
         limit: u32,
+        now: DateTime<Utc>,
     ) -> Result<ResetCount, StoreError> {
-        self.inner.reset_stale_cron_times(now, later_than, limit).await
+        self.inner.reset_stale_cron_times(later_than, limit, now).await
     }
 }

@@ -8,26 +8,40 @@
 //! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
 //! dtm's admin UI and scripts can read a database written by us.
 //!
-//! # Concurrency contract
+//! # Concurrency contract: one pass per transaction
 //!
 //! Several coordinators may share one database. Nothing is locked for the
-//! duration of a pass; instead
+//! duration of a pass; instead a transaction is *leased* and every write is
+//! *fenced*:
 //!
-//! * a transaction is *leased* by pushing its `next_cron_time` into the
-//!   future ([`Store::lease_due`]); if the holder dies, the lease expires
-//!   and anyone may pick the transaction up;
-//! * every status change is conditional on the status the caller last saw
-//!   (`WHERE gid = ? AND status = ?`). [`Store::update`] returns `false`
-//!   when another instance moved the transaction first: the caller lost the
-//!   race and simply stops. Branches are idempotent (dtm's barrier), so a
-//!   doubled call is harmless.
+//! * a lease is the pair (`owner`, `next_cron_time`): a fresh
+//!   [`LeaseToken`] written into `owner` and an expiry pushed into
+//!   `next_cron_time` ([`Store::create`], [`Store::lease_due`],
+//!   [`Store::acquire`]). Anyone may take a transaction over once its lease
+//!   has expired; taking it writes a new token;
+//! * every write of a pass carries its token ([`Fence::Owner`]) and applies
+//!   only while `owner` still holds it — as well as the status the pass last
+//!   saw. [`Store::update`] returns `false` otherwise: the pass has lost the
+//!   transaction and stops without calling another branch. (This is what dtm
+//!   does not do: its status changes are conditional on the status alone.)
+//! * `next_cron_time` is written and compared **on the database's clock**
+//!   (`UTC_TIMESTAMP()`, `statement_timestamp()`, SQLite's `'now'`), never on
+//!   a coordinator's: clocks skewed between coordinators cannot make two of
+//!   them believe they hold the same lease. Writes therefore carry durations
+//!   ([`Schedule`]), not instants;
+//! * a pass that ends lets go: its last write clears `owner`
+//!   ([`Schedule::Release`]), so a `next_cron_time` in the future with no
+//!   owner is a retry time (which `resetNextCronTime` may move), and one with
+//!   an owner is a live lease (which nobody but its holder touches).
 //!
 //! # Times
 //!
-//! Every time is UTC, truncated to whole seconds (dtm's column precision),
-//! taken from the coordinator's clock ([`now`]). dtm writes local time; a
-//! database shared with a dtm server in another zone would see shifted
-//! times — do not mix the two on one database.
+//! Every time is UTC, truncated to whole seconds (dtm's column precision).
+//! `next_cron_time` comes from the database's clock (above); the other
+//! columns (`create_time`, `update_time`, …) are informational and come from
+//! the coordinator's clock ([`now`]). dtm writes local time; a database
+//! shared with a dtm server in another zone would see shifted times — do not
+//! mix the two on one database.
 
 mod group_commit;
 mod sql;
@@ -74,10 +88,102 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(0)
 }
 
-/// `t + d`, in whole seconds (rounded up so a lease is never shorter than asked).
+/// The latest time a store holds: MySQL's `DATETIME` ends at 9999-12-31
+/// 23:59:59 (PostgreSQL and SQLite go further, but one bound for all keeps
+/// a row portable). [`later`] saturates here.
+pub fn latest() -> DateTime<Utc> {
+    // 253402300799 = 9999-12-31T23:59:59Z, in range for chrono by far.
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t + d`, in whole seconds (rounded up so a lease is never shorter than
+/// asked), saturating at [`latest`].
+///
+/// Never panics, whatever `d` is: the API bounds every duration a request
+/// may carry (see `crate::model`), but a row written by an older version or
+/// by hand can hold any interval, and a panic here would kill the pass
+/// again at every lease, forever. A time past [`latest`] means "never" in
+/// practice, and is also the most a `DATETIME` column can store.
 pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    t + chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|delta| t.checked_add_signed(delta))
+        .map_or_else(latest, |at| at.min(latest()))
+}
+
+/// The longest delay a write may schedule: the database's date arithmetic
+/// must stay far from its limits (MySQL's `DATETIME` ends in year 9999),
+/// whatever a stored row or an option says.
+pub const MAX_SCHEDULE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Whole seconds of `d`, rounded up (a lease is never shorter than asked)
+/// and capped at [`MAX_SCHEDULE`].
+pub fn schedule_secs(d: Duration) -> i64 {
+    let d = d.min(MAX_SCHEDULE);
+    i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(i64::MAX)
+}
+
+/// Proof of ownership of a transaction: the random token a pass wrote into
+/// `owner` when it took the lease. Every write of that pass is conditional
+/// on the token still being there ([`Fence::Owner`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    /// A fresh token (22 random base57 characters, like a gid: unique per grant).
+    pub fn random() -> LeaseToken {
+        LeaseToken(Gid::random().to_string())
+    }
+
+    /// A token as read back from `owner` (tools and tests).
+    pub fn new(token: impl Into<String>) -> LeaseToken {
+        LeaseToken(token.into())
+    }
+
+    /// The token as stored in `owner`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whose write a [`StatusUpdate`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Fence {
+    /// A pass's write: applies only while `owner` still holds this token.
+    Owner(LeaseToken),
+    /// A client's decision on a transaction that no pass is calling branches
+    /// for (submit or abort of a `prepared` TCC / msg): applies whoever holds
+    /// the lease and takes it over (`owner` := token), so that a pass still
+    /// holding it finds its next write refused.
+    TakeOver(LeaseToken),
+}
+
+impl Fence {
+    /// The token written or required.
+    pub fn token(&self) -> &LeaseToken {
+        match self {
+            Fence::Owner(t) | Fence::TakeOver(t) => t,
+        }
+    }
+}
+
+/// What a write does to the lease (`owner`, `next_cron_time`), as a delay
+/// on the database's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// The pass goes on: the lease now ends this long after the write.
+    Hold(Duration),
+    /// The pass ends: `owner` is cleared and the transaction is due again
+    /// this long after the write (zero: at once, or never for a final status).
+    Release(Duration),
 }
 
 /// Serializes `Vec<u8>` as base64, like Go's `encoding/json` does for `[]byte`.
@@ -194,10 +300,12 @@ pub struct NewGlobal {
     pub custom_data: String,
     /// First retry interval, seconds.
     pub next_cron_interval: i64,
-    /// Initial lease: the creating instance processes it before this time.
-    pub next_cron_time: DateTime<Utc>,
-    /// Lease token of the creating instance.
-    pub owner: String,
+    /// The creating pass's lease: its token and how long it lasts from the
+    /// insert (database clock). `None`: nobody processes it now (a
+    /// `prepare`, or a submit while shutting down); due after `lease`.
+    pub owner: Option<LeaseToken>,
+    /// Lease length, or the delay before recovery may look at it.
+    pub lease: Duration,
     /// Reason given at creation (abort paths).
     pub rollback_reason: String,
     /// Creation time.
@@ -234,6 +342,8 @@ pub struct StatusUpdate {
     pub gid: Gid,
     /// The status the caller last saw; the update applies only if it still holds.
     pub expected: GlobalStatus,
+    /// The lease the write is made under.
+    pub fence: Fence,
     /// What changes on the global row.
     pub change: GlobalChange,
     /// Branch results recorded with it.
@@ -247,10 +357,11 @@ impl StatusUpdate {
     pub fn global(
         gid: &Gid,
         expected: GlobalStatus,
+        fence: Fence,
         change: GlobalChange,
         now: DateTime<Utc>,
     ) -> StatusUpdate {
-        StatusUpdate { gid: gid.clone(), expected, change, branches: Vec::new(), now }
+        StatusUpdate { gid: gid.clone(), expected, fence, change, branches: Vec::new(), now }
     }
 }
 
@@ -270,8 +381,8 @@ pub struct GlobalChange {
     pub status: Option<GlobalStatus>,
     /// New rollback reason, if any.
     pub rollback_reason: Option<String>,
-    /// When recovery may look at it again.
-    pub next_cron_time: DateTime<Utc>,
+    /// What happens to the lease.
+    pub schedule: Schedule,
     /// The retry interval now in force, seconds.
     pub next_cron_interval: i64,
 }
@@ -353,12 +464,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
 
     /// In one transaction: if the global row still has status
-    /// `update.expected`, apply the change and record the branch results;
-    /// otherwise change nothing and return `false` (another instance moved it first).
+    /// `update.expected` and the fence holds (the owner is the pass's token,
+    /// or the write takes the transaction over), apply the change and record
+    /// the branch results; otherwise change nothing and return `false`
+    /// (another pass or instance moved it first).
     async fn update(&self, update: StatusUpdate) -> Result<bool, StoreError>;
 
     /// Adds branch rows to a transaction still in status `expected`
-    /// (registerBranch). `false` if it is not in that status or absent.
+    /// (registerBranch), checked in the transaction that inserts them, under
+    /// the global row's lock: an abort that commits first refuses them, one
+    /// that commits after sees them. `false` if it is not in that status or absent.
     async fn add_branches(
         &self,
         gid: &Gid,
@@ -367,34 +482,51 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Leases up to `limit` unfinished transactions whose `next_cron_time <= now`
-    /// (no lower bound): sets `owner` and `next_cron_time = now + lease_for`
-    /// with one conditional UPDATE, then reads them back by owner. `owner`
-    /// must be unique per call.
+    /// Leases up to `limit` unfinished transactions whose `next_cron_time`
+    /// has passed on the database's clock, except those in `skip` (the ones
+    /// this instance is driving): sets `owner` and `next_cron_time = db now +
+    /// lease_for` with one conditional UPDATE, then reads them back by owner.
+    /// `owner` must be fresh for every call.
     async fn lease_due(
         &self,
-        owner: &str,
-        now: DateTime<Utc>,
+        owner: &LeaseToken,
         lease_for: Duration,
         limit: u32,
+        skip: &[Gid],
+        now: DateTime<Utc>,
     ) -> Result<Vec<StoredTrans>, StoreError>;
 
-    /// Makes unfinished transactions due now (shutdown hands them over).
-    async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Takes one unfinished transaction if nobody holds it (no owner, or an
+    /// expired lease) and returns it as stored under the new lease; `None`
+    /// if it is final, absent, or another pass holds a live lease on it.
+    async fn acquire(
+        &self,
+        gid: &Gid,
+        owner: &LeaseToken,
+        lease_for: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredTrans>, StoreError>;
+
+    /// Lets go of leases we hold (shutdown hands them over): each listed
+    /// transaction still owned by the given token becomes due now, unowned.
+    async fn release(&self, held: &[(Gid, LeaseToken)], now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Sets an unfinished transaction to `failed` (no compensation). `false`
     /// if absent or already final.
     async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    /// Sets `next_cron_time = now`. `false` if the gid does not exist.
+    /// Makes a transaction that waits for a retry due now. A live lease is
+    /// left alone (a pass is processing it right now). `false` if the gid
+    /// does not exist.
     async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
-    /// Unfinished transactions scheduled after `later_than` are made due now (up to `limit`).
+    /// Unfinished, unowned transactions scheduled more than `later_than`
+    /// ahead are made due now (up to `limit`).
     async fn reset_stale_cron_times(
         &self,
-        now: DateTime<Utc>,
-        later_than: DateTime<Utc>,
+        later_than: Duration,
         limit: u32,
+        now: DateTime<Utc>,
     ) -> Result<ResetCount, StoreError>;
 }
 
@@ -438,5 +570,20 @@ mod tests {
         let t = now();
         assert_eq!(later(t, Duration::from_millis(200)), t + chrono::TimeDelta::seconds(1));
         assert_eq!(later(t, Duration::from_secs(10)), t + chrono::TimeDelta::seconds(10));
+    }
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let t = now();
+        let end = latest();
+        assert_eq!(end.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        // 10^14 s: the hostile retry_interval that used to panic in TimeDelta::seconds.
+        assert_eq!(later(t, Duration::from_secs(100_000_000_000_000)), end);
+        assert_eq!(later(t, Duration::from_secs(u64::MAX)), end);
+        assert_eq!(later(t, Duration::MAX), end);
+        assert_eq!(later(t, Duration::from_secs(i64::MAX.unsigned_abs())), end);
+        assert_eq!(later(end, Duration::from_secs(1)), end);
+        // A day is still a day.
+        assert_eq!(later(t, Duration::from_secs(86_400)), t + chrono::TimeDelta::days(1));
     }
 }

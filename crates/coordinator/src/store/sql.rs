@@ -14,6 +14,7 @@
 //! | `update` with branch results | UPDATE global (conditional), one UPDATE per distinct branch status | 1 |
 //! | `update` without branch results | UPDATE global (autocommit) | 1 |
 //! | `lease_due` | UPDATE … LIMIT n, SELECT by owner, SELECT branches | 1 |
+//! | `acquire` | UPDATE (conditional), SELECT global, SELECT branches | 1 |
 //! | `write_batch` (group commit of n creates, m updates) | INSERT globals, INSERT branches, one UPDATE per distinct global change, one UPDATE per branch status | 1 |
 
 use std::collections::BTreeMap;
@@ -25,8 +26,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    BranchChange, BranchRow, CreateOutcome, GlobalChange, GlobalRow, ListFilter, NewBranch, NewGlobal,
-    NewTrans, Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
+    BranchChange, BranchRow, CreateOutcome, Fence, GlobalRow, LeaseToken, ListFilter, NewBranch, NewGlobal,
+    NewTrans, Page, ResetCount, Schedule, StatusUpdate, Store, StoreError, StoredTrans,
 };
 use crate::model::{BranchStatus, GlobalStatus};
 
@@ -39,6 +40,41 @@ const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, query_prepared, proto
 
 const BRANCH_COLUMNS: &str =
     "id, gid, url, bin_data, branch_id, op, status, finish_time, rollback_time, create_time, update_time";
+
+/// The gid columns that must compare as exact byte strings, as
+/// `sql/mysql/coordinator.sql` declares them. Tables created by dtm's DDL or
+/// an older version of ours have the table's case-insensitive collation:
+/// saga `abc` would be refused as a duplicate of saga `AbC`. [`open`]
+/// converts them (MySQL only; see `barrier::schema::ensure_exact_columns`).
+///
+/// [`open`]: MySqlStore::open
+const EXACT_GID_COLUMNS: [(&str, barrier::schema::ExactColumn); 2] = [
+    (
+        "trans_global",
+        barrier::schema::ExactColumn {
+            name: "gid",
+            mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL \
+                               COMMENT 'global transaction id'",
+        },
+    ),
+    (
+        "trans_branch_op",
+        barrier::schema::ExactColumn {
+            name: "gid",
+            mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+        },
+    ),
+];
+
+/// Applies [`EXACT_GID_COLUMNS`] (idempotent, safe with concurrent starts).
+async fn ensure_exact_gids<DB: barrier::BarrierDatabase>(pool: &sqlx::Pool<DB>) -> Result<(), StoreError> {
+    for (table, column) in EXACT_GID_COLUMNS {
+        let table = barrier::BarrierTable::new(table)
+            .map_err(|e| StoreError::Corrupt(format!("table {table}: {e}")))?;
+        barrier::schema::ensure_exact_columns(pool, &table, &[column]).await?;
+    }
+    Ok(())
+}
 
 /// What differs between the engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +99,33 @@ impl Dialect {
         let without_comments: String =
             self.ddl().lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
         without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    }
+
+    /// The database's current time, as stored in `next_cron_time` (UTC,
+    /// whole seconds): every lease is judged on this one clock.
+    fn db_now(self) -> &'static str {
+        match self {
+            Dialect::MySql => "UTC_TIMESTAMP()",
+            Dialect::Postgres => "date_trunc('second', statement_timestamp())",
+            // sqlx writes chrono times to SQLite as RFC 3339 text; compare like with like.
+            Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')",
+        }
+    }
+
+    /// The database's current time plus `d` (whole seconds, rounded up).
+    /// The number is ours, formatted into the SQL: no injection is possible.
+    fn db_later(self, d: Duration) -> String {
+        let secs = super::schedule_secs(d);
+        if secs == 0 {
+            return self.db_now().to_string();
+        }
+        match self {
+            Dialect::MySql => format!("(UTC_TIMESTAMP() + INTERVAL {secs} SECOND)"),
+            Dialect::Postgres => {
+                format!("(date_trunc('second', statement_timestamp()) + INTERVAL '{secs} seconds')")
+            }
+            Dialect::Sqlite => format!("strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '+{secs} seconds')"),
+        }
     }
 
     /// Insert-if-absent: `INSERT IGNORE` on MySQL, `ON CONFLICT DO NOTHING` elsewhere.
@@ -176,6 +239,7 @@ macro_rules! sql_store {
                 for statement in $dialect.ddl_statements() {
                     sqlx::query(&statement).execute(&pool).await?;
                 }
+                ensure_exact_gids(&pool).await?;
                 Ok($name { pool })
             }
 
@@ -184,13 +248,29 @@ macro_rules! sql_store {
                 &self.pool
             }
 
+            /// The `gid` column. On MySQL it has a binary collation (exact
+            /// gids), which sqlx reports as `VARBINARY` and refuses to decode
+            /// as a `String`: read the bytes then. Checked with
+            /// [`Gid::from_storage`]: a row accepted before gids had to be
+            /// visible ASCII stays readable (one unreadable row would fail
+            /// every lease of a batch holding it).
+            fn gid_of(row: &<$db as sqlx::Database>::Row) -> Result<Gid, StoreError> {
+                let text = match row.try_get::<String, _>("gid") {
+                    Ok(text) => text,
+                    Err(sqlx::Error::ColumnDecode { .. }) => String::from_utf8(row.try_get::<Vec<u8>, _>("gid")?)
+                        .map_err(|e| corrupt("gid", e))?,
+                    Err(e) => return Err(e.into()),
+                };
+                Gid::from_storage(text).map_err(|e| corrupt("gid", e))
+            }
+
             fn global_row(row: &<$db as sqlx::Database>::Row) -> Result<GlobalRow, StoreError> {
                 let text = |col: &str| -> Result<String, StoreError> {
                     Ok(row.try_get::<Option<String>, _>(col)?.unwrap_or_default())
                 };
                 Ok(GlobalRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     trans_type: text("trans_type")?.parse().map_err(|e| corrupt("trans_type", e))?,
                     status: text("status")?.parse().map_err(|e| corrupt("status", e))?,
                     query_prepared: text("query_prepared")?,
@@ -217,7 +297,7 @@ macro_rules! sql_store {
                 };
                 Ok(BranchRow {
                     id: row.try_get("id")?,
-                    gid: Gid::new(text("gid")?).map_err(|e| corrupt("gid", e))?,
+                    gid: Self::gid_of(row)?,
                     url: text("url")?,
                     bin_data: row.try_get::<Option<Vec<u8>>, _>("bin_data")?.unwrap_or_default(),
                     branch_id: barrier::BranchId::new(text("branch_id")?).map_err(|e| corrupt("branch_id", e))?,
@@ -266,8 +346,8 @@ macro_rules! sql_store {
                         .push_bind(g.options.clone())
                         .push_bind(g.custom_data.clone())
                         .push_bind(i32::try_from(g.next_cron_interval).unwrap_or(i32::MAX))
-                        .push_bind(g.next_cron_time)
-                        .push_bind(g.owner.clone())
+                        .push($dialect.db_later(g.lease))
+                        .push_bind(g.owner.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default())
                         .push_bind("")
                         .push_bind("")
                         .push_bind(g.rollback_reason.clone());
@@ -294,17 +374,33 @@ macro_rules! sql_store {
                 q
             }
 
-            /// The conditional `UPDATE` of global rows still in status
-            /// `expected`; `rows_affected` counts those that were.
-            fn update_globals<'a>(
-                gids: &[&'a Gid],
-                expected: GlobalStatus,
-                change: &'a GlobalChange,
-                now: DateTime<Utc>,
-            ) -> QueryBuilder<'a, $db> {
+            /// The conditional `UPDATE` of global rows that share one change
+            /// (status, schedule, time and, for a take-over, the token): each
+            /// row changes only if it is still in status `expected` and — for
+            /// a pass's write — still owned by that pass's token.
+            /// `rows_affected` counts those that did.
+            ///
+            /// Several passes' tokens are matched with one `owner IN (…)`
+            /// next to `gid IN (…)`. That is exact because no token of ours
+            /// can be the current owner of another gid of the group: tokens
+            /// are fresh per grant, and a gid this instance is driving is
+            /// never leased again by it (`lease_due`'s `skip`).
+            fn update_globals<'a>(group: &[&'a StatusUpdate]) -> QueryBuilder<'a, $db> {
+                let first = group[0];
+                let (change, now) = (&first.change, first.now);
                 let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET update_time = ");
                 q.push_bind(now);
-                q.push(", next_cron_time = ").push_bind(change.next_cron_time);
+                let (Schedule::Hold(delay) | Schedule::Release(delay)) = change.schedule;
+                q.push(", next_cron_time = ").push($dialect.db_later(delay));
+                match (&change.schedule, &first.fence) {
+                    (Schedule::Release(_), _) => {
+                        q.push(", owner = ''");
+                    }
+                    (Schedule::Hold(_), Fence::TakeOver(token)) => {
+                        q.push(", owner = ").push_bind(token.as_str());
+                    }
+                    (Schedule::Hold(_), Fence::Owner(_)) => {}
+                }
                 q.push(", next_cron_interval = ").push_bind(i32::try_from(change.next_cron_interval).unwrap_or(i32::MAX));
                 if let Some(status) = change.status {
                     q.push(", status = ").push_bind(status.as_str());
@@ -321,17 +417,32 @@ macro_rules! sql_store {
                 if let Some(reason) = &change.rollback_reason {
                     q.push(", rollback_reason = ").push_bind(reason.as_str());
                 }
-                if let [gid] = gids {
-                    q.push(" WHERE gid = ").push_bind(gid.as_str());
+                if let [u] = group {
+                    q.push(" WHERE gid = ").push_bind(u.gid.as_str());
                 } else {
                     q.push(" WHERE gid IN (");
                     let mut list = q.separated(", ");
-                    for gid in gids {
-                        list.push_bind(gid.as_str());
+                    for u in group {
+                        list.push_bind(u.gid.as_str());
                     }
                     q.push(")");
                 }
-                q.push(" AND status = ").push_bind(expected.as_str());
+                q.push(" AND status = ").push_bind(first.expected.as_str());
+                if let Fence::Owner(_) = first.fence {
+                    let mut tokens: Vec<&str> = group.iter().map(|u| u.fence.token().as_str()).collect();
+                    tokens.sort_unstable();
+                    tokens.dedup();
+                    if let [token] = tokens[..] {
+                        q.push(" AND owner = ").push_bind(token);
+                    } else {
+                        q.push(" AND owner IN (");
+                        let mut list = q.separated(", ");
+                        for token in tokens {
+                            list.push_bind(token);
+                        }
+                        q.push(")");
+                    }
+                }
                 q
             }
 
@@ -367,8 +478,8 @@ macro_rules! sql_store {
 
             /// One attempt of [`Store::update`].
             async fn update_once(&self, update: &StatusUpdate) -> Result<bool, StoreError> {
-                let StatusUpdate { gid, expected, change, branches, now } = update;
-                let mut q = Self::update_globals(&[gid], *expected, change, *now);
+                let StatusUpdate { gid, branches, now, .. } = update;
+                let mut q = Self::update_globals(&[update]);
                 if branches.is_empty() {
                     return Ok(q.build().execute(&self.pool).await?.rows_affected() > 0);
                 }
@@ -413,22 +524,29 @@ macro_rules! sql_store {
                 }
                 // Global rows first (see `update_once`), one statement per
                 // distinct change — sagas finishing in the same second share one.
-                let mut groups: Vec<(&StatusUpdate, Vec<&Gid>)> = Vec::new();
+                // Passes' writes share a statement whatever their tokens
+                // (see `update_globals`); a take-over writes its own token.
+                let group_key = |u: &StatusUpdate| {
+                    let takeover = match &u.fence {
+                        Fence::Owner(_) => None,
+                        Fence::TakeOver(token) => Some(token.clone()),
+                    };
+                    (u.expected, u.change.clone(), u.now, takeover)
+                };
+                let mut groups: Vec<Vec<&StatusUpdate>> = Vec::new();
                 for u in updates {
-                    match groups.iter_mut().find(|(first, _)| {
-                        (first.expected, &first.change, first.now) == (u.expected, &u.change, u.now)
-                    }) {
-                        Some((_, gids)) => gids.push(&u.gid),
-                        None => groups.push((u, vec![&u.gid])),
+                    match groups.iter_mut().find(|group| group_key(group[0]) == group_key(u)) {
+                        Some(group) => group.push(u),
+                        None => groups.push(vec![u]),
                     }
                 }
-                for (u, gids) in &groups {
-                    let moved = Self::update_globals(gids, u.expected, &u.change, u.now)
+                for group in &groups {
+                    let moved = Self::update_globals(group)
                         .build()
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                    if moved != gids.len() as u64 {
+                    if moved != group.len() as u64 {
                         tx.rollback().await?;
                         return Ok(false);
                     }
@@ -583,22 +701,30 @@ macro_rules! sql_store {
 
             async fn lease_due(
                 &self,
-                owner: &str,
-                now: DateTime<Utc>,
+                owner: &LeaseToken,
                 lease_for: Duration,
                 limit: u32,
+                skip: &[Gid],
+                now: DateTime<Utc>,
             ) -> Result<Vec<StoredTrans>, StoreError> {
-                let until = super::later(now, lease_for);
                 let mut q = QueryBuilder::<$db>::new("");
                 $dialect.limited_update(
                     &mut q,
                     |q| {
-                        q.push("owner = ").push_bind(owner.to_string());
-                        q.push(", next_cron_time = ").push_bind(until);
+                        q.push("owner = ").push_bind(owner.as_str().to_string());
+                        q.push(", next_cron_time = ").push($dialect.db_later(lease_for));
                         q.push(", update_time = ").push_bind(now);
                     },
                     |q| {
-                        q.push(format!("status IN {UNFINISHED} AND next_cron_time <= ")).push_bind(now);
+                        q.push(format!("status IN {UNFINISHED} AND next_cron_time <= {}", $dialect.db_now()));
+                        if !skip.is_empty() {
+                            q.push(" AND gid NOT IN (");
+                            let mut list = q.separated(", ");
+                            for gid in skip {
+                                list.push_bind(gid.as_str().to_string());
+                            }
+                            q.push(")");
+                        }
                     },
                     limit_of(limit),
                 );
@@ -606,7 +732,7 @@ macro_rules! sql_store {
                     return Ok(Vec::new());
                 }
                 let rows = QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE owner = "))
-                    .push_bind(owner.to_string())
+                    .push_bind(owner.as_str().to_string())
                     .push(" ORDER BY id")
                     .build()
                     .fetch_all(&self.pool)
@@ -617,16 +743,56 @@ macro_rules! sql_store {
                 Ok(attach(globals, branches))
             }
 
-            async fn release(&self, gids: &[Gid], now: DateTime<Utc>) -> Result<u64, StoreError> {
-                if gids.is_empty() {
+            async fn acquire(
+                &self,
+                gid: &Gid,
+                owner: &LeaseToken,
+                lease_for: Duration,
+                now: DateTime<Utc>,
+            ) -> Result<Option<StoredTrans>, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET owner = ");
+                q.push_bind(owner.as_str().to_string());
+                q.push(", next_cron_time = ").push($dialect.db_later(lease_for));
+                q.push(", update_time = ").push_bind(now);
+                q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
+                q.push(format!(
+                    " AND status IN {UNFINISHED} AND (owner = '' OR next_cron_time IS NULL OR next_cron_time <= {})",
+                    $dialect.db_now()
+                ));
+                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                // Read under the new lease, in the same transaction: what the
+                // pass decides on is exactly what its token now guards.
+                let row = QueryBuilder::<$db>::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE gid = "))
+                    .push_bind(gid.as_str().to_string())
+                    .build()
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let global = Self::global_row(&row)?;
+                let branches = Self::branches_of(&mut *tx, std::slice::from_ref(gid)).await?;
+                tx.commit().await?;
+                Ok(Some(StoredTrans { global, branches }))
+            }
+
+            async fn release(&self, held: &[(Gid, LeaseToken)], now: DateTime<Utc>) -> Result<u64, StoreError> {
+                if held.is_empty() {
                     return Ok(0);
                 }
-                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET next_cron_time = ");
-                q.push_bind(now).push(", update_time = ").push_bind(now);
-                q.push(format!(" WHERE status IN {UNFINISHED} AND gid IN ("));
-                let mut list = q.separated(", ");
-                for gid in gids {
-                    list.push_bind(gid.as_str().to_string());
+                let mut q = QueryBuilder::<$db>::new(format!(
+                    "UPDATE trans_global SET owner = '', next_cron_time = {}, update_time = ",
+                    $dialect.db_now()
+                ));
+                q.push_bind(now);
+                q.push(format!(" WHERE status IN {UNFINISHED} AND ("));
+                for (i, (gid, token)) in held.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" OR ");
+                    }
+                    q.push("(gid = ").push_bind(gid.as_str().to_string());
+                    q.push(" AND owner = ").push_bind(token.as_str().to_string()).push(")");
                 }
                 q.push(")");
                 Ok(q.build().execute(&self.pool).await?.rows_affected())
@@ -635,33 +801,47 @@ macro_rules! sql_store {
             async fn force_stop(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET status = ");
                 q.push_bind(GlobalStatus::Failed.as_str());
-                q.push(", rollback_time = ").push_bind(now).push(", update_time = ").push_bind(now);
+                q.push(", owner = '', rollback_time = ").push_bind(now).push(", update_time = ").push_bind(now);
                 q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
                 q.push(format!(" AND status IN {UNFINISHED}"));
                 Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
             }
 
             async fn reset_next_cron_time(&self, gid: &Gid, now: DateTime<Utc>) -> Result<bool, StoreError> {
-                let mut q = QueryBuilder::<$db>::new("UPDATE trans_global SET next_cron_time = ");
-                q.push_bind(now).push(", update_time = ").push_bind(now);
+                let mut q = QueryBuilder::<$db>::new(format!("UPDATE trans_global SET next_cron_time = {}, update_time = ", $dialect.db_now()));
+                q.push_bind(now);
                 q.push(" WHERE gid = ").push_bind(gid.as_str().to_string());
-                Ok(q.build().execute(&self.pool).await?.rows_affected() > 0)
+                // A live lease means a pass is running right now: moving its
+                // expiry would let a second instance start another pass.
+                q.push(format!(" AND (owner = '' OR next_cron_time IS NULL OR next_cron_time <= {})", $dialect.db_now()));
+                if q.build().execute(&self.pool).await?.rows_affected() > 0 {
+                    return Ok(true);
+                }
+                let exists = QueryBuilder::<$db>::new("SELECT id FROM trans_global WHERE gid = ")
+                    .push_bind(gid.as_str().to_string())
+                    .build()
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(exists.is_some())
             }
 
             async fn reset_stale_cron_times(
                 &self,
-                now: DateTime<Utc>,
-                later_than: DateTime<Utc>,
+                later_than: Duration,
                 limit: u32,
+                now: DateTime<Utc>,
             ) -> Result<ResetCount, StoreError> {
                 let mut q = QueryBuilder::<$db>::new("");
                 $dialect.limited_update(
                     &mut q,
                     |q| {
-                        q.push("next_cron_time = ").push_bind(now).push(", update_time = ").push_bind(now);
+                        q.push(format!("next_cron_time = {}, update_time = ", $dialect.db_now())).push_bind(now);
                     },
                     |q| {
-                        q.push(format!("status IN {UNFINISHED} AND next_cron_time > ")).push_bind(later_than);
+                        q.push(format!(
+                            "status IN {UNFINISHED} AND owner = '' AND next_cron_time > {}",
+                            $dialect.db_later(later_than)
+                        ));
                     },
                     limit_of(limit),
                 );
@@ -706,3 +886,28 @@ sql_store!(
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_gid_definitions_are_the_ddl_files_own() {
+        // The migration must give an old table exactly what a fresh one gets.
+        let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let statements = Dialect::MySql.ddl_statements();
+        for (table, column) in EXACT_GID_COLUMNS {
+            let create = statements
+                .iter()
+                .find(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")))
+                .unwrap_or_else(|| panic!("no CREATE TABLE {table}"));
+            let body = flat(create);
+            let definition = flat(column.mysql_definition);
+            assert!(
+                body.contains(&format!("({definition},")) || body.contains(&format!(", {definition},")),
+                "{table}: {body}"
+            );
+            assert!(definition.contains("COLLATE utf8mb4_bin"));
+        }
+    }
+}

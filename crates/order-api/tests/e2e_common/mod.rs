@@ -361,10 +361,12 @@ impl System {
     /// `(gid, row_state, user_id, goods_id, num)` of every order.
     pub async fn orders(&self) -> Vec<(String, i8, i64, i64, i32)> {
         let pool = sqlx::MySqlPool::connect(&self.order_db).await.unwrap();
-        let rows = sqlx::query_as("select gid, row_state, user_id, goods_id, num from `order` order by id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let rows = sqlx::query_as(
+            "select cast(gid as char) as gid, row_state, user_id, goods_id, num from `order` order by id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
         pool.close().await;
         rows
     }

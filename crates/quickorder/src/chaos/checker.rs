@@ -311,22 +311,25 @@ impl Snapshot {
     /// Reads every table; `gates` also the fencing workload's gate table.
     pub async fn read(server_url: &str, gates: bool) -> Result<Snapshot, ChaosError> {
         let pool = connect(server_url, Instant::now() + Duration::from_secs(30)).await?;
-        let sagas: Vec<(String, String, String)> =
-            sqlx::query_as(&format!("SELECT gid, status, trans_type FROM `{COORDINATOR_DB}`.trans_global"))
-                .fetch_all(&pool)
-                .await?;
+        // `CAST(gid AS CHAR)`: gid columns have a binary collation (exact
+        // gids), which sqlx reports as VARBINARY and will not decode as a String.
+        let sagas: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "SELECT CAST(gid AS CHAR) AS gid, status, trans_type FROM `{COORDINATOR_DB}`.trans_global"
+        ))
+        .fetch_all(&pool)
+        .await?;
         let branches: Vec<Branch> = sqlx::query_as(&format!(
-            "SELECT gid, branch_id, op, url, bin_data FROM `{COORDINATOR_DB}`.trans_branch_op"
+            "SELECT CAST(gid AS CHAR) AS gid, branch_id, op, url, bin_data FROM `{COORDINATOR_DB}`.trans_branch_op"
         ))
         .fetch_all(&pool)
         .await?;
         let barriers: Vec<Barrier> = sqlx::query_as(&format!(
-            "SELECT gid, branch_id, op, barrier_id, reason FROM `{BARRIER_DB}`.barrier"
+            "SELECT CAST(gid AS CHAR) AS gid, branch_id, op, barrier_id, reason FROM `{BARRIER_DB}`.barrier"
         ))
         .fetch_all(&pool)
         .await?;
         let orders: Vec<Order> = sqlx::query_as(&format!(
-            "SELECT id, gid, user_id, goods_id, num, row_state FROM `{ORDER_DB}`.`order` ORDER BY id"
+            "SELECT id, CAST(gid AS CHAR) AS gid, user_id, goods_id, num, row_state FROM `{ORDER_DB}`.`order` ORDER BY id"
         ))
         .fetch_all(&pool)
         .await?;
