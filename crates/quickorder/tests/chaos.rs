@@ -1,11 +1,15 @@
 //! `quickorder chaos`, end to end: the real `quickorder` binary runs the
 //! real coordinator, order-srv, stock-srv and order-api processes with a
 //! private MariaDB and etcd for about 30 s under a seeded fault schedule,
-//! on three seeds, and must find every invariant intact.
+//! on three seeds of quick orders and one of the fencing workload (sagas
+//! whose middle step fails, resubmitted while in flight, TCCs aborted or
+//! timed out while a try runs, one coordinator's clock 30 s ahead, a
+//! coordinator paused far longer than the lease), and
+//! must find every invariant intact — the branch-level one included.
 //!
 //! Needs `mariadbd`/`mariadb-install-db` (Debian: mariadb-server), `etcd`
-//! (etcd-server) and an IPv6 loopback address; a missing one fails the
-//! test with what to install. The runs are serialised: two at once would
+//! (etcd-server), libfaketime (faketime) for the fencing run and an IPv6
+//! loopback address; a missing one fails the test with what to install. The runs are serialised: two at once would
 //! overload a 2-core CI machine and measure the machine, not the system.
 
 use std::collections::HashMap;
@@ -41,7 +45,9 @@ fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in the summary: {summary:?}"))
 }
 
-fn run_chaos(seed: u64) {
+/// Runs `quickorder chaos` for 30 s with `extra` arguments; the report,
+/// after checking that the run passed and every fault kind was played.
+fn run_chaos_with(seed: u64, extra: &[&str]) -> String {
     // One run at a time (see the module docs).
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -51,6 +57,7 @@ fn run_chaos(seed: u64) {
     let dir = tempfile::Builder::new().prefix(&format!("chaos-seed{seed}-")).tempdir().expect("temp dir");
     let output = Command::new(quickorder())
         .args(["chaos", "--duration", "30s", "--clients", "4", "--seed", &seed.to_string()])
+        .args(extra)
         .arg("--run-dir")
         .arg(dir.path())
         .output()
@@ -88,6 +95,11 @@ fn run_chaos(seed: u64) {
     }
     assert!(!stdout.contains("FAILED:"), "a fault could not be applied or healed:\n{stdout}");
     assert!(stdout.contains("RESULT: PASS"), "{stdout}");
+    stdout.into_owned()
+}
+
+fn run_chaos(seed: u64) {
+    run_chaos_with(seed, &[]);
 }
 
 #[test]
@@ -103,4 +115,33 @@ fn chaos_seed_2024_keeps_every_invariant() {
 #[test]
 fn chaos_seed_3_keeps_every_invariant() {
     run_chaos(3);
+}
+
+#[test]
+fn chaos_fencing_seed_5_keeps_every_branch_effect() {
+    let report = run_chaos_with(5, &["--workload", "fencing"]);
+    let summary = summary(&report);
+    assert_eq!(summary.get("workload").map(String::as_str), Some("fencing"), "{report}");
+    assert!(number(&summary, "fencing_sagas") > 20, "too few sagas to mean anything:\n{report}");
+    assert!(number(&summary, "tccs") > 5, "too few TCCs to mean anything:\n{report}");
+    assert_eq!(number(&summary, "branch_violations"), 0, "{report}");
+    // What makes this workload hostile must really have happened.
+    assert!(report.contains("coordinator-2's wall clock 30 s ahead"), "no clock offset:\n{report}");
+    let resubmits = report
+        .lines()
+        .find_map(|l| l.strip_prefix("fencing sagas: "))
+        .and_then(|l| l.split(" submits of which ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no resubmit count in the report:\n{report}"));
+    assert!(resubmits > 10, "too few resubmits in flight:\n{report}");
+    assert!(report.contains("coordinators→gate"), "the gate is not behind a fault proxy:\n{report}");
+    let long_pause = report.lines().filter(|l| l.contains("SIGSTOP coordinator-")).any(|l| {
+        l.split(" for ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|secs| secs.parse::<f64>().ok())
+            .is_some_and(|secs| secs >= 5.0)
+    });
+    assert!(long_pause, "no coordinator paused for the lease + 4 s or more:\n{report}");
 }

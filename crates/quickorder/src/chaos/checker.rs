@@ -17,6 +17,16 @@
 //! rows exist at most once; the checks below verify the business rows
 //! agree with them, which is what "each business effect happened at most
 //! once" means observably.
+//!
+//! **The branch-level invariant.** Every step of every saga — the two of a
+//! quick order, the three of a [fencing](super::fencing) saga — is
+//! classified from its barrier rows ([`classify`]) as applied,
+//! compensated, skipped (a null compensation) or not reached. A saga that
+//! succeeded must have every action applied once and no compensation; a
+//! failed one must have no action left applied: whatever took effect was
+//! compensated. Statuses alone cannot show a saga that ended `failed`
+//! while a step it never compensated still holds stock or an order; the
+//! effects can.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -27,6 +37,8 @@ use sqlx::MySqlPool;
 use tokio::time::Instant;
 
 use super::ChaosError;
+use super::fencing::{self, DtmAnswer, GOODS_A, GOODS_B, Middle, SagaRecord, TccRecord};
+use super::gate::{ACTION_PATH as GATE_ACTION_PATH, GATE_DB, GateReq};
 use super::topology::{BARRIER_DB, COORDINATOR_DB, ORDER_DB, STOCK_DB};
 use super::traffic::{Answer, Record};
 
@@ -41,8 +53,11 @@ pub enum Rule {
     HttpAgrees,
     /// The saga stored under a gid is the order the client asked for.
     RequestMatches,
-    /// succeed ⇒ one live order and one net deduction; failed ⇒ none.
+    /// succeed ⇒ every step's business row is live; failed ⇒ none is.
     OutcomeEffects,
+    /// succeed ⇒ every action applied once, no compensation; failed ⇒
+    /// every action that took effect compensated (from the barrier rows).
+    BranchEffects,
     /// At most one order row per gid, and the business rows agree with the barrier rows.
     AtMostOnce,
     /// initial − now = Σ live orders, per goods (and = Σ net deductions).
@@ -55,12 +70,13 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in report order.
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 10] = [
         Rule::Final,
         Rule::NotLost,
         Rule::HttpAgrees,
         Rule::RequestMatches,
         Rule::OutcomeEffects,
+        Rule::BranchEffects,
         Rule::AtMostOnce,
         Rule::StockConserved,
         Rule::StockNonNegative,
@@ -72,15 +88,23 @@ impl Rule {
         match self {
             Rule::Final => "every stored saga is final (succeed/failed), none stuck",
             Rule::NotLost => "every gid answered 200/409/202 is in the coordinator's store",
-            Rule::HttpAgrees => "HTTP answers agree with final states (200 ⇒ succeed, 409 ⇒ failed)",
+            Rule::HttpAgrees => {
+                "answers agree with final states (HTTP 200 / dtm SUCCESS ⇒ succeed, 409 / FAILURE ⇒ failed)"
+            }
             Rule::RequestMatches => "the stored saga is the order the client sent",
             Rule::OutcomeEffects => {
-                "succeed ⇒ one live order + one deduction; failed ⇒ no live order, no net deduction"
+                "business rows: succeed ⇒ its order (and gate row) live; failed ⇒ none live"
+            }
+            Rule::BranchEffects => {
+                "per step: succeed ⇒ every action applied once, no compensation; \
+                 failed ⇒ every action that took effect compensated"
             }
             Rule::AtMostOnce => {
                 "each (gid, branch, op) effect at most once; business rows agree with barrier rows"
             }
-            Rule::StockConserved => "per goods: initial − now = Σ num of live orders = Σ net deductions",
+            Rule::StockConserved => {
+                "per goods: initial − now = Σ net deductions (= Σ num of live orders, for ordered goods)"
+            }
             Rule::StockNonNegative => "stock never negative",
             Rule::NoOrphanEffects => "no order/barrier rows for a gid the coordinator never stored",
         }
@@ -134,6 +158,14 @@ impl Checked {
 
     fn count(&mut self, rule: Rule) {
         *self.checked.entry(rule).or_default() += 1;
+    }
+
+    fn note_unknown(&mut self, key: String, gid: &str) {
+        *self.unknown_resolved.entry(key.clone()).or_default() += 1;
+        let examples = self.unknown_examples.entry(key).or_default();
+        if examples.len() < 3 {
+            examples.push(gid.to_string());
+        }
     }
 }
 
@@ -219,6 +251,13 @@ pub struct Snapshot {
     pub orders: Vec<OrderRow>,
     /// `stock`: goods → units.
     pub stock: BTreeMap<i64, i32>,
+    /// `chaos_gate.gate`: gid → state (0 held, −1 compensated); empty
+    /// unless the fencing workload ran.
+    pub gates: BTreeMap<String, i8>,
+    /// Gids of `trans_global` whose type is TCC.
+    pub tcc: BTreeSet<String>,
+    /// `chaos_gate.hold`: (gid, branch) → state (0 reserved, 1 confirmed, −1 cancelled).
+    pub holds: BTreeMap<(String, String), i8>,
 }
 
 /// A `trans_branch_op` row.
@@ -269,13 +308,13 @@ pub struct OrderRow {
 }
 
 impl Snapshot {
-    /// Reads every table.
-    pub async fn read(server_url: &str) -> Result<Snapshot, ChaosError> {
+    /// Reads every table; `gates` also the fencing workload's gate table.
+    pub async fn read(server_url: &str, gates: bool) -> Result<Snapshot, ChaosError> {
         let pool = connect(server_url, Instant::now() + Duration::from_secs(30)).await?;
         // `CAST(gid AS CHAR)`: gid columns have a binary collation (exact
         // gids), which sqlx reports as VARBINARY and will not decode as a String.
-        let sagas: Vec<(String, String)> = sqlx::query_as(&format!(
-            "SELECT CAST(gid AS CHAR) AS gid, status FROM `{COORDINATOR_DB}`.trans_global"
+        let sagas: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            "SELECT CAST(gid AS CHAR) AS gid, status, trans_type FROM `{COORDINATOR_DB}`.trans_global"
         ))
         .fetch_all(&pool)
         .await?;
@@ -296,9 +335,21 @@ impl Snapshot {
         .await?;
         let stock: Vec<(i64, i32)> =
             sqlx::query_as(&format!("SELECT goods_id, num FROM `{STOCK_DB}`.stock")).fetch_all(&pool).await?;
+        let (gate_rows, hold_rows): (Vec<(String, i8)>, Vec<Hold>) = if gates {
+            (
+                sqlx::query_as(&format!("SELECT gid, state FROM `{GATE_DB}`.gate")).fetch_all(&pool).await?,
+                sqlx::query_as(&format!("SELECT gid, branch_id, state FROM `{GATE_DB}`.hold"))
+                    .fetch_all(&pool)
+                    .await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         pool.close().await;
         Ok(Snapshot {
-            sagas: sagas.into_iter().collect(),
+            tcc: sagas.iter().filter(|(_, _, t)| t == "tcc").map(|(gid, _, _)| gid.clone()).collect(),
+            sagas: sagas.into_iter().map(|(gid, status, _)| (gid, status)).collect(),
+            holds: hold_rows.into_iter().map(|(gid, branch, state)| ((gid, branch), state)).collect(),
             branches: branches
                 .into_iter()
                 .map(|(gid, branch_id, op, url, bin_data)| BranchRow { gid, branch_id, op, url, bin_data })
@@ -325,10 +376,13 @@ impl Snapshot {
                 })
                 .collect(),
             stock: stock.into_iter().collect(),
+            gates: gate_rows.into_iter().collect(),
         })
     }
 }
 
+/// A `chaos_gate.hold` row as read: gid, branch, state.
+type Hold = (String, String, i8);
 /// A `trans_branch_op` row as read.
 type Branch = (String, String, String, String, Option<Vec<u8>>);
 /// An `order` row as read.
@@ -336,39 +390,171 @@ type Order = (i64, String, i64, i64, i32, i8);
 /// A barrier row as read: every column is nullable.
 type Barrier = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
-/// The two steps of a quick-order saga, decoded from the store.
-#[derive(Debug, Default)]
-struct Steps {
-    /// Branch id and request of the order step.
-    order: Option<(String, proto::order::CreateReq)>,
-    /// Branch id and request of the stock step.
-    stock: Option<(String, proto::stock::DeductReq)>,
+/// What one step of a saga asks, decoded from its stored action row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// order-srv `create`.
+    Order(proto::order::CreateReq),
+    /// stock-srv `deduct`.
+    Stock(proto::stock::DeductReq),
+    /// The fencing workload's gate.
+    Gate(GateReq),
+    /// Anything else: its URL.
+    Unknown(String),
 }
 
-/// What the barrier table says one branch of one saga did.
-#[derive(Debug, Default, Clone, Copy)]
-struct BranchEffect {
-    /// The forward op committed its business SQL.
-    done: bool,
-    /// …and its compensation committed too.
-    undone: bool,
+impl fmt::Display for StepKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepKind::Order(c) => write!(f, "order create goods {} × {}", c.goods_id, c.num),
+            StepKind::Stock(d) => write!(f, "stock deduct goods {} × {}", d.goods_id, d.num),
+            StepKind::Gate(g) => write!(f, "gate{}", if g.fail { " (answers FAILURE)" } else { "" }),
+            StepKind::Unknown(url) => write!(f, "unknown step {url}"),
+        }
+    }
 }
 
-/// Checks every rule; `initial` is the stock at the start.
-pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) -> Checked {
+/// One step of a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// `01`, `02`, `03`.
+    pub branch_id: String,
+    /// What it does.
+    pub kind: StepKind,
+}
+
+/// What the barrier rows say one step of one saga did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEffect {
+    /// No row: the action never committed and no compensation ran.
+    NotReached,
+    /// The action committed its business SQL, and nothing undid it.
+    Applied,
+    /// The action committed, then its compensation did.
+    Compensated,
+    /// The compensation came first (or the action had failed): it claimed
+    /// the action's row, so nothing happened and nothing can happen.
+    Skipped,
+    /// Rows the barrier never writes (a compensation row without the
+    /// action's row, an unknown reason): described.
+    Anomalous(String),
+}
+
+impl StepEffect {
+    /// Whether the step's action effect is in force now.
+    pub fn in_force(&self) -> bool {
+        matches!(self, StepEffect::Applied)
+    }
+
+    fn label(&self) -> String {
+        match self {
+            StepEffect::NotReached => "not reached".into(),
+            StepEffect::Applied => "applied".into(),
+            StepEffect::Compensated => "compensated".into(),
+            StepEffect::Skipped => "skipped (null compensation)".into(),
+            StepEffect::Anomalous(what) => format!("ANOMALOUS ({what})"),
+        }
+    }
+}
+
+/// Classifies branch `branch` of a saga from the saga's barrier rows.
+///
+/// The forward op's row is `(branch, action)`: with reason `action` it was
+/// inserted by the action, in the transaction of its business SQL; with
+/// reason `compensate` it was claimed by a compensation that found no
+/// committed action (null compensation, which also blocks a late action).
+/// `(branch, compensate)` is the compensation's own row, in the
+/// transaction of its business SQL.
+pub fn classify(rows: &[&BarrierRow], branch: &str) -> StepEffect {
+    let find = |op: &str| {
+        rows.iter().find(|r| r.branch_id.as_deref() == Some(branch) && r.op.as_deref() == Some(op))
+    };
+    let action = find("action").map(|r| r.reason.as_deref().unwrap_or_default());
+    let compensated = find("compensate").is_some();
+    match (action, compensated) {
+        (None, false) => StepEffect::NotReached,
+        (None, true) => StepEffect::Anomalous("a compensation row without the action's row".into()),
+        (Some("action"), false) => StepEffect::Applied,
+        (Some("action"), true) => StepEffect::Compensated,
+        (Some("compensate"), true) => StepEffect::Skipped,
+        (Some("compensate"), false) => {
+            StepEffect::Anomalous("the action's row claimed by a compensation that left no row".into())
+        }
+        (Some(other), _) => StepEffect::Anomalous(format!("action row with reason {other:?}")),
+    }
+}
+
+/// The saga's steps from its `trans_branch_op` action rows, in branch order.
+fn decode_steps<'a>(branches: impl Iterator<Item = &'a BranchRow>) -> Vec<Step> {
+    let mut steps: Vec<Step> = branches
+        .filter(|b| b.op == "action")
+        .map(|b| {
+            let data = b.bin_data.as_deref().unwrap_or_default();
+            let unknown = || StepKind::Unknown(b.url.clone());
+            let kind = if b.url.contains("/pb.order/") {
+                proto::order::CreateReq::decode(data).map_or_else(|_| unknown(), StepKind::Order)
+            } else if b.url.contains("/pb.stock/") {
+                proto::stock::DeductReq::decode(data).map_or_else(|_| unknown(), StepKind::Stock)
+            } else if b.url.ends_with(GATE_ACTION_PATH) {
+                serde_json::from_slice(data).map_or_else(|_| unknown(), StepKind::Gate)
+            } else {
+                unknown()
+            };
+            Step { branch_id: b.branch_id.clone(), kind }
+        })
+        .collect();
+    steps.sort_by(|a, b| a.branch_id.cmp(&b.branch_id));
+    steps
+}
+
+/// Which workload a saga belongs to, judged by its steps; `Err` says why
+/// it is neither.
+fn shape_of(steps: &[Step]) -> Result<(), String> {
+    match steps.iter().map(|s| &s.kind).collect::<Vec<_>>()[..] {
+        // The quick order: create, then deduct the same goods and units.
+        [StepKind::Order(create), StepKind::Stock(deduct)] => {
+            if create.goods_id == deduct.goods_id && create.num == deduct.num {
+                Ok(())
+            } else {
+                Err(format!("steps disagree: {create:?} vs {deduct:?}"))
+            }
+        }
+        // The fencing saga: deduct A, the gate or deduct B, order A.
+        [StepKind::Stock(first), middle, StepKind::Order(create)] => {
+            let middle_ok = match middle {
+                StepKind::Gate(_) => true,
+                StepKind::Stock(b) => b.goods_id == GOODS_B,
+                _ => false,
+            };
+            if first.goods_id == GOODS_A && create.goods_id == GOODS_A && first.num == create.num && middle_ok
+            {
+                Ok(())
+            } else {
+                Err(format!("not the fencing workload's steps: {steps:?}"))
+            }
+        }
+        _ => Err(format!("not a saga of the chaos workloads: {steps:?}")),
+    }
+}
+
+/// Checks every rule; `initial` is the stock at the start, `records` the
+/// quick orders' answers and `sagas` the fencing clients' submits.
+pub fn check(
+    snapshot: &Snapshot,
+    records: &[Record],
+    sagas: &[SagaRecord],
+    initial: &[(i64, i32)],
+    tccs: &[TccRecord],
+) -> Checked {
     let mut out = Checked::default();
 
     // Index the rows by gid.
-    let mut steps: HashMap<&str, Steps> = HashMap::new();
-    for b in snapshot.branches.iter().filter(|b| b.op == "action") {
-        let entry = steps.entry(b.gid.as_str()).or_default();
-        let data = b.bin_data.as_deref().unwrap_or_default();
-        if b.url.contains("/pb.order/") {
-            entry.order = proto::order::CreateReq::decode(data).ok().map(|r| (b.branch_id.clone(), r));
-        } else if b.url.contains("/pb.stock/") {
-            entry.stock = proto::stock::DeductReq::decode(data).ok().map(|r| (b.branch_id.clone(), r));
-        }
+    let mut branch_rows: HashMap<&str, Vec<&BranchRow>> = HashMap::new();
+    for b in &snapshot.branches {
+        branch_rows.entry(b.gid.as_str()).or_default().push(b);
     }
+    let steps: HashMap<&str, Vec<Step>> =
+        branch_rows.iter().map(|(gid, rows)| (*gid, decode_steps(rows.iter().copied()))).collect();
     let mut barrier_rows: HashMap<&str, Vec<&BarrierRow>> = HashMap::new();
     for row in &snapshot.barriers {
         barrier_rows.entry(row.gid.as_deref().unwrap_or_default()).or_default().push(row);
@@ -377,11 +563,14 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
     for row in &snapshot.orders {
         orders.entry(row.gid.as_str()).or_default().push(row);
     }
+    let planned: HashMap<&str, &SagaRecord> = sagas.iter().map(|r| (r.gid.as_str(), r)).collect();
     let no_orders = Vec::new();
     let no_barriers = Vec::new();
+    let no_steps = Vec::new();
 
     // Per saga.
     let mut net_deducted: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut ordered_goods: BTreeSet<i64> = BTreeSet::new();
     for (gid, status) in &snapshot.sagas {
         let gid_ref = Some(gid.as_str());
         *out.sagas_by_status.entry(status.clone()).or_default() += 1;
@@ -389,37 +578,60 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
         if status != "succeed" && status != "failed" {
             out.violate(Rule::Final, gid_ref, format!("still {status:?} after quiescence"));
         }
-        let Some(Steps { order: Some((order_branch, create)), stock: Some((stock_branch, deduct)) }) =
-            steps.get(gid.as_str())
-        else {
-            out.violate(
-                Rule::RequestMatches,
-                gid_ref,
-                "not a quick-order saga (order/stock steps missing)".into(),
+        if snapshot.tcc.contains(gid) {
+            check_tcc(
+                &mut out,
+                snapshot,
+                gid,
+                status,
+                barrier_rows.get(gid.as_str()).unwrap_or(&no_barriers),
             );
             continue;
-        };
+        }
+        let own_steps = steps.get(gid.as_str()).unwrap_or(&no_steps);
+        out.count(Rule::RequestMatches);
+        if let Err(why) = shape_of(own_steps) {
+            out.violate(Rule::RequestMatches, gid_ref, why);
+            continue;
+        }
         let rows = barrier_rows.get(gid.as_str()).unwrap_or(&no_barriers);
         let own = orders.get(gid.as_str()).unwrap_or(&no_orders);
+        let gate = snapshot.gates.get(gid.as_str()).copied();
 
-        // The barrier's view of each branch.
+        // Each step's effect, from the barrier rows.
         out.count(Rule::AtMostOnce);
         for row in rows {
             if row.barrier_id.as_deref() != Some("01") {
                 out.violate(Rule::AtMostOnce, gid_ref, format!("unexpected barrier row {row:?}"));
             }
         }
-        let effect = |branch: &str| {
-            let find = |op: &str| {
-                rows.iter().find(|r| r.branch_id.as_deref() == Some(branch) && r.op.as_deref() == Some(op))
-            };
-            let done = find("action").is_some_and(|r| r.reason.as_deref() == Some("action"));
-            BranchEffect { done, undone: done && find("compensate").is_some() }
+        let effects: Vec<StepEffect> = own_steps.iter().map(|s| classify(rows, &s.branch_id)).collect();
+        let story = || {
+            let steps: Vec<String> = own_steps
+                .iter()
+                .zip(&effects)
+                .map(|(s, e)| format!("{} {}: {}", s.branch_id, s.kind, e.label()))
+                .collect();
+            let rows: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
+                    format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
+                })
+                .collect();
+            format!("steps [{}]; barrier rows [{}]", steps.join(" | "), rows.join(", "))
         };
-        let order_effect = effect(order_branch);
-        let stock_effect = effect(stock_branch);
+        for (step, effect) in own_steps.iter().zip(&effects) {
+            if let StepEffect::Anomalous(what) = effect {
+                out.violate(
+                    Rule::AtMostOnce,
+                    gid_ref,
+                    format!("step {}: {what}; {}", step.branch_id, story()),
+                );
+            }
+        }
 
-        // The business rows of the order branch must agree with its barrier rows.
+        // The business rows must agree with the barrier rows, step by step.
         if own.len() > 1 {
             let ids: Vec<i64> = own.iter().map(|o| o.id).collect();
             out.violate(
@@ -430,47 +642,128 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
         }
         let live = own.iter().filter(|o| o.row_state == 0).count();
         let cancelled = own.iter().filter(|o| o.row_state == -1).count();
-        if order_effect.done == own.is_empty() || order_effect.undone != (cancelled > 0 && live == 0) {
-            out.violate(
-                Rule::AtMostOnce,
-                gid_ref,
-                format!(
-                    "order rows (live {live}, cancelled {cancelled}) disagree with the barrier \
-                     (created {}, compensated {}): {rows:?}",
-                    order_effect.done, order_effect.undone
-                ),
-            );
-        }
-        out.count(Rule::RequestMatches);
-        if create.goods_id != deduct.goods_id || create.num != deduct.num {
-            out.violate(Rule::RequestMatches, gid_ref, format!("steps disagree: {create:?} vs {deduct:?}"));
-        }
-        for o in own.iter() {
-            if (o.user_id, o.goods_id, i64::from(o.num)) != (create.user_id, create.goods_id, create.num) {
-                out.violate(
-                    Rule::RequestMatches,
-                    gid_ref,
-                    format!("order row {o:?} is not the saga's {create:?}"),
-                );
+        for (step, effect) in own_steps.iter().zip(&effects) {
+            match &step.kind {
+                StepKind::Order(create) => {
+                    ordered_goods.insert(create.goods_id);
+                    let agrees = match effect {
+                        StepEffect::Applied => live == 1 && cancelled == 0,
+                        StepEffect::Compensated => live == 0 && cancelled == 1,
+                        StepEffect::NotReached | StepEffect::Skipped => own.is_empty(),
+                        StepEffect::Anomalous(_) => true,
+                    };
+                    if !agrees {
+                        out.violate(
+                            Rule::AtMostOnce,
+                            gid_ref,
+                            format!(
+                                "order rows (live {live}, cancelled {cancelled}) disagree with the barrier: {}",
+                                story()
+                            ),
+                        );
+                    }
+                    for o in own.iter() {
+                        if (o.user_id, o.goods_id, i64::from(o.num))
+                            != (create.user_id, create.goods_id, create.num)
+                        {
+                            out.violate(
+                                Rule::RequestMatches,
+                                gid_ref,
+                                format!("order row {o:?} is not the saga's {create:?}"),
+                            );
+                        }
+                    }
+                }
+                StepKind::Gate(_) => {
+                    let agrees = match effect {
+                        StepEffect::Applied => gate == Some(0),
+                        StepEffect::Compensated => gate == Some(-1),
+                        StepEffect::NotReached | StepEffect::Skipped => gate.is_none(),
+                        StepEffect::Anomalous(_) => true,
+                    };
+                    if !agrees {
+                        out.violate(
+                            Rule::AtMostOnce,
+                            gid_ref,
+                            format!("gate row {gate:?} disagrees with the barrier: {}", story()),
+                        );
+                    }
+                }
+                StepKind::Stock(deduct) => {
+                    if effect.in_force() {
+                        *net_deducted.entry(deduct.goods_id).or_default() += deduct.num;
+                    }
+                }
+                StepKind::Unknown(_) => {}
             }
         }
 
-        // The outcome and its effects.
-        out.count(Rule::OutcomeEffects);
-        let deducted = stock_effect.done && !stock_effect.undone;
-        if deducted {
-            *net_deducted.entry(deduct.goods_id).or_default() += deduct.num;
+        // The branch-level invariant.
+        out.count(Rule::BranchEffects);
+        match status.as_str() {
+            "succeed" => {
+                for (step, effect) in own_steps.iter().zip(&effects) {
+                    if *effect != StepEffect::Applied {
+                        out.violate(
+                            Rule::BranchEffects,
+                            gid_ref,
+                            format!(
+                                "succeed saga, yet step {} ({}) is {}; {}",
+                                step.branch_id,
+                                step.kind,
+                                effect.label(),
+                                story()
+                            ),
+                        );
+                    }
+                }
+            }
+            "failed" => {
+                for (step, effect) in own_steps.iter().zip(&effects) {
+                    if effect.in_force() {
+                        out.violate(
+                            Rule::BranchEffects,
+                            gid_ref,
+                            format!(
+                                "failed saga, yet step {} ({}) applied and never compensated; {}",
+                                step.branch_id,
+                                step.kind,
+                                story()
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
+        if let Some(record) = planned.get(gid.as_str())
+            && record.plan.must_fail()
+            && status == "succeed"
+        {
+            out.violate(
+                Rule::BranchEffects,
+                gid_ref,
+                format!(
+                    "its middle step can only answer FAILURE ({:?}), yet it succeeded; {}",
+                    record.plan.middle,
+                    story()
+                ),
+            );
+        }
+
+        // The outcome, in business rows alone.
+        out.count(Rule::OutcomeEffects);
+        let has_gate = own_steps.iter().any(|s| matches!(s.kind, StepKind::Gate(_)));
         let wrong = match status.as_str() {
-            "succeed" => !(live == 1 && deducted),
-            "failed" => live != 0 || deducted,
+            "succeed" => live != 1 || (has_gate && gate != Some(0)),
+            "failed" => live != 0 || gate == Some(0),
             _ => false,
         };
         if wrong {
             out.violate(
                 Rule::OutcomeEffects,
                 gid_ref,
-                format!("{status} saga left {live} live order(s) and net deduction {deducted}; barrier rows {rows:?}"),
+                format!("{status} saga left {live} live order(s) and gate row {gate:?}; {}", story()),
             );
         }
     }
@@ -481,13 +774,15 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
         .keys()
         .chain(barrier_rows.keys())
         .copied()
+        .chain(snapshot.gates.keys().map(String::as_str))
+        .chain(snapshot.holds.keys().map(|(gid, _)| gid.as_str()))
         .filter(|gid| !snapshot.sagas.contains_key(*gid))
         .collect();
     for gid in orphans {
         out.violate(
             Rule::NoOrphanEffects,
             Some(gid),
-            "order or barrier rows, but no saga in the store".into(),
+            "order, gate or barrier rows, but no saga in the store".into(),
         );
     }
 
@@ -504,7 +799,10 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
         let live = live_by_goods.get(&goods).copied().unwrap_or_default();
         let deducted = net_deducted.get(&goods).copied().unwrap_or_default();
         out.stock.insert(goods, (start, now, live));
-        if sold != live || sold != deducted {
+        // Goods no order step names (the fencing workload's goods B) are
+        // deducted without an order: only the barrier's count applies.
+        let ordered = ordered_goods.contains(&goods) || live != 0;
+        if sold != deducted || (ordered && sold != live) {
             out.violate(
                 Rule::StockConserved,
                 None,
@@ -544,16 +842,13 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
                 }
             }
             (_, resolved) if *status != 200 && *status != 409 => {
-                let key = format!("{status} → {}", resolved.unwrap_or("never stored"));
-                *out.unknown_resolved.entry(key.clone()).or_default() += 1;
-                let examples = out.unknown_examples.entry(key).or_default();
-                if examples.len() < 3 {
-                    examples.push(gid.clone());
-                }
+                out.note_unknown(format!("{status} → {}", resolved.unwrap_or("never stored")), gid);
             }
             _ => {}
         }
-        if let Some(Steps { order: Some((_, create)), .. }) = steps.get(gid.as_str()) {
+        if let Some([Step { kind: StepKind::Order(create), .. }, ..]) =
+            steps.get(gid.as_str()).map(Vec::as_slice)
+        {
             out.count(Rule::RequestMatches);
             if (create.user_id, create.goods_id, create.num) != (record.user, record.goods, record.num) {
                 out.violate(
@@ -567,8 +862,241 @@ pub fn check(snapshot: &Snapshot, records: &[Record], initial: &[(i64, i32)]) ->
             }
         }
     }
+    for saga in sagas {
+        let gid = saga.gid.as_str();
+        traced.insert(gid);
+        let stored = snapshot.sagas.get(gid).map(String::as_str);
+        for submit in &saga.submits {
+            let label = if submit.resubmit { "resubmit" } else { "submit" };
+            let answer = submit.answer.label();
+            if matches!(submit.answer, DtmAnswer::Succeed | DtmAnswer::Failed | DtmAnswer::Ongoing) {
+                out.count(Rule::NotLost);
+                if stored.is_none() {
+                    out.violate(
+                        Rule::NotLost,
+                        Some(gid),
+                        format!("{label} answered {answer}, but not in the store"),
+                    );
+                }
+            }
+            match (&submit.answer, stored) {
+                (DtmAnswer::Succeed | DtmAnswer::Failed, Some(s)) => {
+                    out.count(Rule::HttpAgrees);
+                    let want = if submit.answer == DtmAnswer::Succeed { "succeed" } else { "failed" };
+                    if s != want {
+                        out.violate(
+                            Rule::HttpAgrees,
+                            Some(gid),
+                            format!(
+                                "{label} to coordinator-{} answered {answer}, final state {s}",
+                                submit.coordinator + 1
+                            ),
+                        );
+                    }
+                }
+                (DtmAnswer::Succeed | DtmAnswer::Failed, None) => {}
+                // "current status 'succeed', cannot submit": the status it
+                // names must be the final one when it is a final one.
+                (DtmAnswer::AlreadyIn(named), Some(s)) if named == "succeed" || named == "failed" => {
+                    out.count(Rule::HttpAgrees);
+                    if named != s {
+                        out.violate(
+                            Rule::HttpAgrees,
+                            Some(gid),
+                            format!(
+                                "{label} to coordinator-{} was refused as already {named}, final state {s}",
+                                submit.coordinator + 1
+                            ),
+                        );
+                    }
+                }
+                (_, resolved) => {
+                    out.note_unknown(format!("dtm {answer} → {}", resolved.unwrap_or("never stored")), gid);
+                }
+            }
+        }
+        if let Some(own_steps) = steps.get(gid) {
+            out.count(Rule::RequestMatches);
+            let want = fencing_steps(&saga.plan);
+            let got: Vec<&StepKind> = own_steps.iter().map(|s| &s.kind).collect();
+            if got != want.iter().collect::<Vec<_>>() {
+                out.violate(
+                    Rule::RequestMatches,
+                    Some(gid),
+                    format!("client sent {want:?}, saga has {got:?}"),
+                );
+            }
+        }
+    }
+    for tcc in tccs {
+        let gid = tcc.gid.as_str();
+        traced.insert(gid);
+        let stored = snapshot.sagas.get(gid).map(String::as_str);
+        for (call, answer) in &tcc.calls {
+            if call == "prepare" && *answer == DtmAnswer::Succeed {
+                out.count(Rule::NotLost);
+                if stored.is_none() {
+                    out.violate(
+                        Rule::NotLost,
+                        Some(gid),
+                        "prepare answered SUCCESS, but not in the store".into(),
+                    );
+                }
+            }
+            // submit SUCCESS ⇒ succeed, submit FAILURE ⇒ failed; an abort
+            // answered SUCCESS (with wait_result: rolled back) ⇒ failed.
+            let want = match (call.as_str(), answer) {
+                ("submit", DtmAnswer::Succeed) => Some("succeed"),
+                ("submit", DtmAnswer::Failed) | ("abort", DtmAnswer::Succeed) => Some("failed"),
+                _ => None,
+            };
+            if let (Some(want), Some(s)) = (want, stored) {
+                out.count(Rule::HttpAgrees);
+                if s != want {
+                    out.violate(
+                        Rule::HttpAgrees,
+                        Some(gid),
+                        format!(
+                            "TCC {call} to coordinator-{} answered {}, final state {s}",
+                            tcc.coordinator + 1,
+                            answer.label()
+                        ),
+                    );
+                }
+            }
+        }
+    }
     out.untraced_sagas = snapshot.sagas.keys().filter(|gid| !traced.contains(gid.as_str())).count();
     out
+}
+
+/// What the barrier rows say one TCC branch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TccEffect {
+    /// No row.
+    NotReached,
+    /// The try reserved, and nothing settled it.
+    Reserved,
+    /// The try reserved, then the confirm ran.
+    Confirmed,
+    /// The try reserved, then the cancel ran.
+    Cancelled,
+    /// The cancel came first (null cancel): nothing reserved, and a late try is refused.
+    Skipped,
+    /// Rows the protocol forbids (confirmed and cancelled, confirmed without a try).
+    Anomalous(String),
+}
+
+impl TccEffect {
+    fn label(&self) -> String {
+        match self {
+            TccEffect::NotReached => "not reached".into(),
+            TccEffect::Reserved => "reserved, never confirmed or cancelled".into(),
+            TccEffect::Confirmed => "confirmed".into(),
+            TccEffect::Cancelled => "cancelled".into(),
+            TccEffect::Skipped => "skipped (null cancel)".into(),
+            TccEffect::Anomalous(what) => format!("ANOMALOUS ({what})"),
+        }
+    }
+}
+
+/// Classifies TCC branch `branch` from its barrier rows: `(b, try)` with
+/// reason `try` is the try's reservation, with reason `cancel` a cancel
+/// that found no try; `(b, confirm)` and `(b, cancel)` are the second
+/// phase's own rows.
+pub fn classify_tcc(rows: &[&BarrierRow], branch: &str) -> TccEffect {
+    let find = |op: &str| {
+        rows.iter().find(|r| r.branch_id.as_deref() == Some(branch) && r.op.as_deref() == Some(op))
+    };
+    let tried = find("try").map(|r| r.reason.as_deref().unwrap_or_default());
+    let (confirmed, cancelled) = (find("confirm").is_some(), find("cancel").is_some());
+    match (tried, confirmed, cancelled) {
+        (None, false, false) => TccEffect::NotReached,
+        (Some("try"), false, false) => TccEffect::Reserved,
+        (Some("try"), true, false) => TccEffect::Confirmed,
+        (Some("try"), false, true) => TccEffect::Cancelled,
+        (Some("cancel"), false, true) => TccEffect::Skipped,
+        (Some("try"), true, true) => TccEffect::Anomalous("confirmed and cancelled".into()),
+        (None | Some("cancel"), true, _) => {
+            TccEffect::Anomalous("confirmed, but its try never reserved".into())
+        }
+        (tried, confirmed, cancelled) => TccEffect::Anomalous(format!(
+            "try row {tried:?}, confirm row {confirmed}, cancel row {cancelled}"
+        )),
+    }
+}
+
+/// The branch-level invariant of one TCC: succeed ⇒ every branch
+/// confirmed; failed ⇒ every reservation cancelled, nothing confirmed; and
+/// the `hold` rows agree with the barrier rows.
+fn check_tcc(out: &mut Checked, snapshot: &Snapshot, gid: &str, status: &str, rows: &[&BarrierRow]) {
+    let gid_ref = Some(gid);
+    // Every branch anything knows of: registered, reached a branch, or reserved.
+    let branches: BTreeSet<&str> = snapshot
+        .branches
+        .iter()
+        .filter(|b| b.gid == gid)
+        .map(|b| b.branch_id.as_str())
+        .chain(rows.iter().filter_map(|r| r.branch_id.as_deref()))
+        .chain(snapshot.holds.keys().filter(|(g, _)| g == gid).map(|(_, b)| b.as_str()))
+        .collect();
+    let effects: Vec<(&str, TccEffect)> = branches.iter().map(|b| (*b, classify_tcc(rows, b))).collect();
+    let story = || {
+        let branches: Vec<String> = effects.iter().map(|(b, e)| format!("{b}: {}", e.label())).collect();
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
+                format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
+            })
+            .collect();
+        format!("TCC branches [{}]; barrier rows [{}]", branches.join(" | "), rows.join(", "))
+    };
+    out.count(Rule::BranchEffects);
+    out.count(Rule::AtMostOnce);
+    for (branch, effect) in &effects {
+        let wrong = match (status, effect) {
+            (_, TccEffect::Anomalous(_)) => true,
+            ("succeed", e) => *e != TccEffect::Confirmed,
+            ("failed", TccEffect::Reserved | TccEffect::Confirmed) => true,
+            _ => false,
+        };
+        if wrong {
+            out.violate(
+                Rule::BranchEffects,
+                gid_ref,
+                format!("{status} TCC, yet branch {branch} is {}; {}", effect.label(), story()),
+            );
+        }
+        let hold = snapshot.holds.get(&(gid.to_string(), (*branch).to_string())).copied();
+        let agrees = match effect {
+            TccEffect::Reserved => hold == Some(0),
+            TccEffect::Confirmed => hold == Some(1),
+            TccEffect::Cancelled => hold == Some(-1),
+            TccEffect::NotReached | TccEffect::Skipped => hold.is_none(),
+            TccEffect::Anomalous(_) => true,
+        };
+        if !agrees {
+            out.violate(
+                Rule::AtMostOnce,
+                gid_ref,
+                format!("hold row {hold:?} of branch {branch} disagrees with the barrier: {}", story()),
+            );
+        }
+    }
+}
+
+/// The steps a fencing plan submits, as the checker decodes them.
+fn fencing_steps(plan: &fencing::SagaPlan) -> Vec<StepKind> {
+    let middle = match plan.middle {
+        Middle::Gate(gate) => StepKind::Gate(gate),
+        Middle::Stock { num } => StepKind::Stock(proto::stock::DeductReq { goods_id: GOODS_B, num }),
+    };
+    vec![
+        StepKind::Stock(proto::stock::DeductReq { goods_id: GOODS_A, num: plan.num }),
+        middle,
+        StepKind::Order(proto::order::CreateReq { user_id: plan.user, goods_id: GOODS_A, num: plan.num }),
+    ]
 }
 
 #[cfg(test)]
@@ -644,7 +1172,8 @@ mod tests {
 
     #[test]
     fn a_consistent_run_passes() {
-        let checked = check(&healthy(), &[record("g1", 200, 2), record("g2", 409, 900)], &[(1, 10)]);
+        let checked =
+            check(&healthy(), &[record("g1", 200, 2), record("g2", 409, 900)], &[], &[(1, 10)], &[]);
         assert!(checked.violations.is_empty(), "{:?}", checked.violations);
         assert_eq!(checked.sagas_by_status["succeed"], 1);
         assert_eq!(checked.sagas_by_status["failed"], 1);
@@ -654,14 +1183,14 @@ mod tests {
     fn a_double_deduction_breaks_conservation() {
         let mut s = healthy();
         s.stock.insert(1, 6);
-        assert!(rules(&check(&s, &[], &[(1, 10)])).contains(&Rule::StockConserved));
+        assert!(rules(&check(&s, &[], &[], &[(1, 10)], &[])).contains(&Rule::StockConserved));
     }
 
     #[test]
     fn a_second_order_row_is_a_double_effect() {
         let mut s = healthy();
         order(&mut s, "g1", 1, 2, 0);
-        let found = rules(&check(&s, &[], &[(1, 10)]));
+        let found = rules(&check(&s, &[], &[], &[(1, 10)], &[]));
         assert!(found.contains(&Rule::AtMostOnce), "{found:?}");
         assert!(found.contains(&Rule::OutcomeEffects), "{found:?}");
     }
@@ -670,7 +1199,7 @@ mod tests {
     fn stuck_lost_and_disagreeing_sagas_are_named() {
         let mut s = healthy();
         saga(&mut s, "g3", "submitted", 2, 1);
-        let checked = check(&s, &[record("g1", 409, 2), record("g9", 200, 1)], &[(1, 10)]);
+        let checked = check(&s, &[record("g1", 409, 2), record("g9", 200, 1)], &[], &[(1, 10)], &[]);
         let found: Vec<(Rule, Option<&str>)> =
             checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
         assert!(found.contains(&(Rule::Final, Some("g3"))), "{found:?}");
@@ -685,15 +1214,284 @@ mod tests {
         s.barriers.retain(|b| !(b.gid.as_deref() == Some("g2") && b.branch_id.as_deref() == Some("02")));
         barrier(&mut s, "g2", "02", "action", "action");
         s.stock.insert(1, 8 - 900);
-        let found = rules(&check(&s, &[], &[(1, 10)]));
-        assert!(found.contains(&Rule::OutcomeEffects), "{found:?}");
+        let checked = check(&s, &[], &[], &[(1, 10)], &[]);
+        let found = rules(&checked);
+        // The order was cancelled, so the business rows of the order look
+        // right; only the step-by-step view sees the deduction kept.
+        assert!(found.contains(&Rule::BranchEffects), "{found:?}");
+        assert!(
+            checked
+                .violations
+                .iter()
+                .any(|v| v.detail.contains("step 02 (stock deduct goods 1 × 900) applied")),
+            "{:#?}",
+            checked.violations
+        );
         assert!(found.contains(&Rule::StockNonNegative), "{found:?}");
+    }
+
+    fn step_rows(rows: &[(&str, &str, &str)]) -> Vec<BarrierRow> {
+        rows.iter()
+            .map(|(branch, op, reason)| BarrierRow {
+                gid: Some("g".into()),
+                branch_id: Some((*branch).into()),
+                op: Some((*op).into()),
+                barrier_id: Some("01".into()),
+                reason: Some((*reason).into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steps_are_classified_from_their_barrier_rows() {
+        let rows = step_rows(&[
+            ("01", "action", "action"),
+            ("01", "compensate", "compensate"),
+            ("02", "action", "compensate"),
+            ("02", "compensate", "compensate"),
+            ("03", "action", "action"),
+            ("04", "compensate", "compensate"),
+            ("05", "action", "compensate"),
+            ("06", "action", "try"),
+        ]);
+        let rows: Vec<&BarrierRow> = rows.iter().collect();
+        assert_eq!(classify(&rows, "01"), StepEffect::Compensated);
+        assert_eq!(classify(&rows, "02"), StepEffect::Skipped);
+        assert_eq!(classify(&rows, "03"), StepEffect::Applied);
+        assert_eq!(classify(&rows, "09"), StepEffect::NotReached);
+        for anomalous in ["04", "05", "06"] {
+            assert!(matches!(classify(&rows, anomalous), StepEffect::Anomalous(_)), "{anomalous}");
+        }
+        assert!(classify(&rows, "03").in_force());
+        assert!(!classify(&rows, "01").in_force() && !classify(&rows, "02").in_force());
+    }
+
+    const FENCE_STOCK: &str = "etcd://h/stock.rpc/pb.stock/deduct";
+    const FENCE_ORDER: &str = "etcd://h/order.rpc/pb.order/create";
+
+    /// A fencing saga: deduct goods A, the gate (or deduct goods B), order goods A.
+    fn fencing_saga(s: &mut Snapshot, gid: &str, status: &str, num: i64, middle: Middle) -> SagaRecord {
+        s.sagas.insert(gid.into(), status.into());
+        let plan = fencing::SagaPlan { user: 1, num, middle };
+        let (middle_url, middle_data) = match middle {
+            Middle::Gate(g) => {
+                ("http://127.0.0.1:1/gate/action".to_string(), serde_json::to_vec(&g).unwrap())
+            }
+            Middle::Stock { num } => {
+                (FENCE_STOCK.to_string(), proto::stock::DeductReq { goods_id: GOODS_B, num }.encode_to_vec())
+            }
+        };
+        let first = proto::stock::DeductReq { goods_id: GOODS_A, num }.encode_to_vec();
+        let create = proto::order::CreateReq { user_id: 1, goods_id: GOODS_A, num }.encode_to_vec();
+        for (branch, url, data) in [
+            ("01", FENCE_STOCK.to_string(), first),
+            ("02", middle_url, middle_data),
+            ("03", FENCE_ORDER.to_string(), create),
+        ] {
+            s.branches.push(BranchRow {
+                gid: gid.into(),
+                branch_id: branch.into(),
+                op: "action".into(),
+                url,
+                bin_data: Some(data),
+            });
+        }
+        let answer = if status == "succeed" { DtmAnswer::Succeed } else { DtmAnswer::Failed };
+        let submit = |resubmit| fencing::Submit {
+            at: Duration::ZERO,
+            finished: Duration::ZERO,
+            coordinator: usize::from(resubmit),
+            resubmit,
+            answer: answer.clone(),
+        };
+        SagaRecord { gid: gid.into(), plan, submits: vec![submit(false), submit(true)] }
+    }
+
+    const GATE_OK: Middle = Middle::Gate(GateReq { fail: false, delay_ms: 300 });
+    const GATE_FAILS: Middle = Middle::Gate(GateReq { fail: true, delay_ms: 300 });
+    const FENCE_INITIAL: [(i64, i32); 2] = [(GOODS_A, 100), (GOODS_B, 10)];
+
+    /// f1 succeeded through the gate, f2 failed at the gate (01
+    /// compensated, 02 null-compensated, 03 never reached), f3 succeeded
+    /// through stock B.
+    fn fencing_healthy() -> (Snapshot, Vec<SagaRecord>) {
+        let mut s = Snapshot::default();
+        let mut records = vec![fencing_saga(&mut s, "f1", "succeed", 2, GATE_OK)];
+        for branch in ["01", "02", "03"] {
+            barrier(&mut s, "f1", branch, "action", "action");
+        }
+        s.gates.insert("f1".into(), 0);
+        order(&mut s, "f1", GOODS_A, 2, 0);
+        records.push(fencing_saga(&mut s, "f2", "failed", 3, GATE_FAILS));
+        barrier(&mut s, "f2", "01", "action", "action");
+        barrier(&mut s, "f2", "01", "compensate", "compensate");
+        barrier(&mut s, "f2", "02", "action", "compensate");
+        barrier(&mut s, "f2", "02", "compensate", "compensate");
+        records.push(fencing_saga(&mut s, "f3", "succeed", 1, Middle::Stock { num: 4 }));
+        for branch in ["01", "02", "03"] {
+            barrier(&mut s, "f3", branch, "action", "action");
+        }
+        order(&mut s, "f3", GOODS_A, 1, 0);
+        s.stock.insert(GOODS_A, 97);
+        s.stock.insert(GOODS_B, 6);
+        (s, records)
+    }
+
+    #[test]
+    fn consistent_fencing_sagas_pass() {
+        let (s, records) = fencing_healthy();
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
+        assert!(checked.violations.is_empty(), "{:#?}", checked.violations);
+        assert_eq!(checked.untraced_sagas, 0);
+    }
+
+    #[test]
+    fn a_failed_saga_whose_last_step_was_applied_after_the_rollback_is_caught() {
+        // The resubmit race: the first pass got FAILURE from the gate and
+        // compensated 02 (null) and 01; the second pass then found 02's row
+        // taken, took that for success and created the order of step 03.
+        let (mut s, records) = fencing_healthy();
+        barrier(&mut s, "f2", "03", "action", "action");
+        order(&mut s, "f2", GOODS_A, 3, 0);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
+        let branch: Vec<&Violation> =
+            checked.violations.iter().filter(|v| v.rule == Rule::BranchEffects).collect();
+        assert_eq!(branch.len(), 1, "{:#?}", checked.violations);
+        assert_eq!(branch[0].gid.as_deref(), Some("f2"));
+        let text = branch[0].to_string();
+        assert!(text.contains("step 03 (order create goods 11 × 3) applied and never compensated"), "{text}");
+        assert!(text.contains("02 gate (answers FAILURE): skipped (null compensation)"), "{text}");
+        assert!(text.contains("(03 action reason action)"), "{text}");
+        let found = rules(&checked);
+        assert!(found.contains(&Rule::OutcomeEffects), "{found:?}");
+        assert!(found.contains(&Rule::StockConserved), "{found:?}");
+    }
+
+    #[test]
+    fn a_failed_saga_that_kept_its_first_deduction_is_caught_by_the_barrier_alone() {
+        // Stock has no per-saga row: only the barrier shows which saga kept it.
+        let (mut s, records) = fencing_healthy();
+        s.barriers.retain(|b| !(b.gid.as_deref() == Some("f2") && b.branch_id.as_deref() == Some("01")));
+        barrier(&mut s, "f2", "01", "action", "action");
+        s.stock.insert(GOODS_A, 94);
+        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL, &[]));
+        assert!(found.contains(&Rule::BranchEffects), "{found:?}");
+        assert!(found.contains(&Rule::StockConserved), "{found:?}");
+    }
+
+    #[test]
+    fn a_succeeded_saga_with_a_compensated_step_or_a_failing_gate_is_caught() {
+        let (mut s, records) = fencing_healthy();
+        barrier(&mut s, "f1", "02", "compensate", "compensate");
+        s.gates.insert("f1".into(), -1);
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
+        assert!(
+            checked
+                .violations
+                .iter()
+                .any(|v| v.rule == Rule::BranchEffects && v.detail.contains("step 02 (gate) is compensated")),
+            "{:#?}",
+            checked.violations
+        );
+        // A gate that can only answer FAILURE, yet the saga succeeded.
+        let (mut s, mut records) = fencing_healthy();
+        records[0].plan.middle = GATE_FAILS;
+        let found = rules(&check(&s, &[], &records, &FENCE_INITIAL, &[]));
+        assert!(found.contains(&Rule::BranchEffects), "{found:?}");
+        // And the request no longer matches what the client sent.
+        assert!(found.contains(&Rule::RequestMatches), "{found:?}");
+        s.gates.clear();
+        assert!(rules(&check(&s, &[], &[], &FENCE_INITIAL, &[])).contains(&Rule::AtMostOnce));
+    }
+
+    #[test]
+    fn a_dtm_answer_that_disagrees_with_the_final_state_is_caught() {
+        let (s, mut records) = fencing_healthy();
+        records[1].submits[1].answer = DtmAnswer::Succeed;
+        let checked = check(&s, &[], &records, &FENCE_INITIAL, &[]);
+        let found: Vec<(Rule, Option<&str>)> =
+            checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
+        assert_eq!(found, vec![(Rule::HttpAgrees, Some("f2"))]);
+    }
+
+    #[test]
+    fn tcc_branches_are_classified_from_their_barrier_rows() {
+        let rows = step_rows(&[
+            ("01", "try", "try"),
+            ("01", "confirm", "confirm"),
+            ("02", "try", "try"),
+            ("02", "cancel", "cancel"),
+            ("03", "try", "cancel"),
+            ("03", "cancel", "cancel"),
+            ("04", "try", "try"),
+            ("05", "confirm", "confirm"),
+            ("06", "try", "try"),
+            ("06", "confirm", "confirm"),
+            ("06", "cancel", "cancel"),
+        ]);
+        let rows: Vec<&BarrierRow> = rows.iter().collect();
+        assert_eq!(classify_tcc(&rows, "01"), TccEffect::Confirmed);
+        assert_eq!(classify_tcc(&rows, "02"), TccEffect::Cancelled);
+        assert_eq!(classify_tcc(&rows, "03"), TccEffect::Skipped);
+        assert_eq!(classify_tcc(&rows, "04"), TccEffect::Reserved);
+        assert_eq!(classify_tcc(&rows, "09"), TccEffect::NotReached);
+        for anomalous in ["05", "06"] {
+            assert!(matches!(classify_tcc(&rows, anomalous), TccEffect::Anomalous(_)), "{anomalous}");
+        }
+    }
+
+    /// A TCC branch for [`tcc`]: its id, its barrier rows (op, reason), its hold row.
+    type TestBranch<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<i8>);
+
+    fn tcc(s: &mut Snapshot, gid: &str, status: &str, branches: &[TestBranch<'_>]) {
+        s.sagas.insert(gid.into(), status.into());
+        s.tcc.insert(gid.into());
+        for (branch, rows, hold) in branches {
+            for op in ["confirm", "cancel"] {
+                s.branches.push(BranchRow {
+                    gid: gid.into(),
+                    branch_id: (*branch).into(),
+                    op: op.into(),
+                    url: format!("http://127.0.0.1:1/tcc/{op}"),
+                    bin_data: None,
+                });
+            }
+            for (op, reason) in *rows {
+                barrier(s, gid, branch, op, reason);
+            }
+            if let Some(state) = hold {
+                s.holds.insert((gid.into(), (*branch).into()), *state);
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_tcc_that_kept_a_reservation_is_caught() {
+        let mut s = Snapshot::default();
+        tcc(&mut s, "t1", "succeed", &[("01", &[("try", "try"), ("confirm", "confirm")], Some(1))]);
+        tcc(
+            &mut s,
+            "t2",
+            "failed",
+            &[
+                ("01", &[("try", "try"), ("cancel", "cancel")], Some(-1)),
+                ("02", &[("try", "cancel"), ("cancel", "cancel")], None),
+            ],
+        );
+        assert!(check(&s, &[], &[], &[], &[]).violations.is_empty());
+        // A try registered after the cancels were decided: reserved for ever.
+        tcc(&mut s, "t3", "failed", &[("01", &[("try", "try")], Some(0))]);
+        let checked = check(&s, &[], &[], &[], &[]);
+        let found: Vec<(Rule, Option<&str>)> =
+            checked.violations.iter().map(|v| (v.rule, v.gid.as_deref())).collect();
+        assert_eq!(found, vec![(Rule::BranchEffects, Some("t3"))], "{:#?}", checked.violations);
+        assert!(checked.violations[0].detail.contains("branch 01 is reserved, never confirmed or cancelled"));
     }
 
     #[test]
     fn effects_without_a_saga_are_orphans() {
         let mut s = healthy();
         order(&mut s, "ghost", 1, 1, 0);
-        assert!(rules(&check(&s, &[], &[])).contains(&Rule::NoOrphanEffects));
+        assert!(rules(&check(&s, &[], &[], &[], &[])).contains(&Rule::NoOrphanEffects));
     }
 }

@@ -3,7 +3,7 @@
 //! the saga makes once the faults stop.
 //!
 //! ```text
-//! quickorder chaos --duration 60s --seed 7 [--clients 4] [--run-dir DIR]
+//! quickorder chaos --duration 60s --seed 7 [--clients 4] [--workload quick-order|fencing|mixed] [--run-dir DIR]
 //! ```
 //!
 //! 1. [`topology`] starts a private MariaDB and etcd, two coordinators on
@@ -25,6 +25,18 @@
 //!    happened and every violation with its gid, and the command exits
 //!    non-zero if there is one.
 //!
+//! `--workload fencing` replaces the quick orders by [`fencing`] sagas:
+//! three steps whose middle one fails, submitted straight to both
+//! coordinators by clients that resubmit a saga while it runs, with the
+//! slow middle step served by the chaos process itself ([`gate`]);
+//! coordinator-2 runs with its wall clock `--clock-skew` ahead (30 s by
+//! default, libfaketime) and one coordinator is paused for far longer
+//! than the lease; a third of those clients' transactions are TCCs that
+//! dawdle past their timeout or abort while a try runs. `--workload mixed` runs both kinds of clients. The
+//! checker then also proves, step by step from the barrier rows, that a
+//! failed saga left no action in force and a succeeded one every action
+//! exactly once.
+//!
 //! Logs of every process are in `<run folder>/logs`, appended to across
 //! restarts; a gid from the report can be followed through all of them
 //! with `grep`. MariaDB's and etcd's data stay in the run folder after a
@@ -40,6 +52,8 @@
 //! ```
 
 pub mod checker;
+pub mod fencing;
+pub mod gate;
 pub mod proxy;
 pub mod report;
 pub mod schedule;
@@ -59,6 +73,49 @@ use self::traffic::Driver;
 /// How long traffic keeps running after the last fault ended, so the
 /// recovery from it is measured.
 const TAIL: Duration = Duration::from_secs(3);
+
+/// What the clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Quick orders through order-api (`POST /order/quickCreate`).
+    QuickOrder,
+    /// Three-step sagas with a failing middle step, straight to both
+    /// coordinators, resubmitted while in flight; one coordinator's clock
+    /// ahead by more than the lease.
+    Fencing,
+    /// Both: half of `--clients` each (at least one of each).
+    Mixed,
+}
+
+impl Workload {
+    fn quick_order_clients(self, clients: usize) -> usize {
+        match self {
+            Workload::QuickOrder => clients,
+            Workload::Fencing => 0,
+            Workload::Mixed => clients.div_ceil(2),
+        }
+    }
+
+    fn fencing_clients(self, clients: usize) -> usize {
+        match self {
+            Workload::QuickOrder => 0,
+            Workload::Fencing => clients,
+            Workload::Mixed => (clients / 2).max(1),
+        }
+    }
+
+    /// The goods the run seeds and checks.
+    fn goods(self) -> Vec<(i64, i32)> {
+        let mut goods = Vec::new();
+        if self != Workload::Fencing {
+            goods.extend(traffic::GOODS);
+        }
+        if self != Workload::QuickOrder {
+            goods.extend(fencing::GOODS);
+        }
+        goods
+    }
+}
 
 /// `quickorder chaos` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +144,14 @@ pub struct ChaosArgs {
     /// Keep MariaDB's and etcd's data after a passing run too.
     #[arg(long)]
     pub keep_data: bool,
+    /// What the clients do.
+    #[arg(long, value_enum, default_value_t = Workload::QuickOrder)]
+    pub workload: Workload,
+    /// How far coordinator-2's wall clock runs ahead of coordinator-1's
+    /// (libfaketime; `0s`: none). Default: 30s with the fencing and mixed
+    /// workloads — far beyond the 1 s lease — and none with quick-order.
+    #[arg(long, value_parser = parse_duration)]
+    pub clock_skew: Option<Duration>,
 }
 
 /// Why a chaos run did not pass.
@@ -129,6 +194,12 @@ impl ChaosError {
 /// Runs the whole experiment; prints the report to stdout and progress to
 /// stderr. `Err(Violations)` when an invariant broke.
 pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
+    // The experiment's state machine is large (two drivers, the topology,
+    // both fault tracks): on the heap, not on the caller's stack.
+    Box::pin(experiment(args)).await
+}
+
+async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
     if args.clients == 0 {
         return Err(ChaosError::Setup("--clients must be at least 1".into()));
     }
@@ -154,27 +225,70 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
             )?,
         };
     let layout = Layout { run_dir: run_dir.clone(), bin_dir };
+    let workload = args.workload;
+    let fencing_on = workload != Workload::QuickOrder;
+    let default_skew = if fencing_on { Duration::from_secs(30) } else { Duration::ZERO };
+    let clock_skew = Some(args.clock_skew.unwrap_or(default_skew)).filter(|skew| !skew.is_zero());
+    if let Some(skew) = clock_skew
+        && skew.subsec_nanos() != 0
+    {
+        return Err(ChaosError::Setup(format!("--clock-skew must be whole seconds, not {skew:?}")));
+    }
+    let goods = workload.goods();
 
     eprintln!("chaos: starting the system in {}", run_dir.display());
     let started = Instant::now();
-    let topology = Topology::start(&layout).await?;
+    let mut topology = Topology::start(&layout, topology::Options { clock_skew }).await?;
     let server_url = topology.server_url();
-    traffic::seed_stock(&server_url).await?;
+    traffic::seed_stock(&server_url, &goods).await?;
+    // The fencing workload's slow middle step, behind its own fault proxy.
+    let gate = if fencing_on {
+        let gate = gate::Gate::start(&server_url).await?;
+        let port = topology.add_hosted_branch_link("coordinators→gate", gate.addr).await?;
+        Some((gate, port))
+    } else {
+        None
+    };
     let window = args.duration.mul_f64(0.8);
-    let plan = schedule::plan(args.seed, window, &Shape::of(&topology));
+    let shape = Shape { long_pause: fencing_on, ..Shape::of(&topology) };
+    let plan = schedule::plan(args.seed, window, &shape);
     eprintln!(
-        "chaos: up in {:.1} s; {} clients for {:?}, {} process and {} network faults planned (seed {})",
+        "chaos: up in {:.1} s; {} clients ({workload:?}) for {:?}, {} process and {} network faults planned (seed {}){}",
         started.elapsed().as_secs_f64(),
         args.clients,
         args.duration,
         plan.process.len(),
         plan.network.len(),
-        args.seed
+        args.seed,
+        topology.clock_skew.map_or_else(String::new, |s| format!(
+            "; coordinator-2's clock is {} s ahead (checked in its log)",
+            s.as_secs()
+        )),
     );
 
     // Traffic and both fault tracks.
     let t0 = Instant::now();
-    let driver = Driver::start(&topology.api_url(), args.clients, args.seed, t0)?;
+    let quick_clients = workload.quick_order_clients(args.clients);
+    let driver = (quick_clients > 0)
+        .then(|| Driver::start(&topology.api_url(), quick_clients, args.seed, t0))
+        .transpose()?;
+    let fencing_driver = match &gate {
+        Some((_, gate_port)) => {
+            let targets = fencing::Targets {
+                grpc: topology.coordinator_grpc.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+                etcd: format!("etcd://{}", topology.etcd_hosts),
+                gate: format!("http://127.0.0.1:{gate_port}"),
+            };
+            Some(fencing::FencingDriver::start(
+                &targets,
+                workload.fencing_clients(args.clients),
+                args.seed,
+                t0,
+            )?)
+        }
+        None => None,
+    };
+    let clock_skew = topology.clock_skew;
     let links = topology.links.clone();
     let process_track = tokio::spawn(schedule::run_process_track(plan.process, topology, t0));
     let network_track = tokio::spawn(schedule::run_network_track(plan.network, links.clone(), t0));
@@ -191,30 +305,57 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
     eprintln!("chaos: faults over after {:.1} s; stopping traffic", t0.elapsed().as_secs_f64());
     let stopping = Instant::now();
     let ran_for = t0.elapsed();
-    let records = driver.stop().await;
+    let (records, sagas) = tokio::join!(
+        async {
+            match driver {
+                Some(driver) => driver.stop().await,
+                None => Vec::new(),
+            }
+        },
+        async {
+            match fencing_driver {
+                Some(driver) => driver.stop().await,
+                None => (Vec::new(), Vec::new()),
+            }
+        }
+    );
+    let (sagas, tccs) = sagas;
 
     // Heal, wait for quiescence, check.
     topology.heal().await?;
     let quiescence = checker::wait_quiescent(&server_url, stopping, args.quiesce_timeout).await?;
     eprintln!("chaos: checking invariants");
-    let snapshot = checker::Snapshot::read(&server_url).await?;
-    let checked = checker::check(&snapshot, &records, &traffic::GOODS);
+    let snapshot = checker::Snapshot::read(&server_url, fencing_on).await?;
+    let checked = checker::check(&snapshot, &records, &sagas, &goods, &tccs);
     let logs: Vec<PathBuf> = topology.logs().into_iter().map(PathBuf::from).collect();
     let requests_file = run_dir.join("requests.tsv");
     report::write_requests(&requests_file, &records, &snapshot.sagas)
         .map_err(|e| ChaosError::io(format!("writing {}", requests_file.display()), e))?;
+    let sagas_file = fencing_on.then(|| run_dir.join("sagas.tsv"));
+    if let Some(file) = &sagas_file {
+        report::write_sagas(file, &sagas, &snapshot.sagas)
+            .map_err(|e| ChaosError::io(format!("writing {}", file.display()), e))?;
+    }
     let traces_dir = run_dir.join("traces");
-    let traces =
-        report::write_traces(&traces_dir, checked.violations.iter().filter_map(|v| v.gid.as_deref()), &logs)
-            .map_err(|e| ChaosError::io(format!("writing {}", traces_dir.display()), e))?;
+    let traces = report::write_traces(
+        &traces_dir,
+        checked.violations.iter().filter_map(|v| v.gid.as_deref()),
+        &logs,
+        clock_skew.map(|skew| ("coordinator-2", skew)),
+    )
+    .map_err(|e| ChaosError::io(format!("writing {}", traces_dir.display()), e))?;
     let report = Report {
         seed: args.seed,
         planned: args.duration,
         ran_for,
         clients: args.clients,
+        workload,
+        clock_skew,
         run_dir: run_dir.clone(),
         logs,
         records,
+        sagas,
+        tccs,
         injected,
         links: links
             .iter()
@@ -229,8 +370,12 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
         quiescence,
         checked,
         requests_file,
+        sagas_file,
         traces,
     };
+    if let Some((gate, _)) = gate {
+        gate.stop().await;
+    }
     topology.shutdown().await;
     let text = report.to_string();
     print!("{text}");

@@ -4,7 +4,7 @@
 //! The last lines are stable and meant for scripts and CI:
 //!
 //! ```text
-//! summary: seed=7 requests=1234 faults=14 sagas_succeed=820 sagas_failed=330 stuck=0 violations=0 quiescence_s=1.52 recovery_p99_s=2.31
+//! summary: seed=7 workload=quick-order requests=1234 fencing_sagas=0 faults=14 sagas_succeed=820 sagas_failed=330 stuck=0 violations=0 branch_violations=0 quiescence_s=1.52 recovery_p99_s=2.31
 //! RESULT: PASS
 //! ```
 
@@ -14,7 +14,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Workload;
 use super::checker::{Checked, Quiescence, Rule};
+use super::fencing::{DtmAnswer, Middle, SagaRecord, TccRecord};
 use super::schedule::{Fault, Injected};
 use super::traffic::{Answer, Record};
 
@@ -56,12 +58,20 @@ pub struct Report {
     pub ran_for: Duration,
     /// `--clients`.
     pub clients: usize,
+    /// `--workload`.
+    pub workload: Workload,
+    /// How far coordinator-2's clock ran ahead, as verified.
+    pub clock_skew: Option<Duration>,
     /// The run folder.
     pub run_dir: PathBuf,
     /// Each process's log.
     pub logs: Vec<PathBuf>,
-    /// Every request.
+    /// Every quick order.
     pub records: Vec<Record>,
+    /// Every fencing saga.
+    pub sagas: Vec<SagaRecord>,
+    /// Every TCC of the fencing clients.
+    pub tccs: Vec<TccRecord>,
     /// Every fault, by start time.
     pub injected: Vec<Injected>,
     /// Proxy counters.
@@ -72,6 +82,8 @@ pub struct Report {
     pub checked: Checked,
     /// Every request with its gid and final state ([`write_requests`]).
     pub requests_file: PathBuf,
+    /// Every fencing saga and its submits ([`write_sagas`]).
+    pub sagas_file: Option<PathBuf>,
     /// Per violating gid, its log lines from every process ([`write_traces`]).
     pub traces: Vec<PathBuf>,
 }
@@ -105,12 +117,55 @@ pub fn write_requests(
     std::fs::write(path, text)
 }
 
+/// Writes every fencing saga's submits as tab-separated lines: gid, the
+/// middle step, start and end (seconds from the start of traffic),
+/// coordinator, first submit or resubmit, answer, final state.
+pub fn write_sagas(
+    path: &Path,
+    sagas: &[SagaRecord],
+    states: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let mut text =
+        String::from("gid\tmiddle\tstarted_s\tfinished_s\tcoordinator\tkind\tanswer\tfinal_state\n");
+    for saga in sagas {
+        let state = states.get(&saga.gid).map_or("", String::as_str);
+        for s in &saga.submits {
+            let _ = writeln!(
+                text,
+                "{}\t{}\t{:.3}\t{:.3}\tcoordinator-{}\t{}\t{}\t{state}",
+                saga.gid,
+                middle_label(&saga.plan.middle),
+                s.at.as_secs_f64(),
+                s.finished.as_secs_f64(),
+                s.coordinator + 1,
+                if s.resubmit { "resubmit" } else { "submit" },
+                match &s.answer {
+                    DtmAnswer::Other(text) => format!("other: {text}"),
+                    DtmAnswer::AlreadyIn(status) => format!("refused: already {status}"),
+                    answer => answer.label().to_string(),
+                }
+            );
+        }
+    }
+    std::fs::write(path, text)
+}
+
+fn middle_label(middle: &Middle) -> String {
+    match middle {
+        Middle::Gate(gate) => format!("gate fail={} delay={}ms", gate.fail, gate.delay_ms),
+        Middle::Stock { num } => format!("stock-B {num}"),
+    }
+}
+
 /// For each gid (at most 20), every log line that names it, from every
 /// process, in time order, in `dir/<gid>.log`: the saga's whole story.
+/// `skewed` names the process whose clock ran ahead and by how much: its
+/// lines are placed by their true time (and marked), not by their stamp.
 pub fn write_traces<'a>(
     dir: &Path,
     gids: impl IntoIterator<Item = &'a str>,
     logs: &[PathBuf],
+    skewed: Option<(&str, Duration)>,
 ) -> std::io::Result<Vec<PathBuf>> {
     let gids: BTreeSet<&str> = gids.into_iter().take(20).collect();
     if gids.is_empty() {
@@ -126,16 +181,24 @@ pub fn write_traces<'a>(
         .collect();
     let mut written = Vec::new();
     for gid in gids {
-        // Lines start with an RFC 3339 UTC timestamp: sorting them sorts by time.
-        let mut lines: Vec<(&str, &str)> = texts
+        // Lines start with an RFC 3339 UTC timestamp: sorting them sorts by
+        // time, once a skewed process's stamps are brought back.
+        let mut lines: Vec<((i64, String), &str, String)> = texts
             .iter()
             .flat_map(|(name, text)| {
-                text.lines().filter(|l| l.contains(gid)).map(move |l| (l, name.as_str()))
+                let skew = skewed.filter(|(n, _)| n == name).map(|(_, d)| d);
+                text.lines().filter(|l| l.contains(gid)).map(move |l| {
+                    let label = match skew {
+                        Some(d) => format!("{name} (+{}s)", d.as_secs()),
+                        None => name.clone(),
+                    };
+                    (true_time(l, skew), l, label)
+                })
             })
             .collect();
         lines.sort();
         let mut trace = String::new();
-        for (line, name) in lines {
+        for (_, line, name) in lines {
             let _ = writeln!(trace, "{name:<14} {line}");
         }
         let path = dir.join(format!("{gid}.log"));
@@ -143,6 +206,19 @@ pub fn write_traces<'a>(
         written.push(path);
     }
     Ok(written)
+}
+
+/// The sort key of a log line: its leading timestamp in microseconds,
+/// minus `skew`; lines without one sort first, by their text.
+fn true_time(line: &str, skew: Option<Duration>) -> (i64, String) {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    match sqlx::types::chrono::DateTime::parse_from_rfc3339(stamp) {
+        Ok(t) => {
+            let skew = skew.map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            (t.timestamp_micros().saturating_sub(skew), String::new())
+        }
+        Err(_) => (i64::MIN, line.to_string()),
+    }
 }
 
 impl Report {
@@ -161,6 +237,15 @@ impl Report {
                         r.started >= kill.at && matches!(r.answer, Answer::Http { status: 200 | 409, .. })
                     })
                     .map(|r| r.finished)
+                    .chain(
+                        self.sagas
+                            .iter()
+                            .flat_map(|saga| &saga.submits)
+                            .filter(|s| {
+                                s.at >= kill.at && matches!(s.answer, DtmAnswer::Succeed | DtmAnswer::Failed)
+                            })
+                            .map(|s| s.finished),
+                    )
                     .min()
                     .map(|done| done - kill.at),
             })
@@ -174,6 +259,14 @@ impl Report {
 
     fn count(&self, status: &str) -> usize {
         self.checked.sagas_by_status.get(status).copied().unwrap_or_default()
+    }
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::QuickOrder => "quick-order",
+        Workload::Fencing => "fencing",
+        Workload::Mixed => "mixed",
     }
 }
 
@@ -204,6 +297,14 @@ impl fmt::Display for Report {
             secs(self.ran_for),
             self.clients
         )?;
+        writeln!(f, "workload: {}", workload_name(self.workload))?;
+        if let Some(skew) = self.clock_skew {
+            writeln!(
+                f,
+                "clocks: coordinator-2's wall clock {} s ahead of coordinator-1's (libfaketime, checked in its log)",
+                skew.as_secs()
+            )?;
+        }
         writeln!(f, "run folder: {}", self.run_dir.display())?;
 
         // Requests.
@@ -221,6 +322,48 @@ impl fmt::Display for Report {
                 _ => "",
             };
             writeln!(f, "  {answer:<32} {n:>6}{meaning}")?;
+        }
+        if !self.sagas.is_empty() {
+            let submits: Vec<_> = self.sagas.iter().flat_map(|s| &s.submits).collect();
+            let resubmits = submits.iter().filter(|s| s.resubmit).count();
+            let gates = self.sagas.iter().filter(|s| matches!(s.plan.middle, Middle::Gate(_))).count();
+            let must_fail = self.sagas.iter().filter(|s| s.plan.must_fail()).count();
+            writeln!(
+                f,
+                "fencing sagas: {} ({} with the gate as middle step, {} with stock B; {} must fail), \
+                 {} submits of which {} resubmits in flight",
+                self.sagas.len(),
+                gates,
+                self.sagas.len() - gates,
+                must_fail,
+                submits.len(),
+                resubmits
+            )?;
+            let mut by_answer: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            for s in &submits {
+                let kind = if s.resubmit { "resubmit" } else { "submit" };
+                *by_answer.entry((kind, s.answer.label())).or_default() += 1;
+            }
+            for ((kind, answer), n) in &by_answer {
+                writeln!(f, "  {kind:<9} {answer:<23} {n:>6}")?;
+            }
+            let mut tcc_calls: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+            for (call, answer) in self.tccs.iter().flat_map(|t| &t.calls) {
+                let call = if call.starts_with("try") { "try" } else { call.as_str() };
+                *tcc_calls.entry((call, answer.label())).or_default() += 1;
+            }
+            writeln!(
+                f,
+                "fencing TCCs: {} ({} abort while their last try runs)",
+                self.tccs.len(),
+                self.tccs.iter().filter(|t| t.plan.abort_during_last_try).count()
+            )?;
+            for ((call, answer), n) in &tcc_calls {
+                writeln!(f, "  {call:<9} {answer:<23} {n:>6}")?;
+            }
+            if let Some(file) = &self.sagas_file {
+                writeln!(f, "  every submit, its answer and the final state: {}", file.display())?;
+            }
         }
         let statuses: Vec<String> =
             self.checked.sagas_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
@@ -335,13 +478,17 @@ impl fmt::Display for Report {
         let stuck = self.checked.violations.iter().filter(|v| v.rule == Rule::Final).count();
         writeln!(
             f,
-            "\nsummary: seed={} requests={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} quiescence_s={:.2} recovery_p99_s={p99}",
+            "\nsummary: seed={} workload={} requests={} fencing_sagas={} tccs={} faults={} sagas_succeed={} sagas_failed={} stuck={stuck} violations={} branch_violations={} quiescence_s={:.2} recovery_p99_s={p99}",
             self.seed,
+            workload_name(self.workload),
             self.records.len(),
+            self.sagas.len(),
+            self.tccs.len(),
             self.injected.len(),
             self.count("succeed"),
             self.count("failed"),
             self.checked.violations.len(),
+            self.checked.violations.iter().filter(|v| v.rule == Rule::BranchEffects).count(),
             self.quiescence.took.as_secs_f64(),
         )?;
         writeln!(f, "RESULT: {}", if self.passed() { "PASS" } else { "FAIL" })
@@ -367,7 +514,8 @@ mod tests {
             "2026-01-01T00:00:00Z INFO gid=g1 saved\n2026-01-01T00:00:03Z INFO gid=g1 done\n",
         )
         .unwrap();
-        let traces = write_traces(&dir.path().join("traces"), ["g1", "g1"], &[api, coordinator]).unwrap();
+        let traces =
+            write_traces(&dir.path().join("traces"), ["g1", "g1"], &[api, coordinator], None).unwrap();
         assert_eq!(traces.len(), 1);
         let text = std::fs::read_to_string(&traces[0]).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -375,6 +523,25 @@ mod tests {
         assert!(lines[0].starts_with("coordinator-1") && lines[0].ends_with("saved"), "{text}");
         assert!(lines[1].starts_with("order-api") && lines[1].ends_with("submit"), "{text}");
         assert!(lines[2].ends_with("done"), "{text}");
+    }
+
+    #[test]
+    fn a_skewed_process_is_placed_by_its_true_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("coordinator-1.log");
+        let two = dir.path().join("coordinator-2.log");
+        std::fs::write(
+            &one,
+            "2026-01-01T00:00:01.000000Z INFO gid=g1 first\n2026-01-01T00:00:03.000000Z INFO gid=g1 third\n",
+        )
+        .unwrap();
+        std::fs::write(&two, "2026-01-01T00:00:32.000000Z INFO gid=g1 second\n").unwrap();
+        let skewed = Some(("coordinator-2", Duration::from_secs(30)));
+        let traces = write_traces(&dir.path().join("traces"), ["g1"], &[one, two], skewed).unwrap();
+        let text = std::fs::read_to_string(&traces[0]).unwrap();
+        let order: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+        assert_eq!(order, ["first", "second", "third"], "{text}");
+        assert!(text.contains("coordinator-2 (+30s)"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   (coordinators, both services, order-api, MariaDB, etcd — the last two
 //!   are "a MariaDB restart" and "an etcd restart"), a coordinator and one
 //!   other process are paused once, in an order the seed shuffles; then
-//!   random extra faults follow while the fault window lasts;
+//!   random extra faults follow while the fault window lasts. Every pause
+//!   outlasts the coordinators' lease ([`LEASE`]); with
+//!   [`Shape::long_pause`] (the fencing workloads) one coordinator is also
+//!   stopped for the lease plus 4–6 s, so it wakes up in the middle of
+//!   passes the other coordinator has taken over long ago;
 //! * **network**, on the fault proxies: added latency, a stall and a drop,
 //!   each once on a link the seed picks, then random extras.
 //!
@@ -28,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::proxy::Link;
-use super::topology::{Kind, REQUEST_TIMEOUT, Topology};
+use super::topology::{Kind, LEASE, REQUEST_TIMEOUT, Topology};
 
 /// One fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +99,18 @@ pub struct Shape {
     pub procs: Vec<Kind>,
     /// The number of fault proxies.
     pub links: usize,
+    /// Add a coordinator pause of [`LEASE`] + 4–6 s.
+    pub long_pause: bool,
 }
 
 impl Shape {
     /// The shape of a running topology.
     pub fn of(topology: &Topology) -> Shape {
-        Shape { procs: topology.procs.iter().map(|p| p.kind).collect(), links: topology.links.len() }
+        Shape {
+            procs: topology.procs.iter().map(|p| p.kind).collect(),
+            links: topology.links.len(),
+            long_pause: false,
+        }
     }
 
     fn of_kind(&self, kind: Kind) -> Vec<usize> {
@@ -129,6 +139,11 @@ pub fn plan(seed: u64, window: Duration, shape: &Shape) -> Plan {
     }
     if let Some(&target) = all.choose(&mut rng) {
         process.push(Fault::Pause { target, length: pause_length(&mut rng) });
+    }
+    if shape.long_pause
+        && let Some(&target) = shape.of_kind(Kind::Coordinator).choose(&mut rng)
+    {
+        process.push(Fault::Pause { target, length: LEASE + secs(&mut rng, 4.0, 6.0) });
     }
     process.shuffle(&mut rng);
     let process = timeline(
@@ -365,6 +380,7 @@ mod tests {
                 OrderApi,
             ],
             links: 7,
+            long_pause: false,
         }
     }
 
@@ -406,6 +422,19 @@ mod tests {
     }
 
     #[test]
+    fn the_fencing_shape_adds_a_coordinator_pause_far_longer_than_the_lease() {
+        let long = Shape { long_pause: true, ..shape() };
+        for seed in 0..20 {
+            let plan = plan(seed, Duration::from_secs(24), &long);
+            assert!(
+                plan.process.iter().any(|p| matches!(p.fault,
+                    Fault::Pause { target, length } if long.procs[target] == Kind::Coordinator && length >= LEASE + Duration::from_secs(4))),
+                "seed {seed}: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
     fn pauses_outlast_the_request_timeout_and_longer_windows_get_extras() {
         let short = plan(3, Duration::from_secs(10), &shape());
         let long = plan(3, Duration::from_secs(120), &shape());
@@ -414,6 +443,7 @@ mod tests {
         for p in &long.process {
             if let Fault::Pause { length, .. } = p.fault {
                 assert!(length > REQUEST_TIMEOUT);
+                assert!(length > LEASE + Duration::from_secs(1));
             }
         }
     }

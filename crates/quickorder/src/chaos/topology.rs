@@ -34,6 +34,15 @@
 //! stock-srv) each reach MariaDB through their own proxy, so a fault can
 //! hit one group. The invariant checker reads MariaDB directly.
 //!
+//! **Skewed clocks.** With [`Options::clock_skew`], coordinator-2 runs
+//! under libfaketime (`LD_PRELOAD`, `FAKETIME=+Ns`,
+//! `FAKETIME_DONT_FAKE_MONOTONIC=1`): its wall clock — the one its leases
+//! and `next_cron_time`s are computed from — is N seconds ahead, while its
+//! monotonic clock (tokio's timers, request timeouts) is untouched. The
+//! offset is read back from the timestamps of its own log lines after it
+//! starts, so a preload that did not take effect fails the run instead of
+//! passing untested. (Its log lines sort N seconds late in the traces.)
+//!
 //! Logs: `<run>/logs/<process>.log`, appended to across restarts. Data:
 //! `<run>/mariadb`, `<run>/etcd`.
 
@@ -45,6 +54,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;
+use sqlx::types::chrono;
 use test_support::{GuardedProcess, free_port};
 use tokio::time::Instant;
 
@@ -64,6 +74,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// `RetryInterval` (= the recovery lease): short, so that sagas held by a
 /// killed or paused coordinator are taken over during the run.
 const RETRY_INTERVAL_SECS: u64 = 1;
+/// The coordinators' lease, as configured: coordinator pauses are longer,
+/// and a clock offset between them is meant to exceed it.
+pub const LEASE: Duration = Duration::from_secs(RETRY_INTERVAL_SECS);
 /// `MaxRetryInterval`: caps the backoff so quiescence stays quick.
 const MAX_RETRY_INTERVAL_SECS: u64 = 3;
 /// `TransCronInterval`.
@@ -278,6 +291,20 @@ pub struct Topology {
     pub mariadb_port: u16,
     /// order-api's port.
     pub api_port: u16,
+    /// Each coordinator's gRPC port.
+    pub coordinator_grpc: Vec<u16>,
+    /// `127.0.0.1:P` of etcd.
+    pub etcd_hosts: String,
+    /// How far coordinator-2's wall clock is ahead, verified from its log.
+    pub clock_skew: Option<Duration>,
+}
+
+/// How the system is set up beyond its fixed shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Run coordinator-2 with its wall clock this far ahead (libfaketime);
+    /// its monotonic clock, which timers and timeouts use, stays true.
+    pub clock_skew: Option<Duration>,
 }
 
 /// Where the run's files go and where the binaries are.
@@ -313,7 +340,7 @@ impl Topology {
     /// Starts everything: MariaDB, etcd, the proxies, two coordinators,
     /// two order-srv, two stock-srv, order-api; returns once the services
     /// are registered in etcd and order-api accepts connections.
-    pub async fn start(layout: &Layout) -> Result<Topology, ChaosError> {
+    pub async fn start(layout: &Layout, options: Options) -> Result<Topology, ChaosError> {
         let logs = layout.logs();
         let etc = layout.run_dir.join("etc");
         for dir in [&logs, &etc] {
@@ -326,6 +353,8 @@ impl Topology {
                 .map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))?;
         }
         let config = |name: &str| etc.join(name).display().to_string();
+        // Before anything starts: a missing libfaketime fails at once.
+        let faketime = options.clock_skew.map(|_| find_libfaketime()).transpose()?;
         let binaries = [
             layout.binary("coordinator")?,
             layout.binary("order-srv")?,
@@ -338,6 +367,9 @@ impl Topology {
             links: Vec::new(),
             mariadb_port: free_port(),
             api_port: free_port(),
+            coordinator_grpc: Vec::new(),
+            etcd_hosts: String::new(),
+            clock_skew: None,
         };
         let path_env = ("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
         // Plain log lines (no ANSI colours), so gids can be grepped.
@@ -407,6 +439,7 @@ impl Topology {
             )
             .await?;
         let etcd_hosts = format!("127.0.0.1:{client_port}");
+        topology.etcd_hosts.clone_from(&etcd_hosts);
 
         // 3. The database proxies, one per client group.
         let mariadb_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
@@ -418,7 +451,7 @@ impl Topology {
         let coordinator_http = [free_port(), free_port()];
         for (i, http) in coordinator_http.iter().enumerate() {
             let grpc = free_port();
-            let env = vec![
+            let mut env = vec![
                 path_env.clone(),
                 no_color.clone(),
                 var("LOG_LEVEL", "info"),
@@ -439,13 +472,32 @@ impl Topology {
                 var("REQUEST_TIMEOUT", REQUEST_TIMEOUT.as_secs().to_string()),
                 var("TRANS_CRON_INTERVAL", TRANS_CRON_INTERVAL_SECS.to_string()),
             ];
+            let skewed = match (i, options.clock_skew, &faketime) {
+                (1, Some(skew), Some(library)) => {
+                    // libfaketime shifts what CLOCK_REALTIME answers (Rust's
+                    // SystemTime, chrono's Utc::now, the log timestamps) and,
+                    // with DONT_FAKE_MONOTONIC, leaves CLOCK_MONOTONIC alone:
+                    // tokio's timers and the request timeouts stay true.
+                    env.push(var("LD_PRELOAD", library.display().to_string()));
+                    env.push(var("FAKETIME", format!("+{}s", skew.as_secs())));
+                    env.push(var("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
+                    Some(skew)
+                }
+                _ => None,
+            };
+            topology.coordinator_grpc.push(grpc);
             let command = Command {
                 program: coordinator_bin.clone(),
                 args: vec!["-f".into(), config("coordinator.yaml")],
                 env,
                 ports: vec![grpc, *http],
             };
-            topology.add(Kind::Coordinator, &format!("coordinator-{}", i + 1), &logs, command).await?;
+            let name = format!("coordinator-{}", i + 1);
+            topology.add(Kind::Coordinator, &name, &logs, command).await?;
+            if let Some(skew) = skewed {
+                let log = logs.join(format!("{name}.log"));
+                topology.clock_skew = Some(verify_skew(&name, &log, skew).await?);
+            }
         }
         wait_registered(&etcd_hosts, "dtmservice", 2).await?;
 
@@ -568,6 +620,16 @@ impl Topology {
             format!("binding the fault proxy {name} on [::1] (this harness needs an IPv6 loopback address)"),
             err,
         ))
+    }
+
+    /// A fault proxy in front of a branch server the chaos process hosts
+    /// (the fencing workload's gate); returns the port to call.
+    pub async fn add_hosted_branch_link(
+        &mut self,
+        name: &str,
+        upstream: SocketAddr,
+    ) -> Result<u16, ChaosError> {
+        self.add_link(name, loopback_any(), upstream).await
     }
 
     /// `mysql://root@127.0.0.1:<port>`: MariaDB itself, not a proxy.
@@ -702,6 +764,59 @@ fn find_program(name: &str, extra_dirs: &[&str], package: &str) -> Result<PathBu
                  install it with `apt-get install {package}`"
             ))
         })
+}
+
+/// libfaketime's preload library (Debian package `faketime`), the
+/// thread-safe build when there is one: the coordinator is multi-threaded.
+fn find_libfaketime() -> Result<PathBuf, ChaosError> {
+    let dirs =
+        ["/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime", "/usr/lib/faketime"];
+    ["libfaketimeMT.so.1", "libfaketime.so.1"]
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |dir| Path::new(dir).join(name)))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            ChaosError::Setup(
+                "libfaketime was not found: the clock offset between the coordinators needs it; \
+                 install it with `apt-get install faketime` (or pass --clock-skew 0s)"
+                    .into(),
+            )
+        })
+}
+
+/// Checks that a coordinator started with a shifted clock really lives in
+/// the future: its own log lines carry its `SystemTime`. Returns the
+/// measured offset (whole seconds), or an error if it is off by more than
+/// two seconds from what was asked — libfaketime not taking effect must
+/// not pass silently as "tested with skewed clocks".
+async fn verify_skew(name: &str, log: &Path, want: Duration) -> Result<Duration, ChaosError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let now = chrono::Utc::now();
+        let stamps: Vec<chrono::DateTime<chrono::Utc>> = text
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter_map(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .collect();
+        if let Some(last) = stamps.last() {
+            let ahead = (*last - now).num_milliseconds() as f64 / 1000.0;
+            let wanted = want.as_secs() as f64;
+            if (ahead - wanted).abs() <= 2.0 {
+                return Ok(Duration::from_secs(want.as_secs()));
+            }
+            if Instant::now() >= deadline {
+                return Err(ChaosError::Setup(format!(
+                    "{name} was started with its clock {wanted:.0} s ahead (libfaketime), but its log says \
+                     {ahead:.1} s: the clock offset did not take effect"
+                )));
+            }
+        } else if Instant::now() >= deadline {
+            return Err(ChaosError::Setup(format!("{name} logged no timestamp to verify its clock offset")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The last `lines` lines of a log, for error messages.

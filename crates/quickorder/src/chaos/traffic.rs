@@ -32,10 +32,10 @@ pub const OVER_STOCK_SHARE: f64 = 0.15;
 /// deadline is 10 s, so an answer within it is always seen).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Sets the stock of [`GOODS`] (stock-srv created the table at start).
-pub async fn seed_stock(server_url: &str) -> Result<(), ChaosError> {
+/// Sets the stock of `goods` (stock-srv created the table at start).
+pub async fn seed_stock(server_url: &str, goods: &[(i64, i32)]) -> Result<(), ChaosError> {
     let pool = sqlx::MySqlPool::connect(server_url).await?;
-    for (goods, num) in GOODS {
+    for &(goods, num) in goods {
         sqlx::query(&format!(
             "INSERT INTO `{STOCK_DB}`.stock (goods_id, num) VALUES (?, ?) ON DUPLICATE KEY UPDATE num = VALUES(num)"
         ))
