@@ -98,7 +98,7 @@ macro_rules! status_enum {
 }
 
 status_enum! {
-    /// Status of a global transaction (dtm's `trans_global.status`, §5.2).
+    /// Status of a global transaction (dtm's `trans_global.status`, `dtmcli/consts.go`).
     GlobalStatus {
         /// Registered but not yet submitted (2-phase msg, TCC, XA, workflow).
         Prepared = "prepared",
@@ -199,7 +199,7 @@ impl BranchUrl {
     /// * no `//` → direct gRPC, split at the first `/` (dtm's default driver);
     /// * `etcd://` or `discov://` → gRPC through discovery, server =
     ///   `scheme://hosts/<first path segment>`, method = the rest (go-zero
-    ///   driver `ParseServerMethod`, §8.2).
+    ///   driver `ParseServerMethod`, in dtm-driver-gozero).
     pub fn parse(raw: &str) -> Result<BranchUrl, String> {
         let target = if raw.is_empty() {
             BranchTarget::Empty
@@ -285,7 +285,7 @@ pub enum Step {
     },
 }
 
-/// Per-transaction options (dtm's `TransOptions`, §1.3). `None` = use the server default.
+/// Per-transaction options (dtm's `TransOptions`, `dtmcli/dtmimp/trans_base.go`). `None` = use the server default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransOptions {
     /// Submit returns only after one synchronous processing pass.
@@ -298,7 +298,7 @@ pub struct TransOptions {
     pub retry_interval: Option<Duration>,
     /// Extra HTTP headers / gRPC metadata on every branch call.
     pub branch_headers: BTreeMap<String, String>,
-    /// Saga: immediate re-invocations of an undecided action before aborting (§6.6).
+    /// Saga: immediate re-invocations of an undecided action before aborting (dtm's `dtmsvr/trans_type_saga.go`).
     pub retry_limit: Option<u32>,
     /// Msg: run actions concurrently.
     pub concurrent: bool,
@@ -668,7 +668,7 @@ impl TransRequest {
     }
 }
 
-/// What a `registerBranch` call adds (TCC / XA, §1.5).
+/// What a `registerBranch` call adds (TCC / XA; dtm's `dtmsvr/api.go`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterBranchRequest {
     /// The prepared global transaction.

@@ -1,4 +1,4 @@
-//! Saga semantics (dtm §6) against real branch servers and a real SQLite store.
+//! Saga semantics (dtm's `trans_type_saga.go`) against real branch servers and a real SQLite store.
 //!
 //! Every test records the calls each branch received and asserts the exact
 //! sequence with the dtm parameters (gid, trans_type, branch_id, op).

@@ -1,4 +1,4 @@
-//! TCC (dtm §7.1) and 2-phase messages (§7.3) against real branch servers
+//! TCC (dtm's `trans_type_tcc.go`) and 2-phase messages (`trans_type_msg.go`) against real branch servers
 //! and a real SQLite store.
 
 mod engine_support;

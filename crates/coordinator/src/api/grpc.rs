@@ -4,7 +4,7 @@
 //! implemented; `PrepareWorkflow` and the topic RPCs answer `Unimplemented`
 //! with a message saying so.
 //!
-//! Mapping of a `DtmRequest` (§3.1): `Steps` is a JSON *string* holding the
+//! Mapping of a `DtmRequest` (dtm's `dtmgpb/dtmgimp.proto`): `Steps` is a JSON *string* holding the
 //! same array of maps as the HTTP API; `BinPayloads` are raw bytes (the
 //! protobuf-encoded branch requests), passed through untouched;
 //! `CustomedData` is `custom_data`; the protocol is forced to `grpc`.

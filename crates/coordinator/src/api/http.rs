@@ -1,6 +1,6 @@
 //! dtm's HTTP API (axum): `/api/dtmsvr/…`, `/api/ping`, `/api/metrics`.
 //!
-//! Status codes and bodies follow dtm's `WrapHandler2` (§1.1):
+//! Status codes and bodies follow dtm's `WrapHandler2` (`dtmutil/utils.go`):
 //!
 //! | outcome | status | body |
 //! |---|---|---|

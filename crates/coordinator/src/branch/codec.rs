@@ -4,7 +4,7 @@
 //! request message, produced by the client SDK. The coordinator never knows
 //! the message type, so it must not decode or re-encode it: it sends the
 //! stored bytes verbatim as the message body and ignores the reply body —
-//! only the gRPC status matters (dtm's `dtm_raw` codec, §3.2).
+//! only the gRPC status matters (dtm's `dtm_raw` codec, `dtmgrpc/dtmgimp/grpc_raw.go`).
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;

@@ -278,7 +278,7 @@ pub(crate) struct SagaSpec {
     create_time: DateTime<Utc>,
     options: TransOptions,
     ordering: Ordering,
-    /// Write each action result at once (dtm §6.5: concurrent sagas and
+    /// Write each action result at once (dtm's `trans_type_saga.go`: concurrent sagas and
     /// sagas with a timeout), so that a timeout decided by a later pass
     /// knows every action that ran. Plain sagas batch all results into the
     /// final write: a crash before it only re-runs idempotent actions, and a
@@ -582,13 +582,13 @@ impl SagaWork {
                     }
                 }
                 BranchResult::Failure(reason) => {
-                    // Only a saga action's FAILURE is a business "no" (§2).
+                    // Only a saga action's FAILURE is a business "no" (dtm's `dtmcli/consts.go`, ResultFailure).
                     spec.record(state, pass, k, Op::Action, BranchStatus::Failed);
                     abort.get_or_insert(reason);
                 }
                 BranchResult::Ongoing | BranchResult::Retry(_) => {
                     if let Some(limit) = spec.options.retry_limit {
-                        // dtm §6.6: re-invoke at once, abort when the count reaches the limit.
+                        // dtm's `trans_type_saga.go`: re-invoke at once, abort when the count reaches the limit.
                         pass.retries += 1;
                         if pass.retries >= limit {
                             abort.get_or_insert(format!(

@@ -1,7 +1,7 @@
 //! When to try again: pure functions, so that the timing rules can be read
 //! and tested without a clock.
 //!
-//! dtm's rules (§5.4): a new transaction starts at the base interval; after
+//! dtm's rules (`dtmsvr/trans_process.go`): a new transaction starts at the base interval; after
 //! a pass that made progress the interval resets to the base; after ONGOING
 //! it stays; after any other error it DOUBLES — without a cap in dtm, so a
 //! branch that was down for a day is retried roughly once a day afterwards.

@@ -1,4 +1,4 @@
-//! Saga rules (§6), as pure functions over the steps' statuses.
+//! Saga rules (dtm's `dtmsvr/trans_type_saga.go`), as pure functions over the steps' statuses.
 //!
 //! A saga of n steps has 2n branch rows: for step k (branch id `%02d` of
 //! k+1) a `compensate` row, then an `action` row. Going forward, an action
@@ -94,7 +94,7 @@ impl Ordering {
 }
 
 /// The branch rows of a new saga: per step, `compensate` then `action`,
-/// both carrying the step's payload (§6.1).
+/// both carrying the step's payload, as dtm's `trans_type_saga.go` lays them out.
 pub fn branch_rows(request: &TransRequest) -> Vec<NewBranch> {
     let mut rows = Vec::with_capacity(request.steps.len() * 2);
     for (k, step) in request.steps.iter().enumerate() {

@@ -1,5 +1,5 @@
 //! TCC and 2-phase messages: transactions whose work is a list of branch
-//! operations to deliver until each succeeds (dtm §7.1, §7.3).
+//! operations to deliver until each succeeds (dtm's `dtmsvr/trans_type_tcc.go` and `trans_type_msg.go`).
 //!
 //! * **TCC** — the client registers branches (`cancel` and `confirm` rows)
 //!   and calls the Try ops itself. Once submitted, the coordinator calls
