@@ -1,7 +1,7 @@
 //! `quickorder chaos`, end to end: the real `quickorder` binary runs the
 //! real coordinator, order-srv, stock-srv and order-api processes with a
 //! private MariaDB and etcd for about 30 s under a seeded fault schedule,
-//! on three seeds of quick orders and one of the fencing workload (sagas
+//! on one seed of quick orders and one of the fencing workload (sagas
 //! whose middle step fails, resubmitted while in flight, TCCs aborted or
 //! timed out while a try runs, one coordinator's clock 30 s ahead, a
 //! coordinator paused far longer than the lease), and
@@ -98,23 +98,12 @@ fn run_chaos_with(seed: u64, extra: &[&str]) -> String {
     stdout.into_owned()
 }
 
-fn run_chaos(seed: u64) {
-    run_chaos_with(seed, &[]);
-}
-
+/// One seed per workload: each seed plays every mandatory fault kind, so
+/// another seed is another variant of the same behaviour, not a new one.
+/// More seeds are one command away: `quickorder chaos --seed N`.
 #[test]
 fn chaos_seed_7_keeps_every_invariant() {
-    run_chaos(7);
-}
-
-#[test]
-fn chaos_seed_2024_keeps_every_invariant() {
-    run_chaos(2024);
-}
-
-#[test]
-fn chaos_seed_3_keeps_every_invariant() {
-    run_chaos(3);
+    run_chaos_with(7, &[]);
 }
 
 #[test]
