@@ -6,16 +6,19 @@
 #      target folder (what a fresh clone pays before the first test);
 #   2. the test time: `cargo test --workspace`, the README's command, timed
 #      as a whole (its build is already done by then);
-#   3. the ten slowest tests, from `cargo nextest run --workspace --profile
-#      budget` (stable `cargo test` cannot time single tests; nextest's
-#      JUnit report can). Only this script uses nextest.
+#   3. the ten slowest test binaries, from that run's own output;
+#   4. with PER_TEST=1, the ten slowest single tests, from `cargo nextest run
+#      --workspace --profile budget` (stable `cargo test` cannot time single
+#      tests; nextest's JUnit report can). Only this script uses nextest,
+#      and only when asked: it runs the whole suite a second time.
 #
-#   scripts/test-budget.sh               # all three (the cold build takes ~10 min on 2 cores)
+#   scripts/test-budget.sh               # 1–3 (the cold build takes ~9 min on 2 cores)
+#   PER_TEST=1 scripts/test-budget.sh    # 1–4
 #   COLD=0 scripts/test-budget.sh        # keep the cold-build line already in the README
 #   README=/dev/null scripts/test-budget.sh   # print only
 #
-# Needs what `cargo test --workspace` needs, plus cargo-nextest
-# (`cargo install cargo-nextest --locked`). The budget: a cold `.ci/run`
+# Needs what `cargo test --workspace` needs (plus cargo-nextest for
+# PER_TEST=1: `cargo install cargo-nextest --locked`). The budget: a cold `.ci/run`
 # under 30 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,6 @@ README=${README:-README.md}
 TARGET=${CARGO_TARGET_DIR:-target}
 OUT=$TARGET/test-budget
 mkdir -p "$OUT"
-command -v cargo-nextest >/dev/null 2>&1 || { echo "cargo-nextest is missing: cargo install cargo-nextest --locked" >&2; exit 1; }
 
 now() { date +%s; }
 minutes() { awk -v s="$1" 'BEGIN { printf "%d min %02d s", s / 60, s % 60 }'; }
@@ -55,46 +57,90 @@ if [ "$status" != 0 ]; then
     exit "$status"
 fi
 
-echo "== per-test times: cargo nextest run --workspace --profile budget" >&2
-start=$(now)
-cargo nextest run --workspace --profile budget --no-fail-fast >"$OUT/nextest.log" 2>&1 || {
-    echo "nextest run failed; see $OUT/nextest.log" >&2
-    exit 1
-}
-nextest=$(( $(now) - start ))
-junit=$TARGET/nextest/budget/junit.xml
+nextest_line=""
+junit=""
+if [ "${PER_TEST:-0}" = 1 ]; then
+    echo "== per-test times: cargo nextest run --workspace --profile budget" >&2
+    command -v cargo-nextest >/dev/null 2>&1 || { echo "PER_TEST=1 needs cargo-nextest: cargo install cargo-nextest --locked" >&2; exit 1; }
+    start=$(now)
+    cargo nextest run --workspace --profile budget --no-fail-fast >"$OUT/nextest.log" 2>&1 || {
+        echo "nextest run failed; see $OUT/nextest.log" >&2
+        exit 1
+    }
+    nextest_line="$(minutes $(( $(now) - start )))"
+    junit=$TARGET/nextest/budget/junit.xml
+fi
 
 machine="$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo)"
-block=$(python3 - "$junit" "$cold_line" "$(minutes "$tests")" "$passed" "$(minutes "$nextest")" "$machine" "$(date -u +%Y-%m-%d)" <<'PY'
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
+block=$(python3 - "$OUT/cargo-test.log" "$cold_line" "$(minutes "$tests")" "$passed" "$machine" "$(date -u +%Y-%m-%d)" "$load" "$nextest_line" "$junit" <<'PY'
+import glob
+import os
+import re
 import sys
-import xml.etree.ElementTree as ET
 
-junit, cold_line, tests, passed, nextest, machine, day = sys.argv[1:]
-cases = []
-for case in ET.parse(junit).getroot().iter("testcase"):
-    cases.append((float(case.get("time", "0")), case.get("classname", ""), case.get("name", "")))
-cases.sort(reverse=True)
-total = sum(t for t, _, _ in cases)
+log, cold_line, tests, passed, machine, day, load, nextest, junit = sys.argv[1:]
+
+# `cargo test` prints, per test binary, "Running <source> (<binary>)" and
+# later "test result: … N passed; … finished in S s".
+binaries = []
+current = None
+for line in open(log, errors="replace"):
+    running = re.match(r"\s+Running (\S+) \((\S+)\)", line)
+    if running:
+        source, binary = running.groups()
+        stem = os.path.basename(binary).rsplit("-", 1)[0]
+        if source.startswith("tests/"):
+            hits = glob.glob(f"crates/*/{source}")
+            package = hits[0].split("/")[1] if len(hits) == 1 else "?"
+        else:
+            package = stem.replace("_", "-")
+        current = (source, package)
+        continue
+    result = re.match(r"test result: \w+\. (\d+) passed; (\d+) failed.*finished in ([\d.]+)s", line)
+    if result and current:
+        count = int(result.group(1)) + int(result.group(2))
+        binaries.append((float(result.group(3)), current[0], current[1], count))
+        current = None
+binaries.sort(reverse=True)
+
 lines = [
-    f"Measured on {day}, {machine}, by `scripts/test-budget.sh`:",
+    f"Measured on {day}, {machine}, load average {load} at the end, by `scripts/test-budget.sh`:",
     "",
     "| what | time |",
     "|---|---|",
 ]
 if cold_line:
     lines.append(cold_line)
+lines.append(f"| tests (`cargo test --workspace` after the build; {passed}) | {tests} |")
 lines += [
-    f"| tests (`cargo test --workspace` after the build; {passed}) | {tests} |",
-    f"| the same tests one process each (`cargo nextest run --workspace`; sum of test times {total / 60:.1f} min) | {nextest} |",
     "",
-    "The ten slowest tests (nextest's times; a whole-system test's time",
-    "includes waiting for a system slot):",
+    "The ten slowest test binaries (`cargo test` runs binaries one after",
+    "another, so their times add up to the test time):",
     "",
-    "| test | binary | seconds |",
-    "|---|---|---|",
+    "| test binary | package | tests | seconds |",
+    "|---|---|---|---|",
 ]
-for seconds, binary, name in cases[:10]:
-    lines.append(f"| `{name}` | `{binary}` | {seconds:.1f} |")
+for seconds, source, package, count in binaries[:10]:
+    lines.append(f"| `{source}` | {package} | {count} | {seconds:.0f} |")
+if junit:
+    import xml.etree.ElementTree as ET
+
+    cases = sorted(
+        ((float(c.get("time", "0")), c.get("classname", ""), c.get("name", ""))
+         for c in ET.parse(junit).getroot().iter("testcase")),
+        reverse=True,
+    )
+    lines += [
+        "",
+        f"The ten slowest tests (`cargo nextest run --workspace`, {nextest}; a",
+        "whole-system test's time includes waiting for a system slot):",
+        "",
+        "| test | binary | seconds |",
+        "|---|---|---|",
+    ]
+    for seconds, binary, name in cases[:10]:
+        lines.append(f"| `{name}` | `{binary}` | {seconds:.1f} |")
 print("\n".join(lines))
 PY
 )

@@ -94,7 +94,7 @@ impl Etcd {
             "--log-level=warn".to_string(),
         ];
         let log = dir.path().join("etcd.log");
-        GuardedProcess::spawn(&etcd, &args, &log, None)
+        GuardedProcess::spawn_owning(&etcd, &args, &log, None, dir.path())
     }
 
     /// SIGKILLs a private server; [`Etcd::restart`] brings it back.

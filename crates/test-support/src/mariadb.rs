@@ -109,7 +109,7 @@ impl MariaDb {
             "--character-set-server=utf8mb4".to_string(),
             "--collation-server=utf8mb4_general_ci".to_string(),
         ];
-        GuardedProcess::spawn(&mariadbd, &args, &log, None)
+        GuardedProcess::spawn_owning(&mariadbd, &args, &log, None, self.dir.path())
     }
 
     /// SIGKILLs the server (data stays, [`MariaDb::restart`] brings it back).

@@ -66,7 +66,7 @@ impl Postgres {
                 "-c".to_string(),
                 "max_connections=500".to_string(),
             ];
-            let process = GuardedProcess::spawn(&postgres, &args, &log, run_as);
+            let process = GuardedProcess::spawn_owning(&postgres, &args, &log, run_as, dir.path());
             // Its own log says when *it* accepts sessions (the port opens
             // earlier, and may be another process's); pg_isready confirms.
             if process.wait_logged("ready to accept connections", Duration::from_secs(60))

@@ -41,13 +41,41 @@ pub struct GuardedProcess {
 impl GuardedProcess {
     /// Spawns `program args…` under the guard, its output appended to `log`.
     pub fn spawn(program: &str, args: &[String], log: &Path, run_as: Option<&str>) -> GuardedProcess {
+        GuardedProcess::spawn_in(program, args, log, run_as, None)
+    }
+
+    /// [`GuardedProcess::spawn`] for a server whose files live in `data`:
+    /// if the test process exits without dropping the server (a server in a
+    /// `static`, a test process killed), the guard also removes `data`, so
+    /// test runs leave no database folders behind. An explicit
+    /// [`GuardedProcess::kill`] (a restart) leaves the folder alone.
+    pub fn spawn_owning(
+        program: &str,
+        args: &[String],
+        log: &Path,
+        run_as: Option<&str>,
+        data: &Path,
+    ) -> GuardedProcess {
+        GuardedProcess::spawn_in(program, args, log, run_as, Some(data))
+    }
+
+    fn spawn_in(
+        program: &str,
+        args: &[String],
+        log: &Path,
+        run_as: Option<&str>,
+        data: Option<&Path>,
+    ) -> GuardedProcess {
+        // `read` succeeds on the newline `kill` writes, and fails at end of
+        // file: the test process is gone, and nobody else will clean up.
         let script = r#"
             "$@" >>"$LOG" 2>&1 &
             child=$!
             echo "$child"
-            read _ignored
+            if read _ignored; then orphaned=no; else orphaned=yes; fi
             kill -KILL "$child" 2>/dev/null
             wait "$child" 2>/dev/null
+            if [ "$orphaned" = yes ] && [ -n "$DATA" ]; then rm -rf "$DATA"; fi
             exit 0
         "#;
         let mut command = Command::new("sh");
@@ -57,6 +85,7 @@ impl GuardedProcess {
         }
         command.arg(program).args(args);
         command.env("LOG", log);
+        command.env("DATA", data.unwrap_or(Path::new("")));
         let log_start = log_len(log);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut guard = command.spawn().unwrap_or_else(|e| panic!("cannot run sh to start {program}: {e}"));
@@ -456,4 +485,44 @@ pub fn closed_port() -> u16 {
         (socket, port)
     })
     .1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the guard does when the test process is gone: its stdin closes
+    /// without the newline `kill` writes.
+    fn orphan(mut process: GuardedProcess) {
+        drop(process.stdin.take());
+        let _ = process.guard.wait();
+    }
+
+    #[test]
+    fn an_orphaned_guard_kills_its_server_and_removes_its_data() {
+        let data = tempfile::tempdir().expect("temp dir").keep();
+        std::fs::write(data.join("file"), b"rows").expect("write");
+        let process = GuardedProcess::spawn_owning("sleep", &["60".into()], &data.join("log"), None, &data);
+        let pid = process.pid();
+        assert!(pid_alive(pid));
+        orphan(process);
+        assert!(!pid_alive(pid), "the server outlived its guard");
+        assert!(!data.exists(), "{} was left behind", data.display());
+    }
+
+    #[test]
+    fn an_explicit_kill_keeps_the_data_for_a_restart() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut process = GuardedProcess::spawn_owning(
+            "sleep",
+            &["60".into()],
+            &data.path().join("log"),
+            None,
+            data.path(),
+        );
+        let pid = process.pid();
+        process.kill();
+        assert!(!pid_alive(pid), "kill left the server running");
+        assert!(data.path().join("log").exists(), "a restart needs the data folder");
+    }
 }
