@@ -567,6 +567,60 @@ fn step_url(steps: &BTreeMap<String, String>, index: usize, key: &str) -> Result
     BranchUrl::parse(raw).map_err(|m| invalid(&format!("steps[{index}].{key}"), m))
 }
 
+/// The steps of a saga or msg (`action`, and `compensate` for a saga); other
+/// types take none.
+fn steps_of(trans_type: TransType, steps: &[BTreeMap<String, String>]) -> Result<Vec<Step>, InvalidInput> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match trans_type {
+            TransType::Saga => Ok(Step::Saga {
+                action: step_url(s, i, "action")?,
+                compensate: step_url(s, i, "compensate")?,
+            }),
+            TransType::Msg => Ok(Step::Msg { action: step_url(s, i, "action")? }),
+            other => Err(invalid("steps", format!("{other} transactions take no steps"))),
+        })
+        .collect()
+}
+
+/// The per-transaction options of a request, within [`bounds`]; takes the
+/// branch headers out of `input`.
+fn options_of(input: &mut TransRequestInput) -> Result<TransOptions, InvalidInput> {
+    let retry_limit = match u32::try_from(input.retry_limit) {
+        Ok(0) => None,
+        Ok(n) if n <= bounds::MAX_RETRY_LIMIT => Some(n),
+        _ => {
+            return Err(invalid(
+                "retry_limit",
+                format!(
+                    "must be between 0 (no limit) and {}, got {}",
+                    bounds::MAX_RETRY_LIMIT,
+                    input.retry_limit
+                ),
+            ));
+        }
+    };
+    let options = TransOptions {
+        wait_result: input.wait_result,
+        timeout_to_fail: from_secs("timeout_to_fail", input.timeout_to_fail, bounds::MAX_TIMEOUT_TO_FAIL)?,
+        request_timeout: from_secs("request_timeout", input.request_timeout, bounds::MAX_REQUEST_TIMEOUT)?,
+        retry_interval: from_secs("retry_interval", input.retry_interval, bounds::MAX_RETRY_INTERVAL)?,
+        branch_headers: std::mem::take(&mut input.branch_headers),
+        retry_limit,
+        concurrent: input.concurrent,
+    };
+    for name in options.branch_headers.keys() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid("branch_headers", format!("{name:?} is not a valid header name")));
+        }
+    }
+    if options.to_stored_json().len() > MAX_TEXT_COLUMN {
+        return Err(invalid("branch_headers", format!("options longer than {MAX_TEXT_COLUMN} bytes")));
+    }
+    Ok(options)
+}
+
 impl TransRequest {
     /// Validates an API request. The only constructor; both APIs use it.
     ///
@@ -575,33 +629,21 @@ impl TransRequest {
     /// [`MAX_PAYLOAD_BYTES`], text fields wider than their columns, durations
     /// and counts outside [`bounds`], (sagas) invalid `custom_data` orders
     /// and (msgs) a `custom_data` that is not `{"delay":N}`-shaped.
-    pub fn from_input(input: TransRequestInput) -> Result<TransRequest, InvalidInput> {
-        let gid = Gid::new(input.gid).map_err(|e| invalid("gid", e.to_string()))?;
+    pub fn from_input(mut input: TransRequestInput) -> Result<TransRequest, InvalidInput> {
+        let gid = Gid::new(std::mem::take(&mut input.gid)).map_err(|e| invalid("gid", e.to_string()))?;
         let trans_type: TransType = input
             .trans_type
             .parse()
             .map_err(|e: barrier::ProtocolError| invalid("trans_type", e.to_string()))?;
         let protocol = Protocol::parse_or_default(&input.protocol).map_err(|m| invalid("protocol", m))?;
-        let steps = input
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match trans_type {
-                TransType::Saga => Ok(Step::Saga {
-                    action: step_url(s, i, "action")?,
-                    compensate: step_url(s, i, "compensate")?,
-                }),
-                TransType::Msg => Ok(Step::Msg { action: step_url(s, i, "action")? }),
-                other => Err(invalid("steps", format!("{other} transactions take no steps"))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let steps = steps_of(trans_type, &input.steps)?;
         if !input.payloads.is_empty() && input.payloads.len() != steps.len() {
             return Err(invalid(
                 "payloads",
                 format!("{} payloads for {} steps", input.payloads.len(), steps.len()),
             ));
         }
-        let mut payloads = input.payloads;
+        let mut payloads = std::mem::take(&mut input.payloads);
         payloads.resize(steps.len(), Vec::new());
         if let Some(i) = payloads.iter().position(|p| p.len() > MAX_PAYLOAD_BYTES) {
             return Err(invalid(&format!("payloads[{i}]"), format!("larger than {MAX_PAYLOAD_BYTES} bytes")));
@@ -625,45 +667,7 @@ impl TransRequest {
             TransType::Msg => check_msg_custom_data(&input.custom_data)?,
             _ => {}
         }
-        let retry_limit = match u32::try_from(input.retry_limit) {
-            Ok(0) => None,
-            Ok(n) if n <= bounds::MAX_RETRY_LIMIT => Some(n),
-            _ => {
-                return Err(invalid(
-                    "retry_limit",
-                    format!(
-                        "must be between 0 (no limit) and {}, got {}",
-                        bounds::MAX_RETRY_LIMIT,
-                        input.retry_limit
-                    ),
-                ));
-            }
-        };
-        let options = TransOptions {
-            wait_result: input.wait_result,
-            timeout_to_fail: from_secs(
-                "timeout_to_fail",
-                input.timeout_to_fail,
-                bounds::MAX_TIMEOUT_TO_FAIL,
-            )?,
-            request_timeout: from_secs(
-                "request_timeout",
-                input.request_timeout,
-                bounds::MAX_REQUEST_TIMEOUT,
-            )?,
-            retry_interval: from_secs("retry_interval", input.retry_interval, bounds::MAX_RETRY_INTERVAL)?,
-            branch_headers: input.branch_headers,
-            retry_limit,
-            concurrent: input.concurrent,
-        };
-        for name in options.branch_headers.keys() {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid("branch_headers", format!("{name:?} is not a valid header name")));
-            }
-        }
-        if options.to_stored_json().len() > MAX_TEXT_COLUMN {
-            return Err(invalid("branch_headers", format!("options longer than {MAX_TEXT_COLUMN} bytes")));
-        }
+        let options = options_of(&mut input)?;
         Ok(TransRequest {
             gid,
             trans_type,
