@@ -36,7 +36,7 @@ pub mod store;
 
 pub use engine::{Engine, EngineError, EngineHooks, EngineObserver, EngineSettings, TransDetail};
 pub use model::{
-    BranchStatus, BranchUrl, GlobalStatus, Protocol, RegisterBranchRequest, Step, TransOptions, TransRequest,
-    TransRequestInput,
+    BranchStatus, BranchUrl, GlobalStatus, InvalidInput, Protocol, RegisterBranchRequest, Step, TransOptions,
+    TransRequest, TransRequestInput,
 };
 pub use store::{ListFilter, Page, Store};

@@ -14,8 +14,6 @@ use std::time::Duration;
 use barrier::{BranchId, Gid, TransType};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::EngineError;
-
 /// Largest accepted branch payload: dtm's `bin_data` is a MySQL `BLOB` (64 KiB − 1).
 pub const MAX_PAYLOAD_BYTES: usize = 65_535;
 /// Width of dtm's `url`, `options`, `custom_data`, `query_prepared` and `rollback_reason` columns.
@@ -52,8 +50,21 @@ pub mod bounds {
     pub const MAX_RETRY_LIMIT: u32 = 100;
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> EngineError {
-    EngineError::InvalidArgument { field: field.to_string(), message: message.into() }
+/// Why a request failed validation: the offending field and what is wrong
+/// with it. The engine reports it as `EngineError::InvalidArgument`, which
+/// the APIs answer with HTTP 400 / gRPC `InvalidArgument`; it lives here so
+/// that the model depends on nothing above it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct InvalidInput {
+    /// The offending field (`steps[0].action`, `gid`, …).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> InvalidInput {
+    InvalidInput { field: field.to_string(), message: message.into() }
 }
 
 macro_rules! status_enum {
@@ -323,7 +334,7 @@ fn secs(d: Option<Duration>) -> i64 {
 }
 
 /// A duration option in seconds: 0 = unset, otherwise `1..=max`.
-fn from_secs(field: &str, s: i64, max: Duration) -> Result<Option<Duration>, EngineError> {
+fn from_secs(field: &str, s: i64, max: Duration) -> Result<Option<Duration>, InvalidInput> {
     match u64::try_from(s) {
         Ok(0) => Ok(None),
         Ok(s) if s <= max.as_secs() => Ok(Some(Duration::from_secs(s))),
@@ -337,7 +348,7 @@ fn from_secs(field: &str, s: i64, max: Duration) -> Result<Option<Duration>, Eng
 /// A 2-phase message's `custom_data`: empty, or a JSON object whose
 /// optional `delay` is a whole number of seconds up to [`bounds::MAX_MSG_DELAY`].
 /// The engine reads the same field back (`engine::sequence`).
-fn check_msg_custom_data(custom_data: &str) -> Result<(), EngineError> {
+fn check_msg_custom_data(custom_data: &str) -> Result<(), InvalidInput> {
     if custom_data.trim().is_empty() {
         return Ok(());
     }
@@ -419,7 +430,7 @@ struct SagaCustomData {
 impl SagaOrders {
     /// Parses and validates `custom_data` for a saga with `steps` steps:
     /// indexes in range, no step depending on itself, no cycles.
-    pub fn parse(custom_data: &str, steps: usize) -> Result<SagaOrders, EngineError> {
+    pub fn parse(custom_data: &str, steps: usize) -> Result<SagaOrders, InvalidInput> {
         if custom_data.trim().is_empty() {
             return Ok(SagaOrders::default());
         }
@@ -443,7 +454,7 @@ impl SagaOrders {
     }
 
     /// Kahn's algorithm: if some step can never become ready, there is a cycle.
-    fn check_acyclic(&self) -> Result<(), EngineError> {
+    fn check_acyclic(&self) -> Result<(), InvalidInput> {
         let mut done = BTreeSet::new();
         let nodes: BTreeSet<usize> =
             self.orders.iter().flat_map(|(k, v)| v.iter().copied().chain(std::iter::once(*k))).collect();
@@ -551,9 +562,63 @@ pub struct TransRequest {
     pub req_extra: BTreeMap<String, String>,
 }
 
-fn step_url(steps: &BTreeMap<String, String>, index: usize, key: &str) -> Result<BranchUrl, EngineError> {
+fn step_url(steps: &BTreeMap<String, String>, index: usize, key: &str) -> Result<BranchUrl, InvalidInput> {
     let raw = steps.get(key).map_or("", String::as_str);
     BranchUrl::parse(raw).map_err(|m| invalid(&format!("steps[{index}].{key}"), m))
+}
+
+/// The steps of a saga or msg (`action`, and `compensate` for a saga); other
+/// types take none.
+fn steps_of(trans_type: TransType, steps: &[BTreeMap<String, String>]) -> Result<Vec<Step>, InvalidInput> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match trans_type {
+            TransType::Saga => Ok(Step::Saga {
+                action: step_url(s, i, "action")?,
+                compensate: step_url(s, i, "compensate")?,
+            }),
+            TransType::Msg => Ok(Step::Msg { action: step_url(s, i, "action")? }),
+            other => Err(invalid("steps", format!("{other} transactions take no steps"))),
+        })
+        .collect()
+}
+
+/// The per-transaction options of a request, within [`bounds`]; takes the
+/// branch headers out of `input`.
+fn options_of(input: &mut TransRequestInput) -> Result<TransOptions, InvalidInput> {
+    let retry_limit = match u32::try_from(input.retry_limit) {
+        Ok(0) => None,
+        Ok(n) if n <= bounds::MAX_RETRY_LIMIT => Some(n),
+        _ => {
+            return Err(invalid(
+                "retry_limit",
+                format!(
+                    "must be between 0 (no limit) and {}, got {}",
+                    bounds::MAX_RETRY_LIMIT,
+                    input.retry_limit
+                ),
+            ));
+        }
+    };
+    let options = TransOptions {
+        wait_result: input.wait_result,
+        timeout_to_fail: from_secs("timeout_to_fail", input.timeout_to_fail, bounds::MAX_TIMEOUT_TO_FAIL)?,
+        request_timeout: from_secs("request_timeout", input.request_timeout, bounds::MAX_REQUEST_TIMEOUT)?,
+        retry_interval: from_secs("retry_interval", input.retry_interval, bounds::MAX_RETRY_INTERVAL)?,
+        branch_headers: std::mem::take(&mut input.branch_headers),
+        retry_limit,
+        concurrent: input.concurrent,
+    };
+    for name in options.branch_headers.keys() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid("branch_headers", format!("{name:?} is not a valid header name")));
+        }
+    }
+    if options.to_stored_json().len() > MAX_TEXT_COLUMN {
+        return Err(invalid("branch_headers", format!("options longer than {MAX_TEXT_COLUMN} bytes")));
+    }
+    Ok(options)
 }
 
 impl TransRequest {
@@ -564,33 +629,21 @@ impl TransRequest {
     /// [`MAX_PAYLOAD_BYTES`], text fields wider than their columns, durations
     /// and counts outside [`bounds`], (sagas) invalid `custom_data` orders
     /// and (msgs) a `custom_data` that is not `{"delay":N}`-shaped.
-    pub fn from_input(input: TransRequestInput) -> Result<TransRequest, EngineError> {
-        let gid = Gid::new(input.gid).map_err(|e| invalid("gid", e.to_string()))?;
+    pub fn from_input(mut input: TransRequestInput) -> Result<TransRequest, InvalidInput> {
+        let gid = Gid::new(std::mem::take(&mut input.gid)).map_err(|e| invalid("gid", e.to_string()))?;
         let trans_type: TransType = input
             .trans_type
             .parse()
             .map_err(|e: barrier::ProtocolError| invalid("trans_type", e.to_string()))?;
         let protocol = Protocol::parse_or_default(&input.protocol).map_err(|m| invalid("protocol", m))?;
-        let steps = input
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match trans_type {
-                TransType::Saga => Ok(Step::Saga {
-                    action: step_url(s, i, "action")?,
-                    compensate: step_url(s, i, "compensate")?,
-                }),
-                TransType::Msg => Ok(Step::Msg { action: step_url(s, i, "action")? }),
-                other => Err(invalid("steps", format!("{other} transactions take no steps"))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let steps = steps_of(trans_type, &input.steps)?;
         if !input.payloads.is_empty() && input.payloads.len() != steps.len() {
             return Err(invalid(
                 "payloads",
                 format!("{} payloads for {} steps", input.payloads.len(), steps.len()),
             ));
         }
-        let mut payloads = input.payloads;
+        let mut payloads = std::mem::take(&mut input.payloads);
         payloads.resize(steps.len(), Vec::new());
         if let Some(i) = payloads.iter().position(|p| p.len() > MAX_PAYLOAD_BYTES) {
             return Err(invalid(&format!("payloads[{i}]"), format!("larger than {MAX_PAYLOAD_BYTES} bytes")));
@@ -614,45 +667,7 @@ impl TransRequest {
             TransType::Msg => check_msg_custom_data(&input.custom_data)?,
             _ => {}
         }
-        let retry_limit = match u32::try_from(input.retry_limit) {
-            Ok(0) => None,
-            Ok(n) if n <= bounds::MAX_RETRY_LIMIT => Some(n),
-            _ => {
-                return Err(invalid(
-                    "retry_limit",
-                    format!(
-                        "must be between 0 (no limit) and {}, got {}",
-                        bounds::MAX_RETRY_LIMIT,
-                        input.retry_limit
-                    ),
-                ));
-            }
-        };
-        let options = TransOptions {
-            wait_result: input.wait_result,
-            timeout_to_fail: from_secs(
-                "timeout_to_fail",
-                input.timeout_to_fail,
-                bounds::MAX_TIMEOUT_TO_FAIL,
-            )?,
-            request_timeout: from_secs(
-                "request_timeout",
-                input.request_timeout,
-                bounds::MAX_REQUEST_TIMEOUT,
-            )?,
-            retry_interval: from_secs("retry_interval", input.retry_interval, bounds::MAX_RETRY_INTERVAL)?,
-            branch_headers: input.branch_headers,
-            retry_limit,
-            concurrent: input.concurrent,
-        };
-        for name in options.branch_headers.keys() {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid("branch_headers", format!("{name:?} is not a valid header name")));
-            }
-        }
-        if options.to_stored_json().len() > MAX_TEXT_COLUMN {
-            return Err(invalid("branch_headers", format!("options longer than {MAX_TEXT_COLUMN} bytes")));
-        }
+        let options = options_of(&mut input)?;
         Ok(TransRequest {
             gid,
             trans_type,
@@ -706,7 +721,7 @@ impl RegisterBranchRequest {
     pub fn from_map(
         map: &BTreeMap<String, String>,
         payload: Option<Vec<u8>>,
-    ) -> Result<RegisterBranchRequest, EngineError> {
+    ) -> Result<RegisterBranchRequest, InvalidInput> {
         let get = |k: &str| map.get(k).map_or("", String::as_str);
         let gid = Gid::new(get("gid")).map_err(|e| invalid("gid", e.to_string()))?;
         let trans_type: TransType = get("trans_type")
@@ -746,11 +761,8 @@ mod tests {
         }
     }
 
-    fn field_of(e: EngineError) -> String {
-        match e {
-            EngineError::InvalidArgument { field, .. } => field,
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
+    fn field_of(e: InvalidInput) -> String {
+        e.field
     }
 
     #[test]

@@ -160,26 +160,7 @@ impl Coordinator {
             config.micro_service.registration()?.map(|target| with_bound_port(target, local(&grpc).port()));
         engine.spawn_poller();
 
-        // HTTP.
-        let state = HttpState {
-            engine: engine.clone(),
-            metrics: metrics.clone(),
-            auth_token: config.auth_token().cloned(),
-        };
-        let limits = HttpLimits {
-            max_body_bytes: config.max_body_bytes,
-            max_concurrent_requests: config.max_concurrent_requests,
-            timeout: config.api_timeout(),
-        };
-        let app = router(state, limits);
-        let http_limits = service_kit::http::HttpServeLimits {
-            max_connections: config.max_connections,
-            drain_timeout: config.api_timeout(),
-            ..Default::default()
-        };
-        let token = stop_accepting.clone();
-        let mut http_task: JoinHandle<io::Result<()>> =
-            tokio::spawn(service_kit::http::serve(http, app, token.cancelled_owned(), http_limits));
+        let mut http_task = spawn_http(&config, &engine, &metrics, http, stop_accepting.clone());
 
         // gRPC.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -238,13 +219,7 @@ impl Coordinator {
 
         // 1. Disappear from discovery, so new clients go elsewhere.
         if let Some(registration) = registration {
-            let key = registration.key();
-            match registration.deregister().await {
-                Ok(()) => tracing::info!(%key, "deregistered from etcd"),
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "deregistration failed; the key expires with its lease")
-                }
-            }
+            deregister(registration).await;
         }
         // 2. Stop accepting and drain in-flight requests.
         health.set_not_serving::<proto::dtmgimp::dtm_server::DtmServer<DtmService>>().await;
@@ -260,6 +235,43 @@ impl Coordinator {
         http_result.map_err(|e| ServerError::Serve("http", e.to_string()))?;
         grpc_result.map_err(|e| ServerError::Serve("grpc", e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Starts the HTTP API (dtm's `/api/dtmsvr`, metrics, health) on `listener`;
+/// it stops accepting when `stop_accepting` is cancelled, then drains.
+fn spawn_http(
+    config: &Config,
+    engine: &Engine,
+    metrics: &Arc<Metrics>,
+    listener: TcpListener,
+    stop_accepting: CancellationToken,
+) -> JoinHandle<io::Result<()>> {
+    let state = HttpState {
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        auth_token: config.auth_token().cloned(),
+    };
+    let limits = HttpLimits {
+        max_body_bytes: config.max_body_bytes,
+        max_concurrent_requests: config.max_concurrent_requests,
+        timeout: config.api_timeout(),
+    };
+    let app = router(state, limits);
+    let http_limits = service_kit::http::HttpServeLimits {
+        max_connections: config.max_connections,
+        drain_timeout: config.api_timeout(),
+        ..Default::default()
+    };
+    tokio::spawn(service_kit::http::serve(listener, app, stop_accepting.cancelled_owned(), http_limits))
+}
+
+/// Removes our key from etcd; a failure only logs (the key expires with its lease).
+async fn deregister(registration: discovery::Registration) {
+    let key = registration.key();
+    match registration.deregister().await {
+        Ok(()) => tracing::info!(%key, "deregistered from etcd"),
+        Err(e) => tracing::warn!(%key, error = %e, "deregistration failed; the key expires with its lease"),
     }
 }
 

@@ -265,6 +265,8 @@ async fn gids_that_cannot_travel_as_grpc_metadata_are_refused_at_submit_and_prep
     coordinator.stop().await.expect("clean shutdown");
 }
 
+// One story of ~110 lines: rows are stored, corrupted by hand, then picked up
+// by the poller; each step needs the state the previous one left.
 #[tokio::test]
 async fn stored_rows_with_absurd_intervals_are_rescheduled_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -86,6 +86,10 @@ async fn due_in(store: &dyn Store, g: &str) -> i64 {
     (t.next_cron_time.unwrap() - store::now()).num_seconds()
 }
 
+// One scenario of ~240 lines, not several tests: every section works on the
+// rows the sections before it left (leases taken, statuses moved), and the
+// `list` section at the end checks the order and count of all of them. Split
+// up, each part would have to rebuild that state first.
 async fn contract(store: Arc<dyn Store>) {
     let now = store::now();
 

@@ -97,7 +97,7 @@ pub fn trans_request(request: DtmRequest) -> Result<TransRequest, EngineError> {
         rollback_reason: request.rollback_reason,
         req_extra: request.req_extra.into_iter().collect(),
     };
-    TransRequest::from_input(input)
+    TransRequest::from_input(input).map_err(EngineError::from)
 }
 
 /// Turns a `DtmBranchRequest` into a validated [`RegisterBranchRequest`]:
@@ -108,7 +108,7 @@ pub fn register_request(request: DtmBranchRequest) -> Result<RegisterBranchReque
     map.insert("gid".into(), request.gid);
     map.insert("trans_type".into(), request.trans_type);
     map.insert("branch_id".into(), request.branch_id);
-    RegisterBranchRequest::from_map(&map, Some(request.busi_payload))
+    RegisterBranchRequest::from_map(&map, Some(request.busi_payload)).map_err(EngineError::from)
 }
 
 #[tonic::async_trait]

@@ -130,8 +130,8 @@ impl ApiError {
     }
 
     /// An engine error, classified by [`Outcome::from_engine`].
-    fn engine(api: &'static str) -> impl FnOnce(EngineError) -> ApiError {
-        move |error| ApiError::from(Outcome::from_engine(error, api))
+    fn engine<E: Into<EngineError>>(api: &'static str) -> impl FnOnce(E) -> ApiError {
+        move |error| ApiError::from(Outcome::from_engine(error.into(), api))
     }
 }
 

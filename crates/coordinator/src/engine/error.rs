@@ -1,5 +1,6 @@
 //! The one error type of the engine boundary.
 
+use crate::model::InvalidInput;
 use crate::store::StoreError;
 
 /// Why an engine operation did not succeed. The API layers map each variant
@@ -32,6 +33,12 @@ pub enum EngineError {
     /// The database failed; internal, logged, answered with 500.
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
+}
+
+impl From<InvalidInput> for EngineError {
+    fn from(e: InvalidInput) -> EngineError {
+        EngineError::InvalidArgument { field: e.field, message: e.message }
+    }
 }
 
 impl EngineError {

@@ -40,6 +40,7 @@
 pub mod checkpoint;
 pub mod lease;
 pub mod observer;
+mod pass;
 mod process;
 pub mod retry;
 pub mod saga;
@@ -67,7 +68,8 @@ pub use observer::{EngineObserver, NoopObserver};
 pub use settings::EngineSettings;
 
 use self::lease::Lease;
-use self::process::{Core, PassEnd, Work};
+use self::pass::{Core, PassEnd};
+use self::process::Work;
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{

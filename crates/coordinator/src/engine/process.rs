@@ -19,7 +19,6 @@
 //! 2-phase messages in [`super::sequence`]. XA and workflow are not
 //! processed yet.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use barrier::{BranchId, BranchResult, Gid, Op, TransType};
@@ -28,107 +27,20 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use super::checkpoint::{Checkpoint, PassCheckpoint};
+use super::checkpoint::Checkpoint;
 use super::lease::Lease;
-use super::observer::EngineObserver;
+use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use super::saga::{Ordering, StepState};
 use super::sequence::SequenceWork;
-use super::settings::EngineSettings;
-use crate::branch::{BranchCall, BranchCaller};
+use crate::branch::BranchCall;
 use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
     TransRequest,
 };
 use crate::store::{
-    self, BranchChange, BranchRow, GlobalChange, Schedule, StatusUpdate, Store, StoreError, StoredTrans,
+    self, BranchChange, BranchRow, GlobalChange, Schedule, StatusUpdate, StoreError, StoredTrans,
 };
-
-/// What a pass needs from the engine.
-pub(crate) struct Core {
-    pub store: Arc<dyn Store>,
-    pub settings: EngineSettings,
-    pub caller: BranchCaller,
-    pub observer: Arc<dyn EngineObserver>,
-    /// Test hook that may hold a pass at named points; `None` in production.
-    pub checkpoint: Option<Arc<dyn PassCheckpoint>>,
-}
-
-impl Core {
-    /// Lets a test hook hold the pass at `point`.
-    pub(crate) async fn checkpoint(&self, gid: &Gid, point: Checkpoint) {
-        if let Some(hook) = &self.checkpoint {
-            hook.reached(gid, point).await;
-        }
-    }
-
-    /// The timeout of one branch call of a transaction with `options`.
-    pub(crate) fn call_timeout(&self, options: &TransOptions) -> Duration {
-        options.request_timeout.unwrap_or(self.settings.request_timeout)
-    }
-
-    /// Reads the transaction back after a decision of this pass committed:
-    /// `None` if it is no longer ours (owner or status changed since).
-    pub(crate) async fn reload(
-        &self,
-        gid: &Gid,
-        lease: &Lease,
-        status: GlobalStatus,
-    ) -> Result<Option<StoredTrans>, StoreError> {
-        Ok(self
-            .store
-            .find(gid)
-            .await?
-            .filter(|t| t.global.owner == lease.token().as_str() && t.global.status == status))
-    }
-
-    /// Writes `update` under `lease`; a write that holds the lease extends
-    /// it from the moment the write was sent.
-    ///
-    /// A status change whose reply was lost (a connection cut during
-    /// `COMMIT`, a group-commit batch that failed after committing) is
-    /// judged by what the store holds: applied if the new status is there
-    /// with our token (or, for a final status, at all — the outcome is the
-    /// same whoever wrote it). Other writes keep their error: the pass stops
-    /// and its lease runs out.
-    pub(crate) async fn write(&self, lease: &mut Lease, update: StatusUpdate) -> Result<bool, StoreError> {
-        let sent = Instant::now();
-        let holds = matches!(update.change.schedule, Schedule::Hold(_));
-        let (gid, target) = (update.gid.clone(), update.change.status);
-        let saved = match self.store.update(update).await {
-            Ok(saved) => saved,
-            Err(e) => {
-                let Some(target) = target else { return Err(e) };
-                let stored = self.store.find(&gid).await.ok().flatten().map(|t| t.global);
-                match stored {
-                    Some(g)
-                        if g.status == target && (target.is_final() || g.owner == lease.token().as_str()) =>
-                    {
-                        tracing::warn!(error = %e, %gid, status = %target, "write reported an error but is in the store");
-                        // Whether the extension applied is unknown: keep the old expiry.
-                        return Ok(true);
-                    }
-                    _ => return Err(e),
-                }
-            }
-        };
-        if saved && holds {
-            lease.extended(sent);
-        }
-        Ok(saved)
-    }
-}
-
-/// How a pass ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PassEnd {
-    /// Reached a final status (with the rollback reason when failed).
-    Finished(GlobalStatus, String),
-    /// Not finished; scheduled for a later pass. Carries the current status and reason.
-    Pending(GlobalStatus, String),
-    /// Another instance changed the transaction first; nothing more was written.
-    Lost,
-}
 
 /// A transaction loaded for a pass, per type.
 pub(crate) enum Work {
@@ -321,17 +233,6 @@ fn clip(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
-}
-
-/// A global-row change; `interval` becomes `next_cron_interval` (seconds).
-pub(crate) fn change(
-    status: Option<GlobalStatus>,
-    rollback_reason: Option<String>,
-    schedule: Schedule,
-    interval: Duration,
-) -> GlobalChange {
-    let next_cron_interval = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
-    GlobalChange { status, rollback_reason, schedule, next_cron_interval }
 }
 
 /// How the forward phase ended.

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::Checkpoint;
 use super::lease::Lease;
-use super::process::{Core, PassEnd, change};
+use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use crate::branch::BranchCall;
 use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};

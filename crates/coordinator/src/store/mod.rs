@@ -1,7 +1,8 @@
 //! Durable state behind one trait.
 //!
-//! The engine sees only [`Store`]; three SQL implementations share one body
-//! (the private `sql` module): MySQL/MariaDB, PostgreSQL and SQLite (the embedded default).
+//! The engine sees only [`Store`]; one generic SQL implementation,
+//! [`SqlStore`], runs it on MySQL/MariaDB, PostgreSQL and SQLite (the
+//! embedded default), each described by its [`Dialect`].
 //! [`open`] wraps them in [`GroupCommit`], which lets the writes of
 //! concurrent sagas share one transaction and one commit.
 //! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
@@ -43,6 +44,8 @@
 //! shared with a dtm server in another zone would see shifted times — do not
 //! mix the two on one database.
 
+mod dialect;
+mod driver;
 mod group_commit;
 mod sql;
 
@@ -56,8 +59,10 @@ use serde::Serialize;
 
 use crate::model::{BranchStatus, GlobalStatus, Protocol};
 
+pub use dialect::{Dialect, LimitedUpdate};
+pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
-pub use sql::{MySqlStore, PostgresStore, SqliteStore};
+pub use sql::{MySqlStore, PostgresStore, SqlStore, SqliteStore};
 
 /// A storage failure. Internal: logged, answered with 500.
 #[derive(Debug, thiserror::Error)]

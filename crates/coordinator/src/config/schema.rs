@@ -1,88 +1,13 @@
-//! The coordinator's configuration: dtm's key names, our defaults, strict validation.
-//!
-//! A dtm `conf.yml` is valid here as long as it only uses keys we implement:
-//!
-//! ```yaml
-//! HttpPort: 36789
-//! GrpcPort: 36790
-//! Store:
-//!   Driver: mysql
-//!   Host: localhost
-//!   Port: 3306
-//!   User: root
-//!   Password: ${MYSQL_PASSWORD}
-//!   Db: dtm
-//! MicroService:
-//!   Driver: dtm-driver-gozero
-//!   Target: etcd://localhost:2379/dtmservice
-//!   EndPoint: localhost:36790
-//! ```
-//!
-//! Where the values come from, lowest priority first (dtm's order):
-//!
-//! 1. built-in defaults ([`Config::default`]);
-//! 2. environment variables named after the YAML path in UPPER_SNAKE case —
-//!    `Store.Driver` → `STORE_DRIVER`, `MicroService.EndPoint` →
-//!    `MICRO_SERVICE_END_POINT`, `HttpPort` → `HTTP_PORT`. The mapping is
-//!    derived from the structure itself ([`env_var_name`]), so a key added to
-//!    [`Config`] is automatically overridable;
-//! 3. the YAML file given with `-f`/`-c`: a key present in the file wins over
-//!    the environment, exactly as in dtm (`loadFromEnv` runs first, then the
-//!    file is unmarshalled on top).
-//!
-//! The file may contain `${VAR}` and `${VAR:-default}` placeholders,
-//! expanded from the environment before parsing, exactly as in every other
-//! service of this workspace (`service_kit::config::expand_env`; quote a
-//! placeholder whose value may contain YAML syntax).
-//! Unknown keys are errors: a typo such as `Stroe:` must not silently mean
-//! "use the defaults".
-//!
-//! Where we deliberately differ from dtm:
-//!
-//! * the embedded default store is SQLite (`./coordinator.db`), not BoltDB;
-//! * `RetryInterval` may be as small as 1 s (dtm requires ≥ 10) so that tests
-//!   and demos do not wait; production should keep dtm's 10;
-//! * `MaxRetryInterval` caps the exponential backoff (dtm doubles forever);
-//! * `ListenHost`, `AuthToken`, `MaxBodyBytes`, `MaxConcurrentRequests`,
-//!   `MaxConnections`, `ApiTimeout` are our additions.
+//! The coordinator's configuration schema: dtm's `conf.yml` keys, our
+//! defaults, cross-field validation, and the values derived from it.
+//! Loading it from defaults, environment and file is in `load.rs`.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_yaml_ng::{Mapping, Value};
 
-/// Everything that can be wrong with a configuration. Each message names the
-/// key (in dtm's spelling) so the operator knows which line to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The path given on the command line.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The YAML (or a value from the environment) does not fit the schema:
-    /// wrong type, unknown key, …
-    #[error("invalid configuration: {0}")]
-    Parse(String),
-    /// A `${VAR}` placeholder names an unset variable or is malformed
-    /// (the message gives file and line).
-    #[error(transparent)]
-    Placeholder(#[from] service_kit::ConfigError),
-    /// A value parsed but is not acceptable.
-    #[error("invalid {key}: {message}")]
-    Invalid {
-        /// Dotted key path in dtm's spelling, e.g. `Store.Host`.
-        key: &'static str,
-        /// What is wrong and, where possible, what would be right.
-        message: String,
-    },
-}
+use super::ConfigError;
 
 /// A string that must never reach a log: its `Debug` and `Display` print `***`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,47 +313,6 @@ impl MicroServiceConfig {
 }
 
 impl Config {
-    /// Loads the configuration: defaults, then the environment, then the
-    /// file (if any, after `${VAR}` expansion), then [`Config::validate`].
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match path {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
-            ),
-            None => None,
-        };
-        let file = path.zip(file.as_deref());
-        Config::from_sources(file, |name| std::env::var(name).ok())
-    }
-
-    /// [`Config::load`] with the file (path, text) and the environment
-    /// passed in, so tests do not have to mutate the process environment.
-    pub fn from_sources(
-        file: Option<(&Path, &str)>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let defaults =
-            serde_yaml_ng::to_value(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut merged = Value::Mapping(Mapping::new());
-        apply_env(&defaults, &mut merged, "", &env)?;
-        if let Some((path, text)) = file {
-            // The same `${VAR}` / `${VAR:-default}` expansion as every other
-            // service of the workspace: textual, before parsing, comments skipped.
-            let text = service_kit::config::expand_env(path, text, &env)?;
-            let from_file: Value =
-                serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-            match from_file {
-                Value::Null => {}
-                Value::Mapping(_) => merge(&mut merged, from_file),
-                _ => return Err(ConfigError::Parse("the top level must be a mapping of keys".into())),
-            }
-        }
-        let config = typed(merged)?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks cross-field rules with messages that name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
@@ -521,124 +405,13 @@ impl Config {
     }
 }
 
-/// Converts the merged tree into [`Config`]. serde's message for a wrong
-/// type ("invalid type: string, expected u16") does not say *where*; on
-/// error, each top-level key is tried alone to name the culprit.
-fn typed(merged: Value) -> Result<Config, ConfigError> {
-    match serde_yaml_ng::from_value::<Config>(merged.clone()) {
-        Ok(config) => Ok(config),
-        Err(whole) => {
-            if let Value::Mapping(map) = merged {
-                for (key, value) in map {
-                    let mut single = Mapping::new();
-                    let name = key.as_str().unwrap_or("?").to_string();
-                    single.insert(key, value);
-                    if let Err(e) = serde_yaml_ng::from_value::<Config>(Value::Mapping(single)) {
-                        return Err(ConfigError::Parse(format!("{name}: {e}")));
-                    }
-                }
-            }
-            Err(ConfigError::Parse(whole.to_string()))
-        }
-    }
-}
-
-/// `MicroService` → `MICRO_SERVICE`, `EndPoint` → `END_POINT`, `Db` → `DB`:
-/// an underscore before every capital except the first, then upper case
-/// (dtm's `toUnderscoreUpper`). Nested keys are joined with `_`.
-pub fn env_var_name(path: &[&str]) -> String {
-    path.iter()
-        .map(|key| {
-            let mut out = String::new();
-            for (i, c) in key.chars().enumerate() {
-                if i > 0 && c.is_ascii_uppercase() {
-                    out.push('_');
-                }
-                out.push(c.to_ascii_uppercase());
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join("_")
-}
-
-/// Walks the defaults; for every leaf whose environment variable is set,
-/// writes the variable's value at the same path into `out`.
-fn apply_env(
-    defaults: &Value,
-    out: &mut Value,
-    prefix: &str,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    let Value::Mapping(map) = defaults else { return Ok(()) };
-    for (key, default) in map {
-        let Some(key) = key.as_str() else { continue };
-        let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
-        if let Value::Mapping(_) = default {
-            let child = entry(out, key);
-            apply_env(default, child, &path, env)?;
-            if matches!(child, Value::Mapping(m) if m.is_empty()) {
-                remove(out, key);
-            }
-            continue;
-        }
-        let name = env_var_name(&path.split('.').collect::<Vec<_>>());
-        let Some(raw) = env(&name) else { continue };
-        // Numbers and booleans are parsed; everything else stays a string,
-        // even if it looks like a number (a password "1234" must stay text).
-        let value = match default {
-            Value::Number(_) | Value::Bool(_) => serde_yaml_ng::from_str::<Value>(&raw)
-                .ok()
-                .filter(|v| v.is_number() || v.is_bool())
-                .ok_or_else(|| {
-                    ConfigError::Parse(format!("{name}={raw:?} is not a valid value for {path}"))
-                })?,
-            _ => Value::String(raw),
-        };
-        if let Value::Mapping(m) = out {
-            m.insert(Value::String(key.to_string()), value);
-        }
-    }
-    Ok(())
-}
-
-/// The mapping value at `key` in `out`, created empty if absent.
-fn entry<'a>(out: &'a mut Value, key: &str) -> &'a mut Value {
-    if !out.is_mapping() {
-        *out = Value::Mapping(Mapping::new());
-    }
-    let Value::Mapping(m) = out else { unreachable!("just made a mapping") };
-    m.entry(Value::String(key.to_string())).or_insert_with(|| Value::Mapping(Mapping::new()))
-}
-
-fn remove(out: &mut Value, key: &str) {
-    if let Value::Mapping(m) = out {
-        m.remove(key);
-    }
-}
-
-/// Deep-merges `top` over `base` (mappings merge key by key, anything else replaces).
-fn merge(base: &mut Value, top: Value) {
-    match (base, top) {
-        (Value::Mapping(base), Value::Mapping(top)) => {
-            for (key, value) in top {
-                match base.get_mut(&key) {
-                    Some(existing) if existing.is_mapping() && value.is_mapping() => merge(existing, value),
-                    _ => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (base, top) => *base = top,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::path::Path;
 
     use super::*;
+    use crate::config::env_var_name;
 
     fn file(text: &str) -> Option<(&'static Path, &str)> {
         Some((Path::new("coordinator.yaml"), text))
@@ -749,7 +522,7 @@ mod tests {
 
     #[test]
     fn the_example_config_file_loads() {
-        let text = include_str!("../../../etc/coordinator.yaml");
+        let text = include_str!("../../../../etc/coordinator.yaml");
         let config = Config::from_sources(file(text), env(&[])).unwrap();
         let store = StoreConfig {
             db: "./coordinator.db".into(),
@@ -763,7 +536,7 @@ mod tests {
 
     #[test]
     fn the_example_config_file_takes_the_compose_environment() {
-        let text = include_str!("../../../etc/coordinator.yaml");
+        let text = include_str!("../../../../etc/coordinator.yaml");
         let config = Config::from_sources(
             file(text),
             env(&[
