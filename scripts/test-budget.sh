@@ -74,7 +74,6 @@ fi
 machine="$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo)"
 load="$(cut -d' ' -f1-3 /proc/loadavg)"
 block=$(python3 - "$OUT/cargo-test.log" "$cold_line" "$(minutes "$tests")" "$passed" "$machine" "$(date -u +%Y-%m-%d)" "$load" "$nextest_line" "$junit" <<'PY'
-import glob
 import os
 import re
 import sys
@@ -85,15 +84,14 @@ log, cold_line, tests, passed, machine, day, load, nextest, junit = sys.argv[1:]
 # later "test result: … N passed; … finished in S s".
 binaries = []
 current = None
+package = "?"
 for line in open(log, errors="replace"):
-    running = re.match(r"\s+Running (\S+) \((\S+)\)", line)
+    running = re.match(r"\s+Running (.+?) \((\S+)\)", line)
     if running:
         source, binary = running.groups()
         stem = os.path.basename(binary).rsplit("-", 1)[0]
-        if source.startswith("tests/"):
-            hits = glob.glob(f"crates/*/{source}")
-            package = hits[0].split("/")[1] if len(hits) == 1 else "?"
-        else:
+        # A package's unit tests run first, then its tests/ binaries.
+        if source.startswith("unittests"):
             package = stem.replace("_", "-")
         current = (source, package)
         continue
