@@ -1299,7 +1299,8 @@ fn package_dir(metadata: &serde_json::Value, name: &str) -> PathBuf {
 
 /// `1.89` / `1.89.0` as `(1, 89)`.
 fn minor_version(text: &str) -> (u32, u32) {
-    let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("bad version {text:?}")));
+    let mut parts =
+        text.split('.').map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("bad version {text:?}")));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
@@ -1428,9 +1429,11 @@ fn dockerfile_protoc_compiles_etcd_client_protos_even_beside_a_protoc_without_in
     let cook = steps.iter().position(|i| i.contains("cargo chef cook")).expect("a cargo chef cook step");
     let copied = steps[..cook].iter().find_map(|i| {
         let words: Vec<&str> = i.split_whitespace().collect();
-        (words.first() == Some(&"COPY") && words.len() == 3 && words[2] == protoc).then(|| words[1].to_string())
+        (words.first() == Some(&"COPY") && words.len() == 3 && words[2] == protoc)
+            .then(|| words[1].to_string())
     });
-    let source = copied.unwrap_or_else(|| panic!("{protoc} is not copied into the image before cargo chef cook"));
+    let source =
+        copied.unwrap_or_else(|| panic!("{protoc} is not copied into the image before cargo chef cook"));
     assert_eq!(source, "tools/protoc", "PROTOC should be the repository's tools/protoc");
     for step in &steps {
         if step.contains("protobuf-compiler") {
@@ -1457,16 +1460,13 @@ fn dockerfile_protoc_compiles_etcd_client_protos_even_beside_a_protoc_without_in
     let direct = compile_etcd_protos(&bin.join("protoc"), system_path, &cargo_home, &etcd_client);
     assert!(
         !direct.status.success()
-            && String::from_utf8_lossy(&direct.stderr).contains("google/protobuf/descriptor.proto: File not found"),
+            && String::from_utf8_lossy(&direct.stderr)
+                .contains("google/protobuf/descriptor.proto: File not found"),
         "the bare protoc should miss descriptor.proto (test premise): {}",
         String::from_utf8_lossy(&direct.stderr)
     );
-    let output = compile_etcd_protos(
-        &script,
-        &format!("{}:{system_path}", bin.display()),
-        &cargo_home,
-        &etcd_client,
-    );
+    let output =
+        compile_etcd_protos(&script, &format!("{}:{system_path}", bin.display()), &cargo_home, &etcd_client);
     assert!(
         output.status.success(),
         "tools/protoc beside a protoc without includes failed on etcd-client's protos:\n{}",
@@ -1483,8 +1483,12 @@ fn dockerfile_protoc_compiles_etcd_client_protos_even_beside_a_protoc_without_in
     )
     .expect("write wrapper");
     std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().expect("chmod");
-    let output =
-        compile_etcd_protos(&script, &format!("{}:{system_path}", full.path().display()), &cargo_home, &etcd_client);
+    let output = compile_etcd_protos(
+        &script,
+        &format!("{}:{system_path}", full.path().display()),
+        &cargo_home,
+        &etcd_client,
+    );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let uses = std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
     assert_eq!(uses, 2, "a complete system protoc is probed, then used");
@@ -1619,7 +1623,8 @@ fn dockerignore_keeps_everything_the_image_build_reads() {
 
 #[test]
 fn scripts_and_files_read_in_containers_keep_lf_line_endings() {
-    let listed = Command::new("git").args(["ls-files"]).current_dir(root()).output().expect("run git ls-files");
+    let listed =
+        Command::new("git").args(["ls-files"]).current_dir(root()).output().expect("run git ls-files");
     assert!(listed.status.success(), "git ls-files: {}", String::from_utf8_lossy(&listed.stderr));
     let files: Vec<String> = String::from_utf8_lossy(&listed.stdout)
         .lines()
@@ -1908,11 +1913,17 @@ fn k8s_each_process_loads_its_config_from_the_environment_the_kubelet_gives_it()
         (false, BTreeMap::from([(token.clone(), "k8s-s3cret".to_string())])),
         (true, BTreeMap::from([(token.clone(), "k8s-s3cret".to_string())])),
     ] {
-        let case = format!("service links {}, token {:?}", if force_links { "on" } else { "as shipped" }, secrets.get(&token));
+        let case = format!(
+            "service links {}, token {:?}",
+            if force_links { "on" } else { "as shipped" },
+            secrets.get(&token)
+        );
         let mut tokens = BTreeMap::new();
         for app in apps() {
             let env = kubelet_env(&resources, app.name, force_links, &secrets);
-            if force_links && !env.keys().any(|k| k.ends_with("_SERVICE_HOST") && k != "KUBERNETES_SERVICE_HOST") {
+            if force_links
+                && !env.keys().any(|k| k.ends_with("_SERVICE_HOST") && k != "KUBERNETES_SERVICE_HOST")
+            {
                 problems.push(format!("{case}: no service links rendered (test premise)"));
             }
             let loaded = match load_config(app.name, &env) {
@@ -1939,10 +1950,14 @@ fn k8s_each_process_loads_its_config_from_the_environment_the_kubelet_gives_it()
         }
         if let (Some(auth), Some(sent)) = (tokens.get("coordinator"), tokens.get("order-api")) {
             if auth != sent {
-                problems.push(format!("{case}: the coordinator expects token {auth:?}, order-api sends {sent:?}"));
+                problems.push(format!(
+                    "{case}: the coordinator expects token {auth:?}, order-api sends {sent:?}"
+                ));
             }
             if secrets.contains_key(&token) && auth.is_empty() {
-                problems.push(format!("{case}: the token in Secret quickorder-dtm does not reach the coordinator"));
+                problems.push(format!(
+                    "{case}: the token in Secret quickorder-dtm does not reach the coordinator"
+                ));
             }
         }
     }
@@ -1959,7 +1974,8 @@ fn kubelet_rendering_catches_a_service_link_in_a_config_variable() {
     assert!(link.starts_with("tcp://10.96.0.") && link.ends_with(":8889"), "{env:?}");
     let text = read("etc/order-api.yaml").replace("ORDER_API_LISTEN_PORT", "ORDER_API_PORT");
     let lookup = |name: &str| env.get(name).cloned();
-    let err = service_kit::config::parse_yaml::<order_api::Config>(Path::new("order-api.yaml"), &text, lookup)
-        .expect_err("Port: tcp://… must not load");
+    let err =
+        service_kit::config::parse_yaml::<order_api::Config>(Path::new("order-api.yaml"), &text, lookup)
+            .expect_err("Port: tcp://… must not load");
     assert!(err.to_string().contains("Port"), "{err}");
 }

@@ -51,7 +51,11 @@ impl MariaDb {
         assert!(
             output.status.success(),
             "mariadb-install-db failed{}: {stderr}",
-            if stderr.contains("error 28") { " (error 28: no space left on the disk that holds the temp dir)" } else { "" }
+            if stderr.contains("error 28") {
+                " (error 28: no space left on the disk that holds the temp dir)"
+            } else {
+                ""
+            }
         );
         let mut server = MariaDb { dir, port: free_port(), process: None };
         server.launch(true);

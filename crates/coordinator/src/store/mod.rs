@@ -84,8 +84,9 @@ pub enum StoreError {
     /// The store's database is missing and this user may not create it.
     /// `sql` is the exact statement an administrator has to run.
     #[error(
-        "the store's database {name:?} does not exist and cannot be created by this user ({cause}); \
-         create it as an administrator with: {sql} -- and grant this user all privileges on it"
+        "the store's database {name:?} does not exist (or this user may not use it) and this user \
+         cannot create it ({cause}); as an administrator, run: {sql} and grant this user all \
+         privileges on it"
     )]
     MissingDatabase {
         /// The database name (`Store.Db`).
@@ -616,12 +617,14 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
                 false
             }
             Err(err) => {
-                // ER_BAD_DB_ERROR
+                // ER_BAD_DB_ERROR, or ER_DBACCESS_DENIED_ERROR: MariaDB and
+                // MySQL answer the latter to a user with no rights on a
+                // database that does not exist, without saying whether it does.
                 let number = err
                     .as_database_error()
                     .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
                     .map(|e| e.number());
-                if number != Some(1049) {
+                if !matches!(number, Some(1049 | 1044)) {
                     return Err(err.into());
                 }
                 true
