@@ -285,3 +285,135 @@ fn env_of(service: &Value) -> BTreeMap<String, String> {
         _ => BTreeMap::new(),
     }
 }
+
+/// Kills a process group when dropped (the recipe's background servers).
+struct ProcessGroup(i32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-self.0);
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn readme_recipe_by_hand_runs_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let block = readme
+        .split("<!-- by-hand:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- by-hand:end -->").next())
+        .expect("README.md has the by-hand markers");
+    let script = block
+        .trim()
+        .strip_prefix("```sh")
+        .and_then(|rest| rest.strip_suffix("```"))
+        .expect("a ```sh block between the markers");
+    let _slot = test_support::system_slot();
+    let binaries = test_support::service_binaries();
+    let mariadb = MariaDb::start_like_debian();
+    let etcd = Etcd::start_private();
+    let etcd_port: u16 = etcd.endpoints()[0].rsplit(':').next().unwrap().parse().unwrap();
+
+    // The article's fixed ports, moved to free ones (other tests run
+    // alongside), in the recipe and in the etc/ files it reads.
+    let mut ports: Vec<(String, String)> =
+        vec![("3306".into(), mariadb.port().to_string()), ("2379".into(), etcd_port.to_string())];
+    for fixed in ["36789", "36790", "9001", "9002", "8889"] {
+        ports.push((fixed.into(), test_support::free_port().to_string()));
+    }
+    let move_ports = |text: &str| {
+        let mut text = text.to_string();
+        for (fixed, free) in &ports {
+            // host:port, and ${VAR:-port} defaults.
+            text = text.replace(&format!(":{fixed}"), &format!(":{free}"));
+            text = text.replace(&format!(":-{fixed}}}"), &format!(":-{free}}}"));
+        }
+        text
+    };
+    let work = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(work.path().join("etc")).expect("mkdir etc");
+    for name in ["coordinator.yaml", "order-srv.yaml", "stock-srv.yaml", "order-api.yaml"] {
+        let text = std::fs::read_to_string(root().join("etc").join(name)).expect("etc file");
+        // 0.0.0.0 would register the machine's LAN address in etcd: keep
+        // every call of the test on loopback.
+        let text = move_ports(&text).replace("0.0.0.0", "127.0.0.1");
+        for (fixed, _) in &ports {
+            assert!(
+                !text.contains(&format!(":{fixed}")) && !text.contains(&format!(":-{fixed}}}")),
+                "{name} kept port {fixed}"
+            );
+        }
+        std::fs::write(work.path().join("etc").join(name), text).expect("write etc copy");
+    }
+    std::fs::create_dir_all(work.path().join("target")).expect("mkdir target");
+    std::os::unix::fs::symlink(&binaries, work.path().join("target/release")).expect("symlink binaries");
+
+    // The recipe, minus what the test provides: the packages (the servers
+    // are the throwaway ones) and the build (the binaries are built).
+    let mut lines = Vec::new();
+    for line in script.lines() {
+        if line.starts_with("sudo apt-get ") || line.starts_with("cargo build") {
+            continue;
+        }
+        let line = line.strip_prefix("sudo ").unwrap_or(line);
+        // The client must reach the throwaway server's socket, and never the
+        // machine's own server that an option file may name.
+        let socket = format!("mariadb --no-defaults --socket={} ", mariadb.socket().display());
+        let line = match line.strip_prefix("mariadb ") {
+            Some(rest) => format!("{socket}{rest}"),
+            None => line.to_string(),
+        };
+        lines.push(move_ports(&line));
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("mariadb --no-defaults")),
+        "the recipe prepares MariaDB: {script}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("target/release/coordinator -f etc/coordinator.yaml")),
+        "{script}"
+    );
+    let script = format!("set -e\n{}\n", lines.join("\n"));
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(&script)
+        .current_dir(work.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command.spawn().expect("run bash");
+    let _group = ProcessGroup(child.id() as i32);
+    // The background servers inherit the pipes only through their log
+    // redirections, so the output ends when the script does.
+    let output = child.wait_with_output().expect("the recipe runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs: String = ["coordinator", "order-srv", "stock-srv", "order-api"]
+        .iter()
+        .map(|name| {
+            let text =
+                std::fs::read_to_string(work.path().join(format!("logs/{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("--- {name}\n{}", tail.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let report = format!("{stdout}\nstderr: {}\n{logs}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the recipe failed:\n{report}");
+    assert!(stdout.contains(r#""status":"succeed""#), "the recipe's quick order did not succeed:\n{report}");
+    let order_port = &ports.iter().find(|(fixed, _)| fixed == "9001").expect("9001").1;
+    assert!(stdout.contains(&format!("127.0.0.1:{order_port}")), "etcdctl shows order.rpc:\n{report}");
+    // Nothing in the recipe came from the environment: the etc/ defaults did it.
+    for name in ["coordinator", "order-srv", "stock-srv", "order-api"] {
+        let log = std::fs::read_to_string(work.path().join(format!("logs/{name}.log"))).unwrap_or_default();
+        assert!(
+            log.lines().any(|l| l.starts_with(&format!("ready {name} "))),
+            "{name} never ready:\n{report}"
+        );
+    }
+}
