@@ -773,10 +773,11 @@ mod tests {
         assert_eq!(sqlite.store.url().expose(), "sqlite://./coordinator.db?mode=rwc");
         let postgres = Config::from_sources(
             file(text),
-            env(&[("STORE_DRIVER", "postgres"), ("STORE_PORT", "5432"), ("STORE_PASSWORD", "")]),
+            env(&[("STORE_DRIVER", "postgres"), ("STORE_PORT", "5432")]),
         )
         .unwrap();
-        assert!(postgres.store.url().expose().starts_with("postgres://root@127.0.0.1:5432/dtm?"));
+        let url = postgres.store.url();
+        assert!(url.expose().starts_with("postgres://root:root@127.0.0.1:5432/dtm?"), "{}", url.expose());
         // Without a file: the embedded SQLite store, as before.
         let builtin = Config::from_sources(None, env(&[])).unwrap();
         assert_eq!(builtin.store.url().expose(), "sqlite://./coordinator.db?mode=rwc");

@@ -1743,8 +1743,11 @@ const POD_IP: &str = "10.244.1.7";
 /// `<NAME>_PORT_<port>_TCP{,_PROTO,_PORT,_ADDR}` (Kubernetes'
 /// pkg/kubelet/envvars/envvars.go). `kubernetes` (the API server's Service)
 /// is always there; the others only with `enableServiceLinks` true.
+/// A Service's ports: `(port name, port)`.
+type ServicePorts = Vec<(Option<String>, u64)>;
+
 fn service_link_env(resources: &[(String, Value)], links: bool) -> BTreeMap<String, String> {
-    let mut services: Vec<(String, Vec<(Option<String>, u64)>)> =
+    let mut services: Vec<(String, ServicePorts)> =
         vec![("kubernetes".into(), vec![(Some("https".into()), 443)])];
     if links {
         for (_, r) in resources {
