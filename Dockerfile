@@ -3,22 +3,31 @@
 # the process with `command:`.
 #
 #   docker build -t quickorder:latest .
-#   docker run --rm -p 8889:8889 quickorder:latest quickorder up   # all in one, SQLite
+#   docker run --rm -p 8889:8889 quickorder:latest quickorder up --host 0.0.0.0   # all in one, SQLite
+#
+# (`quickorder up` binds 127.0.0.1 unless told otherwise; inside a container
+# that is unreachable through -p, hence --host 0.0.0.0.)
 #
 # Stages 1-3 use cargo-chef so that the dependency build (the slow part) is a
 # cached layer that only changes when Cargo.toml / Cargo.lock change; editing
 # a .rs file rebuilds the workspace crates only. .dockerignore keeps target/
 # (gigabytes) and .git out of the build context.
 
-FROM rust:1-bookworm AS chef
-RUN cargo install --locked cargo-chef
-# etcd-client's build script needs protoc. .cargo/config.toml points PROTOC at
-# tools/protoc, which does not exist yet while `cargo chef cook` builds the
-# dependencies; an explicit PROTOC wins over that file (force = false), so
-# both builds below use the same protoc and etcd-client is built only once.
-RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
-    && rm -rf /var/lib/apt/lists/*
-ENV PROTOC=/usr/bin/protoc
+# Pinned: at least the workspace's rust-version and every locked
+# dependency's (crates/quickorder/tests/deploy_files.rs checks both), and the
+# toolchain the tests run with. Same Debian release as the runtime stage.
+FROM rust:1.95-bookworm AS chef
+RUN cargo install --locked --version 0.1.78 cargo-chef
+# etcd-client's build script needs protoc *and* protobuf's well-known types
+# (its rpc.proto imports google/protobuf/descriptor.proto). tools/protoc
+# picks a system protoc only if it finds them, else the one shipped in the
+# protoc-bin-vendored crate with its include/ folder (which `cargo chef cook`
+# downloads like any dependency), so nothing is installed here. It is copied
+# before `cargo chef cook`, which sees only recipe.json, and PROTOC names it
+# explicitly (an explicit PROTOC wins over .cargo/config.toml): both builds
+# below use the same protoc and etcd-client is built only once.
+COPY tools/protoc /src/tools/protoc
+ENV PROTOC=/src/tools/protoc
 WORKDIR /src
 
 FROM chef AS planner

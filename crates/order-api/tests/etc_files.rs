@@ -50,7 +50,7 @@ fn environment_overrides_hosts_ports_and_dsns() {
         "ETCD_HOSTS" => Some("10.0.0.1:2379,10.0.0.2:2379".to_string()),
         "ORDER_DSN" => Some("mysql://app:s3cret@db:3306/orders".to_string()),
         "ORDER_SRV_LISTEN_ON" => Some("127.0.0.1:0".to_string()),
-        "ORDER_API_PORT" => Some("0".to_string()),
+        "ORDER_API_LISTEN_PORT" => Some("0".to_string()),
         "DTM_SERVER" => Some("127.0.0.1:36790".to_string()),
         _ => None,
     };

@@ -199,6 +199,10 @@ impl System {
             // `etcd://<hosts>/dtmservice`, as in the article.
             coordinator_config.micro_service.driver = coordinator::config::GOZERO_DRIVER.into();
             coordinator_config.micro_service.target = format!("etcd://{etcd}/dtmservice");
+        } else {
+            // The file registers in etcd by default (the article's setup);
+            // direct addresses need no registration.
+            coordinator_config.micro_service = coordinator::config::MicroServiceConfig::default();
         }
         // With port 0 the coordinator publishes the port it gets.
         coordinator_config.micro_service.end_point = reachable(host, options.ports.coordinator_grpc);
@@ -235,7 +239,7 @@ impl System {
 
         // 3. order-api, pointed at what was just bound.
         vars.0.insert("ORDER_API_HOST", host.to_string());
-        vars.0.insert("ORDER_API_PORT", options.ports.api.to_string());
+        vars.0.insert("ORDER_API_LISTEN_PORT", options.ports.api.to_string());
         vars.0.insert(
             "DTM_SERVER",
             match &options.etcd {

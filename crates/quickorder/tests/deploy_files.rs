@@ -91,7 +91,7 @@ fn apps() -> [App; 4] {
         App {
             name: "order-api",
             config: "order-api.yaml",
-            port_var: "ORDER_API_PORT",
+            port_var: "ORDER_API_LISTEN_PORT",
             health: Health::Http("/healthz"),
         },
     ]
@@ -535,13 +535,21 @@ fn compose_topology_matches_the_end_to_end_setup() {
             api_env.get("DTM_SERVER")
         ));
     }
+    // With a token set, order-api must send what the coordinator expects.
+    if api_env.get("DTM_TOKEN") != coordinator_env.get("AUTH_TOKEN") {
+        problems.push(format!(
+            "order-api: DTM_TOKEN {:?} is not the coordinator's AUTH_TOKEN {:?}",
+            api_env.get("DTM_TOKEN"),
+            coordinator_env.get("AUTH_TOKEN")
+        ));
+    }
     let status_api = format!("http://coordinator:{http_port}/api/dtmsvr");
     if api_env.get("DTM_HTTP_SERVER") != Some(&status_api) {
         problems.push(format!("order-api: DTM_HTTP_SERVER should be {status_api}"));
     }
 
     // Published ports: the gateway for users, the coordinator on loopback only.
-    let api_port = effective(&api_env, &placeholders(&read("etc/order-api.yaml")), "ORDER_API_PORT");
+    let api_port = effective(&api_env, &placeholders(&read("etc/order-api.yaml")), "ORDER_API_LISTEN_PORT");
     if !strings(&compose["services"]["order-api"]["ports"]).contains(&format!("{api_port}:{api_port}")) {
         problems.push(format!("order-api: port {api_port} is not published"));
     }
@@ -1234,6 +1242,7 @@ fn compose_and_k8s_run_the_same_configuration() {
         "MODE",
         "LOG_ENCODING",
         "AUTH_TOKEN",
+        "DTM_TOKEN",
     ]
     .into();
     for app in apps() {
@@ -1259,4 +1268,717 @@ fn compose_and_k8s_run_the_same_configuration() {
         }
     }
     assert_no_problems(&problems);
+}
+
+// ---------------------------------------------------------------------------
+// The image build, without an engine: what its steps read and run.
+
+/// `cargo metadata` of the locked workspace (offline: the build has
+/// downloaded every package already).
+fn cargo_metadata() -> serde_json::Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("cargo metadata JSON")
+}
+
+/// The folder of package `name` in the cargo registry (its Cargo.toml's parent).
+fn package_dir(metadata: &serde_json::Value, name: &str) -> PathBuf {
+    let package = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not in Cargo.lock"));
+    Path::new(package["manifest_path"].as_str().expect("manifest_path")).parent().expect("dir").to_path_buf()
+}
+
+/// `1.89` / `1.89.0` as `(1, 89)`.
+fn minor_version(text: &str) -> (u32, u32) {
+    let mut parts =
+        text.split('.').map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("bad version {text:?}")));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dockerfile_pins_a_rust_image_new_enough_for_the_lockfile() {
+    let from = dockerfile_instructions()
+        .into_iter()
+        .find(|i| i.starts_with("FROM rust:"))
+        .expect("a FROM rust:<version> stage");
+    let tag = from.trim_start_matches("FROM rust:").split_whitespace().next().unwrap_or("").to_string();
+    let version = tag.split('-').next().unwrap_or("");
+    assert!(
+        version.split('.').count() >= 2 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "the Rust image is not pinned to a version: rust:{tag}"
+    );
+    let image = minor_version(version);
+    let workspace: toml_like::Workspace = toml_like::read(&read("Cargo.toml"));
+    assert!(
+        image >= minor_version(&workspace.rust_version),
+        "rust:{tag} is older than the workspace's rust-version {}",
+        workspace.rust_version
+    );
+    // --locked builds take every dependency at its locked version, with its
+    // own rust-version: the workspace's must not claim less.
+    let metadata = cargo_metadata();
+    let mut newest = ((0, 0), String::new());
+    for package in metadata["packages"].as_array().expect("packages") {
+        if let Some(v) = package["rust_version"].as_str() {
+            let needed = minor_version(v);
+            if needed > newest.0 {
+                newest = (needed, format!("{} {}", package["name"], package["version"]));
+            }
+        }
+    }
+    assert!(image >= newest.0, "rust:{tag} cannot build {} (rust-version {:?})", newest.1, newest.0);
+    assert!(
+        minor_version(&workspace.rust_version) >= newest.0,
+        "the workspace's rust-version {} is below what {} needs ({:?})",
+        workspace.rust_version,
+        newest.1,
+        newest.0
+    );
+}
+
+/// Just enough TOML for `[workspace.package] rust-version`.
+mod toml_like {
+    pub struct Workspace {
+        pub rust_version: String,
+    }
+
+    pub fn read(text: &str) -> Workspace {
+        let mut section = "";
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if section == "[workspace.package]"
+                && let Some(value) = line.strip_prefix("rust-version")
+            {
+                let value = value.trim_start().trim_start_matches('=').trim().trim_matches('"');
+                return Workspace { rust_version: value.to_string() };
+            }
+        }
+        panic!("no rust-version in [workspace.package] of Cargo.toml")
+    }
+}
+
+/// Runs protoc `program` (with `path` as PATH and the registry of
+/// `cargo_home`) on etcd-client's protos, as its build script does.
+fn compile_etcd_protos(program: &Path, path: &str, cargo_home: &Path, etcd_client: &Path) -> Output {
+    let out = tempfile::tempdir().expect("temp dir");
+    Command::new(program)
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", cargo_home.parent().unwrap_or(cargo_home))
+        .env("CARGO_HOME", cargo_home)
+        // As etcd-client's build.rs: `proto` relative to the package.
+        .args(["-I", "proto"])
+        .arg("--include_imports")
+        .arg("-o")
+        .arg(out.path().join("etcd.pb"))
+        .args([
+            "proto/etcd/api/authpb/auth.proto",
+            "proto/etcd/api/etcdserverpb/rpc.proto",
+            "proto/etcd/api/mvccpb/kv.proto",
+            "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+            "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+        ])
+        .current_dir(etcd_client)
+        .output()
+        .expect("run protoc")
+}
+
+#[test]
+fn dockerfile_protoc_compiles_etcd_client_protos_even_beside_a_protoc_without_includes() {
+    // The image: which protoc the build steps get, and that it is in the
+    // image before `cargo chef cook` runs etcd-client's build script.
+    let steps = dockerfile_instructions();
+    let protoc = steps
+        .iter()
+        .find_map(|i| i.strip_prefix("ENV PROTOC=").map(str::trim))
+        .expect("the Dockerfile sets PROTOC for the build steps")
+        .to_string();
+    let cook = steps.iter().position(|i| i.contains("cargo chef cook")).expect("a cargo chef cook step");
+    let copied = steps[..cook].iter().find_map(|i| {
+        let words: Vec<&str> = i.split_whitespace().collect();
+        (words.first() == Some(&"COPY") && words.len() == 3 && words[2] == protoc)
+            .then(|| words[1].to_string())
+    });
+    let source =
+        copied.unwrap_or_else(|| panic!("{protoc} is not copied into the image before cargo chef cook"));
+    assert_eq!(source, "tools/protoc", "PROTOC should be the repository's tools/protoc");
+    for step in &steps {
+        if step.contains("protobuf-compiler") {
+            assert!(step.contains("libprotobuf-dev"), "protobuf-compiler without its includes: {step}");
+        }
+    }
+
+    let metadata = cargo_metadata();
+    let etcd_client = package_dir(&metadata, "etcd-client");
+    let vendored_dir = package_dir(&metadata, "protoc-bin-vendored-linux-x86_64");
+    let vendored = vendored_dir.join("bin/protoc");
+    // <CARGO_HOME>/registry/src/<index>/<package>
+    let cargo_home = vendored_dir.ancestors().nth(4).expect("CARGO_HOME").to_path_buf();
+    let script = root().join(&source);
+    let system_path = "/usr/local/bin:/usr/bin:/bin";
+
+    // A protoc on PATH without google/protobuf/*.proto: Debian's
+    // protobuf-compiler without libprotobuf-dev. A copy of the vendored
+    // binary is exactly that (protoc looks for includes beside itself).
+    let bare = tempfile::tempdir().expect("temp dir");
+    let bin = bare.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::copy(&vendored, bin.join("protoc")).expect("copy protoc");
+    let direct = compile_etcd_protos(&bin.join("protoc"), system_path, &cargo_home, &etcd_client);
+    assert!(
+        !direct.status.success()
+            && String::from_utf8_lossy(&direct.stderr)
+                .contains("google/protobuf/descriptor.proto: File not found"),
+        "the bare protoc should miss descriptor.proto (test premise): {}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    let output =
+        compile_etcd_protos(&script, &format!("{}:{system_path}", bin.display()), &cargo_home, &etcd_client);
+    assert!(
+        output.status.success(),
+        "tools/protoc beside a protoc without includes failed on etcd-client's protos:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A protoc on PATH *with* its includes is the one used.
+    let full = tempfile::tempdir().expect("temp dir");
+    let marker = full.path().join("used");
+    let wrapper = full.path().join("protoc");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho used >> '{}'\nexec '{}' \"$@\"\n", marker.display(), vendored.display()),
+    )
+    .expect("write wrapper");
+    std::process::Command::new("chmod").arg("+x").arg(&wrapper).status().expect("chmod");
+    let output = compile_etcd_protos(
+        &script,
+        &format!("{}:{system_path}", full.path().display()),
+        &cargo_home,
+        &etcd_client,
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let uses = std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+    assert_eq!(uses, 2, "a complete system protoc is probed, then used");
+
+    // And with no protoc on PATH at all (the rust image): the vendored one.
+    let output = compile_etcd_protos(&script, system_path, &cargo_home, &etcd_client);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Whether `.dockerignore` excludes `path` (relative, `/`-separated), as
+/// Docker reads it: patterns match the path or one of its parent folders
+/// (`*`, `?` within one segment), later `!` lines re-include.
+fn docker_ignores(patterns: &[String], path: &str) -> bool {
+    fn glob(pattern: &str, text: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        fn go(p: &[char], t: &[char]) -> bool {
+            match (p.first(), t.first()) {
+                (None, None) => true,
+                (Some('*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+                (Some('?'), Some(_)) => go(&p[1..], &t[1..]),
+                (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+                _ => false,
+            }
+        }
+        go(&p, &t)
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut ignored = false;
+    for raw in patterns {
+        let (negated, pattern) = match raw.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, raw.as_str()),
+        };
+        let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+        assert!(!pattern.contains("**"), ".dockerignore: `**` is not understood by this test: {raw}");
+        let parts: Vec<&str> = pattern.split('/').collect();
+        let matches = parts.len() <= segments.len() && parts.iter().zip(&segments).all(|(p, s)| glob(p, s));
+        if matches {
+            ignored = !negated;
+        }
+    }
+    ignored
+}
+
+/// Every file of a repository folder, recursively, relative to the root.
+fn files_under(relative: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root().join(relative)];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root()).expect("inside the root");
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dockerignore_keeps_everything_the_image_build_reads() {
+    let patterns: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    let mut needed: BTreeSet<String> =
+        ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "tools/protoc"].map(String::from).into();
+    // The sources and build scripts of every crate, and what they pull in
+    // with include_str!/include_bytes! (etc/, sql/) or read (proto/).
+    for file in files_under("crates") {
+        if file.ends_with(".rs") {
+            let text = read(&file);
+            for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+                for piece in text.split(macro_name).skip(1) {
+                    let target = piece.split('"').next().unwrap_or("");
+                    let dir = Path::new(&file).parent().expect("parent");
+                    let joined = root().join(dir).join(target);
+                    if let Ok(resolved) = joined.canonicalize() {
+                        let rel = resolved.strip_prefix(root()).expect("inside the root");
+                        needed.insert(rel.to_string_lossy().into_owned());
+                    } else {
+                        panic!("{file}: include of {target} does not resolve");
+                    }
+                }
+            }
+        }
+        needed.insert(file);
+    }
+    needed.extend(files_under("proto"));
+    // What the Dockerfile copies by name.
+    for step in dockerfile_instructions() {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        if words.first() == Some(&"COPY") && !words.iter().any(|w| w.starts_with("--from")) {
+            for source in &words[1..words.len() - 1] {
+                if *source == "." {
+                    continue;
+                }
+                let path = root().join(source);
+                assert!(path.exists(), "the Dockerfile copies {source}, which does not exist");
+                if path.is_dir() {
+                    needed.extend(files_under(source.trim_end_matches('/')));
+                } else {
+                    needed.insert(source.to_string());
+                }
+            }
+        }
+    }
+    let mut problems: Vec<String> = needed
+        .iter()
+        .filter(|path| docker_ignores(&patterns, path))
+        .map(|path| format!(".dockerignore excludes {path}, which the image build reads"))
+        .collect();
+    for path in &needed {
+        if !root().join(path).exists() {
+            problems.push(format!("{path} is read by the build but missing"));
+        }
+    }
+    // And it still keeps the heavy things out (the check above must not be
+    // satisfied by an empty file).
+    for heavy in ["target/release/coordinator", ".git/HEAD"] {
+        if !docker_ignores(&patterns, heavy) {
+            problems.push(format!(".dockerignore lets {heavy} into the build context"));
+        }
+    }
+    assert_no_problems(&problems);
+}
+
+#[test]
+fn scripts_and_files_read_in_containers_keep_lf_line_endings() {
+    let listed =
+        Command::new("git").args(["ls-files"]).current_dir(root()).output().expect("run git ls-files");
+    assert!(listed.status.success(), "git ls-files: {}", String::from_utf8_lossy(&listed.stderr));
+    let files: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|f| {
+            [".sh", ".sql", ".yaml", ".yml"].iter().any(|ext| f.ends_with(ext))
+                || ["tools/protoc", "Dockerfile", ".ci/run"].contains(f)
+        })
+        .map(String::from)
+        .collect();
+    assert!(files.iter().any(|f| f == "deploy/mysql/init/10-schemas.sh"), "{files:?}");
+    let mut args = vec!["check-attr".to_string(), "eol".into(), "--".into()];
+    args.extend(files.iter().cloned());
+    let output = Command::new("git").args(&args).current_dir(root()).output().expect("run git check-attr");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let problems: Vec<String> = report
+        .lines()
+        .filter(|line| !line.ends_with(": eol: lf"))
+        .map(|line| format!("{line} (a Windows checkout would give it CRLF): add it to .gitattributes"))
+        .collect();
+    assert_eq!(report.lines().count(), files.len(), "{report}");
+    assert_no_problems(&problems);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerfile_usage_example_is_reachable_through_its_published_port() {
+    // `docker run --rm -p 8889:8889 quickorder:latest quickorder up …` in
+    // the Dockerfile's header: what it runs must listen on every interface
+    // (Docker forwards -p to the container's address, not its loopback),
+    // on the container port it publishes.
+    let text = read("Dockerfile");
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start_matches('#').trim().strip_prefix("docker run "))
+        .expect("a `docker run` example in the Dockerfile header");
+    let words: Vec<&str> = line.split('#').next().unwrap_or("").split_whitespace().collect();
+    let image = words.iter().position(|w| w.starts_with("quickorder:")).expect("the image in the example");
+    let published = words
+        .windows(2)
+        .find(|w| w[0] == "-p")
+        .map(|w| w[1].rsplit(':').next().unwrap_or("").parse::<u16>().expect("a container port"))
+        .expect("a -p in the example");
+    let command = &words[image + 1..];
+    assert_eq!(command.first(), Some(&"quickorder"), "{line}");
+    let args: Vec<String> = command[1..].iter().map(|w| w.to_string()).collect();
+    assert!(!args.iter().any(|a| a.ends_with("-port")), "the example sets ports; adapt this test: {line}");
+    // The port it listens on by default is the published one…
+    let help = Command::new(env!("CARGO_BIN_EXE_quickorder"))
+        .args(["up", "--help"])
+        .output()
+        .expect("quickorder up --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let default = help
+        .split("--api-port")
+        .nth(1)
+        .and_then(|rest| rest.split("[default: ").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .expect("--api-port's default in quickorder up --help");
+    assert_eq!(default, published, "the example publishes {published}, order-api listens on {default}");
+
+    // … and the example's own arguments make it listen beyond loopback
+    // (here on port 0 instead of the default, which another test may hold).
+    let _slot = test_support::system_slot();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quickorder"))
+        .args(&args)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--api-port", "0", "--coordinator-http-port", "0", "--coordinator-grpc-port", "0"])
+        .args(["--order-port", "0", "--stock-port", "0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start quickorder up");
+    let watch = test_support::StdoutWatch::new(child.stdout.take().expect("piped"), "quickorder", child.id());
+    let ready = watch.wait_ready(Duration::from_secs(60));
+    let result = async {
+        let ready = ready?;
+        let api = ready.addr("api");
+        if !api.ip().is_unspecified() {
+            return Err(format!("`quickorder {}` listens on {api}: unreachable through -p", args.join(" ")));
+        }
+        let reply = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/order/quickCreate", api.port()))
+            .json(&serde_json::json!({"userId": 1, "goodsId": 1, "num": 1}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = reply.status();
+        let body = reply.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(format!("quickCreate answered {status}: {body}"));
+        }
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(err) = result {
+        panic!("{err}\n{}", watch.finish());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes: each container's environment as the kubelet builds it, and
+// each process's configuration loaded from it.
+
+/// The pod IP the downward API hands out in the renderings below.
+const POD_IP: &str = "10.244.1.7";
+
+/// The variables the kubelet derives from Services ("service links", on by
+/// default): for every Service with a cluster IP in the pod's namespace
+/// (headless ones have none), `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT`,
+/// `<NAME>_SERVICE_PORT_<PORT NAME>`, `<NAME>_PORT=tcp://ip:port` and
+/// `<NAME>_PORT_<port>_TCP{,_PROTO,_PORT,_ADDR}` (Kubernetes'
+/// pkg/kubelet/envvars/envvars.go). `kubernetes` (the API server's Service)
+/// is always there; the others only with `enableServiceLinks` true.
+/// A Service's ports: `(port name, port)`.
+type ServicePorts = Vec<(Option<String>, u64)>;
+
+fn service_link_env(resources: &[(String, Value)], links: bool) -> BTreeMap<String, String> {
+    let mut services: Vec<(String, ServicePorts)> =
+        vec![("kubernetes".into(), vec![(Some("https".into()), 443)])];
+    if links {
+        for (_, r) in resources {
+            if r["kind"].as_str() != Some("Service") || r["spec"]["clusterIP"].as_str() == Some("None") {
+                continue;
+            }
+            let ports = r["spec"]["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(|p| (p["name"].as_str().map(String::from), p["port"].as_u64().unwrap_or(0)))
+                .collect();
+            services.push((r["metadata"]["name"].as_str().unwrap_or("").to_string(), ports));
+        }
+    }
+    let mut env = BTreeMap::new();
+    for (i, (name, ports)) in services.iter().enumerate() {
+        let ip = format!("10.96.0.{}", i + 1);
+        let prefix = name.to_ascii_uppercase().replace('-', "_");
+        let Some((_, first)) = ports.first() else { continue };
+        env.insert(format!("{prefix}_SERVICE_HOST"), ip.clone());
+        env.insert(format!("{prefix}_SERVICE_PORT"), first.to_string());
+        env.insert(format!("{prefix}_PORT"), format!("tcp://{ip}:{first}"));
+        for (port_name, port) in ports {
+            if let Some(port_name) = port_name {
+                let suffix = port_name.to_ascii_uppercase().replace('-', "_");
+                env.insert(format!("{prefix}_SERVICE_PORT_{suffix}"), port.to_string());
+            }
+            let base = format!("{prefix}_PORT_{port}_TCP");
+            env.insert(base.clone(), format!("tcp://{ip}:{port}"));
+            env.insert(format!("{base}_PROTO"), "tcp".into());
+            env.insert(format!("{base}_PORT"), port.to_string());
+            env.insert(format!("{base}_ADDR"), ip.clone());
+        }
+    }
+    env
+}
+
+/// `$(NAME)` expanded from `known` as the kubelet does (unknown references
+/// stay as written; `$$` escapes a `$`).
+fn kubelet_expand(value: &str, known: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some(v) = known.get(&inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The environment of a Deployment's (only) container, as the kubelet
+/// builds it: service links (per the pod's `enableServiceLinks`, or
+/// always with `force_links`), then the container's `env` in order, each
+/// value expanded against what precedes it, the downward API and Secrets
+/// resolved (`secret_values` replaces keys of the manifests' Secrets).
+fn kubelet_env(
+    resources: &[(String, Value)],
+    app: &str,
+    force_links: bool,
+    secret_values: &BTreeMap<(String, String), String>,
+) -> BTreeMap<String, String> {
+    let deployment = find(resources, "Deployment", app).unwrap_or_else(|| panic!("no Deployment {app}"));
+    let spec = &deployment["spec"]["template"]["spec"];
+    let links = force_links || spec["enableServiceLinks"].as_bool() != Some(false);
+    let services = service_link_env(resources, links);
+    let mut defined: BTreeMap<String, String> = BTreeMap::new();
+    for item in spec["containers"][0]["env"].as_sequence().into_iter().flatten() {
+        let name = item["name"].as_str().expect("env name").to_string();
+        let from = &item["valueFrom"];
+        let value = if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+            match path {
+                "status.podIP" => POD_IP.to_string(),
+                "metadata.name" => format!("{app}-7d9f8c6b5-x2x4q"),
+                other => panic!("{app}: fieldRef {other} not rendered by this test"),
+            }
+        } else if !from["secretKeyRef"].is_null() {
+            let secret = from["secretKeyRef"]["name"].as_str().unwrap_or("").to_string();
+            let key = from["secretKeyRef"]["key"].as_str().unwrap_or("").to_string();
+            let optional = from["secretKeyRef"]["optional"].as_bool() == Some(true);
+            let stored = find(resources, "Secret", &secret).map(|s| {
+                assert!(s["data"].is_null(), "Secret {secret}: use stringData (this test reads no base64)");
+                scalar(&s["stringData"][key.as_str()])
+            });
+            match secret_values.get(&(secret.clone(), key.clone())).cloned().or(stored.flatten()) {
+                Some(value) => value,
+                None if optional => continue,
+                None => panic!("{app}: {name} needs Secret {secret}/{key}, which does not exist"),
+            }
+        } else {
+            let mut known = services.clone();
+            known.extend(defined.clone());
+            kubelet_expand(&scalar(&item["value"]).unwrap_or_default(), &known)
+        };
+        defined.insert(name, value);
+    }
+    let mut env = services;
+    env.extend(defined);
+    env
+}
+
+/// What a loaded configuration says about the process, for comparison
+/// with the manifests.
+#[derive(Debug)]
+struct Loaded {
+    /// The ports it listens on.
+    ports: BTreeSet<u16>,
+    /// The coordinator's `AuthToken`, or order-api's `DtmToken`.
+    token: String,
+}
+
+/// Loads `app`'s `etc/` file with `env` as its environment, through the
+/// same code the binary runs.
+fn load_config(app: &str, env: &BTreeMap<String, String>) -> Result<Loaded, String> {
+    let file = format!("etc/{app}.yaml");
+    let text = read(&file);
+    let path = Path::new(&file);
+    let lookup = |name: &str| env.get(name).cloned();
+    match app {
+        "coordinator" => {
+            let config = coordinator::config::Config::from_sources(Some((path, &text)), lookup)
+                .map_err(|e| e.to_string())?;
+            Ok(Loaded {
+                ports: [config.http_port, config.grpc_port].into(),
+                token: config.auth_token.expose().to_string(),
+            })
+        }
+        "order-api" => {
+            let config: order_api::Config =
+                service_kit::config::parse_yaml(path, &text, lookup).map_err(|e| e.to_string())?;
+            Ok(Loaded { ports: [config.port].into(), token: config.dtm_token.expose().to_string() })
+        }
+        "order-srv" | "stock-srv" => {
+            let config: service_kit::RpcServerConf =
+                service_kit::config::parse_yaml(path, &text, lookup).map_err(|e| e.to_string())?;
+            Ok(Loaded { ports: [port_of(&config.listen_on)].into(), token: String::new() })
+        }
+        other => panic!("unknown app {other}"),
+    }
+}
+
+#[test]
+fn k8s_each_process_loads_its_config_from_the_environment_the_kubelet_gives_it() {
+    let resources = resources();
+    let token = ("quickorder-dtm".to_string(), "token".to_string());
+    let mut problems = Vec::new();
+    // As shipped; with service links forced on (a cluster or a later
+    // manifest may turn them back on: the configs must not depend on them
+    // being off); and with the coordinator's token set.
+    for (force_links, secrets) in [
+        (false, BTreeMap::new()),
+        (true, BTreeMap::new()),
+        (false, BTreeMap::from([(token.clone(), "k8s-s3cret".to_string())])),
+        (true, BTreeMap::from([(token.clone(), "k8s-s3cret".to_string())])),
+    ] {
+        let case = format!(
+            "service links {}, token {:?}",
+            if force_links { "on" } else { "as shipped" },
+            secrets.get(&token)
+        );
+        let mut tokens = BTreeMap::new();
+        for app in apps() {
+            let env = kubelet_env(&resources, app.name, force_links, &secrets);
+            if force_links
+                && !env.keys().any(|k| k.ends_with("_SERVICE_HOST") && k != "KUBERNETES_SERVICE_HOST")
+            {
+                problems.push(format!("{case}: no service links rendered (test premise)"));
+            }
+            let loaded = match load_config(app.name, &env) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    problems.push(format!("{case}: {} does not start: {err}", app.name));
+                    continue;
+                }
+            };
+            let deployment = find(&resources, "Deployment", app.name).expect("deployment");
+            let declared: BTreeSet<u16> = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["containerPort"].as_u64().and_then(|n| u16::try_from(n).ok()))
+                .collect();
+            if loaded.ports != declared {
+                problems.push(format!(
+                    "{case}: {} listens on {:?}, its containerPorts are {declared:?}",
+                    app.name, loaded.ports
+                ));
+            }
+            tokens.insert(app.name, loaded.token);
+        }
+        if let (Some(auth), Some(sent)) = (tokens.get("coordinator"), tokens.get("order-api")) {
+            if auth != sent {
+                problems.push(format!(
+                    "{case}: the coordinator expects token {auth:?}, order-api sends {sent:?}"
+                ));
+            }
+            if secrets.contains_key(&token) && auth.is_empty() {
+                problems.push(format!(
+                    "{case}: the token in Secret quickorder-dtm does not reach the coordinator"
+                ));
+            }
+        }
+    }
+    assert_no_problems(&problems);
+}
+
+#[test]
+fn kubelet_rendering_catches_a_service_link_in_a_config_variable() {
+    // The rendering above must be able to fail: a Port read from
+    // ORDER_API_PORT, as etc/order-api.yaml once did, breaks with links on.
+    let resources = resources();
+    let env = kubelet_env(&resources, "order-api", true, &BTreeMap::new());
+    let link = env.get("ORDER_API_PORT").cloned().unwrap_or_default();
+    assert!(link.starts_with("tcp://10.96.0.") && link.ends_with(":8889"), "{env:?}");
+    let text = read("etc/order-api.yaml").replace("ORDER_API_LISTEN_PORT", "ORDER_API_PORT");
+    let lookup = |name: &str| env.get(name).cloned();
+    let err =
+        service_kit::config::parse_yaml::<order_api::Config>(Path::new("order-api.yaml"), &text, lookup)
+            .expect_err("Port: tcp://… must not load");
+    assert!(err.to_string().contains("Port"), "{err}");
 }

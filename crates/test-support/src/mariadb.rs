@@ -21,11 +21,28 @@ pub struct MariaDb {
     port: u16,
     /// The running server, `None` while stopped.
     process: Option<GuardedProcess>,
+    /// Set up like Debian's mariadb-server package ([`MariaDb::start_like_debian`]).
+    like_debian: bool,
 }
 
 impl MariaDb {
     /// Initialises a data directory and starts the server.
     pub fn start() -> MariaDb {
+        MariaDb::bootstrap(false)
+    }
+
+    /// A server set up as Debian's `mariadb-server` package sets it up, for
+    /// tests of instructions written for that package: `root@localhost`
+    /// logs in through the unix socket only (as the OS user running the
+    /// test; reach it with `mariadb --no-defaults --socket=` [`MariaDb::socket`]:
+    /// an option file such as Debian's /etc/mysql/my.cnf names another
+    /// socket, and wins over `MYSQL_UNIX_PORT`), and
+    /// host names are resolved, so TCP from 127.0.0.1 is `localhost` too.
+    pub fn start_like_debian() -> MariaDb {
+        MariaDb::bootstrap(true)
+    }
+
+    fn bootstrap(like_debian: bool) -> MariaDb {
         let install_db = find_binary("mariadb-install-db", &[], "mariadb-server");
         let dir = tempfile::Builder::new().prefix("test-mariadb-").tempdir().expect("temp dir");
         let data = dir.path().join("data");
@@ -33,16 +50,27 @@ impl MariaDb {
         // collide on their temporary tables ("Unknown table mysql.tmp_user_sys").
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp).expect("create mariadb tmpdir");
-        let output = std::process::Command::new(&install_db)
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                // The default 96 MiB redo log is preallocated per server; a
-                // test run starts dozens of servers side by side.
-                INNODB_LOG_FILE_SIZE,
-            ])
+        let mut command = std::process::Command::new(&install_db);
+        command.args([
+            "--no-defaults",
+            "--user=root",
+            "--skip-test-db",
+            // The default 96 MiB redo log is preallocated per server; a
+            // test run starts dozens of servers side by side.
+            INNODB_LOG_FILE_SIZE,
+        ]);
+        if like_debian {
+            // Debian's default: root via unix_socket, as whoever runs the test.
+            let user = std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|_| "root".into());
+            command.arg(format!("--auth-root-socket-user={user}"));
+        } else {
+            command.arg("--auth-root-authentication-method=normal");
+        }
+        let output = command
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--tmpdir={}", tmp.display()))
             .output()
@@ -57,7 +85,7 @@ impl MariaDb {
                 ""
             }
         );
-        let mut server = MariaDb { dir, port: free_port(), process: None };
+        let mut server = MariaDb { dir, port: free_port(), process: None, like_debian };
         server.launch(true);
         server
     }
@@ -92,7 +120,7 @@ impl MariaDb {
     fn spawn(&self) -> GuardedProcess {
         let mariadbd = find_binary("mariadbd", &["/usr/sbin"], "mariadb-server");
         let log = self.log_path();
-        let args = vec![
+        let mut args = vec![
             "--no-defaults".to_string(),
             format!("--datadir={}", self.dir.path().join("data").display()),
             format!("--port={}", self.port),
@@ -101,7 +129,6 @@ impl MariaDb {
             format!("--pid-file={}", self.dir.path().join("mysqld.pid").display()),
             format!("--tmpdir={}", self.dir.path().join("tmp").display()),
             "--user=root".to_string(),
-            "--skip-name-resolve".to_string(),
             "--skip-log-bin".to_string(),
             "--max-connections=1000".to_string(),
             "--innodb-buffer-pool-size=128M".to_string(),
@@ -109,6 +136,9 @@ impl MariaDb {
             "--character-set-server=utf8mb4".to_string(),
             "--collation-server=utf8mb4_general_ci".to_string(),
         ];
+        if !self.like_debian {
+            args.push("--skip-name-resolve".to_string());
+        }
         GuardedProcess::spawn_owning(&mariadbd, &args, &log, None, self.dir.path())
     }
 
@@ -132,6 +162,11 @@ impl MariaDb {
     /// Server URL without a database: `mysql://root@127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// The server's unix socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("mysqld.sock")
     }
 
     fn log_path(&self) -> PathBuf {

@@ -4,7 +4,7 @@
 # source of truth for every table: the same files the services embed and
 # apply at start-up (every statement is idempotent).
 #
-# The MySQL image's entrypoint sources this file when it is not executable
+# The MariaDB image's entrypoint sources this file when it is not executable
 # and runs it when it is; it works both ways (no `exit`, no `set -u`), on the
 # entrypoint's temporary socket-only server.
 #
@@ -12,7 +12,7 @@
 # run it from the repository root over TCP with the mysql client's own
 # variables:
 #
-#   mysql -h db.example -uroot -p < deploy/mysql/init/00-databases.sql
+#   mariadb -h db.example -uroot -p < deploy/mysql/init/00-databases.sql
 #   MYSQL_HOST=db.example MYSQL_ROOT_PASSWORD=... QUICKORDER_SQL_DIR=sql/mysql \
 #       sh deploy/mysql/init/10-schemas.sh
 set -e
@@ -23,10 +23,10 @@ quickorder_apply() {
     echo "quickorder: applying $QUICKORDER_SQL_DIR/$2 to database $1"
     if [ -n "${MYSQL_HOST:-}" ]; then
         # MYSQL_HOST / MYSQL_TCP_PORT are read by the client itself.
-        MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mysql --protocol=tcp -uroot "$1" < "$QUICKORDER_SQL_DIR/$2"
+        MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb --protocol=tcp -uroot "$1" < "$QUICKORDER_SQL_DIR/$2"
     else
         # SOCKET is set by the entrypoint when this file is sourced.
-        MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mysql --protocol=socket \
+        MYSQL_PWD="$MYSQL_ROOT_PASSWORD" mariadb --protocol=socket \
             --socket="${SOCKET:-/var/run/mysqld/mysqld.sock}" -uroot "$1" < "$QUICKORDER_SQL_DIR/$2"
     fi
 }

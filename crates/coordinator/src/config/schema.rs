@@ -521,17 +521,38 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_file_loads() {
+    fn the_example_config_file_is_the_articles_coordinator() {
+        // etc/coordinator.yaml with no environment: dtm's MySQL store in
+        // database dtm as root:root, registered in etcd as dtmservice, which
+        // is what etc/order-api.yaml dials: the four etc/ files work together.
         let text = include_str!("../../../../etc/coordinator.yaml");
         let config = Config::from_sources(file(text), env(&[])).unwrap();
-        let store = StoreConfig {
-            db: "./coordinator.db".into(),
-            host: "127.0.0.1".into(),
-            port: 3306,
-            user: "root".into(),
-            ..StoreConfig::default()
-        };
-        assert_eq!(config, Config { store, ..Config::default() });
+        assert_eq!(config.store.driver, StoreDriver::Mysql);
+        assert_eq!(config.store.url().expose(), "mysql://root:root@127.0.0.1:3306/dtm");
+        let registration = config.micro_service.registration().unwrap().unwrap();
+        assert_eq!(registration.hosts, ["127.0.0.1:2379"]);
+        assert_eq!(registration.key, "dtmservice");
+        assert_eq!(registration.end_point, "127.0.0.1:36790");
+        let api = include_str!("../../../../etc/order-api.yaml");
+        assert!(api.contains("${DTM_SERVER:-etcd://127.0.0.1:2379/dtmservice}"), "order-api dials it");
+    }
+
+    #[test]
+    fn the_database_defaults_per_driver() {
+        // The example file leaves Db empty so that switching the driver
+        // never means a MySQL database called "./coordinator.db".
+        let text = include_str!("../../../../etc/coordinator.yaml");
+        let sqlite = Config::from_sources(file(text), env(&[("STORE_DRIVER", "sqlite")])).unwrap();
+        assert_eq!(sqlite.store.url().expose(), "sqlite://./coordinator.db?mode=rwc");
+        let postgres =
+            Config::from_sources(file(text), env(&[("STORE_DRIVER", "postgres"), ("STORE_PORT", "5432")]))
+                .unwrap();
+        let url = postgres.store.url();
+        assert!(url.expose().starts_with("postgres://root:root@127.0.0.1:5432/dtm?"), "{}", url.expose());
+        // Without a file: the embedded SQLite store, as before.
+        let builtin = Config::from_sources(None, env(&[])).unwrap();
+        assert_eq!(builtin.store.url().expose(), "sqlite://./coordinator.db?mode=rwc");
+        assert_eq!(builtin.micro_service.registration().unwrap(), None);
     }
 
     #[test]

@@ -86,6 +86,24 @@ pub enum StoreError {
         "unsupported store URL {0:?} (expected mysql://, mariadb://, postgres://, postgresql:// or sqlite:)"
     )]
     UnsupportedUrl(String),
+    /// The store's database is missing and this user may not create it.
+    /// `sql` is the exact statement an administrator has to run.
+    #[error(
+        "the store's database {name:?} does not exist (or this user may not use it) and this user \
+         cannot create it ({cause}); as an administrator, run: {sql} and grant this user all \
+         privileges on it"
+    )]
+    MissingDatabase {
+        /// The database name (`Store.Db`).
+        name: String,
+        /// `CREATE DATABASE …` for this engine.
+        sql: String,
+        /// Why our own `CREATE DATABASE` failed.
+        cause: sqlx::Error,
+    },
+    /// The database name cannot be spliced into `CREATE DATABASE`.
+    #[error("the store's database name {0:?} must be [A-Za-z0-9_$-]+ to be created automatically")]
+    BadDatabaseName(String),
 }
 
 /// The current time as stored: UTC, whole seconds.
@@ -547,12 +565,108 @@ pub async fn open_direct(url: &str, max_connections: u32) -> Result<Arc<dyn Stor
     let scheme = url.split(':').next().unwrap_or_default();
     Ok(match scheme {
         "mysql" | "mariadb" => {
-            Arc::new(MySqlStore::open(&url.replacen("mariadb:", "mysql:", 1), max_connections).await?)
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            ensure_database(&url).await?;
+            Arc::new(MySqlStore::open(&url, max_connections).await?)
         }
-        "postgres" | "postgresql" => Arc::new(PostgresStore::open(url, max_connections).await?),
+        "postgres" | "postgresql" => {
+            ensure_database(url).await?;
+            Arc::new(PostgresStore::open(url, max_connections).await?)
+        }
         "sqlite" => Arc::new(SqliteStore::open(url, max_connections).await?),
         _ => return Err(StoreError::UnsupportedUrl(url.to_string())),
     })
+}
+
+/// Creates the store's database (MySQL/MariaDB, PostgreSQL) when it does
+/// not exist yet, as order-srv and stock-srv create theirs
+/// (`service_kit::db`); dtm leaves this to its users' DDL scripts. A user
+/// who may not create databases gets [`StoreError::MissingDatabase`] with
+/// the statement to run instead of the driver's bare "Unknown database".
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    use sqlx::{ConnectOptions, Connection};
+    let unsupported = || StoreError::UnsupportedUrl(url.to_string());
+    let parsed = url::Url::parse(url).map_err(|_| unsupported())?;
+    let name = percent_encoding::percent_decode_str(parsed.path().trim_start_matches('/'))
+        .decode_utf8_lossy()
+        .into_owned();
+    if name.is_empty() {
+        return Ok(()); // the driver's default database: nothing of ours to create
+    }
+    let mut server = parsed.clone();
+    let postgres = matches!(parsed.scheme(), "postgres" | "postgresql");
+    // PostgreSQL always connects to some database: its maintenance one.
+    server.set_path(if postgres { "/postgres" } else { "" });
+    let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '-'));
+    let (sql, missing) = if postgres {
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        // invalid_catalog_name
+        let missing = match options.connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                false
+            }
+            Err(err) => {
+                if err.as_database_error().and_then(|e| e.code()).as_deref() != Some("3D000") {
+                    return Err(err.into());
+                }
+                true
+            }
+        };
+        (format!("CREATE DATABASE \"{name}\";"), missing)
+    } else {
+        let options: sqlx::mysql::MySqlConnectOptions = url.parse()?;
+        let missing = match options.connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                false
+            }
+            Err(err) => {
+                // ER_BAD_DB_ERROR, or ER_DBACCESS_DENIED_ERROR: MariaDB and
+                // MySQL answer the latter to a user with no rights on a
+                // database that does not exist, without saying whether it does.
+                let number = err
+                    .as_database_error()
+                    .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+                    .map(|e| e.number());
+                if !matches!(number, Some(1049 | 1044)) {
+                    return Err(err.into());
+                }
+                true
+            }
+        };
+        (format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4;"), missing)
+    };
+    if !missing {
+        return Ok(());
+    }
+    if !valid {
+        return Err(StoreError::BadDatabaseName(name));
+    }
+    let created = if postgres {
+        let options: sqlx::postgres::PgConnectOptions = server.as_str().parse()?;
+        let mut conn = options.connect().await?;
+        let result = sqlx::query(sql.trim_end_matches(';')).execute(&mut conn).await;
+        let _ = conn.close().await;
+        match result {
+            // duplicate_database: another coordinator created it meanwhile.
+            Err(err) if err.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P04") => Ok(()),
+            other => other.map(drop),
+        }
+    } else {
+        let options: sqlx::mysql::MySqlConnectOptions = server.as_str().parse()?;
+        let mut conn = options.connect().await?;
+        let result = sqlx::query(sql.trim_end_matches(';')).execute(&mut conn).await;
+        let _ = conn.close().await;
+        result.map(drop)
+    };
+    match created {
+        Ok(()) => {
+            tracing::info!(database = %name, "created the store's database");
+            Ok(())
+        }
+        Err(cause) => Err(StoreError::MissingDatabase { name, sql, cause }),
+    }
 }
 
 #[cfg(test)]

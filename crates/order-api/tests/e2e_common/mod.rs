@@ -298,7 +298,7 @@ impl System {
     pub fn start_order_api_configured(&mut self, yaml: &str, extra: &[(&str, &str)]) {
         let mut env = self.common_env();
         env.push(("ORDER_API_HOST".into(), "127.0.0.1".into()));
-        env.push(("ORDER_API_PORT".into(), "0".into()));
+        env.push(("ORDER_API_LISTEN_PORT".into(), "0".into()));
         env.push(("DTM_SERVER".into(), format!("etcd://{}/dtmservice", self.etcd_hosts())));
         env.push((
             "DTM_HTTP_SERVER".into(),

@@ -527,6 +527,8 @@ impl Launcher {
             ("LISTEN_HOST".into(), "127.0.0.1".into()),
             ("HTTP_PORT".into(), "0".into()),
             ("GRPC_PORT".into(), "0".into()),
+            // The bench dials it directly: no etcd registration.
+            ("MICRO_SERVICE_DRIVER".into(), "default".into()),
         ];
         env.extend(server.store_env(store_db));
         let service = self.spawn("coordinator", &config, env)?;
@@ -585,7 +587,7 @@ impl Launcher {
         let config = self.write_config("order-api.yaml", &yaml)?;
         let env = vec![
             ("ORDER_API_HOST".into(), "127.0.0.1".into()),
-            ("ORDER_API_PORT".into(), "0".into()),
+            ("ORDER_API_LISTEN_PORT".into(), "0".into()),
             ("DTM_SERVER".into(), dtm_grpc.to_string()),
             ("DTM_HTTP_SERVER".into(), dtm_http.to_string()),
         ];

@@ -556,7 +556,7 @@ impl Topology {
             no_color,
             var("LOG_LEVEL", "info"),
             var("ORDER_API_HOST", "127.0.0.1"),
-            var("ORDER_API_PORT", api_port.to_string()),
+            var("ORDER_API_LISTEN_PORT", api_port.to_string()),
             var("DTM_SERVER", format!("etcd://{etcd_hosts}/dtmservice")),
             var("DTM_HTTP_SERVER", format!("http://127.0.0.1:{}/api/dtmsvr", coordinator_http[0])),
             var("ETCD_HOSTS", etcd_hosts.clone()),
