@@ -17,6 +17,15 @@ fn as_user(server: &str, user: &str, password: &str) -> String {
     format!("{scheme}://{user}:{password}@{host}")
 }
 
+/// The start-up error of a store that has no database and no right to
+/// create one.
+async fn open_error(url: &str) -> String {
+    match coordinator::store::open(url, 2).await {
+        Ok(_) => panic!("no database, no right to create it: an error"),
+        Err(err) => err.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn mysql_store_creates_its_database_or_names_the_sql_to_run() {
     let server = test_support::mysql_database().await.server_url;
@@ -41,11 +50,7 @@ async fn mysql_store_creates_its_database_or_names_the_sql_to_run() {
         .await
         .unwrap();
     let missing = unique("dtm_missing");
-    let err = match coordinator::store::open(&format!("{}/{missing}", as_user(&server, &user, "pw")), 2).await
-    {
-        Ok(_) => panic!("no database, no right to create it: an error"),
-        Err(err) => err.to_string(),
-    };
+    let err = open_error(&format!("{}/{missing}", as_user(&server, &user, "pw"))).await;
     let sql = format!("CREATE DATABASE IF NOT EXISTS `{missing}` CHARACTER SET utf8mb4;");
     assert!(err.contains(&sql), "the error names {sql:?}: {err}");
     // Run by an administrator, that statement is what was missing.
@@ -73,11 +78,7 @@ async fn postgres_store_creates_its_database_or_names_the_sql_to_run() {
         .await
         .unwrap();
     let missing = unique("dtm_missing");
-    let err = match coordinator::store::open(&format!("{}/{missing}", as_user(&server, &user, "pw")), 2).await
-    {
-        Ok(_) => panic!("no database, no right to create it: an error"),
-        Err(err) => err.to_string(),
-    };
+    let err = open_error(&format!("{}/{missing}", as_user(&server, &user, "pw"))).await;
     let sql = format!("CREATE DATABASE \"{missing}\";");
     assert!(err.contains(&sql), "the error names {sql:?}: {err}");
 }
