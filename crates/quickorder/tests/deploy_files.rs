@@ -143,7 +143,14 @@ fn folder_files(relative: &str) -> Vec<(String, String)> {
     files
 }
 
-/// The `${NAME}` / `${NAME:-default}` placeholders of a config file.
+/// `NAME:-default` or `NAME-default` (see `service_kit::config::expand_env`)
+/// as the name and its default.
+fn split_default(inner: &str) -> (&str, Option<&str>) {
+    inner.split_once(":-").or_else(|| inner.split_once('-')).map_or((inner, None), |(n, d)| (n, Some(d)))
+}
+
+/// The `${NAME}` / `${NAME:-default}` / `${NAME-default}` placeholders of a
+/// config file.
 fn placeholders(text: &str) -> BTreeMap<String, Option<String>> {
     let mut found = BTreeMap::new();
     let mut rest = text;
@@ -151,11 +158,8 @@ fn placeholders(text: &str) -> BTreeMap<String, Option<String>> {
         let after = &rest[start + 2..];
         let end = after.find('}').unwrap_or_else(|| panic!("unclosed ${{ in {after:.40}"));
         let inner = &after[..end];
-        let (name, default) = match inner.split_once(":-") {
-            Some((name, default)) => (name, Some(default.to_string())),
-            None => (inner, None),
-        };
-        found.insert(name.to_string(), default);
+        let (name, default) = split_default(inner);
+        found.insert(name.to_string(), default.map(str::to_string));
         rest = &after[end + 1..];
     }
     found
@@ -171,7 +175,7 @@ fn config_with_defaults(file: &str) -> Value {
         expanded.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find('}').expect("closed placeholder");
-        expanded.push_str(after[..end].split_once(":-").map_or("", |(_, default)| default));
+        expanded.push_str(split_default(&after[..end]).1.unwrap_or(""));
         rest = &after[end + 1..];
     }
     expanded.push_str(rest);

@@ -1,6 +1,7 @@
 //! `quickorder up` as a user runs it: the real binary on a fresh data
 //! folder, orders over HTTP, rows checked in the SQLite files, SIGTERM, and
-//! a second start that keeps (or, with `--reset`, drops) the data.
+//! a second start that keeps (or, with `--reset`, drops) the data; and the
+//! same on a MariaDB whose root has no password.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -161,4 +162,20 @@ async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
     assert_eq!(stock_left(&data).await, 100);
     assert!(orders(&data).await.is_empty());
     drop(up);
+}
+
+/// `--mysql` with a server whose root has no password (a throwaway
+/// MariaDB): the empty password must reach every process as empty, not
+/// be replaced by a config file's default.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_on_mysql_with_an_empty_password_serves_orders() {
+    let _slot: SystemSlot = test_support::system_slot();
+    let server = test_support::mysql_database().await.server_url;
+    assert!(!server.contains(":@") && !server.contains("root:"), "a URL without a password: {server}");
+    let (_dir, data) = data_dir();
+    let up = Up::start(&data, &["--mysql", &server]);
+    let (status, ok) = quick_create(&up, 1).await;
+    assert_eq!((status, ok["status"].as_str()), (200, Some("succeed")), "{ok}");
+    let (status, out) = up.stop(Signal::SIGTERM);
+    assert!(status.success(), "exit {status:?}\n{out}");
 }

@@ -111,9 +111,10 @@ pub fn parse_yaml<T: DeserializeOwned>(
         .map_err(|err| ConfigError::Parse { path: path.to_path_buf(), message: err.to_string() })
 }
 
-/// Replaces every `${VAR}` and `${VAR:-default}` in `raw` with the variable's
-/// value (`:-default` applies when the variable is unset *or empty*, as in a
-/// shell).
+/// Replaces every `${VAR}`, `${VAR:-default}` and `${VAR-default}` in `raw`
+/// with the variable's value. As in a shell, `:-default` applies when the
+/// variable is unset *or empty*, `-default` only when it is unset (so
+/// `${STORE_PASSWORD-root}` lets an empty password through).
 ///
 /// The substitution is textual, before YAML parsing, like go-zero's
 /// `conf.UseEnv()` (which runs `os.ExpandEnv` on the file): `Port: ${PORT}`
@@ -160,17 +161,22 @@ fn expand_line(
             .find('}')
             .ok_or_else(|| LineError::Malformed(format!("no closing '}}' after {:?}", &rest[start..])))?;
         let body = &after[..end];
-        let (name, default) = match body.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (body, None),
+        // `:-` replaces an unset or empty variable, `-` only an unset one
+        // (as in a shell): an empty password is a value, not a gap.
+        let (name, default, empty_is_unset) = match body.split_once(":-") {
+            Some((name, default)) => (name, Some(default), true),
+            None => match body.split_once('-') {
+                Some((name, default)) => (name, Some(default), false),
+                None => (body, None, false),
+            },
         };
         if !is_var_name(name) {
             return Err(LineError::Malformed(format!("{:?} is not a variable name", name)));
         }
-        match (lookup(name).filter(|v| !v.is_empty()), default) {
+        let value = lookup(name).filter(|v| !(empty_is_unset && v.is_empty()));
+        match (value, default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) if lookup(name).is_some() => {} // set but empty: `${VAR}` is ""
             (None, None) => return Err(LineError::Missing(name.to_string())),
         }
         rest = &after[end + 1..];
@@ -396,6 +402,13 @@ mod tests {
         let raw = "A: ${X}\nB: ${Y:-fallback}\nC: ${Z:-d}-${X}\n";
         let out = expand(raw, &[("X", "1"), ("Z", "")]).unwrap();
         assert_eq!(out, "A: 1\nB: fallback\nC: d-1\n");
+    }
+
+    #[test]
+    fn a_dash_default_lets_an_empty_value_through() {
+        let raw = "A: '${P-root}'\nB: '${Q-root}'\nC: '${P:-root}'\nD: '${E}'\n";
+        let out = expand(raw, &[("P", ""), ("E", "")]).unwrap();
+        assert_eq!(out, "A: ''\nB: 'root'\nC: 'root'\nD: ''\n");
     }
 
     #[test]
