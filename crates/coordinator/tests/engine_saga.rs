@@ -373,7 +373,7 @@ struct Counting {
 impl coordinator::EngineObserver for Counting {
     fn transaction_finished(
         &self,
-        trans_type: barrier::TransType,
+        trans_type: dtm_protocol::TransType,
         outcome: GlobalStatus,
         _duration: Duration,
     ) {
@@ -381,13 +381,13 @@ impl coordinator::EngineObserver for Counting {
     }
     fn branch_called(
         &self,
-        _trans_type: barrier::TransType,
-        branch_id: &barrier::BranchId,
-        op: barrier::Op,
-        outcome: &barrier::BranchResult,
+        _trans_type: dtm_protocol::TransType,
+        branch_id: &dtm_protocol::BranchId,
+        op: dtm_protocol::Op,
+        outcome: &dtm_protocol::BranchResult,
         _latency: Duration,
     ) {
-        let ok = matches!(outcome, barrier::BranchResult::Success);
+        let ok = matches!(outcome, dtm_protocol::BranchResult::Success);
         self.branches.lock().unwrap().push((branch_id.to_string(), op.to_string(), ok));
     }
 }

@@ -7,8 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use barrier::{BarrierTable, BranchBarrier, BranchError, Gid, MsgBarrier, MsgLocal};
+use barrier::{BarrierTable, BranchBarrier, BranchError, MsgBarrier, MsgLocal};
 use dtm_client::{ClientError, Msg, MsgError, TransStatus};
+use dtm_protocol::Gid;
 use proto::stock::DeductReq;
 use serde_json::json;
 use sqlx::SqlitePool;
@@ -34,7 +35,7 @@ async fn local_db(b: &HttpBranches) -> (test_support::TestDatabase, SqlitePool) 
     let db = test_support::sqlite_database();
     let pool = SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
-    barrier::schema::ensure_stock_table(&pool).await.unwrap();
+    stock_srv::schema::ensure_stock_table(&pool).await.unwrap();
     let check_pool = pool.clone();
     b.recorder.hook("/QueryPrepared", move |call| {
         let pool = check_pool.clone();

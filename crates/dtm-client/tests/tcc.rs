@@ -7,8 +7,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barrier::{BarrierTable, BranchBarrier, BranchError, Gid, Outcome, Skipped};
+use barrier::{BarrierTable, BranchBarrier, BranchError, Outcome, Skipped};
 use dtm_client::{ClientError, DtmClient, Tcc, TccBranch, TransStatus};
+use dtm_protocol::Gid;
 use proto::stock::{DeductReq, DeductResp};
 use serde_json::json;
 use support::{GrpcBranches, HttpBranches, InProcess, Reply, c};
@@ -249,7 +250,7 @@ async fn a_cancel_overtaking_a_delayed_try_is_null_and_the_try_hangs_harmlessly(
     let db = test_support::sqlite_database();
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
-    barrier::schema::ensure_stock_table(&pool).await.unwrap();
+    stock_srv::schema::ensure_stock_table(&pool).await.unwrap();
     let b = HttpBranches::start().await;
     let cancelled = Arc::new(Notify::new());
     let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -17,6 +17,7 @@
 //! | [`server`] | `internal/server/stockServer.go` |
 //! | [`logic`] | `internal/logic/deductLogic.go`, `deductRollbackLogic.go` |
 //! | [`model`] | `internal/model/stockmodel.go` |
+//! | [`schema`] | the `stock` table's DDL and seed (goctl's `.sql` next to the model) |
 //! | [`build`] | `internal/svc/serviceContext.go` + `zrpc.MustNewServer` |
 //!
 //! Start-up and shutdown are `order-srv`'s, from `service-kit`: database and
@@ -32,6 +33,7 @@
 pub mod http;
 pub mod logic;
 pub mod model;
+pub mod schema;
 pub mod server;
 
 use barrier::BarrierDatabase;
@@ -61,7 +63,7 @@ pub struct StockParts;
 
 impl<DB: StockModel + BarrierDatabase> BranchParts<DB> for StockParts {
     async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-        barrier::schema::ensure_stock_table(pool).await
+        schema::ensure_stock_table(pool).await
     }
 
     fn add_grpc(server: GrpcServer, pool: Pool<DB>, max_msg_size: usize) -> GrpcServer {
