@@ -39,7 +39,6 @@ pub mod model;
 pub mod schema;
 pub mod server;
 
-use barrier::BarrierDatabase;
 use proto::order::OrderServer;
 use service_kit::{BranchParts, GrpcServer, ServiceServer, StartError};
 use sqlx::Pool;
@@ -64,7 +63,7 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
 /// This service's tonic service and HTTP routes, on any supported engine.
 pub struct OrderParts;
 
-impl<DB: OrderModel + BarrierDatabase> BranchParts<DB> for OrderParts {
+impl<DB: OrderModel + schema::OrderDdl> BranchParts<DB> for OrderParts {
     async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
         schema::ensure_order_table(pool).await
     }

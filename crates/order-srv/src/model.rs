@@ -30,9 +30,6 @@ pub struct NewOrder<'a> {
 /// The order model's SQL on one engine (`sqlx::MySql`, `sqlx::Postgres`,
 /// `sqlx::Sqlite`).
 pub trait OrderModel: BarrierDatabase {
-    /// The table's DDL on this engine (`sql/<engine>/order.sql`, see [`crate::schema`]).
-    const ORDER_DDL: &'static str;
-
     /// `insert into order (user_id, goods_id, num, row_state, gid) values (…, 0, gid)`.
     fn insert<'a>(
         conn: &'a mut Self::Connection,
@@ -50,10 +47,8 @@ pub trait OrderModel: BarrierDatabase {
 /// Implements [`OrderModel`] for one engine; only the SQL text differs
 /// (`?` or `$n` placeholders, how `order` — a keyword — is quoted).
 macro_rules! order_model {
-    ($db:ty, ddl: $ddl:expr, insert: $insert:literal, cancel: $cancel:literal $(,)?) => {
+    ($db:ty, insert: $insert:literal, cancel: $cancel:literal $(,)?) => {
         impl OrderModel for $db {
-            const ORDER_DDL: &'static str = $ddl;
-
             async fn insert<'a>(
                 conn: &'a mut Self::Connection,
                 order: &'a NewOrder<'a>,
@@ -80,21 +75,18 @@ macro_rules! order_model {
 
 order_model!(
     sqlx::MySql,
-    ddl: crate::schema::mysql::ORDER,
     insert: "insert into `order` (user_id, goods_id, num, row_state, gid) values (?, ?, ?, 0, ?)",
     cancel: "update `order` set row_state = -1 where gid = ?",
 );
 
 order_model!(
     sqlx::Postgres,
-    ddl: crate::schema::postgres::ORDER,
     insert: r#"insert into "order" (user_id, goods_id, num, row_state, gid) values ($1, $2, $3, 0, $4)"#,
     cancel: r#"update "order" set row_state = -1 where gid = $1"#,
 );
 
 order_model!(
     sqlx::Sqlite,
-    ddl: crate::schema::sqlite::ORDER,
     insert: r#"insert into "order" (user_id, goods_id, num, row_state, gid) values (?, ?, ?, 0, ?)"#,
     cancel: r#"update "order" set row_state = -1 where gid = ?"#,
 );

@@ -13,8 +13,6 @@ use barrier::schema::{ExactColumn, apply, ensure_exact_columns};
 use barrier::{BarrierDatabase, BarrierTable};
 use sqlx::Pool;
 
-use crate::model::OrderModel;
-
 /// MySQL / MariaDB (`sql/mysql/order.sql`).
 pub mod mysql {
     use super::ExactColumn;
@@ -45,13 +43,29 @@ pub mod sqlite {
 
 /// Creates the `order` table (with `gid`) if it does not exist, and gives
 /// an older table's `gid` the binary collation on MySQL.
-pub async fn ensure_order_table<DB: OrderModel + BarrierDatabase>(
-    pool: &Pool<DB>,
-) -> Result<(), sqlx::Error> {
+pub async fn ensure_order_table<DB: OrderDdl>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
     apply(pool, DB::ORDER_DDL).await?;
     // A constant name of [A-Za-z0-9_]: never refused.
     let table = BarrierTable::new("order").map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     ensure_exact_columns(pool, &table, &[mysql::ORDER_GID]).await
+}
+
+/// The table's DDL on one engine: `sqlx::MySql`, `sqlx::Postgres` or `sqlx::Sqlite`.
+pub trait OrderDdl: BarrierDatabase {
+    /// `sql/<engine>/order.sql`.
+    const ORDER_DDL: &'static str;
+}
+
+impl OrderDdl for sqlx::MySql {
+    const ORDER_DDL: &'static str = mysql::ORDER;
+}
+
+impl OrderDdl for sqlx::Postgres {
+    const ORDER_DDL: &'static str = postgres::ORDER;
+}
+
+impl OrderDdl for sqlx::Sqlite {
+    const ORDER_DDL: &'static str = sqlite::ORDER;
 }
 
 #[cfg(test)]

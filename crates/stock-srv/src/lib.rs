@@ -36,7 +36,6 @@ pub mod model;
 pub mod schema;
 pub mod server;
 
-use barrier::BarrierDatabase;
 use proto::stock::StockServer;
 use service_kit::{BranchParts, GrpcServer, ServiceServer, StartError};
 use sqlx::Pool;
@@ -61,7 +60,7 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
 /// This service's tonic service and HTTP routes, on any supported engine.
 pub struct StockParts;
 
-impl<DB: StockModel + BarrierDatabase> BranchParts<DB> for StockParts {
+impl<DB: StockModel + schema::StockDdl> BranchParts<DB> for StockParts {
     async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
         schema::ensure_stock_table(pool).await
     }

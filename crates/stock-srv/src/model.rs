@@ -13,9 +13,6 @@ use barrier::BarrierDatabase;
 /// The stock model's SQL on one engine (`sqlx::MySql`, `sqlx::Postgres`,
 /// `sqlx::Sqlite`).
 pub trait StockModel: BarrierDatabase {
-    /// The table's DDL and seed on this engine (`sql/<engine>/stock.sql`, see [`crate::schema`]).
-    const STOCK_DDL: &'static str;
-
     /// Subtracts `num` if at least `num` units are left. Returns the rows
     /// changed: 1, or 0 for "not enough stock" *or* "unknown goods".
     fn deduct<'a>(
@@ -41,10 +38,8 @@ pub trait StockModel: BarrierDatabase {
 
 /// Implements [`StockModel`] for one engine; only the placeholders differ.
 macro_rules! stock_model {
-    ($db:ty, ddl: $ddl:expr, deduct: $deduct:literal, add: $add:literal, find: $find:literal $(,)?) => {
+    ($db:ty, deduct: $deduct:literal, add: $add:literal, find: $find:literal $(,)?) => {
         impl StockModel for $db {
-            const STOCK_DDL: &'static str = $ddl;
-
             async fn deduct(
                 conn: &mut Self::Connection,
                 goods_id: i64,
@@ -71,7 +66,6 @@ macro_rules! stock_model {
 
 stock_model!(
     sqlx::MySql,
-    ddl: crate::schema::mysql::STOCK,
     deduct: "update stock set num = num - ? where goods_id = ? and num >= ?",
     add: "update stock set num = num + ? where goods_id = ?",
     find: "select num from stock where goods_id = ?",
@@ -79,7 +73,6 @@ stock_model!(
 
 stock_model!(
     sqlx::Postgres,
-    ddl: crate::schema::postgres::STOCK,
     deduct: "update stock set num = num - $1 where goods_id = $2 and num >= $3",
     add: "update stock set num = num + $1 where goods_id = $2",
     find: "select num from stock where goods_id = $1",
@@ -87,7 +80,6 @@ stock_model!(
 
 stock_model!(
     sqlx::Sqlite,
-    ddl: crate::schema::sqlite::STOCK,
     deduct: "update stock set num = num - ? where goods_id = ? and num >= ?",
     add: "update stock set num = num + ? where goods_id = ?",
     find: "select num from stock where goods_id = ?",

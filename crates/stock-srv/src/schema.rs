@@ -7,9 +7,8 @@
 //! They are idempotent (`CREATE TABLE IF NOT EXISTS`, an insert-ignore seed
 //! of goods 1 = 100 units that never refills): safe at every start.
 
+use barrier::BarrierDatabase;
 use sqlx::Pool;
-
-use crate::model::StockModel;
 
 /// MySQL / MariaDB (`sql/mysql/stock.sql`).
 pub mod mysql {
@@ -31,8 +30,26 @@ pub mod sqlite {
 
 /// Creates the `stock` table if it does not exist and seeds goods 1 with
 /// 100 units if it has no row yet.
-pub async fn ensure_stock_table<DB: StockModel>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
+pub async fn ensure_stock_table<DB: StockDdl>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
     barrier::schema::apply(pool, DB::STOCK_DDL).await
+}
+
+/// The table's DDL on one engine: `sqlx::MySql`, `sqlx::Postgres` or `sqlx::Sqlite`.
+pub trait StockDdl: BarrierDatabase {
+    /// `sql/<engine>/stock.sql`.
+    const STOCK_DDL: &'static str;
+}
+
+impl StockDdl for sqlx::MySql {
+    const STOCK_DDL: &'static str = mysql::STOCK;
+}
+
+impl StockDdl for sqlx::Postgres {
+    const STOCK_DDL: &'static str = postgres::STOCK;
+}
+
+impl StockDdl for sqlx::Sqlite {
+    const STOCK_DDL: &'static str = sqlite::STOCK;
 }
 
 #[cfg(test)]
