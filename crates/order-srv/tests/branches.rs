@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use proto::order::{CreateReq, OrderClient};
 use sqlx::Row;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use test_support::RunningServer;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -16,8 +15,7 @@ use tonic::{Code, Request};
 struct Running {
     addr: SocketAddr,
     client: OrderClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), service_kit::ServeError>>,
+    server: RunningServer<service_kit::ServeError>,
 }
 
 impl Running {
@@ -28,17 +26,13 @@ impl Running {
             service_kit::config::parse_yaml(Path::new("test.yaml"), &yaml, |_| None).unwrap();
         let server = order_srv::build(&config).await.expect("order-srv starts");
         let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let server = RunningServer::spawn(|stop| server.run_until_stopped(stop));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Running { addr, client: OrderClient::new(channel), stop: Some(stop), task }
+        Running { addr, client: OrderClient::new(channel), server }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 

@@ -2,17 +2,15 @@
 //! in front of the same logic as the gRPC methods, on SQLite.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use test_support::RunningServer;
 
 /// A running order-srv with HTTP branches; `http` is `http://127.0.0.1:port`.
 struct Running {
     http: String,
     pool: sqlx::SqlitePool,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), service_kit::ServeError>>,
+    server: RunningServer<service_kit::ServeError>,
     _db: test_support::TestDatabase,
 }
 
@@ -27,12 +25,9 @@ async fn start() -> Running {
         service_kit::config::parse_yaml(Path::new("t.yaml"), &yaml, |_| None).unwrap();
     let server = order_srv::build(&config).await.expect("order-srv starts");
     let http = format!("http://{}", server.http_addr().expect("HTTP branches are served"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = RunningServer::spawn(|stop| server.run_until_stopped(stop));
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    Running { http, pool, stop, task, _db: db }
+    Running { http, pool, server, _db: db }
 }
 
 /// POSTs as dtm does; returns status and JSON body.
@@ -73,8 +68,7 @@ async fn create_and_rollback_answer_like_dtm_branches() {
     assert_eq!(call(&r, "/api/order/createRollback", &dtm_query("g2", "compensate"), &body).await.0, 200);
     assert_eq!(orders(&r.pool).await.len(), 1);
 
-    let _ = r.stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), r.task).await.unwrap().unwrap().unwrap();
+    r.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

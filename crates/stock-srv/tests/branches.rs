@@ -2,19 +2,16 @@
 //! metadata, on real databases (MariaDB, PostgreSQL, SQLite).
 
 use std::path::Path;
-use std::time::Duration;
 
 use proto::stock::{DeductReq, StockClient};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use test_support::RunningServer;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// A running stock-srv on port 0.
 struct Running {
     client: StockClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), service_kit::ServeError>>,
+    server: RunningServer<service_kit::ServeError>,
 }
 
 impl Running {
@@ -25,17 +22,13 @@ impl Running {
             service_kit::config::parse_yaml(Path::new("test.yaml"), &yaml, |_| None).unwrap();
         let server = stock_srv::build(&config).await.expect("stock-srv starts");
         let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let server = RunningServer::spawn(|stop| server.run_until_stopped(stop));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Running { client: StockClient::new(channel), stop: Some(stop), task }
+        Running { client: StockClient::new(channel), server }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 
     async fn deduct(&mut self, gid: &str, goods_id: i64, num: i64) -> Result<(), tonic::Status> {

@@ -2,16 +2,14 @@
 //! in front of the same logic as the gRPC methods, on SQLite.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use test_support::RunningServer;
 
 struct Running {
     http: String,
     pool: sqlx::SqlitePool,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), service_kit::ServeError>>,
+    server: RunningServer<service_kit::ServeError>,
     _db: test_support::TestDatabase,
 }
 
@@ -26,12 +24,9 @@ async fn start() -> Running {
         service_kit::config::parse_yaml(Path::new("t.yaml"), &yaml, |_| None).unwrap();
     let server = stock_srv::build(&config).await.expect("stock-srv starts");
     let http = format!("http://{}", server.http_addr().expect("HTTP branches are served"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let server = RunningServer::spawn(|stop| server.run_until_stopped(stop));
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    Running { http, pool, stop, task, _db: db }
+    Running { http, pool, server, _db: db }
 }
 
 async fn call(r: &Running, path: &str, gid: &str, op: &str, num: i64) -> (u16, Value) {
@@ -72,6 +67,5 @@ async fn deduct_answers_409_when_short_and_rollbacks_are_exact() {
 
     let (status, _) = call(&r, "/api/stock/deduct", "g3", "action", -1).await;
     assert_eq!(status, 400);
-    let _ = r.stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), r.task).await.unwrap().unwrap().unwrap();
+    r.server.stop().await;
 }
