@@ -6,8 +6,10 @@
 use sqlx::{Pool, Transaction};
 use tonic::metadata::MetadataMap;
 
+use dtm_protocol::{BranchCall, BranchId, Gid, Op, ProtocolError, Received, TransType};
+
 use crate::database::sealed::BarrierRow;
-use crate::{BarrierDatabase, BarrierTable, BranchError, BranchId, Gid, Op, ProtocolError, TransType};
+use crate::{BarrierDatabase, BarrierTable, BranchError};
 
 /// Why the barrier did not run the business code. In every case the barrier
 /// committed its own rows and the branch answers **success**: the coordinator
@@ -116,21 +118,7 @@ impl BranchBarrier {
     /// `BarrierFromGrpc`). A missing or malformed value is the caller's
     /// mistake: [`ProtocolError`], which becomes `InvalidArgument`.
     pub fn from_grpc(metadata: &MetadataMap) -> Result<BranchBarrier, ProtocolError> {
-        let get = |key: &str, field: &'static str| -> Result<Option<&str>, ProtocolError> {
-            match metadata.get(key) {
-                None => Ok(None),
-                Some(value) => value
-                    .to_str()
-                    .map(Some)
-                    .map_err(|_| ProtocolError::Invalid { field, reason: "not printable ASCII".into() }),
-            }
-        };
-        BranchBarrier::from_values(
-            get("dtm-trans_type", "trans_type")?,
-            get("dtm-gid", "gid")?,
-            get("dtm-branch_id", "branch_id")?,
-            get("dtm-op", "op")?,
-        )
+        BranchBarrier::from_received(&Received::from_grpc(metadata))
     }
 
     /// Reads `gid`, `trans_type`, `branch_id` and `op` from a raw URL query
@@ -138,7 +126,7 @@ impl BranchBarrier {
     /// (dtm's `BarrierFromQuery`). Percent-encoding is decoded; the first
     /// occurrence of a repeated parameter wins, as with Go's `Query().Get`.
     pub fn from_query(query: &str) -> Result<BranchBarrier, ProtocolError> {
-        BranchBarrier::from_query_pairs(url::form_urlencoded::parse(query.as_bytes()))
+        BranchBarrier::from_received(&Received::from_query(query))
     }
 
     /// Like [`BranchBarrier::from_query`], from already-decoded pairs (for
@@ -149,32 +137,13 @@ impl BranchBarrier {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut found: [Option<String>; 4] = Default::default();
-        for (key, value) in pairs {
-            let slot = match key.as_ref() {
-                "trans_type" => 0,
-                "gid" => 1,
-                "branch_id" => 2,
-                "op" => 3,
-                _ => continue,
-            };
-            found[slot].get_or_insert_with(|| value.as_ref().to_string());
-        }
-        let [trans_type, gid, branch_id, op] = &found;
-        BranchBarrier::from_values(trans_type.as_deref(), gid.as_deref(), branch_id.as_deref(), op.as_deref())
+        BranchBarrier::from_received(&Received::from_query_pairs(pairs))
     }
 
-    /// Validates the four values. Absent and empty are both "missing".
-    fn from_values(
-        trans_type: Option<&str>,
-        gid: Option<&str>,
-        branch_id: Option<&str>,
-        op: Option<&str>,
-    ) -> Result<BranchBarrier, ProtocolError> {
-        let gid = Gid::new(gid.unwrap_or_default())?;
-        let trans_type = trans_type.unwrap_or_default().parse()?;
-        let branch_id = BranchId::new(branch_id.unwrap_or_default())?;
-        let op = op.unwrap_or_default().parse()?;
+    /// The barrier of a call as the branch received it: all four values
+    /// must be there and valid (absent and empty are both "missing").
+    pub fn from_received(received: &Received) -> Result<BranchBarrier, ProtocolError> {
+        let BranchCall { gid, trans_type, branch_id, op, dtm: _ } = received.call()?;
         Ok(BranchBarrier::new(trans_type, gid, branch_id, op))
     }
 

@@ -40,10 +40,6 @@ pub trait BarrierDatabase: sqlx::Database + sealed::Engine {
 
     /// The barrier table's DDL (`sql/<engine>/barrier.sql`), for the unqualified name `barrier`.
     const BARRIER_DDL: &'static str;
-    /// The demo's `order` table with its `gid` column (`sql/<engine>/order.sql`).
-    const ORDER_DDL: &'static str;
-    /// The demo's `stock` table and its seed (`sql/<engine>/stock.sql`).
-    const STOCK_DDL: &'static str;
 }
 
 /// The private half of [`BarrierDatabase`]: the few queries the barrier runs,
@@ -113,8 +109,6 @@ macro_rules! barrier_database {
             }
 
             const BARRIER_DDL: &'static str = include_str!(concat!("../../../sql/", $dir, "/barrier.sql"));
-            const ORDER_DDL: &'static str = include_str!(concat!("../../../sql/", $dir, "/order.sql"));
-            const STOCK_DDL: &'static str = include_str!(concat!("../../../sql/", $dir, "/stock.sql"));
         }
 
         impl sealed::Engine for $db {

@@ -1,4 +1,4 @@
-//! dtm's subtransaction barrier for sqlx, and the words of dtm's branch protocol.
+//! dtm's subtransaction barrier for sqlx.
 //!
 //! # The problem
 //!
@@ -94,20 +94,22 @@
 //!
 //! # Layout
 //!
-//! * [`protocol`] — `Gid`, `BranchId`, `TransType`, `Op`: the four values of every branch call.
-//! * [`gid`] — dtm's gid format, and [`Gid::random`] to make one.
-//! * [`result`] — `BranchResult` and `BranchError`: the four answers, over gRPC and HTTP.
+//! The words of the protocol — `Gid`, `BranchId`, `TransType`, `Op`, the
+//! `dtm-*` metadata and query parameters a call carries, `BranchResult` —
+//! are the `dtm_protocol` crate's; this one adds what a branch does with them:
+//!
+//! * [`result`] — [`BranchError`]: what a handler returns, answered over gRPC and HTTP.
 //! * [`barrier`](mod@barrier) — [`BranchBarrier`], [`Outcome`], [`Skipped`].
 //! * [`msg`] — the 2-phase message's local transaction and QueryPrepared check-back.
 //! * [`database`] — [`BarrierDatabase`]: what differs between MySQL, PostgreSQL and SQLite.
 //! * [`table`] — [`BarrierTable`], the validated table name.
-//! * [`schema`] — the DDL files and functions that apply them.
+//! * [`schema`] — the barrier table's DDL, the functions that apply DDL
+//!   files, and the migration to exact (binary) gid columns, which the
+//!   services use for their own tables too.
 
 pub mod barrier;
 pub mod database;
-pub mod gid;
 pub mod msg;
-pub mod protocol;
 pub mod result;
 pub mod schema;
 pub mod table;
@@ -115,6 +117,5 @@ pub mod table;
 pub use barrier::{BranchBarrier, Outcome, Skipped};
 pub use database::BarrierDatabase;
 pub use msg::{MsgBarrier, MsgLocal};
-pub use protocol::{BranchId, Gid, Op, ProtocolError, TransType};
-pub use result::{BranchError, BranchResult, FAILURE, ONGOING, SUCCESS};
+pub use result::BranchError;
 pub use table::BarrierTable;

@@ -18,9 +18,9 @@
 
 use sqlx::{Pool, Transaction};
 
-use crate::{
-    BarrierDatabase, BarrierTable, BranchBarrier, BranchError, BranchId, Gid, Op, Outcome, TransType,
-};
+use dtm_protocol::{BranchId, Gid, Op, TransType};
+
+use crate::{BarrierDatabase, BarrierTable, BranchBarrier, BranchError, Outcome};
 
 /// What happened to a 2-phase message's local transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,19 +1,20 @@
-//! The SQL of the barrier table and of the demo's two business tables, and
-//! functions that apply it at service start.
+//! The SQL of the barrier table, the functions that apply DDL at service
+//! start, and the migration of gid columns to exact (binary) comparison.
 //!
-//! The DDL lives in `sql/<engine>/{barrier,order,stock}.sql` at the
-//! repository root, where operators can read it and feed it to `mariadb` or
-//! `psql` by hand; this module embeds the same files (`include_str!`), so
-//! the services and the tests apply exactly what is reviewed there. Every
-//! file is idempotent (`CREATE TABLE IF NOT EXISTS`, insert-ignore seed), so
-//! applying it at every start is safe.
+//! The DDL lives in `sql/<engine>/barrier.sql` at the repository root, where
+//! operators can read it and feed it to `mariadb` or `psql` by hand; this
+//! module embeds the same files (`include_str!`), so the services and the
+//! tests apply exactly what is reviewed there. Every file is idempotent
+//! (`CREATE TABLE IF NOT EXISTS`), so applying it at every start is safe.
+//! The services' own tables (`order.sql`, `stock.sql`) are theirs: each
+//! service embeds its file and applies it with [`apply`] and
+//! [`ensure_exact_columns`] from here.
 //!
 //! ```no_run
 //! # async fn start(pool: sqlx::MySqlPool) -> Result<(), sqlx::Error> {
 //! use barrier::{BarrierTable, schema};
 //! let table: BarrierTable = "dtm_barrier.barrier".parse().expect("valid name");
 //! schema::ensure_barrier_table(&pool, &table).await?; // needs database `dtm_barrier`
-//! schema::ensure_order_table(&pool).await?;
 //! # Ok(()) }
 //! ```
 
@@ -27,23 +28,12 @@ pub mod mysql {
     use crate::BarrierDatabase;
     /// The barrier table, named `barrier` (see [`super::barrier_statements`] for other names).
     pub const BARRIER: &str = <sqlx::MySql as BarrierDatabase>::BARRIER_DDL;
-    /// The `order` table, with its `gid` column.
-    pub const ORDER: &str = <sqlx::MySql as BarrierDatabase>::ORDER_DDL;
-    /// The `stock` table, seeded with goods 1 = 100 units.
-    pub const STOCK: &str = <sqlx::MySql as BarrierDatabase>::STOCK_DDL;
 
     /// The barrier table's `gid`, exactly as [`BARRIER`] declares it.
     pub const BARRIER_GID: ExactColumn = ExactColumn {
         name: "gid",
         mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT '' \
                            COMMENT 'global transaction id'",
-    };
-
-    /// The `order` table's `gid`, exactly as [`ORDER`] declares it.
-    pub const ORDER_GID: ExactColumn = ExactColumn {
-        name: "gid",
-        mysql_definition: "`gid` varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '' \
-                           COMMENT 'dtm gid of the saga that created this order'",
     };
 }
 
@@ -67,15 +57,23 @@ pub struct ExactColumn {
     pub mysql_definition: &'static str,
 }
 
+impl ExactColumn {
+    /// Whether `create_table` (a `CREATE TABLE` statement) declares this
+    /// column exactly as [`ExactColumn::mysql_definition`] says, binary
+    /// collation included, white space aside: the migration must produce
+    /// exactly what a fresh table gets. For the tests of whoever owns a DDL file.
+    pub fn is_declared_in(&self, create_table: &str) -> bool {
+        let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.mysql_definition.contains("COLLATE utf8mb4_bin")
+            && flat(create_table).contains(&flat(self.mysql_definition))
+    }
+}
+
 /// PostgreSQL DDL (`sql/postgres/*.sql`).
 pub mod postgres {
     use crate::BarrierDatabase;
     /// The barrier table, named `barrier` (see [`super::barrier_statements`] for other names).
     pub const BARRIER: &str = <sqlx::Postgres as BarrierDatabase>::BARRIER_DDL;
-    /// The `order` table, with its `gid` column.
-    pub const ORDER: &str = <sqlx::Postgres as BarrierDatabase>::ORDER_DDL;
-    /// The `stock` table, seeded with goods 1 = 100 units.
-    pub const STOCK: &str = <sqlx::Postgres as BarrierDatabase>::STOCK_DDL;
 }
 
 /// SQLite DDL (`sql/sqlite/*.sql`).
@@ -83,10 +81,6 @@ pub mod sqlite {
     use crate::BarrierDatabase;
     /// The barrier table, named `barrier` (see [`super::barrier_statements`] for other names).
     pub const BARRIER: &str = <sqlx::Sqlite as BarrierDatabase>::BARRIER_DDL;
-    /// The `order` table, with its `gid` column.
-    pub const ORDER: &str = <sqlx::Sqlite as BarrierDatabase>::ORDER_DDL;
-    /// The `stock` table, seeded with goods 1 = 100 units.
-    pub const STOCK: &str = <sqlx::Sqlite as BarrierDatabase>::STOCK_DDL;
 }
 
 /// The phrase in every `barrier.sql` that [`barrier_statements`] rewrites to
@@ -167,13 +161,6 @@ pub async fn ensure_barrier_table<DB: BarrierDatabase>(
 ) -> Result<(), sqlx::Error> {
     apply_statements(pool, barrier_statements::<DB>(table)).await?;
     ensure_exact_columns(pool, table, &[mysql::BARRIER_GID]).await
-}
-
-/// Creates the demo's `order` table (with `gid`) if it does not exist, and
-/// gives an older table's `gid` the binary collation on MySQL.
-pub async fn ensure_order_table<DB: BarrierDatabase>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-    apply(pool, DB::ORDER_DDL).await?;
-    ensure_exact_columns(pool, &BarrierTable::trusted("order"), &[mysql::ORDER_GID]).await
 }
 
 /// Makes `columns` of `table` compare as exact byte strings.
@@ -270,12 +257,6 @@ pub(crate) async fn mysql_exact_columns(
     result.and(released.map(|_| ()))
 }
 
-/// Creates the demo's `stock` table if it does not exist and seeds goods 1
-/// with 100 units if it has no row yet.
-pub async fn ensure_stock_table<DB: BarrierDatabase>(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-    apply(pool, DB::STOCK_DDL).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,17 +276,7 @@ mod tests {
 
     #[test]
     fn every_file_splits_into_the_expected_statements() {
-        let counts = [
-            (mysql::BARRIER, 1),
-            (mysql::ORDER, 1),
-            (mysql::STOCK, 2),
-            (postgres::BARRIER, 1),
-            (postgres::ORDER, 2),
-            (postgres::STOCK, 2),
-            (sqlite::BARRIER, 1),
-            (sqlite::ORDER, 2),
-            (sqlite::STOCK, 2),
-        ];
+        let counts = [(mysql::BARRIER, 1), (postgres::BARRIER, 1), (sqlite::BARRIER, 1)];
         for (script, count) in counts {
             let statements = statements(script);
             assert_eq!(statements.len(), count, "{statements:#?}");
@@ -316,12 +287,8 @@ mod tests {
     #[test]
     fn exact_column_definitions_are_the_ddl_files_own() {
         // The migration must produce exactly what a fresh table gets.
-        for (ddl, column) in [(mysql::BARRIER, mysql::BARRIER_GID), (mysql::ORDER, mysql::ORDER_GID)] {
-            let statement = &statements(ddl)[0];
-            let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-            assert!(flat(statement).contains(&flat(column.mysql_definition)), "{statement}\n{column:?}");
-            assert!(column.mysql_definition.contains("COLLATE utf8mb4_bin"));
-        }
+        let statement = &statements(mysql::BARRIER)[0];
+        assert!(mysql::BARRIER_GID.is_declared_in(statement), "{statement}");
     }
 
     #[test]

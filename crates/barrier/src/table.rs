@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::ProtocolError;
+use dtm_protocol::ProtocolError;
 
 /// A validated, optionally schema-qualified table name: `barrier` or
 /// `dtm_barrier.barrier`.

@@ -17,13 +17,11 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use barrier::{
-    BarrierTable, BranchBarrier, BranchError, BranchId, Gid, MsgBarrier, MsgLocal, Op, Outcome, Skipped,
-    TransType, schema,
-};
+use barrier::{BarrierTable, BranchBarrier, BranchError, MsgBarrier, MsgLocal, Outcome, Skipped, schema};
+use dtm_protocol::{BranchId, Gid, Op, TransType};
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
-use support::{Engine, Row};
+use support::{Engine, Row, business_tables};
 use test_support::TestDatabase;
 
 /// The goods the demo sells; the stock table is seeded with 100 of them.
@@ -46,8 +44,7 @@ impl<E: Engine> Fixture<E> {
         let pool = PoolOptions::<E>::new().max_connections(40).connect(&db.url).await.expect("connect");
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
         schema::ensure_barrier_table(&pool, &table).await.expect("barrier table");
-        schema::ensure_order_table(&pool).await.expect("order table");
-        schema::ensure_stock_table(&pool).await.expect("stock table");
+        business_tables(&pool).await;
         Fixture { db, pool, table }
     }
 
@@ -130,8 +127,7 @@ async fn schema_files_are_idempotent<E: Engine>() {
     assert!(matches!(f.deduct(&new_gid(), 10).await, Ok(Outcome::Ran(()))));
     for _ in 0..2 {
         schema::ensure_barrier_table(&f.pool, &f.table).await.expect("barrier again");
-        schema::ensure_order_table(&f.pool).await.expect("order again");
-        schema::ensure_stock_table(&f.pool).await.expect("stock again");
+        business_tables(&f.pool).await;
     }
     assert_eq!(E::stock_rows(&f.pool).await, 1);
     assert_eq!(f.stock().await, 90, "re-applying the seed must not refill the stock");
@@ -469,9 +465,10 @@ on_every_engine!(
     gids_differing_only_in_case_are_different_transactions,
 );
 
-/// Tables created by the old DDL (and by dtm's own, which has the same
-/// columns) compare gids case-insensitively on MySQL. `ensure_*_table`
-/// converts them: idempotently, and with two services starting at once.
+/// Barrier tables created by the old DDL (and by dtm's own, which has the
+/// same columns) compare gids case-insensitively on MySQL.
+/// `ensure_barrier_table` converts them: idempotently, and with two services
+/// starting at once. (order-srv's tests do the same for its `order` table.)
 mod mysql_collation {
     use super::*;
 
@@ -500,8 +497,7 @@ mod mysql_collation {
         let pool = PoolOptions::<sqlx::MySql>::new().max_connections(8).connect(&db.url).await.unwrap();
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
         schema::apply(&pool, &old_ddl(schema::mysql::BARRIER)).await.unwrap();
-        schema::apply(&pool, &old_ddl(schema::mysql::ORDER)).await.unwrap();
-        schema::ensure_stock_table(&pool).await.unwrap();
+        business_tables(&pool).await;
         assert!(!collation(&pool, "barrier").await.ends_with("_bin"), "the old DDL reproduces the bug");
 
         // Saga AbC's action, on the old table.
@@ -515,21 +511,13 @@ mod mysql_collation {
         // Two services start at once, each migrating on its own pool; then a third, later.
         let other = PoolOptions::<sqlx::MySql>::new().max_connections(2).connect(&f.db.url).await.unwrap();
         let (a, b) = tokio::join!(
-            async {
-                schema::ensure_barrier_table(&pool, &table).await?;
-                schema::ensure_order_table(&pool).await
-            },
-            async {
-                schema::ensure_barrier_table(&other, &table).await?;
-                schema::ensure_order_table(&other).await
-            },
+            schema::ensure_barrier_table(&pool, &table),
+            schema::ensure_barrier_table(&other, &table),
         );
         a.expect("first service's migration");
         b.expect("second service's migration");
         schema::ensure_barrier_table(&pool, &table).await.expect("again: a no-op");
-        schema::ensure_order_table(&pool).await.expect("again: a no-op");
         assert_eq!(collation(&pool, "barrier").await, "utf8mb4_bin");
-        assert_eq!(collation(&pool, "order").await, "utf8mb4_bin");
 
         // The rows survived, and abc is now a saga of its own.
         assert_eq!(f.create_order(&upper, 1).await.unwrap(), Outcome::Skipped(Skipped::Duplicate));

@@ -14,9 +14,8 @@ mod support;
 
 use std::time::Duration;
 
-use barrier::{
-    BarrierTable, BranchBarrier, BranchError, BranchId, Gid, Op, Outcome, Skipped, TransType, schema,
-};
+use barrier::{BarrierTable, BranchBarrier, BranchError, Outcome, Skipped, schema};
+use dtm_protocol::{BranchId, Gid, Op, TransType};
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 use support::{Engine, Row};
@@ -38,7 +37,7 @@ impl<E: Engine> Fixture<E> {
         let pool = PoolOptions::<E>::new().max_connections(8).connect(&db.url).await.expect("connect");
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
         schema::ensure_barrier_table(&pool, &table).await.expect("barrier table");
-        schema::ensure_stock_table(&pool).await.expect("stock table");
+        support::business_tables(&pool).await;
         Fixture { _db: db, pool, table }
     }
 

@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use barrier::{BranchId, BranchResult, Op, TransType};
+use dtm_protocol::{BranchId, BranchResult, Op, TransType};
 
 use crate::engine::EngineObserver;
 use crate::model::GlobalStatus;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use barrier::{BranchId, Gid, TransType};
+use dtm_protocol::{BranchId, Gid, TransType};
 use serde::{Deserialize, Serialize};
 
 /// Largest accepted branch payload: dtm's `bin_data` is a MySQL `BLOB` (64 KiB − 1).
@@ -634,7 +634,7 @@ impl TransRequest {
         let trans_type: TransType = input
             .trans_type
             .parse()
-            .map_err(|e: barrier::ProtocolError| invalid("trans_type", e.to_string()))?;
+            .map_err(|e: dtm_protocol::ProtocolError| invalid("trans_type", e.to_string()))?;
         let protocol = Protocol::parse_or_default(&input.protocol).map_err(|m| invalid("protocol", m))?;
         let steps = steps_of(trans_type, &input.steps)?;
         if !input.payloads.is_empty() && input.payloads.len() != steps.len() {
@@ -726,7 +726,7 @@ impl RegisterBranchRequest {
         let gid = Gid::new(get("gid")).map_err(|e| invalid("gid", e.to_string()))?;
         let trans_type: TransType = get("trans_type")
             .parse()
-            .map_err(|e: barrier::ProtocolError| invalid("trans_type", e.to_string()))?;
+            .map_err(|e: dtm_protocol::ProtocolError| invalid("trans_type", e.to_string()))?;
         let branch_id = BranchId::new(get("branch_id")).map_err(|e| invalid("branch_id", e.to_string()))?;
         let url = |k: &str| BranchUrl::parse(get(k)).map_err(|m| invalid(k, m));
         let urls = match trans_type {

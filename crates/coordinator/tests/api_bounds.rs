@@ -261,7 +261,7 @@ async fn gids_that_cannot_travel_as_grpc_metadata_are_refused_at_submit_and_prep
     let stored: Vec<&str> =
         page["transactions"].as_array().unwrap().iter().map(|t| t["gid"].as_str().unwrap()).collect();
     assert_eq!(stored.len(), 2, "only the two valid gids are stored: {stored:?}");
-    assert!(branches.calls().iter().all(|call| call.query["gid"].is_ascii()), "no branch saw a bad gid");
+    assert!(branches.calls().iter().all(|call| call.params["gid"].is_ascii()), "no branch saw a bad gid");
     coordinator.stop().await.expect("clean shutdown");
 }
 

@@ -72,11 +72,11 @@ async fn a_saga_from_a_dtm_sdk_body_succeeds_and_branches_get_dtms_parameters() 
     assert_eq!(calls.len(), 2, "{calls:?}");
     for (i, call) in calls.iter().enumerate() {
         assert_eq!(call.method, "POST");
-        assert_eq!(call.path_op, "action");
-        assert_eq!(call.query["trans_type"], "saga");
-        assert_eq!(call.query["branch_id"], format!("0{}", i + 1));
-        assert_eq!(call.query["op"], "action");
-        assert_eq!(call.body, payloads[i].to_string(), "payload passed through verbatim");
+        assert_eq!(call.last_segment(), "action");
+        assert_eq!(call.params["trans_type"], "saga");
+        assert_eq!(call.params["branch_id"], format!("0{}", i + 1));
+        assert_eq!(call.params["op"], "action");
+        assert_eq!(call.text(), payloads[i].to_string(), "payload passed through verbatim");
     }
 
     let (status, detail) = get(&c, &format!("{base}/api/dtmsvr/query?gid=sdk-body-1")).await;
@@ -126,8 +126,8 @@ async fn wait_result_reports_failure_with_409_and_the_saga_is_compensated_in_rev
     let compensations: Vec<String> = branches
         .calls_for("fails-1")
         .into_iter()
-        .filter(|call| call.path_op == "compensate")
-        .map(|call| call.query["branch_id"].clone())
+        .filter(|call| call.last_segment() == "compensate")
+        .map(|call| call.params["branch_id"].clone())
         .collect();
     // The failed step is compensated too (its action may have half-happened), last step first.
     assert_eq!(compensations, ["02", "01"]);
@@ -279,8 +279,8 @@ async fn tcc_branches_register_through_the_route_and_its_old_aliases() {
     let mut confirmed: Vec<String> = branches
         .calls_for("tcc-1")
         .into_iter()
-        .filter(|call| call.query["op"] == "confirm")
-        .map(|call| call.query["branch_id"].clone())
+        .filter(|call| call.params["op"] == "confirm")
+        .map(|call| call.params["branch_id"].clone())
         .collect();
     confirmed.sort();
     assert_eq!(confirmed, ["01", "02"]);

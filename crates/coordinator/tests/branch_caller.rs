@@ -13,10 +13,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use barrier::{BranchId, BranchResult, Gid, Op, TransType};
 use bytes::Bytes;
-use coordinator::branch::{BranchCall, BranchCaller, MAX_REPLY_BYTES};
+use coordinator::branch::{BranchCaller, BranchRequest, MAX_REPLY_BYTES};
 use coordinator::model::BranchUrl;
+use dtm_protocol::{BranchCall, BranchId, BranchResult, Gid, Op, TransType};
 use proto::order::{CreateReq, CreateResp, Order, OrderServer};
 use tonic::{Request, Status};
 
@@ -70,13 +70,10 @@ async fn call(caller: &BranchCaller, url: &str) -> BranchResult {
     let url = BranchUrl::parse(url).unwrap();
     let (gid, branch_id, headers) = (Gid::new("caller-1").unwrap(), BranchId::nth(0), BTreeMap::new());
     caller
-        .call(&BranchCall {
+        .call(&BranchRequest {
             url: &url,
             payload: b"",
-            gid: &gid,
-            trans_type: TransType::Saga,
-            branch_id: &branch_id,
-            op: Op::Action,
+            call: BranchCall::new(gid, TransType::Saga, branch_id, Op::Action),
             headers: &headers,
             timeout: Duration::from_secs(10),
         })

@@ -160,11 +160,5 @@ fn two(b: &Branches) -> Vec<(String, String)> {
 }
 
 async fn wait_for_calls(b: &Branches, gid: &str, n: usize) {
-    for _ in 0..200 {
-        if b.calls_of(gid).len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{gid}: fewer than {n} calls: {:?}", b.calls_of(gid));
+    b.wait_calls(gid, n, Duration::from_secs(10)).await;
 }

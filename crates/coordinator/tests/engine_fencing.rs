@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use barrier::{BranchId, Gid, Op};
 use coordinator::engine::{Checkpoint, PassCheckpoint};
 use coordinator::model::{RegisterBranchRequest, TransRequestInput};
 use coordinator::store::StoreError;
 use coordinator::{Engine, EngineError, EngineHooks, EngineSettings, GlobalStatus};
+use dtm_protocol::{BranchId, Gid, Op};
 use engine_support::{Branches, Reply, fast_settings, req, saga, status, wait_final};
 use store_support::Intercepted;
 use tokio::sync::Semaphore;

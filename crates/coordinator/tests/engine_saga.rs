@@ -8,7 +8,7 @@ mod engine_support;
 use std::time::Duration;
 
 use coordinator::{EngineError, GlobalStatus};
-use engine_support::{Branches, Reply, c, engine, req, saga, status, wait_final};
+use engine_support::{Branches, Reply, Transport, c, engine, req, saga, status, wait_final};
 use prost::Message;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
@@ -28,11 +28,11 @@ async fn saga_success_calls_actions_in_order_with_dtm_parameters() {
 
     assert_eq!(b.calls_of("ok-1"), [c("/TransOut", "01", "action"), c("/TransIn", "02", "action")]);
     for (k, call) in b.calls().iter().enumerate() {
-        assert_eq!(call.trans_type, "saga");
+        assert_eq!(call.param("trans_type"), "saga");
         assert_eq!(call.method, "POST", "a payload means POST");
         assert_eq!(call.body, format!(r#"{{"step":{k}}}"#).into_bytes(), "payload passed through verbatim");
-        assert_eq!(call.content_type.as_deref(), Some("application/json"));
-        assert_eq!(call.x_test.as_deref(), Some("hello"), "branch_headers are sent");
+        assert_eq!(call.header("content-type"), Some("application/json"));
+        assert_eq!(call.header("x-test"), Some("hello"), "branch_headers are sent");
     }
     let detail = engine.query(&"ok-1".parse().unwrap()).await.unwrap().unwrap();
     let global = detail.transaction.unwrap();
@@ -304,8 +304,8 @@ async fn grpc_branches_get_raw_payloads_and_dtm_metadata() {
         ]
     );
     for call in b.calls() {
-        assert_eq!((call.transport, call.trans_type.as_str()), ("grpc", "saga"));
-        assert_eq!(call.x_test.as_deref(), Some("meta"));
+        assert_eq!((call.transport, call.param("trans_type").as_str()), (Transport::Grpc, "saga"));
+        assert_eq!(call.header("x-test"), Some("meta"));
         let expected = if call.path.starts_with("/pb.order") { &order } else { &stock };
         assert_eq!(&call.body, expected, "payload bytes arrive as the request message");
     }
@@ -358,9 +358,9 @@ async fn empty_payload_means_get_and_empty_url_means_immediate_success() {
     // Step 1's empty action and step 2's empty compensation are never called.
     assert_eq!(b.calls_of("empty-1"), [c("/Second", "02", "action"), c("/Undo", "01", "compensate")]);
     assert!(
-        b.calls()
-            .iter()
-            .all(|call| call.method == "GET" && call.body.is_empty() && call.content_type.is_none())
+        b.calls().iter().all(|call| call.method == "GET"
+            && call.body.is_empty()
+            && call.header("content-type").is_none())
     );
 }
 
@@ -373,7 +373,7 @@ struct Counting {
 impl coordinator::EngineObserver for Counting {
     fn transaction_finished(
         &self,
-        trans_type: barrier::TransType,
+        trans_type: dtm_protocol::TransType,
         outcome: GlobalStatus,
         _duration: Duration,
     ) {
@@ -381,13 +381,13 @@ impl coordinator::EngineObserver for Counting {
     }
     fn branch_called(
         &self,
-        _trans_type: barrier::TransType,
-        branch_id: &barrier::BranchId,
-        op: barrier::Op,
-        outcome: &barrier::BranchResult,
+        _trans_type: dtm_protocol::TransType,
+        branch_id: &dtm_protocol::BranchId,
+        op: dtm_protocol::Op,
+        outcome: &dtm_protocol::BranchResult,
         _latency: Duration,
     ) {
-        let ok = matches!(outcome, barrier::BranchResult::Success);
+        let ok = matches!(outcome, dtm_protocol::BranchResult::Success);
         self.branches.lock().unwrap().push((branch_id.to_string(), op.to_string(), ok));
     }
 }

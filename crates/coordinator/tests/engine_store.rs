@@ -5,9 +5,9 @@ mod store_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barrier::{BranchId, Gid, Op, TransType};
 use chrono::TimeDelta;
 use coordinator::model::{BranchStatus, GlobalStatus, Protocol};
+use dtm_protocol::{BranchId, Gid, Op, TransType};
 use store_support::Intercepted;
 
 use coordinator::store::{

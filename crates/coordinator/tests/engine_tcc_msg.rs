@@ -52,8 +52,8 @@ async fn tcc_submit_confirms_every_branch_in_reverse_registration_order() {
     engine.submit(req(submit)).await.unwrap();
     assert_eq!(b.calls_of("tcc-1"), [c("/Confirm02", "02", "confirm"), c("/Confirm01", "01", "confirm")]);
     for call in b.calls() {
-        assert_eq!(call.trans_type, "tcc");
-        assert_eq!(call.body, format!(r#"{{"branch":"{}"}}"#, call.branch_id).into_bytes());
+        assert_eq!(call.param("trans_type"), "tcc");
+        assert_eq!(call.body, format!(r#"{{"branch":"{}"}}"#, call.param("branch_id")).into_bytes());
     }
     let late = register(&engine, &b, "tcc-1", "03").await.unwrap_err();
     assert!(
@@ -115,7 +115,7 @@ async fn msg_submit_delivers_every_action_in_order_retrying_failures() {
         b.calls_of("msg-1"),
         [c("/Ship", "01", "action"), c("/Notify", "02", "action"), c("/Notify", "02", "action")]
     );
-    assert!(b.calls().iter().all(|call| call.trans_type == "msg" && call.method == "POST"));
+    assert!(b.calls().iter().all(|call| call.param("trans_type") == "msg" && call.method == "POST"));
     engine.shutdown().await;
     poller.await.unwrap();
 }

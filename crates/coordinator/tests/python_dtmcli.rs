@@ -18,16 +18,14 @@
 
 mod edges_support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::http::{Method, StatusCode, Uri};
 use edges_support::{CoordinatorProcess, get};
 use serde_json::Value;
+use test_support::branches::{BranchServers, Call, c};
 
 /// The pinned SDK version (the latest on PyPI).
 const DTMCLI_VERSION: &str = "1.7.7.0";
@@ -182,78 +180,42 @@ fn run_setup(command: &mut Command, what_is_missing: &str) {
     }
 }
 
-/// One call a branch received.
-#[derive(Debug, Clone)]
-struct Call {
-    method: String,
-    path: String,
-    params: BTreeMap<String, String>,
-    body: String,
-    /// Seconds since the epoch (to compare with Python's `time.time()`).
-    at: f64,
-}
-
-/// Recording HTTP branches: every path answers SUCCESS, except paths
-/// ending in `Fail` or `No`, which answer 409 FAILURE.
+/// Recording HTTP branches (test-support's branch server): every path
+/// answers SUCCESS, except paths ending in `Fail` or `No`, which answer 409
+/// FAILURE.
 struct Branches {
+    /// `http://127.0.0.1:port/api/busi`, the base URL the scenarios get.
     base: String,
-    calls: Arc<Mutex<Vec<Call>>>,
+    /// The server.
+    servers: BranchServers,
 }
 
 impl Branches {
     async fn start() -> Branches {
-        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
-        let log = calls.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
-            let log = log.clone();
-            async move {
-                let params =
-                    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-                let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-                log.lock().unwrap().push(Call {
-                    method: method.to_string(),
-                    path: uri.path().to_string(),
-                    params,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                    at,
-                });
-                if uri.path().ends_with("Fail") || uri.path().ends_with("No") {
-                    (StatusCode::CONFLICT, r#"{"dtm_result":"FAILURE","message":"no"}"#)
-                } else {
-                    (StatusCode::OK, r#"{"dtm_result":"SUCCESS"}"#)
-                }
+        let servers = BranchServers::start().await;
+        servers.recorder.on_success(async |call: Call| {
+            if call.path.ends_with("Fail") || call.path.ends_with("No") {
+                (409, r#"{"dtm_result":"FAILURE","message":"no"}"#.to_string())
+            } else {
+                (200, r#"{"dtm_result":"SUCCESS"}"#.to_string())
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/api/busi", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Branches { base, calls }
+        Branches { base: servers.http_url("api/busi"), servers }
     }
 
     fn calls_of(&self, gid: &str) -> Vec<Call> {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c.params.get("gid").map(String::as_str) == Some(gid))
-            .cloned()
-            .collect()
+        self.servers.recorder.calls_of(gid)
     }
 
     /// `(path without /api/busi, branch_id, op)` of each call of `gid`.
     fn sequence(&self, gid: &str) -> Vec<(String, String, String)> {
-        self.calls_of(gid)
+        self.servers
+            .recorder
+            .sequence(gid)
             .into_iter()
-            .map(|c| {
-                let path = c.path.trim_start_matches("/api/busi").to_string();
-                (path, c.params["branch_id"].clone(), c.params["op"].clone())
-            })
+            .map(|(path, branch_id, op)| (path.trim_start_matches("/api/busi").to_string(), branch_id, op))
             .collect()
     }
-}
-
-fn c(path: &str, branch_id: &str, op: &str) -> (String, String, String) {
-    (path.to_string(), branch_id.to_string(), op.to_string())
 }
 
 /// A coordinator process, the branches, and the Python scenario's output.
@@ -308,15 +270,14 @@ impl Run {
     }
 
     async fn wait_final(&self, gid: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + FINAL_WITHIN;
-        loop {
+        test_support::wait_until(&format!("{gid} final"), FINAL_WITHIN, async || {
             let body = self.query(gid).await;
-            if matches!(body["transaction"]["status"].as_str(), Some("succeed" | "failed")) {
-                return body;
+            match body["transaction"]["status"].as_str() {
+                Some("succeed" | "failed") => Ok(body),
+                _ => Err(body.to_string()),
             }
-            assert!(tokio::time::Instant::now() < deadline, "{gid} not final: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Every call of `gid` carries exactly the protocol parameters (plus
@@ -329,10 +290,10 @@ impl Run {
             assert_eq!(keys, ["branch_id", "gid", "op", "trans_type"], "{call:?}");
             assert_eq!(call.params["trans_type"], trans_type, "{call:?}");
             if call.params["op"] == "msg" {
-                assert_eq!((call.method.as_str(), call.body.as_str()), ("GET", ""), "{call:?}");
+                assert_eq!((call.method.as_str(), call.text().as_str()), ("GET", ""), "{call:?}");
             } else {
                 assert_eq!(
-                    (call.method.as_str(), call.body.as_str()),
+                    (call.method.as_str(), call.text().as_str()),
                     ("POST", r#"{"amount": 30}"#),
                     "{call:?}"
                 );
@@ -491,7 +452,8 @@ async fn python_messages_submit_abort_check_back_and_delay() {
     assert_eq!(query["transaction"]["custom_data"], r#"{"delay": 2}"#);
     let calls = run.branches.calls_of(&delay);
     assert_eq!(calls.len(), 1, "{calls:?}");
-    let waited = calls[0].at - run.out["delay_submitted_at"].as_f64().unwrap();
+    let waited = calls[0].wall_clock.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+        - run.out["delay_submitted_at"].as_f64().unwrap();
     // Creation time is kept in whole seconds: up to 1 s early at most.
     assert!(waited >= 1.0, "delivered {waited:.2} s after the submit, before its 2 s delay");
 }

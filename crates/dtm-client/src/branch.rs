@@ -12,21 +12,22 @@
 //!   there is no body, like the check-back), the transaction's
 //!   `branch_headers` as headers;
 //! * gRPC (`host:port/pkg.Svc/Method`, `etcd://hosts/key/pkg.Svc/Method`):
-//!   `dtm-` metadata, the protobuf bytes as the message.
+//!   `dtm-` metadata, the protobuf bytes as the message ([`RawCodec`]).
 //!
-//! The answer is classified with the barrier crate's rules, the same ones
-//! the coordinator applies (409/`Aborted` FAILURE, 425/`FailedPrecondition`
-//! ONGOING, anything else an error).
+//! Both encodings are `dtm_protocol`'s [`BranchCall`], the coordinator's
+//! too, and the answer is classified with `dtm_protocol`'s rules, the same
+//! ones the coordinator applies (409/`Aborted` FAILURE,
+//! 425/`FailedPrecondition` ONGOING, anything else an error).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use barrier::{BranchId, BranchResult, Gid, Op, ProtocolError, TransType};
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use discovery::ChannelCache;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use dtm_protocol::{
+    BranchCall, BranchId, BranchResult, Gid, MetadataError, ProtocolError, RawCodec, Received,
+};
 
 use crate::ClientError;
 
@@ -78,22 +79,15 @@ impl BranchIdGen {
 }
 
 /// One call from the application to a branch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct BranchRequest<'a> {
     /// Branch URL (HTTP, or gRPC as dtm splits it).
     pub url: &'a str,
     /// JSON body or protobuf bytes; empty means an HTTP GET.
     pub payload: &'a [u8],
-    /// The global transaction.
-    pub gid: &'a Gid,
-    /// Its type.
-    pub trans_type: TransType,
-    /// The branch being called.
-    pub branch_id: &'a BranchId,
-    /// `try`, or `msg` for the check-back.
-    pub op: Op,
-    /// The coordinator's address, sent as `dtm`.
-    pub dtm: &'a str,
+    /// The dtm values: gid, type, branch, op (`try`, or `msg` for the
+    /// check-back) and the coordinator's address, sent as `dtm`.
+    pub call: BranchCall,
     /// The transaction's `branch_headers`.
     pub headers: &'a BTreeMap<String, String>,
     /// Deadline of the call.
@@ -136,14 +130,6 @@ impl BranchCaller {
     }
 
     async fn call_http(&self, r: &BranchRequest<'_>) -> Result<Vec<u8>, ClientError> {
-        // Go's dtmcli sends these five, in this order.
-        let query = [
-            ("dtm", r.dtm),
-            ("gid", r.gid.as_str()),
-            ("branch_id", r.branch_id.as_str()),
-            ("trans_type", r.trans_type.as_str()),
-            ("op", r.op.as_str()),
-        ];
         let mut builder = if r.payload.is_empty() {
             self.http.get(r.url)
         } else {
@@ -152,7 +138,7 @@ impl BranchCaller {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(r.payload.to_vec())
         };
-        builder = builder.query(&query).timeout(r.timeout);
+        builder = builder.query(&r.call.query_pairs()).timeout(r.timeout);
         for (name, value) in r.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -175,29 +161,17 @@ impl BranchCaller {
         let channel = self.channels.get(&server).await.map_err(ClientError::from_discovery)?;
         let mut request = tonic::Request::new(Bytes::copy_from_slice(r.payload));
         request.set_timeout(r.timeout);
-        let metadata = request.metadata_mut();
-        let values = [
-            ("dtm-gid", r.gid.as_str()),
-            ("dtm-trans_type", r.trans_type.as_str()),
-            ("dtm-branch_id", r.branch_id.as_str()),
-            ("dtm-op", r.op.as_str()),
-            ("dtm-dtm", r.dtm),
-        ];
-        for (key, value) in values.into_iter().chain(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        {
-            let key = AsciiMetadataKey::from_bytes(key.as_bytes())
-                .map_err(|_| ClientError::InvalidArgument(format!("{key:?} is not a metadata key")))?;
-            let value = AsciiMetadataValue::try_from(value)
-                .map_err(|_| ClientError::InvalidArgument(format!("{value:?} is not ASCII metadata")))?;
-            metadata.insert(key, value);
-        }
+        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        r.call
+            .insert_metadata(request.metadata_mut(), headers)
+            .map_err(|err: MetadataError| ClientError::InvalidArgument(err.to_string()))?;
         let mut grpc = tonic::client::Grpc::new(channel);
         let call = async {
             grpc.ready().await.map_err(|err| tonic::Status::unavailable(format!("connecting: {err}")))?;
-            grpc.unary(request, path, BytesCodec).await
+            grpc.unary(request, path, RawCodec).await
         };
         match tokio::time::timeout(r.timeout, call).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(reply)) => Ok(Vec::from(reply.into_inner())),
             Ok(Err(status)) => Err(match BranchResult::from_grpc(Err(&status)) {
                 BranchResult::Failure(message) => ClientError::Failure(message),
                 BranchResult::Ongoing => ClientError::Ongoing,
@@ -225,47 +199,6 @@ fn message_of(body: &str) -> String {
         .unwrap_or_else(|| body.to_string())
 }
 
-/// Sends `Bytes` as the message and returns the reply message's bytes: the
-/// client does not need the branch's generated types to call it.
-#[derive(Debug, Clone, Copy, Default)]
-struct BytesCodec;
-
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Vec<u8>;
-    type Encoder = BytesCodec;
-    type Decoder = BytesCodec;
-
-    fn encoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-
-    fn decoder(&mut self) -> BytesCodec {
-        BytesCodec
-    }
-}
-
-impl Encoder for BytesCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for BytesCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
-
 /// The dtm values a branch receives, for a branch that acts on them itself
 /// (a nested TCC: dtm's `TccFromQuery` / `TccFromGrpc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,35 +214,20 @@ pub struct TccBranch {
 impl TccBranch {
     /// From an HTTP query string (`dtm=…&gid=…&branch_id=…&…`).
     pub fn from_query(query: &str) -> Result<TccBranch, ProtocolError> {
-        let mut dtm = None;
-        let mut gid = None;
-        let mut branch_id = None;
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let slot = match key.as_ref() {
-                "dtm" => &mut dtm,
-                "gid" => &mut gid,
-                "branch_id" => &mut branch_id,
-                _ => continue,
-            };
-            slot.get_or_insert_with(|| value.into_owned());
-        }
-        TccBranch::from_values(dtm, gid, branch_id)
+        TccBranch::from_received(&Received::from_query(query))
     }
 
     /// From gRPC metadata (`dtm-dtm`, `dtm-gid`, `dtm-branch_id`).
     pub fn from_grpc(metadata: &tonic::metadata::MetadataMap) -> Result<TccBranch, ProtocolError> {
-        let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
-        TccBranch::from_values(get("dtm-dtm"), get("dtm-gid"), get("dtm-branch_id"))
+        TccBranch::from_received(&Received::from_grpc(metadata))
     }
 
-    fn from_values(
-        dtm: Option<String>,
-        gid: Option<String>,
-        branch_id: Option<String>,
-    ) -> Result<TccBranch, ProtocolError> {
-        let dtm = dtm.filter(|d| !d.is_empty()).ok_or(ProtocolError::Missing("dtm"))?;
-        let gid = Gid::new(gid.unwrap_or_default())?;
-        let branch_id = BranchId::new(branch_id.unwrap_or_default())?;
+    /// The three values a sub-AP needs, checked in the order dtm, gid,
+    /// branch_id; the call's `trans_type` and `op` are not looked at.
+    fn from_received(received: &Received) -> Result<TccBranch, ProtocolError> {
+        let dtm = received.dtm()?.to_string();
+        let gid = received.gid()?;
+        let branch_id = received.branch_id()?;
         Ok(TccBranch { dtm, gid, branch_id })
     }
 }

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use barrier::Gid;
 use discovery::ChannelCache;
+use dtm_protocol::Gid;
 
 use crate::branch::BranchCaller;
 use crate::{ClientError, GrpcDtm, HttpDtm, QueryResult, RegisterBranch, Saga, TransRequest};

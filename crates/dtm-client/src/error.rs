@@ -47,7 +47,7 @@ impl ClientError {
         let message = status.message().to_string();
         match status.code() {
             // Legacy servers sent ONGOING as Aborted with that exact message.
-            Code::Aborted if message == barrier::ONGOING => ClientError::Ongoing,
+            Code::Aborted if message == dtm_protocol::ONGOING => ClientError::Ongoing,
             Code::Aborted => ClientError::Failure(message),
             Code::FailedPrecondition => ClientError::Ongoing,
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ClientError::Unavailable(message),
@@ -68,7 +68,7 @@ impl ClientError {
         match status {
             425 => Some(ClientError::Ongoing),
             409 => Some(ClientError::Failure(message())),
-            _ if body.contains(barrier::FAILURE) => Some(ClientError::Failure(message())),
+            _ if body.contains(dtm_protocol::FAILURE) => Some(ClientError::Failure(message())),
             200 => None,
             400 | 422 => Some(ClientError::InvalidArgument(message())),
             502..=504 => Some(ClientError::Unavailable(format!("HTTP {status}: {}", message()))),

@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use barrier::Gid;
 use discovery::ChannelCache;
+use dtm_protocol::Gid;
 use proto::dtmgimp::dtm_client::DtmClient as RawDtmClient;
 use tonic::transport::Channel;
 

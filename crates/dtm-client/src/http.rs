@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use barrier::Gid;
+use dtm_protocol::Gid;
 use serde::Deserialize;
 
 use crate::branch::BranchCaller;

@@ -53,7 +53,7 @@
 //! let order_rpc = "etcd://127.0.0.1:2379/order.rpc";
 //! let stock_rpc = "etcd://127.0.0.1:2379/stock.rpc";
 //!
-//! // As the article does; `barrier::Gid::random()` makes one locally in
+//! // As the article does; `dtm_protocol::Gid::random()` makes one locally in
 //! // the same format and saves the round trip (order-api does that).
 //! let gid = dtm.new_gid().await?;
 //! let saga = Saga::new(gid)
@@ -87,7 +87,7 @@
 //! cancel is a null compensation for the barrier).
 //!
 //! ```no_run
-//! use barrier::Gid;
+//! use dtm_protocol::Gid;
 //! use discovery::ChannelCache;
 //! use dtm_client::{ClientError, DtmClient, Tcc};
 //! use serde_json::json;
@@ -124,7 +124,7 @@
 //! `BranchBarrier::from_query(q)?.query_prepared(&pool)`.
 //!
 //! ```no_run
-//! use barrier::{BranchError, Gid};
+//! use barrier::BranchError;
 //! use discovery::ChannelCache;
 //! use dtm_client::{DtmClient, Msg, MsgError};
 //! use serde_json::json;

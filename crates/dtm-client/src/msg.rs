@@ -22,9 +22,8 @@
 
 use std::time::Duration;
 
-use barrier::{
-    BarrierDatabase, BarrierTable, BranchError, BranchId, Gid, MsgBarrier, MsgLocal, Op, TransType,
-};
+use barrier::{BarrierDatabase, BarrierTable, BranchError, MsgBarrier, MsgLocal};
+use dtm_protocol::{BranchCall, BranchId, Gid, Op, TransType};
 use serde::Serialize;
 use sqlx::Pool;
 
@@ -268,11 +267,8 @@ impl Msg {
         let call = BranchRequest {
             url: query_prepared,
             payload: &[],
-            gid: &self.gid,
-            trans_type: TransType::Msg,
-            branch_id: &BranchId::msg(),
-            op: Op::Msg,
-            dtm: dtm.address(),
+            call: BranchCall::new(self.gid.clone(), TransType::Msg, BranchId::msg(), Op::Msg)
+                .with_dtm(dtm.address()),
             headers: &self.options.branch_headers,
             timeout: self.options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
         };

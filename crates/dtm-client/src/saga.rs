@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use barrier::{Gid, TransType};
+use dtm_protocol::{Gid, TransType};
 use serde::Serialize;
 
 use crate::{ClientError, DtmClient, TransOptions, TransRequest};

@@ -26,7 +26,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use barrier::{Gid, Op, TransType};
+use dtm_protocol::{BranchCall, Gid, Op, TransType};
 use serde::Serialize;
 
 use crate::branch::{BranchIdGen, BranchRequest, TccBranch};
@@ -208,11 +208,8 @@ impl Tcc {
         let call = BranchRequest {
             url: try_url,
             payload: &registration.data,
-            gid: &self.gid,
-            trans_type: TransType::Tcc,
-            branch_id: &branch_id,
-            op: Op::Try,
-            dtm: self.dtm.address(),
+            call: BranchCall::new(self.gid.clone(), TransType::Tcc, branch_id, Op::Try)
+                .with_dtm(self.dtm.address()),
             headers: &self.options.branch_headers,
             timeout: self.options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
         };
@@ -295,7 +292,7 @@ mod tests {
         let branch = TccBranch {
             dtm: "127.0.0.1:1".into(),
             gid: Gid::new("t1").unwrap(),
-            branch_id: barrier::BranchId::new("01").unwrap(),
+            branch_id: dtm_protocol::BranchId::new("01").unwrap(),
         };
         let nested = Tcc::from_branch(dtm, &branch);
         assert!(matches!(nested.prepare().await, Err(ClientError::InvalidArgument(_))));

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use barrier::{BranchId, Gid, TransType};
+use dtm_protocol::{BranchId, Gid, TransType};
 use proto::dtmgimp::{DtmBranchRequest, DtmRequest, DtmTransOptions};
 use serde::Serialize;
 

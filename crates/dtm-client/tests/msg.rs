@@ -7,12 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use barrier::{BarrierTable, BranchBarrier, BranchError, Gid, MsgBarrier, MsgLocal};
+use barrier::{BarrierTable, BranchBarrier, BranchError, MsgBarrier, MsgLocal};
 use dtm_client::{ClientError, Msg, MsgError, TransStatus};
+use dtm_protocol::Gid;
 use proto::stock::DeductReq;
 use serde_json::json;
 use sqlx::SqlitePool;
-use support::{GrpcBranches, HttpBranches, InProcess, Reply, c};
+use support::InProcess;
+use test_support::branches::{BranchServers, Call, Reply, c};
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
 
@@ -20,21 +22,21 @@ fn gid(name: &str) -> Gid {
     Gid::new(format!("{name}-{}", uuid::Uuid::new_v4().simple())).unwrap()
 }
 
-fn transfer(b: &HttpBranches, g: &Gid) -> Msg {
+fn transfer(b: &BranchServers, g: &Gid) -> Msg {
     Msg::new(g.clone())
-        .add_json(b.url("TransOut"), &json!({"amount": 30}))
+        .add_json(b.http_url("TransOut"), &json!({"amount": 30}))
         .unwrap()
-        .add_json(b.url("TransIn"), &json!({"amount": 30}))
+        .add_json(b.http_url("TransIn"), &json!({"amount": 30}))
         .unwrap()
 }
 
 /// A SQLite database with the barrier and stock tables, and an HTTP
 /// check-back handler on `/QueryPrepared` that is dtm's one-liner.
-async fn local_db(b: &HttpBranches) -> (test_support::TestDatabase, SqlitePool) {
+async fn local_db(b: &BranchServers) -> (test_support::TestDatabase, SqlitePool) {
     let db = test_support::sqlite_database();
     let pool = SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
-    barrier::schema::ensure_stock_table(&pool).await.unwrap();
+    stock_srv::schema::ensure_stock_table(&pool).await.unwrap();
     let check_pool = pool.clone();
     b.recorder.hook("/QueryPrepared", move |call| {
         let pool = check_pool.clone();
@@ -76,12 +78,12 @@ async fn deduct(conn: &mut sqlx::SqliteConnection, num: i64) -> Result<(), Branc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_message_over_http_delivers_its_actions_in_order() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("msg-http");
     transfer(&b, &g).wait_result(true).submit(&dtm.http_client()).await.unwrap();
     let calls = b.recorder.calls_of(g.as_str());
     assert_eq!(
-        calls.iter().map(support::Call::short).collect::<Vec<_>>(),
+        calls.iter().map(Call::short).collect::<Vec<_>>(),
         [c("/TransOut", "01", "action"), c("/TransIn", "02", "action")]
     );
     for call in &calls {
@@ -94,12 +96,12 @@ async fn a_plain_message_over_http_delivers_its_actions_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_message_over_grpc_retries_a_failing_action() {
     let dtm = InProcess::start().await;
-    let b = GrpcBranches::start().await;
+    let b = BranchServers::start().await;
     b.recorder.script("/pb.stock/deduct", [Reply::Failure]);
     let g = gid("msg-grpc");
     Msg::new(g.clone())
-        .add(b.url("pb.order/create"), &DeductReq { goods_id: 1, num: 2 })
-        .add(b.url("pb.stock/deduct"), &DeductReq { goods_id: 1, num: 2 })
+        .add(b.grpc_url("pb.order/create"), &DeductReq { goods_id: 1, num: 2 })
+        .add(b.grpc_url("pb.stock/deduct"), &DeductReq { goods_id: 1, num: 2 })
         .submit(&dtm.grpc_client())
         .await
         .unwrap();
@@ -119,11 +121,11 @@ async fn a_plain_message_over_grpc_retries_a_failing_action() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_prepared_message_fails_without_delivering() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("msg-abort");
     let client = dtm.grpc_client();
     let msg = transfer(&b, &g);
-    msg.prepare(&client, &b.url("QueryPrepared")).await.unwrap();
+    msg.prepare(&client, &b.http_url("QueryPrepared")).await.unwrap();
     assert_eq!(dtm.status(g.as_str()).await, Some(TransStatus::Prepared));
     msg.abort(&client).await.unwrap();
     assert_eq!(dtm.status(g.as_str()).await, Some(TransStatus::Failed));
@@ -136,11 +138,11 @@ async fn an_aborted_prepared_message_fails_without_delivering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_and_submit_commits_locally_then_delivers() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let (_db, pool) = local_db(&b).await;
     let g = gid("msg-do");
     let msg = transfer(&b, &g).wait_result(true);
-    msg.do_and_submit_db(&dtm.http_client(), &b.url("QueryPrepared"), &pool, async |conn| {
+    msg.do_and_submit_db(&dtm.http_client(), &b.http_url("QueryPrepared"), &pool, async |conn| {
         deduct(conn, 3).await
     })
     .await
@@ -163,11 +165,11 @@ async fn do_and_submit_commits_locally_then_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_and_submit_aborts_on_a_business_failure() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let (_db, pool) = local_db(&b).await;
     let g = gid("msg-do-fail");
     let err = transfer(&b, &g)
-        .do_and_submit_db(&dtm.grpc_client(), &b.url("QueryPrepared"), &pool, async |conn| {
+        .do_and_submit_db(&dtm.grpc_client(), &b.http_url("QueryPrepared"), &pool, async |conn| {
             deduct(conn, 1000).await
         })
         .await
@@ -181,14 +183,14 @@ async fn do_and_submit_aborts_on_a_business_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_and_submit_asks_the_check_back_when_the_outcome_is_unknown() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let (_db, pool) = local_db(&b).await;
     let g = gid("msg-do-unknown");
     // The local transaction commits, but its caller sees an error (say the
     // answer of the commit was lost): only the barrier row knows.
     let err = transfer(&b, &g)
         .wait_result(true)
-        .do_and_submit(&dtm.http_client(), &b.url("QueryPrepared"), async |mut barrier: MsgBarrier| {
+        .do_and_submit(&dtm.http_client(), &b.http_url("QueryPrepared"), async |mut barrier: MsgBarrier| {
             let local = barrier.call_with_pool(&pool, async |conn| deduct(conn, 2).await).await?;
             assert_eq!(local, MsgLocal::Committed(()));
             Err::<MsgLocal<()>, _>(BranchError::retry("the commit's answer was lost"))
@@ -209,13 +211,13 @@ async fn do_and_submit_asks_the_check_back_when_the_outcome_is_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinators_check_back_submits_a_committed_prepared_message() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let (_db, pool) = local_db(&b).await;
     let g = gid("msg-check-yes");
     let client = dtm.grpc_client();
     let msg = transfer(&b, &g).timeout_to_fail(Duration::from_secs(1));
     // DoAndSubmit by hand, "crashing" between the commit and the submit.
-    msg.prepare(&client, &b.url("QueryPrepared")).await.unwrap();
+    msg.prepare(&client, &b.http_url("QueryPrepared")).await.unwrap();
     let local =
         MsgBarrier::new(g.clone()).call_with_pool(&pool, async |conn| deduct(conn, 4).await).await.unwrap();
     assert_eq!(local, MsgLocal::Committed(()));
@@ -234,12 +236,12 @@ async fn the_coordinators_check_back_submits_a_committed_prepared_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinators_check_back_fails_a_message_whose_local_transaction_never_committed() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let (_db, pool) = local_db(&b).await;
     let g = gid("msg-check-no");
     let client = dtm.http_client();
     let msg = transfer(&b, &g).timeout_to_fail(Duration::from_secs(1));
-    msg.prepare(&client, &b.url("QueryPrepared")).await.unwrap();
+    msg.prepare(&client, &b.http_url("QueryPrepared")).await.unwrap();
     // Crashed before the local transaction.
     assert_eq!(dtm.wait_final(g.as_str(), FINAL_WITHIN).await, TransStatus::Failed);
     assert_eq!(b.recorder.sequence(g.as_str()), [c("/QueryPrepared", "00", "msg")]);
@@ -253,11 +255,11 @@ async fn the_coordinators_check_back_fails_a_message_whose_local_transaction_nev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_message_is_delivered_only_after_its_delay() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("msg-delay");
     let sent = tokio::time::Instant::now();
     Msg::new(g.clone())
-        .add_json(b.url("TransIn"), &json!({"amount": 1}))
+        .add_json(b.http_url("TransIn"), &json!({"amount": 1}))
         .unwrap()
         .delay(Duration::from_secs(3))
         .submit(&dtm.http_client())

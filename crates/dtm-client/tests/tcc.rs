@@ -7,11 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use barrier::{BarrierTable, BranchBarrier, BranchError, Gid, Outcome, Skipped};
+use barrier::{BarrierTable, BranchBarrier, BranchError, Outcome, Skipped};
 use dtm_client::{ClientError, DtmClient, Tcc, TccBranch, TransStatus};
+use dtm_protocol::Gid;
 use proto::stock::{DeductReq, DeductResp};
 use serde_json::json;
-use support::{GrpcBranches, HttpBranches, InProcess, Reply, c};
+use support::InProcess;
+use test_support::branches::{BranchServers, Call, Reply, c};
 use tokio::sync::Notify;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
@@ -21,11 +23,15 @@ fn gid(name: &str) -> Gid {
 }
 
 /// try/confirm/cancel URLs of account `name` on `b`.
-fn urls(b: &HttpBranches, name: &str) -> (String, String, String) {
-    (b.url(&format!("{name}Try")), b.url(&format!("{name}Confirm")), b.url(&format!("{name}Cancel")))
+fn urls(b: &BranchServers, name: &str) -> (String, String, String) {
+    (
+        b.http_url(&format!("{name}Try")),
+        b.http_url(&format!("{name}Confirm")),
+        b.http_url(&format!("{name}Cancel")),
+    )
 }
 
-async fn transfer(tcc: &Tcc, b: &HttpBranches) -> Result<(), ClientError> {
+async fn transfer(tcc: &Tcc, b: &BranchServers) -> Result<(), ClientError> {
     for name in ["TransOut", "TransIn"] {
         let (try_url, confirm, cancel) = urls(b, name);
         tcc.call_branch_json(&json!({"amount": 30}), &try_url, &confirm, &cancel).await?;
@@ -36,14 +42,14 @@ async fn transfer(tcc: &Tcc, b: &HttpBranches) -> Result<(), ClientError> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_tcc_success_tries_then_confirms_newest_first() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("tcc-ok");
     let client = dtm.http_client();
     Tcc::new(client, g.clone()).wait_result(true).run(async |tcc| transfer(tcc, &b).await).await.unwrap();
 
     let calls = b.recorder.calls_of(g.as_str());
     assert_eq!(
-        calls.iter().map(support::Call::short).collect::<Vec<_>>(),
+        calls.iter().map(Call::short).collect::<Vec<_>>(),
         [
             c("/TransOutTry", "01", "try"),
             c("/TransInTry", "02", "try"),
@@ -74,7 +80,7 @@ async fn http_tcc_success_tries_then_confirms_newest_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_tcc_success_sends_metadata_and_protobuf_payloads() {
     let dtm = InProcess::start().await;
-    let b = GrpcBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("tcc-grpc");
     let req = DeductReq { goods_id: 1, num: 3 };
     Tcc::new(dtm.grpc_client(), g.clone())
@@ -84,9 +90,9 @@ async fn grpc_tcc_success_sends_metadata_and_protobuf_payloads() {
             let _: DeductResp = tcc
                 .call_branch(
                     &req,
-                    &b.url("pb.stock/TryDeduct"),
-                    &b.url("pb.stock/ConfirmDeduct"),
-                    &b.url("pb.stock/CancelDeduct"),
+                    &b.grpc_url("pb.stock/TryDeduct"),
+                    &b.grpc_url("pb.stock/ConfirmDeduct"),
+                    &b.grpc_url("pb.stock/CancelDeduct"),
                 )
                 .await?;
             Ok(())
@@ -95,7 +101,7 @@ async fn grpc_tcc_success_sends_metadata_and_protobuf_payloads() {
         .unwrap();
     let calls = b.recorder.calls_of(g.as_str());
     assert_eq!(
-        calls.iter().map(support::Call::short).collect::<Vec<_>>(),
+        calls.iter().map(Call::short).collect::<Vec<_>>(),
         [c("/pb.stock/TryDeduct", "01", "try"), c("/pb.stock/ConfirmDeduct", "01", "confirm")]
     );
     for call in &calls {
@@ -109,7 +115,7 @@ async fn grpc_tcc_success_sends_metadata_and_protobuf_payloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_try_aborts_and_every_registered_branch_is_cancelled() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     b.recorder.script("/TransInTry", [Reply::Failure]);
     let g = gid("tcc-abort");
     let err =
@@ -138,7 +144,7 @@ async fn a_failing_try_aborts_and_every_registered_branch_is_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsubmitted_tcc_is_cancelled_when_it_times_out() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     let g = gid("tcc-timeout");
     // The application prepares, calls one try, and "crashes" (never submits).
     let tcc = Tcc::new(dtm.grpc_client(), g.clone()).timeout_to_fail(Duration::from_secs(1));
@@ -159,7 +165,7 @@ async fn an_unsubmitted_tcc_is_cancelled_when_it_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_failing_is_retried_until_it_succeeds() {
     let dtm = InProcess::start().await;
-    let b = HttpBranches::start().await;
+    let b = BranchServers::start().await;
     // FAILURE of a confirm is not a business answer: dtm retries it too.
     b.recorder.script("/TransOutConfirm", [Reply::Error, Reply::Failure]);
     let g = gid("tcc-confirm-retry");
@@ -182,7 +188,7 @@ async fn a_confirm_failing_is_retried_until_it_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_handler_registers_nested_branches_0101_and_0102() {
     let dtm = InProcess::start().await;
-    let b = Arc::new(HttpBranches::start().await);
+    let b = Arc::new(BranchServers::start().await);
     let nested = b.clone();
     // Branch 01's try is itself a TCC: it registers two sub-branches at the
     // coordinator named in its `dtm` parameter.
@@ -249,8 +255,8 @@ async fn a_cancel_overtaking_a_delayed_try_is_null_and_the_try_hangs_harmlessly(
     let db = test_support::sqlite_database();
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
-    barrier::schema::ensure_stock_table(&pool).await.unwrap();
-    let b = HttpBranches::start().await;
+    stock_srv::schema::ensure_stock_table(&pool).await.unwrap();
+    let b = BranchServers::start().await;
     let cancelled = Arc::new(Notify::new());
     let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
 

@@ -15,7 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use barrier::Gid;
+use dtm_protocol::Gid;
 use serde_json::{Map, Value};
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;

@@ -15,10 +15,14 @@
 //!   and the order had been rolled back.
 
 use axum::http::StatusCode;
-use barrier::Gid;
 use dtm_client::{ClientError, Saga, TransStatus};
-use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
-use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq};
+use dtm_protocol::Gid;
+use proto::order::{
+    CREATE_HTTP, CREATE_PATH, CREATE_ROLLBACK_HTTP, CREATE_ROLLBACK_PATH, CreateBody, CreateReq,
+};
+use proto::stock::{
+    DEDUCT_HTTP, DEDUCT_PATH, DEDUCT_ROLLBACK_HTTP, DEDUCT_ROLLBACK_PATH, DeductBody, DeductReq,
+};
 
 use crate::error::ApiError;
 use crate::svc::ServiceContext;
@@ -39,28 +43,28 @@ pub async fn quick_create(
     let deduct = DeductReq { goods_id: req.goods_id, num: req.num };
     let (order, stock) = (&svc.order_rpc, &svc.stock_rpc);
     // Each step over gRPC (protobuf payload) or, when its HTTP URL is
-    // configured, over dtm's HTTP branch protocol (JSON payload).
+    // configured, over dtm's HTTP branch protocol (JSON payload; the paths
+    // and bodies order-srv and stock-srv serve, from `proto`). Writing a
+    // body of integers cannot fail; the error is mapped all the same.
     let saga = Saga::new(gid.clone());
     let saga = match &svc.order_http {
-        Some(base) => {
-            let body = serde_json::json!({"userId": req.user_id, "goodsId": req.goods_id, "num": req.num});
-            saga.add_raw(
-                format!("{base}/create"),
-                format!("{base}/createRollback"),
-                body.to_string().into_bytes(),
+        Some(base) => saga
+            .add_json(
+                format!("{base}{CREATE_HTTP}"),
+                format!("{base}{CREATE_ROLLBACK_HTTP}"),
+                &CreateBody::from(&create),
             )
-        }
+            .map_err(|err| ApiError::bad_body(err.to_string()))?,
         None => saga.add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create),
     };
     let saga = match &svc.stock_http {
-        Some(base) => {
-            let body = serde_json::json!({"goodsId": req.goods_id, "num": req.num});
-            saga.add_raw(
-                format!("{base}/deduct"),
-                format!("{base}/deductRollback"),
-                body.to_string().into_bytes(),
+        Some(base) => saga
+            .add_json(
+                format!("{base}{DEDUCT_HTTP}"),
+                format!("{base}{DEDUCT_ROLLBACK_HTTP}"),
+                &DeductBody::from(&deduct),
             )
-        }
+            .map_err(|err| ApiError::bad_body(err.to_string()))?,
         None => saga.add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct),
     };
     let saga = saga.wait_result(true);
@@ -182,7 +186,7 @@ fn status_name(status: TransStatus) -> &'static str {
 /// `FAILURE` (dtm's protocol has no room for details), and the only business
 /// failure in this saga is the stock's.
 fn failure_reason(coordinator_says: &str) -> String {
-    if coordinator_says.trim().is_empty() || coordinator_says.contains(barrier::FAILURE) {
+    if coordinator_says.trim().is_empty() || coordinator_says.contains(dtm_protocol::FAILURE) {
         "insufficient stock or unknown goods".to_string()
     } else {
         coordinator_says.to_string()

@@ -1,5 +1,7 @@
 //! The HTTP face of the service, for dtm's HTTP branch protocol: the same
-//! two logic functions as the gRPC face, reached by URL.
+//! two logic functions as the gRPC face, reached by URL. The paths and the
+//! body are `proto::order`'s, next to the gRPC paths, so that order-api and
+//! the bench build the same URLs.
 //!
 //! | route | saga op | body |
 //! |---|---|---|
@@ -19,36 +21,12 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::post;
-use proto::order::CreateReq;
-use serde::Deserialize;
+use proto::order::{CREATE_HTTP_PATH, CREATE_ROLLBACK_HTTP_PATH, CreateBody, CreateReq};
 use service_kit::http_branch::{json_body, run_http_branch};
 use sqlx::Pool;
 
 use crate::logic;
 use crate::model::OrderModel;
-
-/// Path of the action.
-pub const CREATE_HTTP_PATH: &str = "/api/order/create";
-/// Path of the compensation.
-pub const CREATE_ROLLBACK_HTTP_PATH: &str = "/api/order/createRollback";
-
-/// The JSON body: the quick order's fields, camelCase as order-api takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateBody {
-    /// Who orders.
-    pub user_id: i64,
-    /// What.
-    pub goods_id: i64,
-    /// How many.
-    pub num: i64,
-}
-
-impl From<CreateBody> for CreateReq {
-    fn from(body: CreateBody) -> CreateReq {
-        CreateReq { user_id: body.user_id, goods_id: body.goods_id, num: body.num }
-    }
-}
 
 /// What the handlers share.
 struct HttpState<DB: OrderModel> {

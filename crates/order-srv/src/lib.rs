@@ -17,6 +17,7 @@
 //! | [`server`] | `internal/server/orderServer.go` |
 //! | [`logic`] | `internal/logic/createLogic.go`, `createRollbackLogic.go` |
 //! | [`model`] | `internal/model/ordermodel.go` |
+//! | [`schema`] | the `order` table's DDL (goctl's `.sql` next to the model) |
 //! | [`build`] | `internal/svc/serviceContext.go` + `zrpc.MustNewServer` |
 //!
 //! Start-up ([`build`]): connect the business database (MySQL, PostgreSQL
@@ -35,9 +36,9 @@
 pub mod http;
 pub mod logic;
 pub mod model;
+pub mod schema;
 pub mod server;
 
-use barrier::BarrierDatabase;
 use proto::order::OrderServer;
 use service_kit::{BranchParts, GrpcServer, ServiceServer, StartError};
 use sqlx::Pool;
@@ -62,9 +63,9 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
 /// This service's tonic service and HTTP routes, on any supported engine.
 pub struct OrderParts;
 
-impl<DB: OrderModel + BarrierDatabase> BranchParts<DB> for OrderParts {
+impl<DB: OrderModel + schema::OrderDdl> BranchParts<DB> for OrderParts {
     async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-        barrier::schema::ensure_order_table(pool).await
+        schema::ensure_order_table(pool).await
     }
 
     fn add_grpc(server: GrpcServer, pool: Pool<DB>, max_msg_size: usize) -> GrpcServer {

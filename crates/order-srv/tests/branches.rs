@@ -1,44 +1,30 @@
 //! order-srv's branch semantics through real gRPC calls carrying dtm's
 //! metadata, on real databases (MariaDB, PostgreSQL, SQLite).
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use proto::order::{CreateReq, OrderClient};
+use service_kit::testing::RunningService;
 use sqlx::Row;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// A running order-srv on port 0.
 struct Running {
-    addr: SocketAddr,
     client: OrderClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), service_kit::ServeError>>,
+    service: RunningService,
 }
 
 impl Running {
     async fn start(data_source: &str) -> Running {
-        test_support::init_tracing();
-        let yaml = format!("Name: order.rpc\nListenOn: 127.0.0.1:0\nDB:\n  DataSource: \"{data_source}\"\n");
-        let config: order_srv::Config =
-            service_kit::config::parse_yaml(Path::new("test.yaml"), &yaml, |_| None).unwrap();
-        let server = order_srv::build(&config).await.expect("order-srv starts");
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Running { addr, client: OrderClient::new(channel), stop: Some(stop), task }
+        let service = RunningService::start::<order_srv::OrderParts>("order.rpc", data_source, false).await;
+        let channel =
+            Channel::from_shared(format!("http://{}", service.grpc)).unwrap().connect().await.unwrap();
+        Running { client: OrderClient::new(channel), service }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+    async fn stop(self) {
+        self.service.stop().await;
     }
 }
 
@@ -273,7 +259,7 @@ async fn sqlite_create_and_rollback() {
     let rows: Vec<(String, i64)> =
         sqlx::query_as(r#"select gid, row_state from "order""#).fetch_all(&pool).await.unwrap();
     assert_eq!(rows, vec![(gid, -1)]);
-    assert_ne!(srv.addr.port(), 0);
+    assert_ne!(srv.service.grpc.port(), 0);
     srv.stop().await;
 }
 

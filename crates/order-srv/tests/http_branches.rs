@@ -1,44 +1,20 @@
 //! order-srv's HTTP flavour (`HttpListenOn`): dtm's HTTP branch protocol
 //! in front of the same logic as the gRPC methods, on SQLite.
 
-use std::path::Path;
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use service_kit::testing::RunningService;
 
-/// A running order-srv with HTTP branches; `http` is `http://127.0.0.1:port`.
-struct Running {
-    http: String,
-    pool: sqlx::SqlitePool,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), service_kit::ServeError>>,
-    _db: test_support::TestDatabase,
-}
-
-async fn start() -> Running {
-    test_support::init_tracing();
-    let db = test_support::sqlite_database();
-    let yaml = format!(
-        "Name: order.rpc\nListenOn: 127.0.0.1:0\nHttpListenOn: 127.0.0.1:0\nDB:\n  DataSource: \"{}\"\n",
-        db.url
-    );
-    let config: order_srv::Config =
-        service_kit::config::parse_yaml(Path::new("t.yaml"), &yaml, |_| None).unwrap();
-    let server = order_srv::build(&config).await.expect("order-srv starts");
-    let http = format!("http://{}", server.http_addr().expect("HTTP branches are served"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    Running { http, pool, stop, task, _db: db }
+/// A running order-srv with HTTP branches on SQLite, and a pool on its database.
+async fn start() -> (RunningService, sqlx::SqlitePool) {
+    let service = RunningService::on_sqlite::<order_srv::OrderParts>("order.rpc", true).await;
+    let pool = sqlx::SqlitePool::connect(service.data_source()).await.unwrap();
+    (service, pool)
 }
 
 /// POSTs as dtm does; returns status and JSON body.
-async fn call(r: &Running, path: &str, query: &str, body: &str) -> (u16, Value) {
+async fn call(r: &RunningService, path: &str, query: &str, body: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .post(format!("{}{path}?{query}", r.http))
+        .post(format!("{}{path}?{query}", r.http.as_deref().unwrap_or_default()))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -58,28 +34,27 @@ async fn orders(pool: &sqlx::SqlitePool) -> Vec<(String, i64, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_and_rollback_answer_like_dtm_branches() {
-    let r = start().await;
+    let (r, pool) = start().await;
     let body = json!({"userId": 1, "goodsId": 2, "num": 3}).to_string();
 
     let (status, answer) = call(&r, "/api/order/create", &dtm_query("g1", "action"), &body).await;
     assert_eq!((status, answer), (200, json!({"dtm_result": "SUCCESS"})));
     // A redelivery is answered SUCCESS and skipped by the barrier.
     assert_eq!(call(&r, "/api/order/create", &dtm_query("g1", "action"), &body).await.0, 200);
-    assert_eq!(orders(&r.pool).await, [("g1".to_string(), 0, 3)]);
+    assert_eq!(orders(&pool).await, [("g1".to_string(), 0, 3)]);
 
     assert_eq!(call(&r, "/api/order/createRollback", &dtm_query("g1", "compensate"), &body).await.0, 200);
-    assert_eq!(orders(&r.pool).await, [("g1".to_string(), -1, 3)]);
+    assert_eq!(orders(&pool).await, [("g1".to_string(), -1, 3)]);
     // A compensation whose action never ran: null compensation, success.
     assert_eq!(call(&r, "/api/order/createRollback", &dtm_query("g2", "compensate"), &body).await.0, 200);
-    assert_eq!(orders(&r.pool).await.len(), 1);
+    assert_eq!(orders(&pool).await.len(), 1);
 
-    let _ = r.stop.send(());
-    tokio::time::timeout(Duration::from_secs(15), r.task).await.unwrap().unwrap().unwrap();
+    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_400_and_change_nothing() {
-    let r = start().await;
+    let (r, pool) = start().await;
     let body = json!({"userId": 1, "goodsId": 2, "num": 3}).to_string();
     let (status, answer) = call(&r, "/api/order/create", "gid=g1&trans_type=saga&branch_id=01", &body).await;
     assert_eq!(status, 400, "{answer}");
@@ -93,15 +68,15 @@ async fn bad_requests_are_400_and_change_nothing() {
         let (status, answer) = call(&r, "/api/order/create", &dtm_query("g1", "action"), bad).await;
         assert_eq!(status, 400, "{bad}: {answer}");
     }
-    assert!(orders(&r.pool).await.is_empty());
+    assert!(orders(&pool).await.is_empty());
 }
 
 #[tokio::test]
 async fn without_http_listen_on_only_grpc_is_served() {
     let db = test_support::sqlite_database();
-    let yaml = format!("Name: order.rpc\nListenOn: 127.0.0.1:0\nDB:\n  DataSource: \"{}\"\n", db.url);
-    let config: order_srv::Config =
-        service_kit::config::parse_yaml(Path::new("t.yaml"), &yaml, |_| None).unwrap();
-    let server = order_srv::build(&config).await.unwrap();
+    let server =
+        service_kit::build_loopback_branch_server::<order_srv::OrderParts>("order.rpc", &db.url, false)
+            .await
+            .unwrap();
     assert_eq!(server.http_addr(), None);
 }

@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
+use dtm_protocol::{BranchCall, BranchId, Gid, Op, TransType};
 use proto::stock::{DeductReq, StockClient};
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
@@ -97,7 +98,7 @@ impl Tour {
              02/action with reason 'compensate' and skipped the business), order's marked the order -1.");
 
         heading(3, "The stock action of saga 1 delivered a second time");
-        let resent = self.deliver(&ok, "action").await?;
+        let resent = self.deliver(&ok, Op::Action).await?;
         println!("gRPC /pb.stock/deduct again with gid={ok}, branch 02, op action -> {resent}");
         self.show(&ok).await?;
         why("the barrier's insert-ignore of (gid, 02, action, 01) changed no row, so the business SQL was \
@@ -105,9 +106,9 @@ impl Tour {
 
         heading(4, "A compensation that overtakes its action");
         let gid = "late-action-demo".to_string();
-        let compensated = self.deliver(&gid, "compensate").await?;
+        let compensated = self.deliver(&gid, Op::Compensate).await?;
         println!("gRPC /pb.stock/deductRollback with gid={gid}, branch 02, op compensate -> {compensated}");
-        let late = self.deliver(&gid, "action").await?;
+        let late = self.deliver(&gid, Op::Action).await?;
         println!("gRPC /pb.stock/deduct (the late action) with the same gid                 -> {late}");
         self.show(&gid).await?;
         why(
@@ -131,15 +132,11 @@ impl Tour {
     }
 
     /// Calls stock-srv's branch for `op` as the coordinator would.
-    async fn deliver(&mut self, gid: &str, op: &str) -> anyhow::Result<String> {
-        let mut request = tonic::Request::new(DeductReq { goods_id: 1, num: 1 });
-        let metadata = request.metadata_mut();
-        metadata.insert("dtm-gid", gid.parse()?);
-        metadata.insert("dtm-trans_type", "saga".parse()?);
-        metadata.insert("dtm-branch_id", "02".parse()?);
-        metadata.insert("dtm-op", op.parse()?);
+    async fn deliver(&mut self, gid: &str, op: Op) -> anyhow::Result<String> {
+        let call = BranchCall::new(Gid::new(gid)?, TransType::Saga, BranchId::nth(1), op);
+        let request = call.grpc_request(DeductReq { goods_id: 1, num: 1 })?;
         let answer = match op {
-            "action" => self.stock.deduct(request).await,
+            Op::Action => self.stock.deduct(request).await,
             _ => self.stock.deduct_rollback(request).await,
         };
         Ok(match answer {

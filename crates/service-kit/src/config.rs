@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use discovery::EtcdConf;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::datasource::DataSource;
 
@@ -274,13 +274,20 @@ impl Default for LogConf {
 }
 
 /// A value that must never reach a log: a token or password. `Debug`
-/// prints `***` (or `""` when empty); [`Secret::expose`] gives the value.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+/// prints `"***"` (or `""` when empty), so a config printed with `{:?}`
+/// shows whether one is set but never what; [`Secret::expose`] gives the
+/// value. The services' config and the coordinator's share this one type.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
-    /// The value itself, for the one place that needs it.
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (a DSN, a comparison).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -293,7 +300,7 @@ impl Secret {
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }
 

@@ -15,6 +15,7 @@
 //! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
 //! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
 //! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
+//! | `testing` (feature `testing`) | – | a branch service on a test's task (`RunningService`), for the services' tests |
 //!
 //! A typical `main` (thin, as the team brief asks):
 //!
@@ -43,12 +44,14 @@ pub mod ready;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, RpcServerConf, load_yaml};
 pub use datasource::{Backend, DataSource, DataSourceError};
 pub use db::{BusinessDb, DbError};
 pub use grpc::{GrpcServer, GrpcSettings, ServeError};
-pub use service::{BranchParts, ServiceServer, build_branch_server};
+pub use service::{BranchParts, ServiceServer, build_branch_server, build_loopback_branch_server};
 
 /// Why a service could not start: one enum for every process of the demo,
 /// shown by `main` and turned into a non-zero exit code.

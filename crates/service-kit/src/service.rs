@@ -152,3 +152,28 @@ where
         None => server,
     })
 }
+
+/// A branch service on loopback, gRPC on port 0 and — when `http` — HTTP
+/// branches on another port 0, without etcd, on `data_source`; every other
+/// key at its default, exactly as a YAML file naming only these keys
+/// gives. What the services' own tests start (one place for the YAML they
+/// all wrote): built, not yet serving.
+pub async fn build_loopback_branch_server<P>(
+    name: &str,
+    data_source: &str,
+    http: bool,
+) -> Result<ServiceServer, crate::StartError>
+where
+    P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
+{
+    // JSON strings are YAML double-quoted scalars: any name or DSN stays one value.
+    let quote = |value: &str| serde_json::Value::String(value.to_string()).to_string();
+    let mut yaml =
+        format!("Name: {}\nListenOn: 127.0.0.1:0\nDB:\n  DataSource: {}\n", quote(name), quote(data_source));
+    if http {
+        yaml.push_str("HttpListenOn: 127.0.0.1:0\n");
+    }
+    let config: crate::RpcServerConf =
+        crate::config::parse_yaml(std::path::Path::new("loopback.yaml"), &yaml, |_| None)?;
+    build_branch_server::<P>(&config).await
+}

@@ -1,5 +1,7 @@
 //! The HTTP face of the service, for dtm's HTTP branch protocol: the same
-//! two logic functions as the gRPC face, reached by URL.
+//! two logic functions as the gRPC face, reached by URL. The paths and the
+//! body are `proto::stock`'s, next to the gRPC paths, so that order-api and
+//! the bench build the same URLs.
 //!
 //! | route | saga op | body |
 //! |---|---|---|
@@ -19,34 +21,12 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::post;
-use proto::stock::DeductReq;
-use serde::Deserialize;
+use proto::stock::{DEDUCT_HTTP_PATH, DEDUCT_ROLLBACK_HTTP_PATH, DeductBody, DeductReq};
 use service_kit::http_branch::{json_body, run_http_branch};
 use sqlx::Pool;
 
 use crate::logic;
 use crate::model::StockModel;
-
-/// Path of the action.
-pub const DEDUCT_HTTP_PATH: &str = "/api/stock/deduct";
-/// Path of the compensation.
-pub const DEDUCT_ROLLBACK_HTTP_PATH: &str = "/api/stock/deductRollback";
-
-/// The JSON body, camelCase as order-api takes the quick order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DeductBody {
-    /// What.
-    pub goods_id: i64,
-    /// How many.
-    pub num: i64,
-}
-
-impl From<DeductBody> for DeductReq {
-    fn from(body: DeductBody) -> DeductReq {
-        DeductReq { goods_id: body.goods_id, num: body.num }
-    }
-}
 
 /// What the handlers share.
 struct HttpState<DB: StockModel> {

@@ -17,6 +17,7 @@
 //! | [`server`] | `internal/server/stockServer.go` |
 //! | [`logic`] | `internal/logic/deductLogic.go`, `deductRollbackLogic.go` |
 //! | [`model`] | `internal/model/stockmodel.go` |
+//! | [`schema`] | the `stock` table's DDL and seed (goctl's `.sql` next to the model) |
 //! | [`build`] | `internal/svc/serviceContext.go` + `zrpc.MustNewServer` |
 //!
 //! Start-up and shutdown are `order-srv`'s, from `service-kit`: database and
@@ -32,9 +33,9 @@
 pub mod http;
 pub mod logic;
 pub mod model;
+pub mod schema;
 pub mod server;
 
-use barrier::BarrierDatabase;
 use proto::stock::StockServer;
 use service_kit::{BranchParts, GrpcServer, ServiceServer, StartError};
 use sqlx::Pool;
@@ -59,9 +60,9 @@ pub async fn build(config: &Config) -> Result<Server, StartError> {
 /// This service's tonic service and HTTP routes, on any supported engine.
 pub struct StockParts;
 
-impl<DB: StockModel + BarrierDatabase> BranchParts<DB> for StockParts {
+impl<DB: StockModel + schema::StockDdl> BranchParts<DB> for StockParts {
     async fn prepare(pool: &Pool<DB>) -> Result<(), sqlx::Error> {
-        barrier::schema::ensure_stock_table(pool).await
+        schema::ensure_stock_table(pool).await
     }
 
     fn add_grpc(server: GrpcServer, pool: Pool<DB>, max_msg_size: usize) -> GrpcServer {

@@ -1,41 +1,27 @@
 //! stock-srv's branch semantics through real gRPC calls carrying dtm's
 //! metadata, on real databases (MariaDB, PostgreSQL, SQLite).
 
-use std::path::Path;
-use std::time::Duration;
-
 use proto::stock::{DeductReq, StockClient};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use service_kit::testing::RunningService;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// A running stock-srv on port 0.
 struct Running {
     client: StockClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), service_kit::ServeError>>,
+    service: RunningService,
 }
 
 impl Running {
     async fn start(data_source: &str) -> Running {
-        test_support::init_tracing();
-        let yaml = format!("Name: stock.rpc\nListenOn: 127.0.0.1:0\nDB:\n  DataSource: \"{data_source}\"\n");
-        let config: stock_srv::Config =
-            service_kit::config::parse_yaml(Path::new("test.yaml"), &yaml, |_| None).unwrap();
-        let server = stock_srv::build(&config).await.expect("stock-srv starts");
-        let addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Running { client: StockClient::new(channel), stop: Some(stop), task }
+        let service = RunningService::start::<stock_srv::StockParts>("stock.rpc", data_source, false).await;
+        let channel =
+            Channel::from_shared(format!("http://{}", service.grpc)).unwrap().connect().await.unwrap();
+        Running { client: StockClient::new(channel), service }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap().unwrap();
+    async fn stop(self) {
+        self.service.stop().await;
     }
 
     async fn deduct(&mut self, gid: &str, goods_id: i64, num: i64) -> Result<(), tonic::Status> {

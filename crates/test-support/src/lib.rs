@@ -24,16 +24,25 @@
 //! through their readiness line ([`GuardedProcess::wait_ready`]), never
 //! through an open port.
 //!
+//! Servers of the workspace run on a task of the test through
+//! [`RunningServer`], and every "poll until" is [`wait_until`]. With the
+//! feature `branches`, [`branches`] is the one recording branch server
+//! (HTTP and gRPC) that the coordinator's, the client's and the services'
+//! tests call and inspect.
+//!
 //! Servers started here die with the test process: each runs under a small
 //! `sh` guard that kills it as soon as its stdin (a pipe held by the test
 //! process) closes, whichever way the test process ends.
 
 mod binaries;
+#[cfg(feature = "branches")]
+pub mod branches;
 mod database;
 mod etcd;
 mod mariadb;
 mod postgres;
 mod process;
+mod running;
 mod slots;
 
 pub use binaries::{SERVICE_PACKAGES, service_binaries};
@@ -47,6 +56,7 @@ pub use process::{
     GuardedProcess, ReadyLine, StdoutWatch, closed_port, free_port, listening_ports, listens_on, log_len,
     pid_alive, wait_for_port, wait_ready_line,
 };
+pub use running::{RunningServer, Shutdown, wait_until};
 pub use slots::{DEFAULT_SYSTEMS, SYSTEMS_VAR, SystemSlot, system_slot, system_slots};
 
 /// Installs a tracing subscriber once, printing only when `TEST_LOG` is set

@@ -1,5 +1,11 @@
 //! What the barrier scenarios need from each engine: a fresh database, and
-//! the demo's business SQL written once with `?` placeholders.
+//! the demo's business SQL written once with `?` placeholders, and the
+//! business tables it runs on.
+//!
+//! The `order` and `stock` tables belong to order-srv and stock-srv, which
+//! sit above this crate; the scenarios only need some business table in the
+//! barrier's transaction, and take the shipped files (`sql/<engine>/`) as
+//! they are rather than depend upward.
 //!
 //! The barrier crate itself hides sqlx's executor bounds behind its sealed
 //! trait; the tests do the same with [`Engine`], implemented by one macro for
@@ -52,6 +58,11 @@ pub type OrderRow = (String, i64, i64, i64, i64);
 
 /// An engine the scenarios run on.
 pub trait Engine: BarrierDatabase {
+    /// `sql/<engine>/order.sql`.
+    const ORDER_DDL: &'static str;
+    /// `sql/<engine>/stock.sql` (goods 1 seeded with 100 units).
+    const STOCK_DDL: &'static str;
+
     /// A fresh, empty database on a throwaway server.
     fn database() -> impl Future<Output = TestDatabase> + Send;
 
@@ -105,6 +116,12 @@ pub trait Engine: BarrierDatabase {
     fn barrier_rows(pool: &Pool<Self>, table: &BarrierTable) -> impl Future<Output = Vec<Row>> + Send;
 }
 
+/// Creates the business tables (`order`, `stock`) if they do not exist.
+pub async fn business_tables<E: Engine>(pool: &Pool<E>) {
+    barrier::schema::apply(pool, E::ORDER_DDL).await.expect("order table");
+    barrier::schema::apply(pool, E::STOCK_DDL).await.expect("stock table");
+}
+
 /// `?` placeholders as the engine wants them.
 fn placeholders(sql: &str, dollar: bool) -> String {
     if !dollar {
@@ -124,9 +141,12 @@ fn placeholders(sql: &str, dollar: bool) -> String {
 }
 
 macro_rules! engine {
-    ($db:ty, database: $database:expr, qualified: $qualified:expr, order: $order:literal,
+    ($db:ty, dir: $dir:literal, database: $database:expr, qualified: $qualified:expr, order: $order:literal,
      bigint: $bigint:literal, text: $text:literal, dollar: $dollar:literal) => {
         impl Engine for $db {
+            const ORDER_DDL: &'static str = include_str!(concat!("../../../../sql/", $dir, "/order.sql"));
+            const STOCK_DDL: &'static str = include_str!(concat!("../../../../sql/", $dir, "/stock.sql"));
+
             async fn database() -> TestDatabase {
                 $database
             }
@@ -257,6 +277,7 @@ macro_rules! engine {
 
 engine!(
     sqlx::MySql,
+    dir: "mysql",
     database: test_support::mysql_database().await,
     // The test database itself is a MySQL "schema".
     qualified: |db| (None, format!("{}.barrier", db.name)),
@@ -268,6 +289,7 @@ engine!(
 
 engine!(
     sqlx::Postgres,
+    dir: "postgres",
     database: test_support::postgres_database().await,
     qualified: |_| (Some("CREATE SCHEMA IF NOT EXISTS dtm_barrier"), "dtm_barrier.barrier".to_string()),
     order: "\"order\"",
@@ -278,6 +300,7 @@ engine!(
 
 engine!(
     sqlx::Sqlite,
+    dir: "sqlite",
     database: test_support::sqlite_database(),
     // `main` is the name of SQLite's primary database.
     qualified: |_| (None, "main.barrier".to_string()),

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
-use barrier::Gid;
+use dtm_protocol::Gid;
 
 use super::{Outcome, bearer_matches};
 use crate::config::Secret;
@@ -349,7 +349,7 @@ impl AllQuery {
             trans_type: non_empty(self.trans_type)
                 .map(|t| t.parse())
                 .transpose()
-                .map_err(|e: barrier::ProtocolError| ApiError::invalid("transType", e.to_string()))?,
+                .map_err(|e: dtm_protocol::ProtocolError| ApiError::invalid("transType", e.to_string()))?,
             create_time_start: time("createTimeStart", self.create_time_start)?,
             create_time_end: time("createTimeEnd", self.create_time_end)?,
         })

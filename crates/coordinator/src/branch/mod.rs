@@ -1,9 +1,11 @@
 //! The branch caller: delivers one operation to one branch and classifies the answer.
 //!
 //! Every call carries dtm's four protocol values — `gid`, `trans_type`,
-//! `branch_id`, `op` — as HTTP query parameters or as `dtm-` gRPC metadata,
-//! plus the transaction's `branch_headers`. The answer becomes a
-//! [`BranchResult`] through the barrier crate's `from_http` / `from_grpc`, so
+//! `branch_id`, `op` — as HTTP query parameters or as `dtm-` gRPC metadata
+//! (written by `dtm_protocol`'s [`BranchCall`], the one writer the SDK and
+//! the tools share), plus the transaction's `branch_headers`; a gRPC payload
+//! travels verbatim through [`RawCodec`]. The answer becomes a
+//! [`BranchResult`] through `dtm_protocol`'s `from_http` / `from_grpc`, so
 //! the coordinator and the branches agree on what FAILURE and ONGOING look
 //! like. Connections are pooled: one shared `reqwest::Client`, and one
 //! lazily connected tonic `Channel` per gRPC server string, in a map bounded
@@ -17,21 +19,18 @@
 //! URL reach hosts nobody named.
 
 mod channels;
-mod codec;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use barrier::{BranchId, BranchResult, Gid, Op, TransType};
 use bytes::Bytes;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use dtm_protocol::{BranchCall, BranchResult, RawCodec};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::model::{BranchTarget, BranchUrl, GrpcTarget};
 
 use channels::ChannelMap;
-pub use codec::{DiscardDecoder, RawCodec, RawEncoder};
 
 /// Largest HTTP branch reply read, in bytes: dtm's answers are a few dozen
 /// bytes of JSON (`{"dtm_result":"SUCCESS"}`); a branch sending more than
@@ -69,20 +68,14 @@ impl BranchResolver for discovery::ChannelCache {
 }
 
 /// One branch operation to deliver.
-#[derive(Debug, Clone, Copy)]
-pub struct BranchCall<'a> {
+#[derive(Debug, Clone)]
+pub struct BranchRequest<'a> {
     /// Where to send it.
     pub url: &'a BranchUrl,
     /// Request body / gRPC message, verbatim.
     pub payload: &'a [u8],
-    /// Global id.
-    pub gid: &'a Gid,
-    /// Transaction type.
-    pub trans_type: TransType,
-    /// Branch id.
-    pub branch_id: &'a BranchId,
-    /// Operation.
-    pub op: Op,
+    /// The dtm values of the call (gid, trans_type, branch_id, op; no `dtm`).
+    pub call: BranchCall,
     /// Extra headers / metadata.
     pub headers: &'a BTreeMap<String, String>,
     /// Call deadline.
@@ -142,7 +135,7 @@ impl BranchCaller {
     }
 
     /// Delivers one operation. Never fails: transport problems are `Retry`.
-    pub async fn call(&self, call: &BranchCall<'_>) -> BranchResult {
+    pub async fn call(&self, call: &BranchRequest<'_>) -> BranchResult {
         match call.url.target() {
             BranchTarget::Empty => BranchResult::Success,
             BranchTarget::Http(url) => self.call_http(url, call).await,
@@ -150,13 +143,9 @@ impl BranchCaller {
         }
     }
 
-    async fn call_http(&self, url: &url::Url, call: &BranchCall<'_>) -> BranchResult {
+    async fn call_http(&self, url: &url::Url, call: &BranchRequest<'_>) -> BranchResult {
         let mut url = url.clone();
-        url.query_pairs_mut()
-            .append_pair("gid", call.gid.as_str())
-            .append_pair("trans_type", call.trans_type.as_str())
-            .append_pair("branch_id", call.branch_id.as_str())
-            .append_pair("op", call.op.as_str());
+        call.call.append_query(&mut url);
         // dtm's rule: POST when there is a body, GET otherwise.
         let mut request = if call.payload.is_empty() {
             self.http.get(url)
@@ -178,8 +167,9 @@ impl BranchCaller {
                         .get(http::header::LOCATION)
                         .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
                         .unwrap_or_default();
+                    let BranchCall { gid, branch_id, op, .. } = &call.call;
                     tracing::warn!(
-                        gid = %call.gid, branch_id = %call.branch_id, op = %call.op, url = %call.url,
+                        %gid, %branch_id, %op, url = %call.url,
                         status = status.as_u16(), %location,
                         "branch answered with a redirect, which is not followed: fix the branch URL"
                     );
@@ -223,7 +213,7 @@ impl BranchCaller {
         }
     }
 
-    async fn call_grpc(&self, target: &GrpcTarget, call: &BranchCall<'_>) -> BranchResult {
+    async fn call_grpc(&self, target: &GrpcTarget, call: &BranchRequest<'_>) -> BranchResult {
         let channel = match self.channel(target).await {
             Ok(channel) => channel,
             Err(e) => return BranchResult::Retry(e.0),
@@ -234,28 +224,15 @@ impl BranchCaller {
         };
         let mut request = tonic::Request::new(Bytes::copy_from_slice(call.payload));
         request.set_timeout(call.timeout);
-        let metadata = request.metadata_mut();
-        for (key, value) in [
-            ("dtm-gid", call.gid.as_str()),
-            ("dtm-trans_type", call.trans_type.as_str()),
-            ("dtm-branch_id", call.branch_id.as_str()),
-            ("dtm-op", call.op.as_str()),
-            ("dtm-dtm", ""),
-        ]
-        .into_iter()
-        .chain(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        {
-            let (Ok(key), Ok(value)) =
-                (AsciiMetadataKey::from_bytes(key.as_bytes()), AsciiMetadataValue::try_from(value))
-            else {
-                return BranchResult::Retry(format!("metadata {key:?} is not valid ASCII metadata"));
-            };
-            metadata.insert(key, value);
+        let headers = call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        if let Err(bad) = call.call.insert_metadata(request.metadata_mut(), headers) {
+            return BranchResult::Retry(format!("metadata {:?} is not valid ASCII metadata", bad.key()));
         }
         let mut grpc = tonic::client::Grpc::new(channel);
+        // The reply message is not looked at: only the status matters.
         let outcome = tokio::time::timeout(call.timeout, async {
             grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
-            grpc.unary::<Bytes, (), _>(request, path, RawCodec).await
+            grpc.unary::<Bytes, Bytes, _>(request, path, RawCodec).await
         })
         .await;
         match outcome {

@@ -2,40 +2,15 @@
 //! defaults, cross-field validation, and the values derived from it.
 //! Loading it from defaults, environment and file is in `load.rs`.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-/// A string that must never reach a log: its `Debug` and `Display` print `***`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it (a DSN, a comparison).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is the empty string (i.e. not configured).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
+/// Passwords and tokens: service-kit's, shared with the services' config
+/// (`Debug` prints `"***"`).
+pub use service_kit::config::Secret;
 
 /// The whole coordinator configuration (top level of the YAML file).
 ///

@@ -8,7 +8,7 @@
 //! production engine has none: the hook is `None` and costs a branch.
 
 use async_trait::async_trait;
-use barrier::{BranchId, Gid, Op};
+use dtm_protocol::{BranchId, Gid, Op};
 
 /// Where a pass is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,7 +53,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use barrier::{Gid, TransType};
+use dtm_protocol::{Gid, TransType};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -312,8 +312,8 @@ impl Engine {
                     Step::Msg { action } => Some(store::NewBranch {
                         url: action.as_str().to_string(),
                         bin_data: request.payloads.get(k).cloned().unwrap_or_default(),
-                        branch_id: barrier::BranchId::nth(k),
-                        op: barrier::Op::Action,
+                        branch_id: dtm_protocol::BranchId::nth(k),
+                        op: dtm_protocol::Op::Action,
                     }),
                     Step::Saga { .. } => None,
                 })
@@ -739,7 +739,7 @@ impl Engine {
             branch_id: request.branch_id.clone(),
             op,
         };
-        let rows = [row(barrier::Op::Cancel, cancel), row(barrier::Op::Confirm, confirm)];
+        let rows = [row(dtm_protocol::Op::Cancel, cancel), row(dtm_protocol::Op::Confirm, confirm)];
         let store = &self.inner.core.store;
         match store.add_branches(&request.gid, GlobalStatus::Prepared, &rows, store::now()).await {
             Ok(true) => Ok(()),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use barrier::{BranchId, BranchResult, Op, TransType};
+use dtm_protocol::{BranchId, BranchResult, Op, TransType};
 
 use crate::model::GlobalStatus;
 

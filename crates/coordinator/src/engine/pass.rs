@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use barrier::Gid;
+use dtm_protocol::Gid;
 use tokio::time::Instant;
 
 use super::checkpoint::{Checkpoint, PassCheckpoint};

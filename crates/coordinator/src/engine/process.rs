@@ -21,8 +21,8 @@
 
 use std::time::Duration;
 
-use barrier::{BranchId, BranchResult, Gid, Op, TransType};
 use chrono::{DateTime, Utc};
+use dtm_protocol::{BranchCall, BranchId, BranchResult, Gid, Op, TransType};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -33,7 +33,7 @@ use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use super::saga::{Ordering, StepState};
 use super::sequence::SequenceWork;
-use crate::branch::BranchCall;
+use crate::branch::BranchRequest;
 use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
     TransRequest,
@@ -261,13 +261,10 @@ impl SagaSpec {
         let started = Instant::now();
         let result = core
             .caller
-            .call(&BranchCall {
+            .call(&BranchRequest {
                 url,
                 payload: &step.payload,
-                gid: &self.gid,
-                trans_type: TransType::Saga,
-                branch_id: &step.branch_id,
-                op,
+                call: BranchCall::new(self.gid.clone(), TransType::Saga, step.branch_id.clone(), op),
                 headers: &self.options.branch_headers,
                 timeout: core.call_timeout(&self.options),
             })

@@ -10,7 +10,7 @@
 //! waits for step k−1), so one set of rules serves both: at most one action
 //! of a chain is ever runnable, and compensations come out in reverse order.
 
-use barrier::{BranchId, Op};
+use dtm_protocol::{BranchId, Op};
 
 use crate::model::{BranchStatus, SagaOrders, Step, TransRequest};
 use crate::store::NewBranch;

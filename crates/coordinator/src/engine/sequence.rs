@@ -16,8 +16,8 @@
 
 use std::time::Duration;
 
-use barrier::{BranchId, BranchResult, Gid, Op, TransType};
 use chrono::{DateTime, Utc};
+use dtm_protocol::{BranchCall, BranchId, BranchResult, Gid, Op, TransType};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use super::checkpoint::Checkpoint;
 use super::lease::Lease;
 use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
-use crate::branch::BranchCall;
+use crate::branch::BranchRequest;
 use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};
 use crate::store::{
     self, BranchChange, BranchRow, GlobalChange, Schedule, StatusUpdate, StoreError, StoredTrans,
@@ -129,13 +129,10 @@ impl SequenceWork {
         let timeout = core.call_timeout(&self.options);
         let result = core
             .caller
-            .call(&BranchCall {
+            .call(&BranchRequest {
                 url,
                 payload,
-                gid: &self.gid,
-                trans_type: self.trans_type,
-                branch_id,
-                op,
+                call: BranchCall::new(self.gid.clone(), self.trans_type, branch_id.clone(), op),
                 headers: &self.options.branch_headers,
                 timeout,
             })

@@ -22,8 +22,8 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::marker::PhantomData;
 
-use barrier::Gid;
 use chrono::{DateTime, Utc};
+use dtm_protocol::Gid;
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
@@ -343,7 +343,8 @@ where
             gid: gid_of::<D>(row)?,
             url: text("url")?,
             bin_data: row.try_get::<Option<Vec<u8>>, _>("bin_data")?.unwrap_or_default(),
-            branch_id: barrier::BranchId::new(text("branch_id")?).map_err(|e| corrupt("branch_id", e))?,
+            branch_id: dtm_protocol::BranchId::new(text("branch_id")?)
+                .map_err(|e| corrupt("branch_id", e))?,
             op: text("op")?.parse().map_err(|e| corrupt("op", e))?,
             status: text("status")?.parse().map_err(|e| corrupt("branch status", e))?,
             finish_time: row.try_get("finish_time")?,

@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use barrier::Gid;
 use chrono::{DateTime, Utc};
+use dtm_protocol::Gid;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 

@@ -53,8 +53,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use barrier::{BranchId, Gid, Op, TransType};
 use chrono::{DateTime, SubsecRound, Utc};
+use dtm_protocol::{BranchId, Gid, Op, TransType};
 use serde::Serialize;
 
 use crate::model::{BranchStatus, GlobalStatus, Protocol};

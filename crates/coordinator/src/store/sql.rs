@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use barrier::Gid;
 use chrono::{DateTime, SubsecRound, Utc};
+use dtm_protocol::Gid;
 
 use super::dialect::{LimitedUpdate, db_later, ddl_statements};
 use super::driver::{Driver, On, Statement};

@@ -1,7 +1,7 @@
 //! Shared helpers of the coordinator's edge tests (API, process, etcd).
 //!
-//! * [`BranchServer`] — a real HTTP branch service on port 0 that records
-//!   every call and whose behaviour each saga chooses through its payload
+//! * [`BranchServer`] — test-support's recording branch server, as an HTTP
+//!   branch service whose behaviour each saga chooses through its payload
 //!   (`{"fail":true}`, `{"delay_ms":300}`), optionally guarding a business
 //!   effect with the subtransaction barrier on MariaDB;
 //! * [`InProcess`] — a coordinator built with [`Coordinator::build`] and run
@@ -14,55 +14,30 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::any;
 use coordinator::config::{Config, StoreConfig, StoreDriver};
 use coordinator::server::Coordinator;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// One call the coordinator made to a branch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    /// HTTP method (`POST` when there is a payload).
-    pub method: String,
-    /// `action` / `compensate` (the last path segment).
-    pub path_op: String,
-    /// Query parameters (`gid`, `trans_type`, `branch_id`, `op`).
-    pub query: BTreeMap<String, String>,
-    /// Body, verbatim.
-    pub body: String,
-}
+pub use test_support::branches::Call;
+use test_support::branches::{Answer, BranchServers};
 
-/// What the branch server shares with its handlers.
-#[derive(Clone)]
-struct BranchState {
-    calls: Arc<Mutex<Vec<Call>>>,
-    /// When set, actions/compensations run their effect through the barrier here.
-    effects: Option<sqlx::MySqlPool>,
-}
-
-/// An HTTP branch service: `ANY /busi/{op}`.
+/// An HTTP branch service, `ANY /busi/{op}`: test-support's recording
+/// branch server with the edge tests' behaviour.
 ///
 /// Behaviour per call, from the JSON payload: `"delay_ms": n` sleeps first;
 /// `"fail": true` answers an action with 409 FAILURE (compensations always
 /// succeed, as dtm requires).
 pub struct BranchServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    calls: Arc<Mutex<Vec<Call>>>,
+    /// The server and its record.
+    servers: BranchServers,
+    /// When set, actions/compensations run their effect through the barrier here.
     effects: Option<sqlx::MySqlPool>,
-    task: JoinHandle<()>,
 }
 
 impl BranchServer {
@@ -88,30 +63,25 @@ impl BranchServer {
     }
 
     async fn start_with(effects: Option<sqlx::MySqlPool>) -> BranchServer {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let state = BranchState { calls: calls.clone(), effects: effects.clone() };
-        let app = Router::new().route("/busi/{op}", any(branch_handler)).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind branch server");
-        let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("branch server");
-        });
-        BranchServer { addr, calls, effects, task }
+        let servers = BranchServers::start().await;
+        let pool = effects.clone();
+        servers.recorder.on_success(move |call| busi(call, pool.clone()));
+        BranchServer { servers, effects }
     }
 
     /// `http://127.0.0.1:port/busi/<op>`.
     pub fn url(&self, op: &str) -> String {
-        format!("http://{}/busi/{op}", self.addr)
+        self.servers.http_url(&format!("busi/{op}"))
     }
 
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().expect("calls lock").clone()
+        self.servers.recorder.calls()
     }
 
     /// Calls for one gid.
     pub fn calls_for(&self, gid: &str) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| c.query.get("gid").map(String::as_str) == Some(gid)).collect()
+        self.servers.recorder.calls_of(gid)
     }
 
     /// `(gid, branch_id, op) → number of business effects` from the database.
@@ -126,40 +96,22 @@ impl BranchServer {
     }
 }
 
-impl Drop for BranchServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn branch_handler(
-    State(state): State<BranchState>,
-    UrlPath(op): UrlPath<String>,
-    method: axum::http::Method,
-    RawQuery(query): RawQuery,
-    body: String,
-) -> axum::response::Response {
-    let query_map: BTreeMap<String, String> =
-        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()).into_owned().collect();
-    state.calls.lock().expect("calls lock").push(Call {
-        method: method.to_string(),
-        path_op: op.clone(),
-        query: query_map.clone(),
-        body: body.clone(),
-    });
-    let payload: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+/// One call of `/busi/{op}`: the payload's behaviour, then the effect
+/// behind the barrier when there is a database.
+async fn busi(call: Call, effects: Option<sqlx::MySqlPool>) -> Answer {
+    let op = call.last_segment().to_string();
+    let payload: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
     if let Some(ms) = payload.get("delay_ms").and_then(Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let fail = op == "action" && payload.get("fail").and_then(Value::as_bool) == Some(true);
-    if let Some(pool) = &state.effects {
-        let mut guard = match barrier::BranchBarrier::from_query_pairs(query_map.iter()) {
+    if let Some(pool) = &effects {
+        let guard = match barrier::BranchBarrier::from_received(&call.received()) {
             Ok(b) => b,
-            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            Err(e) => return (400, e.to_string()),
         };
-        let table = barrier::BarrierTable::new("barrier").expect("table name");
-        guard = guard.with_table(table);
-        let (gid, branch_id) = (query_map["gid"].clone(), query_map["branch_id"].clone());
+        let mut guard = guard.with_table(barrier::BarrierTable::new("barrier").expect("table name"));
+        let (gid, branch_id) = (call.param("gid"), call.param("branch_id"));
         let result = guard
             .call_with_pool(pool, async |conn| {
                 if fail {
@@ -175,21 +127,17 @@ async fn branch_handler(
             })
             .await;
         return match result {
-            Ok(_) => (StatusCode::OK, axum::Json(json!({"dtm_result": "SUCCESS"}))).into_response(),
+            Ok(_) => (200, json!({"dtm_result": "SUCCESS"}).to_string()),
             Err(e) => {
                 let (status, body) = e.into_http();
-                (status, body).into_response()
+                (status.as_u16(), body)
             }
         };
     }
     if fail {
-        return (
-            StatusCode::CONFLICT,
-            axum::Json(json!({"dtm_result": "FAILURE", "message": "insufficient"})),
-        )
-            .into_response();
+        return (409, json!({"dtm_result": "FAILURE", "message": "insufficient"}).to_string());
     }
-    (StatusCode::OK, axum::Json(json!({"dtm_result": "SUCCESS"}))).into_response()
+    (200, json!({"dtm_result": "SUCCESS"}).to_string())
 }
 
 /// Test timing: small intervals so retries and recovery happen within seconds.
@@ -456,14 +404,11 @@ pub async fn status_of(client: &reqwest::Client, base: &str, gid: &str) -> Optio
 
 /// Polls until `gid` is `succeed` or `failed`; panics after `timeout`.
 pub async fn wait_final(client: &reqwest::Client, base: &str, gid: &str, timeout: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = status_of(client, base, gid).await
-            && (status == "succeed" || status == "failed")
-        {
-            return status;
+    test_support::wait_until(&format!("{gid} final"), timeout, async || {
+        match status_of(client, base, gid).await {
+            Some(status) if status == "succeed" || status == "failed" => Ok(status),
+            other => Err(format!("{other:?}")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{gid} not final after {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }

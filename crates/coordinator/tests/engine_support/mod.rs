@@ -1,124 +1,63 @@
-//! Shared harness of the engine tests: in-process branch servers (HTTP on
-//! axum, gRPC on tonic, both on port 0) that record every call with its dtm
-//! parameters and answer from a per-path script of faults, plus helpers to
-//! build engines and sagas.
+//! Shared harness of the engine tests: test-support's recording branch
+//! server (HTTP and gRPC on port 0, every call recorded with its dtm
+//! parameters, answers from a per-path script of faults), here with an
+//! optional barrier-guarded effect, plus helpers to build engines and sagas.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use barrier::{BarrierTable, BranchBarrier, BranchError};
 use coordinator::model::TransRequestInput;
 use coordinator::{Engine, EngineHooks, EngineSettings, GlobalStatus, TransRequest};
-use proto::order::{CreateReq, CreateResp, Order, OrderServer};
-use proto::stock::{DeductReq, DeductResp, Stock, StockServer};
-use tokio::net::TcpListener;
-use tonic::{Request, Response, Status};
+// Not every test binary uses every name.
+use test_support::branches::BranchServers;
+#[allow(unused_imports)]
+pub use test_support::branches::{Call, Reply, Transport, c};
 
-/// How a branch answers one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    /// 200 / OK.
-    Ok,
-    /// 409 / Aborted: business failure.
-    Failure,
-    /// 425 / FailedPrecondition.
-    Ongoing,
-    /// 500 / Unavailable: transient.
-    Error,
-    /// Sleep, then answer OK (a slow branch).
-    Slow(Duration),
-}
-
-/// One recorded branch call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    /// `http` or `grpc`.
-    pub transport: &'static str,
-    /// HTTP method (`GET`/`POST`) or `POST` for gRPC.
-    pub method: String,
-    /// URL path or gRPC method path.
-    pub path: String,
-    /// dtm parameters received.
-    pub gid: String,
-    pub trans_type: String,
-    pub branch_id: String,
-    pub op: String,
-    /// Request body / gRPC message bytes.
-    pub body: Vec<u8>,
-    /// Value of the `x-test` header / metadata (branch_headers check).
-    pub x_test: Option<String>,
-    /// HTTP Content-Type header.
-    pub content_type: Option<String>,
-}
-
-#[derive(Default)]
-struct State {
-    calls: Mutex<Vec<Call>>,
-    script: Mutex<HashMap<String, VecDeque<Reply>>>,
-    /// When set, successful calls run their effect through dtm's barrier
-    /// and insert a row into `effect` — the test counts those rows.
-    barrier_db: Mutex<Option<sqlx::MySqlPool>>,
-}
-
-/// The branch servers.
+/// The branch servers: test-support's recording branch server (HTTP and
+/// gRPC), with the engine tests' barrier-guarded effect.
 #[derive(Clone)]
 pub struct Branches {
     /// `http://127.0.0.1:port`.
     pub http: String,
     /// `127.0.0.1:port` of the gRPC server.
     pub grpc: String,
-    state: Arc<State>,
+    /// The servers; shared by clones, stopped when the last clone goes.
+    servers: Arc<BranchServers>,
 }
 
 impl Branches {
     /// Starts both servers.
     pub async fn start() -> Branches {
-        let state = Arc::new(State::default());
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = format!("http://{}", http_listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback({
-            let state = state.clone();
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let state = state.clone();
-                async move { http_branch(state, method, uri, headers, body).await }
-            }
-        });
-        tokio::spawn(async move { axum::serve(http_listener, app).await.unwrap() });
-
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = grpc_listener.local_addr().unwrap().to_string();
-        let svc = GrpcBranches(state.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(OrderServer::new(svc.clone()))
-                .add_service(StockServer::new(svc))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener))
-                .await
-                .unwrap()
-        });
-        Branches { http, grpc, state }
+        let servers = BranchServers::start().await;
+        Branches { http: servers.http.clone(), grpc: servers.grpc.clone(), servers: Arc::new(servers) }
     }
 
     /// Queues replies for the next calls to `path` (then OK forever).
     pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
-        self.state.script.lock().unwrap().entry(path.to_string()).or_default().extend(replies);
+        self.servers.recorder.script(path, replies);
     }
 
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
-        self.state.calls.lock().unwrap().clone()
+        self.servers.recorder.calls()
     }
 
     /// Calls of one gid, as `(path, branch_id, op)`.
     pub fn calls_of(&self, gid: &str) -> Vec<(String, String, String)> {
-        self.calls().into_iter().filter(|c| c.gid == gid).map(|c| (c.path, c.branch_id, c.op)).collect()
+        self.servers.recorder.sequence(gid)
     }
 
-    /// Enables barrier-guarded effects in `pool` (tables created here).
+    /// Waits until `gid` has at least `n` calls.
+    pub async fn wait_calls(&self, gid: &str, n: usize, timeout: Duration) {
+        self.servers.recorder.wait_calls(gid, n, timeout).await;
+    }
+
+    /// Makes every successful call run its effect through dtm's barrier
+    /// in `pool`, inserting a row into `effect` — the test counts those
+    /// rows (tables created here).
     pub async fn use_barrier_db(&self, pool: sqlx::MySqlPool) {
         let table = BarrierTable::new("barrier").unwrap();
         barrier::schema::ensure_barrier_table(&pool, &table).await.unwrap();
@@ -129,143 +68,44 @@ impl Branches {
         .execute(&pool)
         .await
         .unwrap();
-        *self.state.barrier_db.lock().unwrap() = Some(pool);
+        self.servers.recorder.on_success(move |call| {
+            let pool = pool.clone();
+            async move {
+                match effect(&pool, &call).await {
+                    Ok(()) => (200, r#"{"dtm_result":"SUCCESS"}"#.to_string()),
+                    Err(e) => {
+                        let (status, body) = e.into_http();
+                        (status.as_u16(), body)
+                    }
+                }
+            }
+        });
     }
 
     /// The `http://…/<name>` URL of an HTTP branch.
     pub fn url(&self, name: &str) -> String {
-        format!("{}/{name}", self.http)
+        self.servers.http_url(name)
     }
 }
 
-impl State {
-    fn record(&self, call: Call) -> Reply {
-        let reply = self
-            .script
-            .lock()
-            .unwrap()
-            .get_mut(&call.path)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or(Reply::Ok);
-        self.calls.lock().unwrap().push(call);
-        reply
-    }
-
-    /// Runs the business effect behind dtm's barrier, if a database is set.
-    async fn effect(&self, call: &Call) -> Result<(), BranchError> {
-        let Some(pool) = self.barrier_db.lock().unwrap().clone() else { return Ok(()) };
-        let mut barrier = BranchBarrier::new(
-            call.trans_type.parse().map_err(BranchError::from)?,
-            call.gid.parse().map_err(BranchError::from)?,
-            call.branch_id.parse().map_err(BranchError::from)?,
-            call.op.parse().map_err(BranchError::from)?,
-        )
-        .with_table(BarrierTable::new("barrier").unwrap());
-        let (gid, branch_id, op) = (call.gid.clone(), call.branch_id.clone(), call.op.clone());
-        // Skipped (duplicate or null compensation) is a success too.
-        let _outcome = barrier
-            .call_with_pool(&pool, async move |conn: &mut sqlx::MySqlConnection| {
-                sqlx::query("INSERT INTO effect (gid, branch_id, op) VALUES (?, ?, ?)")
-                    .bind(gid)
-                    .bind(branch_id)
-                    .bind(op)
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-            .await?;
-        Ok(())
-    }
-}
-
-async fn http_branch(
-    state: Arc<State>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, String) {
-    let query: BTreeMap<String, String> =
-        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
-    let call = Call {
-        transport: "http",
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        gid: get("gid"),
-        trans_type: get("trans_type"),
-        branch_id: get("branch_id"),
-        op: get("op"),
-        body: body.to_vec(),
-        x_test: headers.get("x-test").and_then(|v| v.to_str().ok()).map(str::to_string),
-        content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string),
-    };
-    let reply = state.record(call.clone());
-    match reply {
-        Reply::Ok | Reply::Slow(_) => {
-            if let Reply::Slow(d) = reply {
-                tokio::time::sleep(d).await;
-            }
-            match state.effect(&call).await {
-                Ok(()) => (StatusCode::OK, r#"{"dtm_result":"SUCCESS"}"#.into()),
-                Err(e) => {
-                    let (status, body) = e.into_http();
-                    (StatusCode::from_u16(status.as_u16()).unwrap(), body)
-                }
-            }
-        }
-        Reply::Failure => (StatusCode::CONFLICT, r#"{"dtm_result":"FAILURE","message":"no stock"}"#.into()),
-        Reply::Ongoing => (StatusCode::TOO_EARLY, r#"{"dtm_result":"ONGOING"}"#.into()),
-        Reply::Error => (StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
-    }
-}
-
-#[derive(Clone)]
-struct GrpcBranches(Arc<State>);
-
-impl GrpcBranches {
-    async fn handle<T: prost::Message>(&self, path: &str, request: Request<T>) -> Result<(), Status> {
-        let md = request.metadata();
-        let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let call = Call {
-            transport: "grpc",
-            method: "POST".into(),
-            path: path.to_string(),
-            gid: get("dtm-gid"),
-            trans_type: get("dtm-trans_type"),
-            branch_id: get("dtm-branch_id"),
-            op: get("dtm-op"),
-            body: request.get_ref().encode_to_vec(),
-            x_test: md.get("x-test").and_then(|v| v.to_str().ok()).map(str::to_string),
-            content_type: None,
-        };
-        match self.0.record(call.clone()) {
-            Reply::Ok | Reply::Slow(_) => self.0.effect(&call).await.map_err(BranchError::into_status),
-            Reply::Failure => Err(Status::aborted("FAILURE")),
-            Reply::Ongoing => Err(Status::failed_precondition("ONGOING")),
-            Reply::Error => Err(Status::unavailable("boom")),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Order for GrpcBranches {
-    async fn create(&self, request: Request<CreateReq>) -> Result<Response<CreateResp>, Status> {
-        self.handle(proto::order::CREATE_PATH, request).await.map(|()| Response::new(CreateResp {}))
-    }
-    async fn create_rollback(&self, request: Request<CreateReq>) -> Result<Response<CreateResp>, Status> {
-        self.handle(proto::order::CREATE_ROLLBACK_PATH, request).await.map(|()| Response::new(CreateResp {}))
-    }
-}
-
-#[tonic::async_trait]
-impl Stock for GrpcBranches {
-    async fn deduct(&self, request: Request<DeductReq>) -> Result<Response<DeductResp>, Status> {
-        self.handle(proto::stock::DEDUCT_PATH, request).await.map(|()| Response::new(DeductResp {}))
-    }
-    async fn deduct_rollback(&self, request: Request<DeductReq>) -> Result<Response<DeductResp>, Status> {
-        self.handle(proto::stock::DEDUCT_ROLLBACK_PATH, request).await.map(|()| Response::new(DeductResp {}))
-    }
+/// Runs the business effect of `call` behind dtm's barrier.
+async fn effect(pool: &sqlx::MySqlPool, call: &Call) -> Result<(), BranchError> {
+    let mut barrier =
+        BranchBarrier::from_received(&call.received())?.with_table(BarrierTable::new("barrier").unwrap());
+    let (gid, branch_id, op) = (call.param("gid"), call.param("branch_id"), call.param("op"));
+    // Skipped (duplicate or null compensation) is a success too.
+    let _outcome = barrier
+        .call_with_pool(pool, async move |conn: &mut sqlx::MySqlConnection| {
+            sqlx::query("INSERT INTO effect (gid, branch_id, op) VALUES (?, ?, ?)")
+                .bind(gid)
+                .bind(branch_id)
+                .bind(op)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
 }
 
 /// Settings with short intervals so that retries happen within a second or two.
@@ -321,20 +161,11 @@ pub async fn status(engine: &Engine, gid: &str) -> GlobalStatus {
 
 /// Polls until `gid` is final (or panics after `limit`).
 pub async fn wait_final(engine: &Engine, gid: &str, limit: Duration) -> GlobalStatus {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = status(engine, gid).await;
-        if s.is_final() {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{gid} still {s} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `(path, branch_id, op)` triple, for readable expectations.
-pub fn c(path: &str, branch_id: &str, op: &str) -> (String, String, String) {
-    (path.to_string(), branch_id.to_string(), op.to_string())
+    test_support::wait_until(&format!("{gid} final"), limit, async || match status(engine, gid).await {
+        s if s.is_final() => Ok(s),
+        s => Err(format!("still {s}")),
+    })
+    .await
 }
 
 /// An engine on a fresh MariaDB database, warmed up (connections, statement

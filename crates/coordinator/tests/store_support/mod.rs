@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use barrier::Gid;
 use chrono::{DateTime, Utc};
 use coordinator::model::GlobalStatus;
 use coordinator::store::{
     CreateOutcome, LeaseToken, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate,
     Store, StoreError, StoredTrans,
 };
+use dtm_protocol::Gid;
 
 /// Maps the real outcome of an `update`.
 pub type UpdateHook =

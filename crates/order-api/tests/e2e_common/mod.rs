@@ -413,19 +413,18 @@ impl System {
 
     /// `GET /order/status/{gid}` until the saga is final; its status.
     pub async fn wait_final(&self, gid: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
+        test_support::wait_until(&format!("saga {gid} final"), timeout, async || {
             let response = reqwest::get(format!("{}/order/status/{gid}", self.api())).await.unwrap();
-            if response.status() == 200 {
-                let view: Value = response.json().await.unwrap();
-                let status = view["status"].as_str().unwrap_or("").to_string();
-                if status == "succeed" || status == "failed" {
-                    return status;
-                }
+            if response.status() != 200 {
+                return Err(format!("HTTP {}", response.status()));
             }
-            assert!(Instant::now() < deadline, "saga {gid} not final after {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            let view: Value = response.json().await.unwrap();
+            match view["status"].as_str().unwrap_or("") {
+                status @ ("succeed" | "failed") => Ok(status.to_string()),
+                other => Err(format!("still {other:?}")),
+            }
+        })
+        .await
     }
 }
 

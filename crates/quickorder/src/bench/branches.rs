@@ -5,10 +5,10 @@
 //! | | `--work sql` | `--work none` |
 //! |---|---|---|
 //! | gRPC | order-srv's and stock-srv's own code ([`order_srv::build`], [`stock_srv::build`]) on the bench's databases: barrier + the same SQL | `pb.order` / `pb.stock` answering OK at once |
-//! | HTTP | the same logic functions behind dtm's HTTP branch protocol (query `gid`, `trans_type`, `branch_id`, `op`; JSON body) | any path answers `{"dtm_result":"SUCCESS"}` |
+//! | HTTP | the same logic functions behind dtm's HTTP branch protocol, on the services' own paths and bodies (`proto::order::CREATE_HTTP_PATH`, …; query `gid`, `trans_type`, `branch_id`, `op`) | any path answers `{"dtm_result":"SUCCESS"}` |
 //!
 //! Every HTTP branch server also tells a [`FinalWatch`] when the last action
-//! of a saga (`/stock/deduct`, op `action`) has arrived: the `peer` mode
+//! of a saga (`/api/stock/deduct`, op `action`) has arrived: the `peer` mode
 //! times each saga until that moment, because a coordinator that ignores
 //! `wait_result` (dtmrs) answers the submit before any branch ran.
 
@@ -25,10 +25,17 @@ use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use barrier::{BranchBarrier, BranchError, Gid, Outcome};
+use barrier::{BranchBarrier, BranchError, Outcome};
 use dtm_client::Saga;
-use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq, CreateResp, Order, OrderServer};
-use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq, DeductResp, Stock, StockServer};
+use dtm_protocol::{Field, Gid, Op as BranchOp, Received, SUCCESS};
+use proto::order::{
+    CREATE_HTTP_PATH, CREATE_PATH, CREATE_ROLLBACK_HTTP_PATH, CREATE_ROLLBACK_PATH, CreateBody, CreateReq,
+    CreateResp, Order, OrderServer,
+};
+use proto::stock::{
+    DEDUCT_HTTP_PATH, DEDUCT_PATH, DEDUCT_ROLLBACK_HTTP_PATH, DEDUCT_ROLLBACK_PATH, DeductBody, DeductReq,
+    DeductResp, Stock, StockServer,
+};
 use service_kit::{BusinessDb, DbConf, GrpcServer, GrpcSettings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -42,7 +49,7 @@ use super::system::{ORDER_SRV_YAML, STOCK_SRV_YAML, replace_block};
 pub enum Transport {
     /// gRPC (`host:port/pb.order/create`), as the article's services.
     Grpc,
-    /// HTTP (`http://host:port/order/create`), dtm's other branch protocol.
+    /// HTTP (`http://host:port/api/order/create`), dtm's other branch protocol.
     Http,
 }
 
@@ -212,17 +219,19 @@ impl SagaShape {
                 .add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create)
                 .add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct),
             Transport::Http => {
-                // The JSON the HTTP sql branches read, as order-api's users send it.
-                let body = br#"{"userId":1,"goodsId":1,"num":1}"#.to_vec();
+                // The JSON the services' HTTP branches read, as order-api sends it
+                // (a body of integers always serializes).
+                let create = serde_json::to_vec(&CreateBody::from(&create)).unwrap_or_default();
+                let deduct = serde_json::to_vec(&DeductBody::from(&deduct)).unwrap_or_default();
                 saga.add_raw(
-                    format!("{order}/order/create"),
-                    format!("{order}/order/createRollback"),
-                    body.clone(),
+                    format!("{order}{CREATE_HTTP_PATH}"),
+                    format!("{order}{CREATE_ROLLBACK_HTTP_PATH}"),
+                    create,
                 )
                 .add_raw(
-                    format!("{stock}/stock/deduct"),
-                    format!("{stock}/stock/deductRollback"),
-                    body,
+                    format!("{stock}{DEDUCT_HTTP_PATH}"),
+                    format!("{stock}{DEDUCT_ROLLBACK_HTTP_PATH}"),
+                    deduct,
                 )
             }
         };
@@ -279,31 +288,29 @@ impl Stock for NoWork {
     }
 }
 
-const SUCCESS_BODY: &str = r#"{"dtm_result":"SUCCESS"}"#;
+/// What every successful HTTP branch answers (`{"dtm_result":"SUCCESS"}`).
+fn success_body() -> String {
+    format!(r#"{{"dtm_result":"{SUCCESS}"}}"#)
+}
 
 /// Whether this call is a saga's last action; tells `finals` if so.
 fn note_final(finals: &FinalWatch, path: &str, query: Option<&str>) {
-    if !path.ends_with("/stock/deduct") {
+    if !path.ends_with(DEDUCT_HTTP_PATH) {
         return;
     }
-    let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
-    let (mut gid, mut op) = (None, None);
-    for (key, value) in pairs {
-        match key.as_ref() {
-            "gid" => gid = Some(value.into_owned()),
-            "op" => op = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    if let (Some(gid), Some("action")) = (gid, op.as_deref()) {
-        finals.arrived(&gid);
+    let received = Received::from_query(query.unwrap_or_default());
+    if received.op() == Ok(BranchOp::Action)
+        && let Ok(gid) = received.raw(Field::Gid)
+        && !gid.is_empty()
+    {
+        finals.arrived(gid);
     }
 }
 
 /// Any path, any method: success.
 async fn no_work(State(finals): State<Arc<FinalWatch>>, uri: Uri) -> Response {
     note_final(&finals, uri.path(), uri.query());
-    (StatusCode::OK, SUCCESS_BODY).into_response()
+    (StatusCode::OK, success_body()).into_response()
 }
 
 /// What the `sql` HTTP handlers share.
@@ -314,15 +321,6 @@ struct SqlState {
     stock: sqlx::MySqlPool,
     /// Last-action notifications.
     finals: Arc<FinalWatch>,
-}
-
-/// The body every HTTP branch receives.
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QuickOrder {
-    user_id: i64,
-    goods_id: i64,
-    num: i64,
 }
 
 async fn mysql_pool(url: &str) -> anyhow::Result<sqlx::MySqlPool> {
@@ -337,69 +335,68 @@ async fn mysql_pool(url: &str) -> anyhow::Result<sqlx::MySqlPool> {
 
 async fn sql_router(dbs: &BranchDbs, finals: Arc<FinalWatch>) -> anyhow::Result<Router> {
     let order = mysql_pool(&dbs.order).await?;
-    barrier::schema::ensure_order_table(&order).await?;
+    order_srv::schema::ensure_order_table(&order).await?;
     let stock = mysql_pool(&dbs.stock).await?;
-    barrier::schema::ensure_stock_table(&stock).await?;
+    stock_srv::schema::ensure_stock_table(&stock).await?;
     let state = Arc::new(SqlState { order, stock, finals });
     Ok(Router::new()
-        .route("/order/create", post(order_create))
-        .route("/order/createRollback", post(order_rollback))
-        .route("/stock/deduct", post(stock_deduct))
-        .route("/stock/deductRollback", post(stock_rollback))
+        .route(CREATE_HTTP_PATH, post(order_create))
+        .route(CREATE_ROLLBACK_HTTP_PATH, post(order_rollback))
+        .route(DEDUCT_HTTP_PATH, post(stock_deduct))
+        .route(DEDUCT_ROLLBACK_HTTP_PATH, post(stock_rollback))
         .with_state(state))
 }
 
-/// The barrier and the request of one HTTP branch call.
-fn parse(query: Option<&str>, body: &[u8]) -> Result<(BranchBarrier, QuickOrder), (StatusCode, String)> {
+/// The barrier and the body of one HTTP branch call.
+fn parse<B: serde::de::DeserializeOwned>(
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<(BranchBarrier, B), (StatusCode, String)> {
     let barrier = BranchBarrier::from_query(query.unwrap_or_default())
         .map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?;
-    let order = serde_json::from_slice(body).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?;
-    Ok((barrier, order))
+    let body = serde_json::from_slice(body).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))?;
+    Ok((barrier, body))
 }
 
 fn reply<T>(result: Result<Outcome<T>, BranchError>) -> Response {
     match result {
-        Ok(_) => (StatusCode::OK, SUCCESS_BODY).into_response(),
+        Ok(_) => (StatusCode::OK, success_body()).into_response(),
         Err(err) => err.into_http().into_response(),
     }
 }
 
 async fn order_create(State(s): State<Arc<SqlState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let (barrier, o) = match parse(query.as_deref(), &body) {
+    let (barrier, body) = match parse::<CreateBody>(query.as_deref(), &body) {
         Ok(parsed) => parsed,
         Err(bad) => return bad.into_response(),
     };
-    let req = CreateReq { user_id: o.user_id, goods_id: o.goods_id, num: o.num };
-    reply(order_srv::logic::create(&s.order, barrier, &req).await)
+    reply(order_srv::logic::create(&s.order, barrier, &CreateReq::from(body)).await)
 }
 
 async fn order_rollback(State(s): State<Arc<SqlState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let (barrier, o) = match parse(query.as_deref(), &body) {
+    let (barrier, body) = match parse::<CreateBody>(query.as_deref(), &body) {
         Ok(parsed) => parsed,
         Err(bad) => return bad.into_response(),
     };
-    let req = CreateReq { user_id: o.user_id, goods_id: o.goods_id, num: o.num };
-    reply(order_srv::logic::create_rollback(&s.order, barrier, &req).await)
+    reply(order_srv::logic::create_rollback(&s.order, barrier, &CreateReq::from(body)).await)
 }
 
 async fn stock_deduct(State(s): State<Arc<SqlState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let (barrier, o) = match parse(query.as_deref(), &body) {
+    let (barrier, body) = match parse::<DeductBody>(query.as_deref(), &body) {
         Ok(parsed) => parsed,
         Err(bad) => return bad.into_response(),
     };
-    let req = DeductReq { goods_id: o.goods_id, num: o.num };
-    let result = stock_srv::logic::deduct(&s.stock, barrier, &req).await;
-    note_final(&s.finals, "/stock/deduct", query.as_deref());
+    let result = stock_srv::logic::deduct(&s.stock, barrier, &DeductReq::from(body)).await;
+    note_final(&s.finals, DEDUCT_HTTP_PATH, query.as_deref());
     reply(result)
 }
 
 async fn stock_rollback(State(s): State<Arc<SqlState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let (barrier, o) = match parse(query.as_deref(), &body) {
+    let (barrier, body) = match parse::<DeductBody>(query.as_deref(), &body) {
         Ok(parsed) => parsed,
         Err(bad) => return bad.into_response(),
     };
-    let req = DeductReq { goods_id: o.goods_id, num: o.num };
-    reply(stock_srv::logic::deduct_rollback(&s.stock, barrier, &req).await)
+    reply(stock_srv::logic::deduct_rollback(&s.stock, barrier, &DeductReq::from(body)).await)
 }
 
 #[cfg(test)]
@@ -410,11 +407,11 @@ mod tests {
     async fn the_last_action_of_a_gid_is_reported_once() {
         let finals = FinalWatch::default();
         let mut first = finals.expect("g1");
-        note_final(&finals, "/order/create", Some("gid=g1&op=action"));
+        note_final(&finals, CREATE_HTTP_PATH, Some("gid=g1&op=action"));
         assert!(first.try_recv().is_err(), "not the last step");
-        note_final(&finals, "/stock/deduct", Some("gid=g1&op=compensate"));
+        note_final(&finals, DEDUCT_HTTP_PATH, Some("gid=g1&op=compensate"));
         assert!(first.try_recv().is_err(), "not an action");
-        note_final(&finals, "/x/stock/deduct", Some("trans_type=saga&gid=g1&branch_id=02&op=action"));
+        note_final(&finals, "/x/api/stock/deduct", Some("trans_type=saga&gid=g1&branch_id=02&op=action"));
         assert!(first.await.is_ok());
         let second = finals.expect("g2");
         finals.forget("g2");

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use barrier::Gid;
 use dtm_client::{ClientError, DtmClient};
+use dtm_protocol::{BranchCall, BranchId, Gid, Op as BranchOp, TransType};
 use futures::FutureExt;
 use proto::order::{CreateReq, OrderClient};
 use proto::stock::{DeductReq, StockClient};
@@ -318,17 +318,14 @@ async fn db(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<Prepared
 
 // ---- direct -----------------------------------------------------------
 
-/// A branch call as the coordinator makes it: dtm's four values as
-/// metadata, the same deadline as the services' (2 s... plus slack).
-fn branch_request<T>(message: T, gid: &str, branch_id: &str) -> Result<tonic::Request<T>, OpError> {
-    let mut request = tonic::Request::new(message);
+/// A saga action as the coordinator calls it: dtm's metadata written by
+/// the coordinator's own [`BranchCall`], the same deadline as the
+/// services' (2 s... plus slack). `index` is the step (0: `01`).
+fn branch_request<T>(message: T, gid: &str, index: usize) -> Result<tonic::Request<T>, OpError> {
+    let gid = Gid::new(gid).map_err(|err| OpError::new("bad_metadata", err))?;
+    let call = BranchCall::new(gid, TransType::Saga, BranchId::nth(index), BranchOp::Action);
+    let mut request = call.grpc_request(message).map_err(|err| OpError::new("bad_metadata", err))?;
     request.set_timeout(Duration::from_secs(3));
-    for (key, value) in
-        [("dtm-gid", gid), ("dtm-trans_type", "saga"), ("dtm-branch_id", branch_id), ("dtm-op", "action")]
-    {
-        let value = value.parse().map_err(|err| OpError::new("bad_metadata", err))?;
-        request.metadata_mut().insert(key, value);
-    }
     Ok(request)
 }
 
@@ -366,9 +363,9 @@ async fn direct(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> 
         let gid = gid();
         async move {
             let create = CreateReq { user_id: 1, goods_id: 1, num: 1 };
-            order.create(branch_request(create, &gid, "01")?).await.map_err(|s| grpc_error(&s))?;
+            order.create(branch_request(create, &gid, 0)?).await.map_err(|s| grpc_error(&s))?;
             let deduct = DeductReq { goods_id: 1, num: 1 };
-            stock.deduct(branch_request(deduct, &gid, "02")?).await.map_err(|s| grpc_error(&s))?;
+            stock.deduct(branch_request(deduct, &gid, 1)?).await.map_err(|s| grpc_error(&s))?;
             Ok(())
         }
         .boxed()

@@ -33,8 +33,8 @@
 
 use std::time::Duration;
 
-use barrier::Gid;
 use dtm_client::{ClientError, DtmClient, Saga, Tcc};
+use dtm_protocol::Gid;
 use futures::future::join_all;
 use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
 use proto::stock::{DEDUCT_PATH, DEDUCT_ROLLBACK_PATH, DeductReq};

@@ -1,0 +1,33 @@
+//! The words of dtm's branch protocol, shared by everyone who speaks it: the
+//! coordinator and the client SDK that call branches, the services and the
+//! barrier that answer them, and the tools that stand in for either.
+//!
+//! How the parts fit:
+//!
+//! * [`types`] — [`Gid`], [`BranchId`], [`TransType`], [`Op`] and
+//!   [`ProtocolError`]: the four values of every branch call, validated
+//!   once, so that an unknown op or an unsendable gid is refused at the edge;
+//! * [`gid`] — dtm's gid format, and [`Gid::random`] to make one;
+//! * [`call`] — [`BranchCall`]: those values (plus `dtm`, the coordinator's
+//!   address) as the `dtm-*` gRPC metadata and the HTTP query parameters a
+//!   branch call carries, written by the caller and read back
+//!   ([`Received`]) by the branch;
+//! * [`result`] — [`BranchResult`] and the `FAILURE` / `ONGOING` / `SUCCESS`
+//!   markers: how a branch's answer is classified over gRPC and HTTP;
+//! * [`codec`] — [`RawCodec`], the gRPC codec that sends a stored protobuf
+//!   payload verbatim (dtm's `dtm_raw`).
+//!
+//! Nothing here touches a database or a network: the crate sits at the
+//! bottom of the workspace, and `barrier`, `dtm-client`, the coordinator,
+//! the services and the tools build on it.
+
+pub mod call;
+pub mod codec;
+pub mod gid;
+pub mod result;
+pub mod types;
+
+pub use call::{BranchCall, Field, MetadataError, Received};
+pub use codec::RawCodec;
+pub use result::{BranchResult, FAILURE, ONGOING, SUCCESS};
+pub use types::{BranchId, Gid, Op, ProtocolError, TransType};
