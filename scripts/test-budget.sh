@@ -38,7 +38,8 @@ if [ "$COLD" = 1 ]; then
     trap 'rm -rf "$cold_dir"' EXIT
     echo "== cold build: cargo test --workspace --no-run (empty target folder)" >&2
     start=$(now)
-    CARGO_TARGET_DIR=$cold_dir cargo test --workspace --no-run >"$OUT/cold-build.log" 2>&1
+    # As .ci/run builds: without incremental compilation's cache.
+    CARGO_INCREMENTAL=0 CARGO_TARGET_DIR=$cold_dir cargo test --workspace --no-run >"$OUT/cold-build.log" 2>&1
     cold=$(( $(now) - start ))
     rm -rf "$cold_dir"
     cold_line="| cold build (\`cargo test --workspace --no-run\`, empty target folder) | $(minutes "$cold") |"
