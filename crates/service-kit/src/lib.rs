@@ -17,7 +17,7 @@
 //! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
 //! | `testing` (feature `testing`) | – | a branch service on a test's task (`RunningService`), for the services' tests |
 //!
-//! A typical `main` (thin, as the team brief asks):
+//! A typical `main` (thin: build, bind, run until a shutdown signal):
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
