@@ -16,11 +16,14 @@
 //! the binary), fills their `${VAR}`s with embedded defaults, swaps etcd for
 //! direct addresses, and starts the four servers on tasks of one runtime.
 //! Nothing is faked: the coordinator calls the branches over gRPC on
-//! loopback, exactly as it would across machines.
+//! loopback, exactly as it would across machines. [`duration`] is the one
+//! parser of command-line durations, so every subcommand accepts the same
+//! words.
 
 pub mod bench;
 pub mod chaos;
 pub mod demo;
+pub mod duration;
 pub mod embedded;
 pub mod probe;
 pub mod up;

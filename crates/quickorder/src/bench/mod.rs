@@ -46,6 +46,7 @@ use self::load::Limit;
 use self::modes::{Api, ModeSpec, Settings};
 use self::report::Comparison;
 use self::system::{Binaries, Launcher, Server};
+use crate::duration::parse_duration;
 
 /// Which measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -136,23 +137,6 @@ pub struct BenchArgs {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// `20s`, `500ms`, `2m`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 20s"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Runs the bench; prints the report(s) on stdout.
@@ -282,17 +266,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         bench: BenchArgs,
-    }
-
-    #[test]
-    fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").is_err());
     }
 
     #[test]
