@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use dtm_protocol::{BranchId, Gid, TransType};
+pub use dtm_protocol::{BranchStatus, GlobalStatus, Protocol};
 use serde::{Deserialize, Serialize};
 
 /// Largest accepted branch payload: dtm's `bin_data` is a MySQL `BLOB` (64 KiB − 1).
@@ -65,101 +65,6 @@ pub struct InvalidInput {
 
 fn invalid(field: &str, message: impl Into<String>) -> InvalidInput {
     InvalidInput { field: field.to_string(), message: message.into() }
-}
-
-macro_rules! status_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            /// The spelling stored in the database and shown in query results.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
-                }
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-    };
-}
-
-status_enum! {
-    /// Status of a global transaction (dtm's `trans_global.status`, `dtmcli/consts.go`).
-    GlobalStatus {
-        /// Registered but not yet submitted (2-phase msg, TCC, XA, workflow).
-        Prepared = "prepared",
-        /// Going forward: actions / confirms / commits are being executed.
-        Submitted = "submitted",
-        /// Going backward: compensations / cancels / rollbacks are being executed.
-        Aborting = "aborting",
-        /// Final: every forward branch succeeded.
-        Succeed = "succeed",
-        /// Final: rolled back (or force-stopped).
-        Failed = "failed",
-    }
-}
-
-impl GlobalStatus {
-    /// Final statuses never change again and are never leased.
-    pub fn is_final(self) -> bool {
-        matches!(self, GlobalStatus::Succeed | GlobalStatus::Failed)
-    }
-}
-
-status_enum! {
-    /// Status of one branch operation row (`trans_branch_op.status`).
-    BranchStatus {
-        /// Not yet done.
-        Prepared = "prepared",
-        /// Done; never called again.
-        Succeed = "succeed",
-        /// A saga action answered FAILURE.
-        Failed = "failed",
-    }
-}
-
-status_enum! {
-    /// How branches of a transaction are reached (dtm's `protocol` column).
-    Protocol {
-        /// HTTP (dtm's default when the field is empty).
-        Http = "http",
-        /// gRPC (forced by dtm's gRPC API).
-        Grpc = "grpc",
-        /// JSON-RPC 2.0 over HTTP.
-        JsonRpc = "json-rpc",
-    }
-}
-
-impl Protocol {
-    /// dtm treats an empty protocol as `http`.
-    pub fn parse_or_default(s: &str) -> Result<Protocol, String> {
-        if s.is_empty() { Ok(Protocol::Http) } else { s.parse() }
-    }
 }
 
 /// Where a gRPC branch lives: the dial target and the full method path.
@@ -635,7 +540,8 @@ impl TransRequest {
             .trans_type
             .parse()
             .map_err(|e: dtm_protocol::ProtocolError| invalid("trans_type", e.to_string()))?;
-        let protocol = Protocol::parse_or_default(&input.protocol).map_err(|m| invalid("protocol", m))?;
+        let protocol =
+            Protocol::parse_or_default(&input.protocol).map_err(|e| invalid("protocol", e.to_string()))?;
         let steps = steps_of(trans_type, &input.steps)?;
         if !input.payloads.is_empty() && input.payloads.len() != steps.len() {
             return Err(invalid(

@@ -7,6 +7,9 @@
 //! * [`types`] — [`Gid`], [`BranchId`], [`TransType`], [`Op`] and
 //!   [`ProtocolError`]: the four values of every branch call, validated
 //!   once, so that an unknown op or an unsendable gid is refused at the edge;
+//!   and the statuses dtm reports for a transaction and its branches
+//!   ([`GlobalStatus`], [`BranchStatus`]) and how branches are reached
+//!   ([`Protocol`]);
 //! * [`gid`] — dtm's gid format, and [`Gid::random`] to make one;
 //! * [`call`] — [`BranchCall`]: those values (plus `dtm`, the coordinator's
 //!   address) as the `dtm-*` gRPC metadata and the HTTP query parameters a
@@ -30,4 +33,4 @@ pub mod types;
 pub use call::{BranchCall, Field, MetadataError, Received};
 pub use codec::RawCodec;
 pub use result::{BranchResult, FAILURE, ONGOING, SUCCESS};
-pub use types::{BranchId, Gid, Op, ProtocolError, TransType};
+pub use types::{BranchId, BranchStatus, Gid, GlobalStatus, Op, Protocol, ProtocolError, TransType};

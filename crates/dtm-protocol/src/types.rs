@@ -241,6 +241,60 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Status of a global transaction (dtm's `trans_global.status`, `dtmcli/consts.go`).
+    GlobalStatus, "status" {
+        /// Registered but not yet submitted (2-phase msg, TCC, XA, workflow).
+        Prepared = "prepared",
+        /// Going forward: actions / confirms / commits are being executed.
+        Submitted = "submitted",
+        /// Going backward: compensations / cancels / rollbacks are being executed.
+        Aborting = "aborting",
+        /// Final: every forward branch succeeded.
+        Succeed = "succeed",
+        /// Final: rolled back (or force-stopped).
+        Failed = "failed",
+    }
+}
+
+impl GlobalStatus {
+    /// Final statuses never change again and are never leased.
+    pub fn is_final(self) -> bool {
+        matches!(self, GlobalStatus::Succeed | GlobalStatus::Failed)
+    }
+}
+
+string_enum! {
+    /// Status of one branch operation row (`trans_branch_op.status`).
+    BranchStatus, "branch status" {
+        /// Not yet done.
+        Prepared = "prepared",
+        /// Done; never called again.
+        Succeed = "succeed",
+        /// A saga action answered FAILURE.
+        Failed = "failed",
+    }
+}
+
+string_enum! {
+    /// How branches of a transaction are reached (dtm's `protocol` column).
+    Protocol, "protocol" {
+        /// HTTP (dtm's default when the field is empty).
+        Http = "http",
+        /// gRPC (forced by dtm's gRPC API).
+        Grpc = "grpc",
+        /// JSON-RPC 2.0 over HTTP.
+        JsonRpc = "json-rpc",
+    }
+}
+
+impl Protocol {
+    /// dtm treats an empty protocol as `http`.
+    pub fn parse_or_default(s: &str) -> Result<Protocol, ProtocolError> {
+        if s.is_empty() { Ok(Protocol::Http) } else { s.parse() }
+    }
+}
+
 impl Op {
     /// The forward op that a compensating op undoes: `compensate → action`,
     /// `cancel → try`, `rollback → action`. The barrier inserts a row for it

@@ -345,7 +345,7 @@ impl AllQuery {
             status: non_empty(self.status)
                 .map(|s| s.parse())
                 .transpose()
-                .map_err(|e: String| ApiError::invalid("status", e))?,
+                .map_err(|e: dtm_protocol::ProtocolError| ApiError::invalid("status", e.to_string()))?,
             trans_type: non_empty(self.trans_type)
                 .map(|t| t.parse())
                 .transpose()
