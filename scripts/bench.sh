@@ -26,8 +26,8 @@ SOAK=${SOAK:-600s}          # length of the soak run, 64 clients (0: skip)
 SOAK_CLIENTS=${SOAK_CLIENTS:-64}
 
 mkdir -p "$OUT"
-cargo build --release -p quickorder -p coordinator -p order-srv -p stock-srv -p order-api --bins
-Q=target/release/quickorder
+cargo build --release -p quickorder-bench -p coordinator -p order-srv -p stock-srv -p order-api --bins
+BENCH=target/release/quickorder-bench
 
 # mysql://user[:password]@host[:port] → arguments of the mysql client.
 if [[ $MYSQL_URL =~ ^mysql://([^:@/]+)(:([^@/]*))?@([^:/]+)(:([0-9]+))?/?$ ]]; then
@@ -138,7 +138,7 @@ for clients in $CLIENTS; do
     start_dtmrs mysql
     peer_args=(--peer-url "$PEER_URL" --peer-pid "$PEER_PID" --peer-name dtmrs)
   fi
-  "$Q" bench compare --clients "$clients" --duration "$DURATION" --mysql "$MYSQL_URL" "${peer_args[@]}" \
+  "$BENCH" compare --clients "$clients" --duration "$DURATION" --mysql "$MYSQL_URL" "${peer_args[@]}" \
     --json "$OUT/compare-$clients.json" --markdown "$OUT/compare-$clients.md"
   stop_peer
   {
@@ -152,7 +152,7 @@ done
 # The embedded SQLite store, peer workload (and dtmrs on SQLite when present).
 first_clients=${CLIENTS%% *}
 start_ours_sqlite
-"$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" --dtm "$PEER_URL" \
+"$BENCH" peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" --dtm "$PEER_URL" \
   --peer-pid "$PEER_PID" --peer-name ours-sqlite --json "$OUT/sqlite-ours.json" --markdown "$OUT/sqlite-ours.md"
 stop_peer
 {
@@ -162,7 +162,7 @@ stop_peer
 } >>"$SECTION"
 if [[ -n $DTMRS ]]; then
   start_dtmrs sqlite
-  "$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" --dtm "$PEER_URL" \
+  "$BENCH" peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" --dtm "$PEER_URL" \
     --peer-pid "$PEER_PID" --peer-name dtmrs-sqlite --json "$OUT/sqlite-dtmrs.json" --markdown "$OUT/sqlite-dtmrs.md"
   stop_peer
   tail -n +3 "$OUT/sqlite-dtmrs.md" >>"$SECTION"
@@ -176,9 +176,9 @@ rate() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sagas_
 # Does history slow the coordinator down? The same peer run on an empty store
 # and on one holding $HISTORY finished sagas, back to back.
 if [[ $HISTORY != 0 ]]; then
-  "$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
+  "$BENCH" peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
     --peer-name ours-empty-store --json "$OUT/history-empty.json" --markdown "$OUT/history-empty.md"
-  "$Q" bench peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
+  "$BENCH" peer --clients "$first_clients" --duration "$DURATION" --mysql "$MYSQL_URL" \
     --store-history "$HISTORY" --peer-name "ours-$HISTORY-finished" \
     --json "$OUT/history-full.json" --markdown "$OUT/history-full.md"
   {
@@ -195,7 +195,7 @@ fi
 
 # The soak: $SOAK_CLIENTS clients for $SOAK, the coordinator's RSS sampled every minute.
 if [[ $SOAK != 0 ]]; then
-  "$Q" bench peer --clients "$SOAK_CLIENTS" --duration "$SOAK" --mysql "$MYSQL_URL" --quiet \
+  "$BENCH" peer --clients "$SOAK_CLIENTS" --duration "$SOAK" --mysql "$MYSQL_URL" --quiet \
     --peer-name ours-soak --json "$OUT/soak.json" --markdown "$OUT/soak.md" >"$OUT/soak.log" 2>&1 &
   bench_pid=$!
   rss=()

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use barrier::{BarrierTable, BranchBarrier, BranchError, MsgBarrier, MsgLocal, Outcome, Skipped, schema};
 use dtm_protocol::{BranchId, Gid, Op, TransType};
+use harness::TestDatabase;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 use support::{Engine, Row, business_tables};
-use test_support::TestDatabase;
 
 /// The goods the demo sells; the stock table is seeded with 100 of them.
 const GOODS: i64 = 1;
@@ -39,7 +39,7 @@ struct Fixture<E: Engine> {
 
 impl<E: Engine> Fixture<E> {
     async fn new() -> Fixture<E> {
-        test_support::init_tracing();
+        harness::init_tracing();
         let db = E::database().await;
         let pool = PoolOptions::<E>::new().max_connections(40).connect(&db.url).await.expect("connect");
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
@@ -492,8 +492,8 @@ mod mysql_collation {
 
     #[tokio::test]
     async fn old_tables_are_migrated_to_exact_gids_by_concurrent_starts() {
-        test_support::init_tracing();
-        let db = test_support::mysql_database().await;
+        harness::init_tracing();
+        let db = harness::mysql_database().await;
         let pool = PoolOptions::<sqlx::MySql>::new().max_connections(8).connect(&db.url).await.unwrap();
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();
         schema::apply(&pool, &old_ddl(schema::mysql::BARRIER)).await.unwrap();

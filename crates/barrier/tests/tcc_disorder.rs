@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use barrier::{BarrierTable, BranchBarrier, BranchError, Outcome, Skipped, schema};
 use dtm_protocol::{BranchId, Gid, Op, TransType};
+use harness::TestDatabase;
 use sqlx::Pool;
 use sqlx::pool::PoolOptions;
 use support::{Engine, Row};
-use test_support::TestDatabase;
 
 const GOODS: i64 = 1;
 
@@ -32,7 +32,7 @@ struct Fixture<E: Engine> {
 
 impl<E: Engine> Fixture<E> {
     async fn new() -> Fixture<E> {
-        test_support::init_tracing();
+        harness::init_tracing();
         let db = E::database().await;
         let pool = PoolOptions::<E>::new().max_connections(8).connect(&db.url).await.expect("connect");
         let table = BarrierTable::new(BarrierTable::UNQUALIFIED).unwrap();

@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::system::{ORDER_SRV_YAML, STOCK_SRV_YAML, replace_block};
+use service_kit::shipped::{self, ShippedConfig, replace_block};
 
 /// How the coordinator calls the branches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -142,10 +142,10 @@ impl BranchServers {
         let (order_base, stock_base) = match (transport, work) {
             (Transport::Grpc, Work::Sql) => {
                 let dbs = dbs.context("sql branches need databases")?;
-                let order = order_srv::build(&server_config(ORDER_SRV_YAML, "order-srv.yaml", &dbs.order)?)
+                let order = order_srv::build(&server_config(shipped::ORDER_SRV, &dbs.order)?)
                     .await
                     .context("starting the built-in order branches")?;
-                let stock = stock_srv::build(&server_config(STOCK_SRV_YAML, "stock-srv.yaml", &dbs.stock)?)
+                let stock = stock_srv::build(&server_config(shipped::STOCK_SRV, &dbs.stock)?)
                     .await
                     .context("starting the built-in stock branches")?;
                 let (order_addr, stock_addr) = (order.local_addr(), stock.local_addr());
@@ -241,8 +241,9 @@ impl SagaShape {
 
 /// order-srv's / stock-srv's shipped config, without etcd, on `dsn`, on a
 /// free loopback port.
-fn server_config(yaml: &str, file: &str, dsn: &str) -> anyhow::Result<service_kit::RpcServerConf> {
-    let yaml = replace_block(yaml, "Etcd", "").with_context(|| format!("etc/{file}"))?;
+fn server_config(config: ShippedConfig, dsn: &str) -> anyhow::Result<service_kit::RpcServerConf> {
+    let file = config.file;
+    let yaml = replace_block(config.text, "Etcd", "").with_context(|| format!("etc/{file}"))?;
     let lookup = |name: &str| match name {
         "ORDER_SRV_LISTEN_ON" | "STOCK_SRV_LISTEN_ON" => Some("127.0.0.1:0".to_string()),
         "ORDER_DSN" | "STOCK_DSN" => Some(dsn.to_string()),

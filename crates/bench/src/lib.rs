@@ -1,19 +1,19 @@
-//! `quickorder bench`: how fast is a saga, and what does the coordinator
+//! `quickorder-bench`: how fast is a saga, and what does the coordinator
 //! cost?
 //!
 //! ```text
-//! quickorder bench http    --clients 16 --duration 20s   # POST /order/quickCreate, the user's path
-//! quickorder bench saga    --api grpc --branches grpc --work sql
-//! quickorder bench direct                                # the same two branch calls, no coordinator
-//! quickorder bench db                                    # single-row insert commits: the database's limit
-//! quickorder bench peer    --dtm http://127.0.0.1:36789/api/dtmsvr --peer-pid 1234 --peer-name dtmrs
-//! quickorder bench compare --peer-url http://…/api/dtmsvr  # all of the above back to back, with ratios
+//! quickorder-bench http   --clients 16 --duration 20s   # POST /order/quickCreate, the user's path
+//! quickorder-bench saga   --api grpc --branches grpc --work sql
+//! quickorder-bench direct                               # the same two branch calls, no coordinator
+//! quickorder-bench db                                   # single-row insert commits: the database's limit
+//! quickorder-bench peer   --dtm http://127.0.0.1:36789/api/dtmsvr --peer-pid 1234 --peer-name dtmrs
+//! quickorder-bench compare --peer-url http://…/api/dtmsvr  # all of the above back to back, with ratios
 //! ```
 //!
 //! Answers are measured side by side in one sitting, because the machines
 //! this runs on are shared and noisy: absolute numbers drift, ratios hold.
 //! Each mode (see [`modes`]) starts what it needs as separate processes —
-//! the release binaries next to `quickorder` ([`system`]) — on fresh
+//! the release binaries next to `quickorder-bench` ([`system`]) — on fresh
 //! databases of the `--mysql` server, drives them with a closed loop of
 //! `--clients` ([`load`]), and reports ([`report`]):
 //!
@@ -45,8 +45,8 @@ use self::branches::{Transport, Work};
 use self::load::Limit;
 use self::modes::{Api, ModeSpec, Settings};
 use self::report::Comparison;
-use self::system::{Binaries, Launcher, Server};
-use crate::duration::parse_duration;
+use self::system::{Launcher, Server};
+use harness::parse_duration;
 
 /// Which measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +65,7 @@ pub enum Mode {
     Compare,
 }
 
-/// `quickorder bench` options.
+/// `quickorder-bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure.
@@ -128,7 +128,7 @@ pub struct BenchArgs {
     /// LOG_LEVEL of the started services.
     #[arg(long, default_value = "warn")]
     pub service_log_level: String,
-    /// Where the service binaries are (default: next to quickorder).
+    /// Where the service binaries are (default: next to quickorder-bench).
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Keep the databases and the run folder (configs, service logs).
@@ -147,7 +147,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Peer && args.peer_url.is_some() {
         bail!("peer takes --dtm URL; --peer-url is for compare");
     }
-    let binaries = Binaries::locate(args.bin_dir.as_deref())?;
+    let binaries = harness::Binaries::locate(args.bin_dir.as_deref()).map_err(anyhow::Error::msg)?;
     let dir = tempfile::Builder::new()
         .prefix("quickorder-bench-")
         .tempdir()

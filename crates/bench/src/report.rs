@@ -357,7 +357,7 @@ pub struct Ratio {
     pub target: Option<String>,
 }
 
-/// `quickorder bench compare`: every run, and the ratios.
+/// `quickorder-bench compare`: every run, and the ratios.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     /// The runs, in the order they ran.

@@ -2,7 +2,7 @@
 //!
 //! The bench measures the binaries a user deploys — `coordinator`,
 //! `order-srv`, `stock-srv`, `order-api` — found next to the running
-//! `quickorder` (the same `target/<profile>/` folder after
+//! `quickorder-bench` (the same `target/<profile>/` folder after
 //! `cargo build --release --bins`), each in its own process so that the
 //! CPU each one burns can be read from `/proc`.
 //!
@@ -22,10 +22,11 @@
 //! service is bound but not yet prepared, or talk to another process that
 //! took the port meanwhile.
 //!
-//! Every process runs under a small `sh` guard that holds a pipe to the
-//! bench: when the bench exits, however it exits, the pipe closes and the
-//! guard stops the server (SIGTERM, then SIGKILL after 5 s). Nothing
-//! outlives a run.
+//! Every process runs under the harness's [`GuardedProcess`]: a small `sh`
+//! guard that holds a pipe to the bench, so when the bench exits, however
+//! it exits, the pipe closes and the guard kills the server. Nothing
+//! outlives a run. A normal end stops each server politely first
+//! (SIGTERM, then SIGKILL after 5 s).
 //!
 //! [`Databases`] creates each run's databases with a unique prefix
 //! (`qob_<8 hex>_…`) and drops them at the end. The services' barrier table
@@ -33,173 +34,81 @@
 //! server: the bench deletes only its own rows there, and drops the
 //! `dtm_barrier` database only if it created it and left it empty.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use harness::{Binaries, GuardedProcess, ReadyLine};
+use service_kit::shipped::{self, replace_block};
 use sqlx::ConnectOptions;
-
-/// The configuration files as shipped.
-pub(super) const COORDINATOR_YAML: &str = include_str!("../../../../etc/coordinator.yaml");
-pub(super) const ORDER_SRV_YAML: &str = include_str!("../../../../etc/order-srv.yaml");
-pub(super) const STOCK_SRV_YAML: &str = include_str!("../../../../etc/stock-srv.yaml");
-pub(super) const ORDER_API_YAML: &str = include_str!("../../../../etc/order-api.yaml");
 
 /// How long a spawned server may take to print its readiness line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The folder holding the service binaries.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    /// `target/release` (or wherever `quickorder` itself lives).
-    dir: PathBuf,
-}
+/// How long a server may take to drain after SIGTERM at the end of a run.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
-impl Binaries {
-    /// `dir`, or the folder of the running executable.
-    pub fn locate(dir: Option<&Path>) -> anyhow::Result<Binaries> {
-        let dir = match dir {
-            Some(dir) => dir.to_path_buf(),
-            None => {
-                let exe = std::env::current_exe().context("cannot find the quickorder executable")?;
-                exe.parent()
-                    .map(Path::to_path_buf)
-                    .ok_or_else(|| anyhow!("{} has no folder", exe.display()))?
-            }
-        };
-        Ok(Binaries { dir })
-    }
-
-    /// The path of binary `name`, or an error saying how to build it.
-    pub fn path(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let path = self.dir.join(name);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            bail!(
-                "`{name}` is not in {} (the bench runs the service binaries that sit next to quickorder); \
-                 build them first: cargo build --release --bins  (then run target/release/quickorder)",
-                self.dir.display()
-            )
-        }
-    }
-}
-
-/// A server process under its guard. Dropping it stops the server too
-/// (without waiting); [`Service::stop`] waits until it is gone.
+/// A server process under its guard. Dropping it kills the server too
+/// (without waiting); [`Service::stop`] stops it politely and waits.
 pub struct Service {
     /// `coordinator`, `order-srv`, …
     pub name: &'static str,
     /// The server's own pid (not the guard's): what `/proc` is read for.
     pub pid: u32,
-    /// Where its stdout and stderr go.
-    pub log: PathBuf,
-    /// The log's length before it started (a later run may append).
-    log_start: u64,
-    /// The `sh` guard (taken by [`Service::stop`] to wait for it).
-    guard: Option<Child>,
-    /// The guard's stdin; closing it stops the server.
-    stdin: Option<ChildStdin>,
+    /// The guarded process itself.
+    process: GuardedProcess,
 }
 
 impl Service {
     /// Starts `program args…` with `env` added to this process's
-    /// environment (`RUST_LOG` removed, so the config's log level rules).
+    /// environment (`RUST_LOG` removed, so the config's log level rules),
+    /// its output appended to `log`.
     fn spawn(
         name: &'static str,
         program: &Path,
         args: &[String],
         env: &[(String, String)],
-        log: PathBuf,
+        log: &Path,
     ) -> anyhow::Result<Service> {
-        // The guard: start the server in the background, print its pid,
-        // wait for our pipe to close, then stop it, politely first.
-        let script = r#"
-            "$@" >>"$QUICKORDER_BENCH_LOG" 2>&1 &
-            child=$!
-            echo "$child"
-            read _ignored
-            kill -TERM "$child" 2>/dev/null
-            i=0
-            while kill -0 "$child" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-            kill -KILL "$child" 2>/dev/null
-            wait "$child" 2>/dev/null
-            exit 0
-        "#;
-        let mut command = Command::new("sh");
-        command.arg("-c").arg(script).arg("sh").arg(program).args(args);
-        command.env_remove("RUST_LOG").env("QUICKORDER_BENCH_LOG", &log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-        let log_start = test_support::log_len(&log);
-        let mut guard = command.spawn().with_context(|| format!("cannot run sh to start {name}"))?;
-        let stdin = guard.stdin.take();
-        let mut stdout = guard.stdout.take().ok_or_else(|| anyhow!("no stdout from the guard of {name}"))?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut stdout), &mut line)
-            .with_context(|| format!("the guard of {name} printed no pid"))?;
-        let pid = line.trim().parse().with_context(|| format!("the guard of {name} printed {line:?}"))?;
-        Ok(Service { name, pid, log, log_start, guard: Some(guard), stdin })
+        let mut argv = vec!["-u".to_string(), "RUST_LOG".to_string()];
+        argv.extend(env.iter().map(|(key, value)| format!("{key}={value}")));
+        argv.push(program.display().to_string());
+        argv.extend(args.iter().cloned());
+        let process = GuardedProcess::try_spawn("env", &argv, log).map_err(|err| anyhow!("{name}: {err}"))?;
+        Ok(Service { name, pid: process.pid(), process })
     }
 
     /// Running, and not a zombie.
     pub fn is_alive(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-            Err(_) => false,
-        }
+        self.process.is_running()
     }
 
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        self.process.log_tail()
     }
 
     /// Waits for its readiness line (it prints one once serving) and
     /// returns it; fails early, with its log, if the process exits.
-    async fn wait_ready(&self) -> anyhow::Result<test_support::ReadyLine> {
-        let (log, start, name, pid) = (self.log.clone(), self.log_start, self.name, self.pid);
+    async fn wait_ready(&self) -> anyhow::Result<ReadyLine> {
+        let (log, start, name, pid) =
+            (self.process.log_path().to_path_buf(), self.process.log_start(), self.name, self.pid);
         tokio::task::spawn_blocking(move || {
-            test_support::wait_ready_line(&log, start, name, pid, START_TIMEOUT)
+            let ready = harness::wait_ready_line(&log, start, name, pid, START_TIMEOUT);
+            ready.map_err(|err| anyhow!("{err}\n(its log: {})", log.display()))
         })
         .await?
-        .map_err(|err| anyhow!("{err}\n(its log: {})", self.log.display()))
     }
 
     /// Stops the server (SIGTERM, SIGKILL after 5 s) and waits for it.
     pub async fn stop(mut self) {
-        self.close_pipe();
-        if let Some(mut guard) = self.guard.take() {
-            let _ = tokio::task::spawn_blocking(move || guard.wait()).await;
-        }
-    }
-
-    fn close_pipe(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"\n");
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // Closing the pipe is enough: the guard stops the server by itself.
-        self.close_pipe();
-        if let Some(guard) = &mut self.guard {
-            let _ = guard.try_wait();
-        }
+        let _ = tokio::task::spawn_blocking(move || self.process.stop(STOP_GRACE)).await;
     }
 }
 
 /// The address labelled `label` in a readiness line.
-fn ready_addr(ready: &test_support::ReadyLine, label: &str) -> anyhow::Result<SocketAddr> {
+fn ready_addr(ready: &ReadyLine, label: &str) -> anyhow::Result<SocketAddr> {
     ready
         .addrs
         .iter()
@@ -510,19 +419,19 @@ impl Launcher {
     }
 
     fn spawn(&self, name: &'static str, config: &str, env: Vec<(String, String)>) -> anyhow::Result<Service> {
-        let program = self.binaries.path(name)?;
+        let program = self.binaries.path(name).map_err(|err| anyhow!(err))?;
         let log = self.dir.join(format!("{name}.log"));
         let mut env = env;
         env.push(("LOG_LEVEL".into(), self.log_level.clone()));
         env.push(("MODE".into(), "pro".into()));
-        Service::spawn(name, &program, &["-f".to_string(), config.to_string()], &env, log)
+        Service::spawn(name, &program, &["-f".to_string(), config.to_string()], &env, &log)
     }
 
     /// The coordinator on `etc/coordinator.yaml` with a MySQL store in
     /// database `store_db` (created by the caller; the coordinator makes
     /// its tables).
     pub async fn coordinator(&self, server: &Server, store_db: &str) -> anyhow::Result<CoordinatorProcess> {
-        let config = self.write_config("coordinator.yaml", COORDINATOR_YAML)?;
+        let config = self.write_config(shipped::COORDINATOR.file, shipped::COORDINATOR.text)?;
         let mut env = vec![
             ("LISTEN_HOST".into(), "127.0.0.1".into()),
             ("HTTP_PORT".into(), "0".into()),
@@ -548,16 +457,13 @@ impl Launcher {
         which: BranchService,
         db_url: &str,
     ) -> anyhow::Result<(Service, SocketAddr)> {
-        let (name, file, yaml, listen, dsn) = match which {
-            BranchService::Order => {
-                ("order-srv", "order-srv.yaml", ORDER_SRV_YAML, "ORDER_SRV_LISTEN_ON", "ORDER_DSN")
-            }
-            BranchService::Stock => {
-                ("stock-srv", "stock-srv.yaml", STOCK_SRV_YAML, "STOCK_SRV_LISTEN_ON", "STOCK_DSN")
-            }
+        let (name, shipped, listen, dsn) = match which {
+            BranchService::Order => ("order-srv", shipped::ORDER_SRV, "ORDER_SRV_LISTEN_ON", "ORDER_DSN"),
+            BranchService::Stock => ("stock-srv", shipped::STOCK_SRV, "STOCK_SRV_LISTEN_ON", "STOCK_DSN"),
         };
-        let yaml = replace_block(yaml, "Etcd", "").with_context(|| format!("etc/{file}"))?;
-        let config = self.write_config(file, &yaml)?;
+        let yaml =
+            replace_block(shipped.text, "Etcd", "").with_context(|| format!("etc/{}", shipped.file))?;
+        let config = self.write_config(shipped.file, &yaml)?;
         let env =
             vec![(listen.to_string(), "127.0.0.1:0".to_string()), (dsn.to_string(), db_url.to_string())];
         let service = self.spawn(name, &config, env)?;
@@ -576,7 +482,7 @@ impl Launcher {
         stock: SocketAddr,
     ) -> anyhow::Result<(Service, SocketAddr)> {
         let yaml = replace_block(
-            ORDER_API_YAML,
+            shipped::ORDER_API.text,
             "OrderRpcConf",
             &format!("OrderRpcConf:\n  Endpoints: [{order}]\n"),
         )
@@ -584,7 +490,7 @@ impl Launcher {
             replace_block(&yaml, "StockRpcConf", &format!("StockRpcConf:\n  Endpoints: [{stock}]\n"))
         })
         .context("etc/order-api.yaml")?;
-        let config = self.write_config("order-api.yaml", &yaml)?;
+        let config = self.write_config(shipped::ORDER_API.file, &yaml)?;
         let env = vec![
             ("ORDER_API_HOST".into(), "127.0.0.1".into()),
             ("ORDER_API_LISTEN_PORT".into(), "0".into()),
@@ -597,76 +503,26 @@ impl Launcher {
     }
 }
 
-/// Replaces the top-level YAML key `key` — its line and every following
-/// line that is indented or blank — with `replacement` (which may be
-/// empty). Fails when there is no such top-level key, so a reshaped
-/// `etc/` file is noticed instead of silently measured differently.
-pub fn replace_block(yaml: &str, key: &str, replacement: &str) -> anyhow::Result<String> {
-    let header = format!("{key}:");
-    let mut out = String::with_capacity(yaml.len() + replacement.len());
-    let mut lines = yaml.split_inclusive('\n').peekable();
-    let mut found = false;
-    while let Some(line) = lines.next() {
-        if !found && line.starts_with(&header) {
-            found = true;
-            while let Some(next) = lines.peek() {
-                let inside = next.starts_with(' ') || next.starts_with('\t') || next.trim().is_empty();
-                if !inside {
-                    break;
-                }
-                lines.next();
-            }
-            out.push_str(replacement);
-            continue;
-        }
-        out.push_str(line);
-    }
-    if !found {
-        bail!("no top-level `{key}:` block to replace (has the file changed shape?)");
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn blocks_are_replaced_or_removed_whole() {
-        let yaml = "Name: x\nEtcd:\n  Hosts: [a]\n  Key: k\n\nDB:\n  DataSource: y\n";
-        assert_eq!(replace_block(yaml, "Etcd", "").unwrap(), "Name: x\nDB:\n  DataSource: y\n");
-        assert_eq!(
-            replace_block(yaml, "DB", "DB:\n  DataSource: z\n").unwrap(),
-            "Name: x\nEtcd:\n  Hosts: [a]\n  Key: k\n\nDB:\n  DataSource: z\n"
-        );
-        assert!(replace_block(yaml, "Missing", "").is_err());
-    }
-
-    #[test]
-    fn the_shipped_files_have_the_blocks_the_bench_replaces() {
-        for (yaml, key) in [
-            (ORDER_SRV_YAML, "Etcd"),
-            (STOCK_SRV_YAML, "Etcd"),
-            (ORDER_API_YAML, "OrderRpcConf"),
-            (ORDER_API_YAML, "StockRpcConf"),
-        ] {
-            let replaced = replace_block(yaml, key, "").unwrap();
-            assert!(!replaced.contains(&format!("\n{key}:")), "{key}");
-        }
-        // What is left of order-api.yaml, with direct addresses, still parses.
-        let yaml =
-            replace_block(ORDER_API_YAML, "OrderRpcConf", "OrderRpcConf:\n  Endpoints: [127.0.0.1:1]\n")
-                .and_then(|y| {
-                    replace_block(&y, "StockRpcConf", "StockRpcConf:\n  Endpoints: [127.0.0.1:2]\n")
-                })
-                .unwrap();
+    fn the_shipped_files_with_direct_addresses_still_parse() {
+        let yaml = replace_block(
+            shipped::ORDER_API.text,
+            "OrderRpcConf",
+            "OrderRpcConf:\n  Endpoints: [127.0.0.1:1]\n",
+        )
+        .and_then(|y| replace_block(&y, "StockRpcConf", "StockRpcConf:\n  Endpoints: [127.0.0.1:2]\n"))
+        .unwrap();
         let config: order_api::Config =
             service_kit::config::parse_yaml(Path::new("order-api.yaml"), &yaml, |_| None).unwrap();
         assert!(config.order_rpc_conf.etcd.is_none());
         assert_eq!(config.stock_rpc_conf.endpoints, vec!["127.0.0.1:2".to_string()]);
         let config: order_srv::Config = service_kit::config::parse_yaml(
             Path::new("order-srv.yaml"),
-            &replace_block(ORDER_SRV_YAML, "Etcd", "").unwrap(),
+            &replace_block(shipped::ORDER_SRV.text, "Etcd", "").unwrap(),
             |_| None,
         )
         .unwrap();

@@ -1,7 +1,7 @@
-//! CI smoke test of `quickorder bench`: every mode runs once for about a
+//! CI smoke test of `quickorder-bench`: every mode runs once for about a
 //! second at low concurrency (`compare` runs them all back to back; the
 //! variants it does not cover have a test each) against a private MariaDB, as a user runs it
-//! (the `quickorder` binary, the service binaries next to it), and must
+//! (the `quickorder-bench` binary, the service binaries next to it), and must
 //! produce a JSON report with sagas and without errors.
 //!
 //! No timing is asserted: CI machines are shared, and the numbers belong
@@ -12,18 +12,18 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use harness::{GuardedProcess, MariaDb, SystemSlot};
 use serde_json::Value;
-use test_support::{GuardedProcess, MariaDb, SystemSlot};
 
 /// `target/<profile>/quickorder`, built by cargo for this test.
-fn quickorder() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_quickorder"))
+fn bench_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quickorder-bench"))
 }
 
-/// The service binaries next to `quickorder` (cargo builds only this
+/// The service binaries next to `quickorder-bench` (cargo builds only this
 /// package's binaries for its tests).
 fn build_services() {
-    test_support::service_binaries();
+    harness::service_binaries();
 }
 
 /// The private MariaDB of this test binary: the server-wide counters the
@@ -45,10 +45,10 @@ struct Turn {
 fn one_at_a_time() -> Turn {
     static LOCK: Mutex<()> = Mutex::new(());
     let lock = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Turn { _slot: test_support::system_slot(), _lock: lock }
+    Turn { _slot: harness::system_slot(), _lock: lock }
 }
 
-/// Runs `quickorder bench <args> …` briefly; returns the JSON report.
+/// Runs `quickorder-bench <args> …` briefly; returns the JSON report.
 fn bench(args: &[&str]) -> Value {
     build_services();
     let server = mariadb().url();
@@ -60,8 +60,7 @@ fn bench(args: &[&str]) -> Value {
 fn bench_in_turn(server: &str, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
-    let output = Command::new(quickorder())
-        .arg("bench")
+    let output = Command::new(bench_tool())
         .args(args)
         .args(["--clients", "2", "--warmup", "300ms", "--quiet", "--mysql", server])
         .arg("--json")
@@ -71,7 +70,7 @@ fn bench_in_turn(server: &str, args: &[&str]) -> Value {
         .expect("run quickorder");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "quickorder bench {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(output.status.success(), "quickorder-bench {args:?} failed:\n{stdout}\n{stderr}");
     println!("{stdout}");
     let text =
         std::fs::read_to_string(&json).unwrap_or_else(|err| panic!("no JSON report ({err}):\n{stderr}"));
@@ -125,7 +124,7 @@ fn peer_mode_against_a_given_url() {
     let server = mariadb().url();
     let _turn = one_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");
-    let coordinator = quickorder().with_file_name("coordinator");
+    let coordinator = bench_tool().with_file_name("coordinator");
     let args: Vec<String> = vec![
         "LISTEN_HOST=127.0.0.1".into(),
         "HTTP_PORT=0".into(),

@@ -1,14 +1,14 @@
-//! `quickorder chaos`: the real system as separate processes, concurrent
+//! `quickorder-chaos`: the real system as separate processes, concurrent
 //! quick orders, a seeded schedule of faults, and a check of every promise
 //! the saga makes once the faults stop.
 //!
 //! ```text
-//! quickorder chaos --duration 60s --seed 7 [--clients 4] [--workload quick-order|fencing|mixed] [--run-dir DIR]
+//! quickorder-chaos --duration 60s --seed 7 [--clients 4] [--workload quick-order|fencing|mixed] [--run-dir DIR]
 //! ```
 //!
 //! 1. [`topology`] starts a private MariaDB and etcd, two coordinators on
 //!    one MySQL database, two order-srv, two stock-srv and order-api, each
-//!    the real binary next to `quickorder`, with fault [`proxy`]s between
+//!    the real binary next to `quickorder-chaos`, with fault [`proxy`]s between
 //!    the coordinators and every branch instance and between each group of
 //!    database clients and MariaDB;
 //! 2. [`traffic`] posts quick orders from `--clients` concurrent clients
@@ -47,8 +47,8 @@
 //! mandatory one has run:
 //!
 //! ```text
-//! quickorder chaos --duration 10m --seed 42 --clients 8
-//! for seed in $(seq 1 20); do quickorder chaos --duration 120s --seed $seed || break; done
+//! quickorder-chaos --duration 10m --seed 42 --clients 8
+//! for seed in $(seq 1 20); do quickorder-chaos --duration 120s --seed $seed || break; done
 //! ```
 
 pub mod checker;
@@ -69,7 +69,7 @@ use self::report::{LinkSummary, Report};
 use self::schedule::Shape;
 use self::topology::{Layout, Topology};
 use self::traffic::Driver;
-use crate::duration::parse_duration;
+use harness::parse_duration;
 
 /// How long traffic keeps running after the last fault ended, so the
 /// recovery from it is measured.
@@ -118,7 +118,7 @@ impl Workload {
     }
 }
 
-/// `quickorder chaos` options.
+/// `quickorder-chaos` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosArgs {
     /// How long traffic runs with faults (`60s`, `2m`, `90`). Faults start
@@ -218,14 +218,8 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         .map_err(|e| ChaosError::io(format!("creating {}", run_dir.display()), e))?;
     let run_dir =
         run_dir.canonicalize().map_err(|e| ChaosError::io(format!("resolving {}", run_dir.display()), e))?;
-    let bin_dir =
-        match &args.bin_dir {
-            Some(dir) => dir.clone(),
-            None => std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)).ok_or_else(
-                || ChaosError::Setup("cannot find the folder of this executable; pass --bin-dir".into()),
-            )?,
-        };
-    let layout = Layout { run_dir: run_dir.clone(), bin_dir };
+    let binaries = harness::Binaries::locate(args.bin_dir.as_deref()).map_err(ChaosError::Setup)?;
+    let layout = Layout { run_dir: run_dir.clone(), binaries };
     let workload = args.workload;
     let fencing_on = workload != Workload::QuickOrder;
     let default_skew = if fencing_on { Duration::from_secs(30) } else { Duration::ZERO };

@@ -291,7 +291,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "quickorder chaos: seed {}, {} planned ({} of traffic), {} clients",
+            "quickorder-chaos: seed {}, {} planned ({} of traffic), {} clients",
             self.seed,
             secs(self.planned),
             secs(self.ran_for),

@@ -51,23 +51,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::{Binaries, GuardedProcess, free_port};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use service_kit::shipped;
 use sqlx::Connection;
 use sqlx::types::chrono;
-use test_support::{GuardedProcess, free_port};
 use tokio::time::Instant;
 
 use super::ChaosError;
 use super::proxy::Link;
-
-/// The configuration files, as shipped in `etc/`.
-const CONFIGS: [(&str, &str); 4] = [
-    ("coordinator.yaml", include_str!("../../../../etc/coordinator.yaml")),
-    ("order-srv.yaml", include_str!("../../../../etc/order-srv.yaml")),
-    ("stock-srv.yaml", include_str!("../../../../etc/stock-srv.yaml")),
-    ("order-api.yaml", include_str!("../../../../etc/order-api.yaml")),
-];
 
 /// The coordinators' `RequestTimeout` (seconds): pauses are longer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -214,8 +207,7 @@ impl Proc {
         match self.kind.ready_name() {
             Some(name) => process.ready_line(name).is_some(),
             None => {
-                let owns =
-                    self.command.ports.iter().all(|port| test_support::listens_on(process.pid(), *port));
+                let owns = self.command.ports.iter().all(|port| harness::listens_on(process.pid(), *port));
                 owns && ports_open(&self.command.ports).await
             }
         }
@@ -267,12 +259,7 @@ impl Proc {
 
     /// Running (or stopped), not dead and not a zombie.
     pub fn alive(&self) -> bool {
-        let Some(process) = &self.process else { return false };
-        match std::fs::read_to_string(format!("/proc/{}/stat", process.pid())) {
-            // The state letter follows the parenthesised command name.
-            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-            Err(_) => false,
-        }
+        self.process.as_ref().is_some_and(GuardedProcess::is_running)
     }
 
     /// Whether it is SIGSTOPped now.
@@ -312,8 +299,8 @@ pub struct Options {
 pub struct Layout {
     /// The run folder (created).
     pub run_dir: PathBuf,
-    /// Folder with coordinator, order-srv, stock-srv, order-api.
-    pub bin_dir: PathBuf,
+    /// The folder with coordinator, order-srv, stock-srv, order-api.
+    pub binaries: Binaries,
 }
 
 impl Layout {
@@ -322,17 +309,7 @@ impl Layout {
     }
 
     fn binary(&self, name: &str) -> Result<PathBuf, ChaosError> {
-        let path = self.bin_dir.join(name);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(ChaosError::Setup(format!(
-                "{} is missing: quickorder chaos runs the real binaries next to it; build them with \
-                 `cargo build -p coordinator -p order-srv -p stock-srv -p order-api --bins` \
-                 (or pass --bin-dir)",
-                path.display()
-            )))
-        }
+        self.binaries.path(name).map_err(ChaosError::Setup)
     }
 }
 
@@ -347,9 +324,9 @@ impl Topology {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ChaosError::io(format!("creating {}", dir.display()), e))?;
         }
-        for (name, text) in CONFIGS {
-            let path = etc.join(name);
-            std::fs::write(&path, text)
+        for config in shipped::ALL {
+            let path = etc.join(config.file);
+            std::fs::write(&path, config.text)
                 .map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))?;
         }
         let config = |name: &str| etc.join(name).display().to_string();
@@ -715,7 +692,7 @@ async fn wait_registered(etcd_hosts: &str, key: &str, count: usize) -> Result<()
 }
 
 /// `mariadb-install-db` into `dir/data` (root without password, TCP from
-/// 127.0.0.1), the way test-support does it.
+/// 127.0.0.1), the way harness does it.
 async fn install_mariadb(dir: &Path) -> Result<(), ChaosError> {
     let install_db = find_program("mariadb-install-db", &[], "mariadb-server")?;
     let data = dir.join("data");
@@ -760,7 +737,7 @@ fn find_program(name: &str, extra_dirs: &[&str], package: &str) -> Result<PathBu
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| {
             ChaosError::Setup(format!(
-                "`{name}` was not found on PATH: quickorder chaos runs a private server; \
+                "`{name}` was not found on PATH: quickorder-chaos runs a private server; \
                  install it with `apt-get install {package}`"
             ))
         })

@@ -1,4 +1,4 @@
-//! `quickorder chaos`, end to end: the real `quickorder` binary runs the
+//! `quickorder-chaos`, end to end: the real `quickorder-chaos` binary runs the
 //! real coordinator, order-srv, stock-srv and order-api processes with a
 //! private MariaDB and etcd for about 30 s under a seeded fault schedule,
 //! on one seed of quick orders and one of the fencing workload (sagas
@@ -18,14 +18,14 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// The chaos binary under test and the folder of its sibling binaries.
-fn quickorder() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_quickorder"))
+fn chaos_tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quickorder-chaos"))
 }
 
-/// The service binaries next to `quickorder` (cargo builds only this
+/// The service binaries next to `quickorder-chaos` (cargo builds only this
 /// package's binaries for its tests).
 fn build_services() {
-    test_support::service_binaries();
+    harness::service_binaries();
 }
 
 /// The `summary:` line of the report as key → value.
@@ -45,30 +45,30 @@ fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in the summary: {summary:?}"))
 }
 
-/// Runs `quickorder chaos` for 30 s with `extra` arguments; the report,
+/// Runs `quickorder-chaos` for 30 s with `extra` arguments; the report,
 /// after checking that the run passed and every fault kind was played.
 fn run_chaos_with(seed: u64, extra: &[&str]) -> String {
     // One run at a time (see the module docs).
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // And a whole-system slot, shared with every other test binary.
-    let _slot = test_support::system_slot();
+    let _slot = harness::system_slot();
     build_services();
     let dir = tempfile::Builder::new().prefix(&format!("chaos-seed{seed}-")).tempdir().expect("temp dir");
-    let output = Command::new(quickorder())
-        .args(["chaos", "--duration", "30s", "--clients", "4", "--seed", &seed.to_string()])
+    let output = Command::new(chaos_tool())
+        .args(["--duration", "30s", "--clients", "4", "--seed", &seed.to_string()])
         .args(extra)
         .arg("--run-dir")
         .arg(dir.path())
         .output()
-        .expect("run quickorder chaos");
+        .expect("run quickorder-chaos");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         // Keep the logs and the data for the post-mortem.
         let kept = dir.keep();
         panic!(
-            "quickorder chaos --seed {seed} failed ({}); run folder kept at {}\n--- report ---\n{stdout}\n--- stderr ---\n{stderr}",
+            "quickorder-chaos --seed {seed} failed ({}); run folder kept at {}\n--- report ---\n{stdout}\n--- stderr ---\n{stderr}",
             output.status,
             kept.display()
         );
@@ -100,7 +100,7 @@ fn run_chaos_with(seed: u64, extra: &[&str]) -> String {
 
 /// One seed per workload: each seed plays every mandatory fault kind, so
 /// another seed is another variant of the same behaviour, not a new one.
-/// More seeds are one command away: `quickorder chaos --seed N`.
+/// More seeds are one command away: `quickorder-chaos --seed N`.
 #[test]
 fn chaos_seed_7_keeps_every_invariant() {
     run_chaos_with(7, &[]);

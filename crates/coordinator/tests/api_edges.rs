@@ -550,8 +550,8 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
 async fn the_store_block_reaches_postgres_and_mysql_by_parts() {
     // Host/Port/User/Db (dtm's keys) become the right connection URL.
     let branches = BranchServer::start().await;
-    let postgres = test_support::postgres_database().await;
-    let mysql = test_support::mysql_database().await;
+    let postgres = harness::postgres_database().await;
+    let mysql = harness::mysql_database().await;
     let stores = [
         coordinator::config::StoreConfig {
             driver: coordinator::config::StoreDriver::Postgres,

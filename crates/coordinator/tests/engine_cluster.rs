@@ -20,9 +20,9 @@ async fn effect_counts(pool: &sqlx::MySqlPool) -> Vec<(String, String, String, i
 
 #[tokio::test]
 async fn two_engines_finish_200_sagas_with_faults_and_no_duplicate_effects() {
-    test_support::init_tracing();
-    let db = test_support::mysql_database().await;
-    let business = test_support::mysql_database().await;
+    harness::init_tracing();
+    let db = harness::mysql_database().await;
+    let business = harness::mysql_database().await;
     let pool = sqlx::MySqlPool::connect(&business.url).await.unwrap();
     let b = Branches::start().await;
     b.use_barrier_db(pool.clone()).await;
@@ -100,8 +100,8 @@ async fn two_engines_finish_200_sagas_with_faults_and_no_duplicate_effects() {
 
 #[tokio::test]
 async fn a_crashed_engine_leaves_its_saga_to_another_one() {
-    let db = test_support::mysql_database().await;
-    let business = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
+    let business = harness::mysql_database().await;
     let pool = sqlx::MySqlPool::connect(&business.url).await.unwrap();
     let b = Branches::start().await;
     b.use_barrier_db(pool.clone()).await;
@@ -132,7 +132,7 @@ async fn a_crashed_engine_leaves_its_saga_to_another_one() {
 
 #[tokio::test]
 async fn graceful_shutdown_hands_unfinished_passes_over_at_once() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let b = Branches::start().await;
     b.script("/TransIn", [Reply::Slow(Duration::from_secs(30))]);
     let settings = EngineSettings {

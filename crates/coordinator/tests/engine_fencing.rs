@@ -106,13 +106,13 @@ struct World {
     store_url: String,
     branches: Branches,
     effects: sqlx::MySqlPool,
-    _dbs: Vec<test_support::TestDatabase>,
+    _dbs: Vec<harness::TestDatabase>,
 }
 
 impl World {
-    async fn new(store: test_support::TestDatabase) -> World {
-        test_support::init_tracing();
-        let business = test_support::mysql_database().await;
+    async fn new(store: harness::TestDatabase) -> World {
+        harness::init_tracing();
+        let business = harness::mysql_database().await;
         let effects = sqlx::MySqlPool::connect(&business.url).await.unwrap();
         let branches = Branches::start().await;
         branches.use_barrier_db(effects.clone()).await;
@@ -352,13 +352,13 @@ async fn an_abort_whose_reply_was_lost_is_judged_by_the_store(world: World) {
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
         mod mariadb {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(test_support::mysql_database().await).await).await })*
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::mysql_database().await).await).await })*
         }
         mod postgres {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(test_support::postgres_database().await).await).await })*
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::postgres_database().await).await).await })*
         }
         mod sqlite {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(test_support::sqlite_database()).await).await })*
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::sqlite_database()).await).await })*
         }
     };
 }

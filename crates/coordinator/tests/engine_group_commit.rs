@@ -2,7 +2,7 @@
 //! transactions. One by one, a saga costs two commits
 //! (`engine_sql_count.rs`); 64 at once must cost far fewer.
 //!
-//! This test binary has the test MariaDB server to itself (test-support
+//! This test binary has the test MariaDB server to itself (harness
 //! starts one per test process and this file holds a single test), so the
 //! server-wide `Com_*` counters count exactly our statements.
 

@@ -19,7 +19,7 @@ fn two_steps(b: &Branches) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn saga_success_calls_actions_in_order_with_dtm_parameters() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let mut input = saga("ok-1", &two_steps(&b));
     input.wait_result = true;
@@ -57,7 +57,7 @@ async fn saga_success_calls_actions_in_order_with_dtm_parameters() {
 
 #[tokio::test]
 async fn failure_compensates_every_attempted_step_in_reverse_including_the_failed_one() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script("/TransIn", [Reply::Failure]);
     let mut steps = two_steps(&b);
@@ -93,7 +93,7 @@ async fn failure_compensates_every_attempted_step_in_reverse_including_the_faile
 
 #[tokio::test]
 async fn transient_errors_are_retried_until_success() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/TransIn", [Reply::Error, Reply::Error]);
@@ -115,7 +115,7 @@ async fn transient_errors_are_retried_until_success() {
 
 #[tokio::test]
 async fn ongoing_is_retried_until_success() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/TransOut", [Reply::Ongoing, Reply::Ongoing]);
@@ -139,7 +139,7 @@ async fn ongoing_is_retried_until_success() {
 
 #[tokio::test]
 async fn a_compensation_failing_twice_is_retried_until_it_succeeds() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/TransIn", [Reply::Failure]);
@@ -165,7 +165,7 @@ async fn a_compensation_failing_twice_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn retry_limit_aborts_after_that_many_attempts() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script("/TransIn", [Reply::Error; 10]);
     let mut input = saga("limit-1", &two_steps(&b));
@@ -192,7 +192,7 @@ async fn retry_limit_aborts_after_that_many_attempts() {
 
 #[tokio::test]
 async fn timeout_to_fail_rolls_a_stuck_saga_back() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/TransIn", [Reply::Ongoing; 100]);
@@ -214,7 +214,7 @@ async fn timeout_to_fail_rolls_a_stuck_saga_back() {
 
 #[tokio::test]
 async fn duplicate_submit_is_accepted_while_running_and_refused_once_final() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script("/TransOut", [Reply::Ongoing]);
     let mut input = saga("dup-1", &two_steps(&b));
@@ -236,7 +236,7 @@ async fn duplicate_submit_is_accepted_while_running_and_refused_once_final() {
 
 #[tokio::test]
 async fn prepare_is_idempotent_and_submit_processes_the_prepared_saga() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let input = saga("prep-1", &two_steps(&b));
     engine.prepare(req(input.clone())).await.unwrap();
@@ -253,7 +253,7 @@ async fn prepare_is_idempotent_and_submit_processes_the_prepared_saga() {
 
 #[tokio::test]
 async fn concurrent_saga_respects_orders_forward_and_backward() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     // Steps 0 and 1 run together; step 2 waits for both; step 2 fails.
     b.script("/S0", [Reply::Slow(Duration::from_millis(300))]);
@@ -276,7 +276,7 @@ async fn concurrent_saga_respects_orders_forward_and_backward() {
 
 #[tokio::test]
 async fn grpc_branches_get_raw_payloads_and_dtm_metadata() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script(proto::stock::DEDUCT_PATH, [Reply::Failure]);
     let order = proto::order::CreateReq { goods_id: 1, user_id: 7, num: 2 }.encode_to_vec();
@@ -313,7 +313,7 @@ async fn grpc_branches_get_raw_payloads_and_dtm_metadata() {
 
 #[tokio::test]
 async fn invalid_requests_are_refused_before_anything_is_stored() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let mut input = saga("bad-1", &two_steps(&b));
     input.trans_type = "xa".into();
@@ -330,7 +330,7 @@ async fn invalid_requests_are_refused_before_anything_is_stored() {
 
 #[tokio::test]
 async fn force_stop_and_reset_next_cron_time() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script("/TransOut", [Reply::Ongoing]);
     let mut input = saga("stop-1", &two_steps(&b));
@@ -348,7 +348,7 @@ async fn force_stop_and_reset_next_cron_time() {
 
 #[tokio::test]
 async fn empty_payload_means_get_and_empty_url_means_immediate_success() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     b.script("/Second", [Reply::Failure]);
     let mut input = saga("empty-1", &[(String::new(), b.url("Undo")), (b.url("Second"), String::new())]);
@@ -394,7 +394,7 @@ impl coordinator::EngineObserver for Counting {
 
 #[tokio::test]
 async fn the_observer_sees_every_branch_call_and_the_outcome() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let b = Branches::start().await;
     let observer = std::sync::Arc::new(Counting::default());
     let store = coordinator::store::open(&db.url, 4).await.unwrap();
@@ -419,8 +419,8 @@ async fn the_observer_sees_every_branch_call_and_the_outcome() {
 
 #[tokio::test]
 async fn etcd_branch_urls_are_resolved_through_discovery() {
-    let etcd = test_support::Etcd::start();
-    let db = test_support::sqlite_database();
+    let etcd = harness::Etcd::start();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let conf = discovery::EtcdConf::new(etcd.endpoints(), "order.rpc");
     let _registration = discovery::Registration::register_value(&conf, b.grpc.clone()).await.unwrap();

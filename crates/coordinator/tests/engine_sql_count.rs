@@ -1,6 +1,6 @@
 //! The coordinator's SQL budget per saga, measured on MariaDB's own counters.
 //!
-//! This test binary has the test MariaDB server to itself (test-support
+//! This test binary has the test MariaDB server to itself (harness
 //! starts one per test process and this file holds a single test), so the
 //! server-wide `Com_*` counters count exactly our statements.
 //! Budget for a successful 2-step saga: ≤ 6 statements, ≤ 3 commits.

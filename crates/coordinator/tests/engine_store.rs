@@ -493,7 +493,7 @@ async fn group_commit_answers_each_writer(store: Arc<dyn Store>) {
 
 #[tokio::test]
 async fn batches_on_sqlite() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
     group_commit_answers_each_writer(store::open(&db.url, 4).await.unwrap()).await;
 }
@@ -502,7 +502,7 @@ async fn batches_on_sqlite() {
 /// those: the single writer task keeps serving everyone else.
 #[tokio::test]
 async fn a_panicking_write_does_not_stop_the_group_commit_writer() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let inner = store::open_direct(&db.url, 4).await.unwrap();
     let panics_on_boom = Intercepted {
         before_create: Box::new(|global| assert_ne!(global.gid.as_str(), "boom", "a bug in the store")),
@@ -522,21 +522,21 @@ async fn a_panicking_write_does_not_stop_the_group_commit_writer() {
 
 #[tokio::test]
 async fn batches_on_mariadb() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
     group_commit_answers_each_writer(store::open(&db.url, 8).await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn batches_on_postgres() {
-    let db = test_support::postgres_database().await;
+    let db = harness::postgres_database().await;
     batch_contract(store::open_direct(&db.url, 4).await.unwrap()).await;
     group_commit_answers_each_writer(store::open(&db.url, 8).await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn store_contract_on_sqlite() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     contract(store::open(&db.url, 4).await.unwrap()).await;
     // Opening again applies the schema again without harm.
     store::open(&db.url, 1).await.unwrap();
@@ -544,14 +544,14 @@ async fn store_contract_on_sqlite() {
 
 #[tokio::test]
 async fn store_contract_on_mariadb() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     contract(store::open(&db.url, 4).await.unwrap()).await;
     store::open(&db.url, 1).await.unwrap();
 }
 
 #[tokio::test]
 async fn store_contract_on_postgres() {
-    let db = test_support::postgres_database().await;
+    let db = harness::postgres_database().await;
     contract(store::open(&db.url, 4).await.unwrap()).await;
     store::open(&db.url, 1).await.unwrap();
 }

@@ -40,7 +40,7 @@ fn msg(gid: &str, b: &Branches, steps: &[&str]) -> TransRequestInput {
 
 #[tokio::test]
 async fn tcc_submit_confirms_every_branch_in_reverse_registration_order() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     engine.prepare(req(tcc("tcc-1"))).await.unwrap();
     register(&engine, &b, "tcc-1", "01").await.unwrap();
@@ -63,7 +63,7 @@ async fn tcc_submit_confirms_every_branch_in_reverse_registration_order() {
 
 #[tokio::test]
 async fn tcc_abort_cancels_in_reverse_order_and_retries_a_failing_cancel() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     engine.prepare(req(tcc("tcc-2"))).await.unwrap();
@@ -88,7 +88,7 @@ async fn tcc_abort_cancels_in_reverse_order_and_retries_a_failing_cancel() {
 
 #[tokio::test]
 async fn a_prepared_tcc_that_times_out_is_cancelled() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     let mut prepare = tcc("tcc-3");
@@ -105,7 +105,7 @@ async fn a_prepared_tcc_that_times_out_is_cancelled() {
 
 #[tokio::test]
 async fn msg_submit_delivers_every_action_in_order_retrying_failures() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/Notify", [Reply::Failure]);
@@ -122,7 +122,7 @@ async fn msg_submit_delivers_every_action_in_order_retrying_failures() {
 
 #[tokio::test]
 async fn a_prepared_msg_is_decided_by_its_check_back() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let poller = engine.spawn_poller();
     b.script("/QueryPreparedNo", [Reply::Failure]);
@@ -148,7 +148,7 @@ async fn a_prepared_msg_is_decided_by_its_check_back() {
 
 #[tokio::test]
 async fn abort_fails_a_prepared_msg_and_refuses_sagas_and_submitted_msgs() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     engine.prepare(req(msg("msg-a", &b, &["Ship"]))).await.unwrap();
     engine.abort(req(msg("msg-a", &b, &[]))).await.unwrap();

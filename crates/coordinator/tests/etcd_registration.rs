@@ -34,7 +34,7 @@ async fn etcd_keys(endpoints: &[String], prefix: &str) -> Vec<(String, String, i
 
 #[tokio::test]
 async fn the_binary_registers_dtmservice_and_revokes_it_on_sigterm() {
-    let etcd = test_support::Etcd::start();
+    let etcd = harness::Etcd::start();
     let endpoints = etcd.endpoints();
     let dir = tempfile::tempdir().unwrap();
     // dtm's own key, as `etcd://localhost:2379/dtmservice` clients expect.
@@ -142,7 +142,7 @@ impl Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_branch_urls_are_resolved_and_survive_losing_an_instance() {
-    let etcd = test_support::Etcd::start();
+    let etcd = harness::Etcd::start();
     let endpoints = etcd.endpoints();
     let key = format!("order{}.rpc", std::process::id());
     let mut a = Running::start(&endpoints, &key).await;

@@ -46,7 +46,7 @@ fn without_a_file_the_environment_configures_everything_and_sigterm_exits_0() {
         .stderr(log_file)
         .spawn()
         .unwrap();
-    let ready = test_support::wait_ready_line(&log, 0, "coordinator", child.id(), Duration::from_secs(60))
+    let ready = harness::wait_ready_line(&log, 0, "coordinator", child.id(), Duration::from_secs(60))
         .unwrap_or_else(|err| panic!("{err}"));
     let (http_port, grpc_port) = (ready.port("http"), ready.port("grpc"));
     assert!(![36789, 0].contains(&http_port) && ![36790, 0].contains(&grpc_port), "{ready:?}");

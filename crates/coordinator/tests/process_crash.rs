@@ -93,10 +93,10 @@ async fn assert_exactly_once(branches: &BranchServer, statuses: &BTreeMap<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_sagas_survive_sigkill_and_finish_exactly_once() {
-    test_support::init_tracing();
-    let _slot = test_support::system_slot();
-    let store_db = test_support::mysql_database().await;
-    let busi_db = test_support::mysql_database_on(&store_db.server_url).await;
+    harness::init_tracing();
+    let _slot = harness::system_slot();
+    let store_db = harness::mysql_database().await;
+    let busi_db = harness::mysql_database_on(&store_db.server_url).await;
     let pool = sqlx::MySqlPool::connect(&busi_db.url).await.unwrap();
     let branches = BranchServer::with_effects(pool).await;
     let dir = tempfile::tempdir().unwrap();
@@ -159,10 +159,10 @@ async fn acknowledged_sagas_survive_sigkill_and_finish_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_on_one_database_finish_200_concurrent_sagas_exactly_once() {
-    test_support::init_tracing();
-    let _slot = test_support::system_slot();
-    let store_db = test_support::mysql_database().await;
-    let busi_db = test_support::mysql_database_on(&store_db.server_url).await;
+    harness::init_tracing();
+    let _slot = harness::system_slot();
+    let store_db = harness::mysql_database().await;
+    let busi_db = harness::mysql_database_on(&store_db.server_url).await;
     let pool = sqlx::MySqlPool::connect(&busi_db.url).await.unwrap();
     let branches = BranchServer::with_effects(pool).await;
     let dir = tempfile::tempdir().unwrap();

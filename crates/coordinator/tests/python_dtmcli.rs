@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use edges_support::{CoordinatorProcess, get};
+use harness::branches::{BranchServers, Call, c};
 use serde_json::Value;
-use test_support::branches::{BranchServers, Call, c};
 
 /// The pinned SDK version (the latest on PyPI).
 const DTMCLI_VERSION: &str = "1.7.7.0";
@@ -180,7 +180,7 @@ fn run_setup(command: &mut Command, what_is_missing: &str) {
     }
 }
 
-/// Recording HTTP branches (test-support's branch server): every path
+/// Recording HTTP branches (the harness's branch server): every path
 /// answers SUCCESS, except paths ending in `Fail` or `No`, which answer 409
 /// FAILURE.
 struct Branches {
@@ -228,7 +228,7 @@ struct Run {
 
 impl Run {
     async fn scenario(name: &str) -> Run {
-        test_support::init_tracing();
+        harness::init_tracing();
         let python = tokio::task::spawn_blocking(python).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
@@ -270,7 +270,7 @@ impl Run {
     }
 
     async fn wait_final(&self, gid: &str) -> Value {
-        test_support::wait_until(&format!("{gid} final"), FINAL_WITHIN, async || {
+        harness::wait_until(&format!("{gid} final"), FINAL_WITHIN, async || {
             let body = self.query(gid).await;
             match body["transaction"]["status"].as_str() {
                 Some("succeed" | "failed") => Ok(body),

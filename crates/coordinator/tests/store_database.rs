@@ -28,7 +28,7 @@ async fn open_error(url: &str) -> String {
 
 #[tokio::test]
 async fn mysql_store_creates_its_database_or_names_the_sql_to_run() {
-    let server = test_support::mysql_database().await.server_url;
+    let server = harness::mysql_database().await.server_url;
     let name = unique("dtm_created");
     coordinator::store::open(&format!("{server}/{name}"), 2).await.expect("the store creates its database");
     let mut conn = sqlx::MySqlConnection::connect(&format!("{server}/{name}")).await.expect("it exists");
@@ -66,7 +66,7 @@ async fn mysql_store_creates_its_database_or_names_the_sql_to_run() {
 
 #[tokio::test]
 async fn postgres_store_creates_its_database_or_names_the_sql_to_run() {
-    let server = test_support::postgres_database().await.server_url;
+    let server = harness::postgres_database().await.server_url;
     let name = unique("dtm_created");
     coordinator::store::open(&format!("{server}/{name}"), 2).await.expect("the store creates its database");
     coordinator::store::open(&format!("{server}/{name}"), 2).await.expect("a second open");

@@ -60,7 +60,7 @@ async fn both_sagas_run(
 #[tokio::test]
 async fn sagas_whose_gids_differ_only_in_case_both_run_on_mysql() {
     let branches = BranchServer::start().await;
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let store = mysql_store(port_of(&db.server_url), &db.name);
     let one = InProcess::start(fast_config(store.clone())).await;
     let other = InProcess::start(fast_config(store)).await;
@@ -75,7 +75,7 @@ async fn sagas_whose_gids_differ_only_in_case_both_run_on_mysql() {
 #[tokio::test]
 async fn old_case_insensitive_tables_are_migrated_by_concurrent_starts() {
     let branches = BranchServer::start().await;
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let pool = MySqlPool::connect(&db.url).await.unwrap();
     for statement in old_ddl_statements() {
         sqlx::query(&statement).execute(&pool).await.unwrap();

@@ -12,8 +12,8 @@ use discovery::{
     balanced_channel, direct_channel, parse_server_method, publish_address, rpc_client_channel,
 };
 use etcd_client::{Client, GetOptions};
+use harness::Etcd;
 use proto::order::{CREATE_PATH, CreateReq, CreateResp, Order, OrderClient, OrderServer};
-use test_support::Etcd;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};

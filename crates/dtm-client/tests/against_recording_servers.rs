@@ -10,10 +10,10 @@ use axum::routing::{get, post};
 use discovery::{ChannelCache, EtcdConf, Registration};
 use dtm_client::{ClientError, DtmClient, Saga, TransStatus};
 use dtm_protocol::Gid;
+use harness::{Etcd, free_port};
 use proto::dtmgimp::dtm_server::{Dtm, DtmServer};
 use proto::dtmgimp::{DtmBranchRequest, DtmGidReply, DtmProgressesReply, DtmRequest, DtmTopicRequest};
 use proto::order::{CREATE_PATH, CREATE_ROLLBACK_PATH, CreateReq};
-use test_support::{Etcd, free_port};
 use tonic::{Request, Response, Status};
 
 /// Requests a server received.
@@ -126,7 +126,7 @@ async fn grpc_answers_map_to_typed_errors() {
 
 #[tokio::test]
 async fn an_unreachable_or_silent_coordinator_is_unavailable() {
-    let nobody = format!("127.0.0.1:{}", test_support::closed_port());
+    let nobody = format!("127.0.0.1:{}", harness::closed_port());
     let client = DtmClient::new(&nobody, ChannelCache::new()).unwrap();
     let err = client.new_gid().await.unwrap_err();
     assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
@@ -137,7 +137,7 @@ async fn an_unreachable_or_silent_coordinator_is_unavailable() {
     assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
 
     let err = DtmClient::new(
-        &format!("http://127.0.0.1:{}/api/dtmsvr", test_support::closed_port()),
+        &format!("http://127.0.0.1:{}/api/dtmsvr", harness::closed_port()),
         ChannelCache::new(),
     )
     .unwrap()

@@ -10,11 +10,11 @@ use std::time::Duration;
 use barrier::{BarrierTable, BranchBarrier, BranchError, MsgBarrier, MsgLocal};
 use dtm_client::{ClientError, Msg, MsgError, TransStatus};
 use dtm_protocol::Gid;
+use harness::branches::{BranchServers, Call, Reply, c};
 use proto::stock::DeductReq;
 use serde_json::json;
 use sqlx::SqlitePool;
 use support::InProcess;
-use test_support::branches::{BranchServers, Call, Reply, c};
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
 
@@ -32,8 +32,8 @@ fn transfer(b: &BranchServers, g: &Gid) -> Msg {
 
 /// A SQLite database with the barrier and stock tables, and an HTTP
 /// check-back handler on `/QueryPrepared` that is dtm's one-liner.
-async fn local_db(b: &BranchServers) -> (test_support::TestDatabase, SqlitePool) {
-    let db = test_support::sqlite_database();
+async fn local_db(b: &BranchServers) -> (harness::TestDatabase, SqlitePool) {
+    let db = harness::sqlite_database();
     let pool = SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
     stock_srv::schema::ensure_stock_table(&pool).await.unwrap();

@@ -10,10 +10,10 @@ use std::time::Duration;
 use barrier::{BarrierTable, BranchBarrier, BranchError, Outcome, Skipped};
 use dtm_client::{ClientError, DtmClient, Tcc, TccBranch, TransStatus};
 use dtm_protocol::Gid;
+use harness::branches::{BranchServers, Call, Reply, c};
 use proto::stock::{DeductReq, DeductResp};
 use serde_json::json;
 use support::InProcess;
-use test_support::branches::{BranchServers, Call, Reply, c};
 use tokio::sync::Notify;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
@@ -252,7 +252,7 @@ async fn a_try_handler_registers_nested_branches_0101_and_0102() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_overtaking_a_delayed_try_is_null_and_the_try_hangs_harmlessly() {
     let dtm = InProcess::start().await;
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
     barrier::schema::ensure_barrier_table(&pool, &BarrierTable::new("barrier").unwrap()).await.unwrap();
     stock_srv::schema::ensure_stock_table(&pool).await.unwrap();

@@ -45,3 +45,48 @@ pub fn service_binaries() -> PathBuf {
     }
     dir
 }
+
+/// The folder holding the workspace's binaries, for tools that start them
+/// as processes (`quickorder-bench`, `quickorder-chaos`): by default the
+/// folder of the running executable, which `cargo build --bins` fills with
+/// all of them.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `target/release`, `target/debug`, or a folder given on the command line.
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// `dir`, or the folder of the running executable.
+    pub fn locate(dir: Option<&Path>) -> Result<Binaries, String> {
+        let dir = match dir {
+            Some(dir) => dir.to_path_buf(),
+            None => {
+                let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+                exe.parent()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| format!("{} has no folder", exe.display()))?
+            }
+        };
+        Ok(Binaries { dir })
+    }
+
+    /// The folder itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of binary `name`, or an error saying how to build it.
+    pub fn path(&self, name: &str) -> Result<PathBuf, String> {
+        let path = self.dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "`{name}` is not in {} (the service binaries must sit next to this tool, or pass --bin-dir); \
+                 build them first: cargo build --release --bins",
+                self.dir.display()
+            ))
+        }
+    }
+}

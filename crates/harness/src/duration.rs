@@ -1,5 +1,5 @@
 //! Durations on the command line (`--duration 30s`, `--warmup 500ms`), one
-//! parser for every subcommand so that they accept the same words.
+//! parser for every tool so that they accept the same words.
 
 use std::time::Duration;
 

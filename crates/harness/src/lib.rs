@@ -1,4 +1,6 @@
-//! Test harness: real database and etcd servers, never mocks.
+//! The harness every test, `quickorder-bench` and `quickorder-chaos` build
+//! on: real database and etcd servers (never mocks), guarded processes and
+//! their readiness lines.
 //!
 //! Every integration test in this workspace talks to real servers over real
 //! connections. This crate finds them for the test:
@@ -32,12 +34,16 @@
 //!
 //! Servers started here die with the test process: each runs under a small
 //! `sh` guard that kills it as soon as its stdin (a pipe held by the test
-//! process) closes, whichever way the test process ends.
+//! process) closes, whichever way the test process ends. The bench and
+//! chaos tools start the workspace's binaries ([`Binaries`]) the same way,
+//! so nothing they start outlives them either, and read their command-line
+//! durations with the one [`parse_duration`].
 
 mod binaries;
 #[cfg(feature = "branches")]
 pub mod branches;
 mod database;
+mod duration;
 mod etcd;
 mod mariadb;
 mod postgres;
@@ -45,10 +51,11 @@ mod process;
 mod running;
 mod slots;
 
-pub use binaries::{SERVICE_PACKAGES, service_binaries};
+pub use binaries::{Binaries, SERVICE_PACKAGES, service_binaries};
 pub use database::{
     Backend, TestDatabase, mysql_database, mysql_database_on, postgres_database, sqlite_database,
 };
+pub use duration::parse_duration;
 pub use etcd::Etcd;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;

@@ -59,6 +59,13 @@ impl GuardedProcess {
         GuardedProcess::spawn_in(program, args, log, run_as, Some(data))
     }
 
+    /// [`GuardedProcess::spawn`] for a caller that reports errors instead of
+    /// panicking (the bench and chaos tools): `sh` missing or a guard that
+    /// printed no pid is an `Err` naming `program`.
+    pub fn try_spawn(program: &str, args: &[String], log: &Path) -> Result<GuardedProcess, String> {
+        GuardedProcess::try_spawn_in(program, args, log, None, None)
+    }
+
     fn spawn_in(
         program: &str,
         args: &[String],
@@ -66,6 +73,16 @@ impl GuardedProcess {
         run_as: Option<&str>,
         data: Option<&Path>,
     ) -> GuardedProcess {
+        GuardedProcess::try_spawn_in(program, args, log, run_as, data).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn try_spawn_in(
+        program: &str,
+        args: &[String],
+        log: &Path,
+        run_as: Option<&str>,
+        data: Option<&Path>,
+    ) -> Result<GuardedProcess, String> {
         // `read` succeeds on the newline `kill` writes, and fails at end of
         // file: the test process is gone, and nobody else will clean up.
         let script = r#"
@@ -88,13 +105,16 @@ impl GuardedProcess {
         command.env("DATA", data.unwrap_or(Path::new("")));
         let log_start = log_len(log);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut guard = command.spawn().unwrap_or_else(|e| panic!("cannot run sh to start {program}: {e}"));
+        let mut guard = command.spawn().map_err(|e| format!("cannot run sh to start {program}: {e}"))?;
         let stdin = guard.stdin.take();
-        let stdout = guard.stdout.take().expect("piped stdout");
+        let stdout = guard.stdout.take().ok_or_else(|| format!("no stdout from the guard of {program}"))?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("guard prints the child pid");
-        let pid = line.trim().parse().unwrap_or_else(|_| panic!("guard printed {line:?} instead of a pid"));
-        GuardedProcess { guard, stdin, pid, name: program.to_string(), log: log.to_path_buf(), log_start }
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("the guard of {program} printed no pid: {e}"))?;
+        let pid =
+            line.trim().parse().map_err(|_| format!("the guard of {program} printed {line:?}, not a pid"))?;
+        Ok(GuardedProcess { guard, stdin, pid, name: program.to_string(), log: log.to_path_buf(), log_start })
     }
 
     /// The server's pid.
@@ -114,6 +134,31 @@ impl GuardedProcess {
             let _ = stdin.write_all(b"\n");
         }
         let _ = self.guard.wait();
+    }
+
+    /// Stops the server politely: SIGTERM, then up to `grace` for it to
+    /// drain and exit, then SIGKILL. Returns whether it exited by itself.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        self.signal("TERM");
+        let deadline = Instant::now() + grace;
+        while self.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let exited = !self.is_running();
+        self.kill();
+        exited
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Where its output starts in [`GuardedProcess::log_path`] (earlier
+    /// processes may have appended to the same file): for
+    /// [`wait_ready_line`] on another thread.
+    pub fn log_start(&self) -> u64 {
+        self.log_start
     }
 
     /// Whether the server process still runs (a zombie waiting for the
@@ -325,7 +370,7 @@ pub(crate) fn find_binary(name: &str, extra_dirs: &[&str], install: &str) -> Str
     }
     panic!(
         "`{name}` was not found on PATH: this test needs a real server. Install it with \
-         `apt-get install {install}`, or point the test at a running server (see the test-support crate docs)."
+         `apt-get install {install}`, or point the test at a running server (see the harness crate docs)."
     )
 }
 

@@ -5,12 +5,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use harness::{Backend, Etcd, MariaDb};
 use sqlx::Connection;
-use test_support::{Backend, Etcd, MariaDb};
 
 #[tokio::test]
 async fn mariadb_database_is_fresh_and_answers() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     assert_eq!(db.backend, Backend::MySql);
     let mut conn = sqlx::MySqlConnection::connect(&db.url).await.expect("connect to the test database");
     let current: String = sqlx::query_scalar("select database()").fetch_one(&mut conn).await.unwrap();
@@ -30,13 +30,13 @@ async fn mariadb_database_is_fresh_and_answers() {
     );
 
     // Two calls, two different databases.
-    let other = test_support::mysql_database().await;
+    let other = harness::mysql_database().await;
     assert_ne!(other.name, db.name);
 }
 
 #[tokio::test]
 async fn postgres_database_is_fresh_and_answers() {
-    let db = test_support::postgres_database().await;
+    let db = harness::postgres_database().await;
     assert_eq!(db.backend, Backend::Postgres);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect to the test database");
     let current: String = sqlx::query_scalar("select current_database()").fetch_one(&mut conn).await.unwrap();
@@ -49,7 +49,7 @@ async fn postgres_database_is_fresh_and_answers() {
 
 #[tokio::test]
 async fn sqlite_database_is_a_fresh_file() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     assert_eq!(db.backend, Backend::Sqlite);
     let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("open the test database");
     sqlx::query("create table t (id integer primary key)").execute(&mut conn).await.unwrap();
@@ -65,7 +65,7 @@ async fn sqlite_database_is_a_fresh_file() {
 #[tokio::test]
 async fn private_mariadb_survives_kill_and_restart() {
     let mut server = tokio::task::spawn_blocking(MariaDb::start).await.unwrap();
-    let db = test_support::mysql_database_on(&server.url()).await;
+    let db = harness::mysql_database_on(&server.url()).await;
     let mut conn = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
     sqlx::query("create table t (id int primary key)").execute(&mut conn).await.unwrap();
     sqlx::query("insert into t values (42)").execute(&mut conn).await.unwrap();
@@ -124,7 +124,7 @@ fn post(endpoint: &str, path: &str, body: &str) -> String {
 #[test]
 fn a_readiness_line_is_parsed_and_log_lines_are_not() {
     let line = "ready order-srv pid=4242 grpc=127.0.0.1:40123 http=127.0.0.1:40124";
-    let ready = test_support::ReadyLine::parse(line).expect("a readiness line");
+    let ready = harness::ReadyLine::parse(line).expect("a readiness line");
     assert_eq!((ready.name.as_str(), ready.pid), ("order-srv", 4242));
     assert_eq!((ready.port("grpc"), ready.port("http")), (40123, 40124));
     for other in [
@@ -133,7 +133,7 @@ fn a_readiness_line_is_parsed_and_log_lines_are_not() {
         "ready order-srv pid=x grpc=127.0.0.1:1",
         "ready order-srv pid=1 grpc=nowhere",
     ] {
-        assert_eq!(test_support::ReadyLine::parse(other), None, "{other}");
+        assert_eq!(harness::ReadyLine::parse(other), None, "{other}");
     }
 }
 
@@ -144,14 +144,13 @@ fn a_child_is_ready_only_when_it_says_so_and_its_pid_matches() {
     // An earlier process's line in the same log must not count.
     std::fs::write(&log, "ready fake pid=1 http=127.0.0.1:9\n").unwrap();
     let script = "sleep 0.3; echo \"ready fake pid=$$ http=127.0.0.1:4321\"; sleep 30".to_string();
-    let process = test_support::GuardedProcess::spawn("sh", &["-c".into(), script], &log, None);
+    let process = harness::GuardedProcess::spawn("sh", &["-c".into(), script], &log, None);
     let started = std::time::Instant::now();
     let ready = process.wait_ready("fake", Duration::from_secs(10));
     assert!(started.elapsed() >= Duration::from_millis(250), "the old line was taken for readiness");
     assert_eq!((ready.pid, ready.port("http")), (process.pid(), 4321));
 
-    let quitter =
-        test_support::GuardedProcess::spawn("sh", &["-c".into(), "echo bye; exit 3".into()], &log, None);
+    let quitter = harness::GuardedProcess::spawn("sh", &["-c".into(), "echo bye; exit 3".into()], &log, None);
     let err = quitter.try_wait_ready("fake", Duration::from_secs(10)).unwrap_err();
     assert!(err.contains("exited before it was ready") && err.contains("bye"), "{err}");
 }
@@ -160,12 +159,12 @@ fn a_child_is_ready_only_when_it_says_so_and_its_pid_matches() {
 fn a_listener_is_seen_owned_by_its_process_and_a_closed_port_refuses() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    assert!(test_support::listens_on(std::process::id(), port));
-    assert!(!test_support::listens_on(1, port), "pid 1 does not own our listener");
+    assert!(harness::listens_on(std::process::id(), port));
+    assert!(!harness::listens_on(1, port), "pid 1 does not own our listener");
     drop(listener);
-    assert!(!test_support::listens_on(std::process::id(), port));
+    assert!(!harness::listens_on(std::process::id(), port));
 
-    let closed = test_support::closed_port();
+    let closed = harness::closed_port();
     assert!(std::net::TcpStream::connect(("127.0.0.1", closed)).is_err());
     assert!(std::net::TcpListener::bind(("127.0.0.1", closed)).is_err(), "nobody else can take it");
 }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 /// order-api on port 0 with a coordinator address where nothing listens.
 async fn start_without_coordinator() -> SocketAddr {
-    test_support::init_tracing();
-    let dead = test_support::closed_port();
+    harness::init_tracing();
+    let dead = harness::closed_port();
     let yaml = format!(
         "Name: order-api\nHost: 127.0.0.1\nPort: 0\nDtmServer: 127.0.0.1:{dead}\n\
          DtmHttpServer: http://127.0.0.1:{dead}/api/dtmsvr\nDtmTimeout: 1000\nSubmitWait: 1000\nMaxBytes: 4096\nMaxNum: 50\n\

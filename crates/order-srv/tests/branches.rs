@@ -74,7 +74,7 @@ async fn mysql_barrier_rows(url: &str, gid: &str) -> Vec<(String, String, String
 
 #[tokio::test]
 async fn create_inserts_a_live_order_carrying_the_gid_and_one_barrier_row() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
 
@@ -88,7 +88,7 @@ async fn create_inserts_a_live_order_carrying_the_gid_and_one_barrier_row() {
 
 #[tokio::test]
 async fn rollback_cancels_the_order_of_its_own_saga_not_the_latest_one() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let (first, second) = (new_gid(), new_gid());
 
@@ -112,7 +112,7 @@ async fn rollback_cancels_the_order_of_its_own_saga_not_the_latest_one() {
 
 #[tokio::test]
 async fn duplicate_delivery_creates_one_order() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     for _ in 0..3 {
@@ -124,7 +124,7 @@ async fn duplicate_delivery_creates_one_order() {
 
 #[tokio::test]
 async fn rollback_before_create_is_a_null_compensation_and_blocks_the_late_create() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
 
@@ -146,7 +146,7 @@ async fn rollback_before_create_is_a_null_compensation_and_blocks_the_late_creat
 
 #[tokio::test]
 async fn missing_or_malformed_metadata_is_invalid_argument() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
 
     let status = srv.client.create(Request::new(req(1, 1, 1))).await.unwrap_err();
@@ -162,7 +162,7 @@ async fn missing_or_malformed_metadata_is_invalid_argument() {
 
 #[tokio::test]
 async fn invalid_requests_are_invalid_argument_naming_the_field() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     for (bad, field) in [
         (req(0, 1, 1), "userId"),
@@ -182,9 +182,9 @@ async fn invalid_requests_are_invalid_argument_naming_the_field() {
 async fn database_down_is_retryable_unavailable_never_aborted() {
     // Let the shared server of this test binary finish its bootstrap first:
     // two `mariadb-install-db` runs at once can trip over each other's temp files.
-    let _shared = test_support::mysql_database().await;
-    let mut mariadb = tokio::task::spawn_blocking(test_support::MariaDb::start).await.unwrap();
-    let db = test_support::mysql_database_on(&mariadb.url()).await;
+    let _shared = harness::mysql_database().await;
+    let mut mariadb = tokio::task::spawn_blocking(harness::MariaDb::start).await.unwrap();
+    let db = harness::mysql_database_on(&mariadb.url()).await;
     let mut srv = Running::start(&db.url).await;
     srv.client.create(branch(req(1, 1, 1), &new_gid(), "01", "action")).await.unwrap();
 
@@ -226,7 +226,7 @@ async fn database_down_is_retryable_unavailable_never_aborted() {
 
 #[tokio::test]
 async fn postgres_create_and_rollback() {
-    let db = test_support::postgres_database().await;
+    let db = harness::postgres_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.client.create(branch(req(3, 1, 4), &gid, "01", "action")).await.unwrap();
@@ -248,7 +248,7 @@ async fn postgres_create_and_rollback() {
 
 #[tokio::test]
 async fn sqlite_create_and_rollback() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.client.create(branch(req(3, 1, 4), &gid, "01", "action")).await.unwrap();
@@ -265,7 +265,7 @@ async fn sqlite_create_and_rollback() {
 
 #[tokio::test]
 async fn restart_keeps_the_schema_and_data() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.client.create(branch(req(1, 1, 1), &gid, "01", "action")).await.unwrap();

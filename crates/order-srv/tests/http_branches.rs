@@ -73,7 +73,7 @@ async fn bad_requests_are_400_and_change_nothing() {
 
 #[tokio::test]
 async fn without_http_listen_on_only_grpc_is_served() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let server =
         service_kit::build_loopback_branch_server::<order_srv::OrderParts>("order.rpc", &db.url, false)
             .await

@@ -21,8 +21,8 @@ async fn orders_of(pool: &sqlx::MySqlPool, gid: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_order_table_gets_exact_gids_when_two_instances_start_at_once() {
-    test_support::init_tracing();
-    let db = test_support::mysql_database().await;
+    harness::init_tracing();
+    let db = harness::mysql_database().await;
     let pool = MySqlPoolOptions::new().max_connections(4).connect(&db.url).await.unwrap();
     let ddl = order_srv::schema::mysql::ORDER;
     let old = ddl.replace(" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", "");

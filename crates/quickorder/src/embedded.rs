@@ -1,7 +1,7 @@
 //! The four servers of the quick-order saga in one process.
 //!
 //! [`System::start`] builds them from the very `etc/*.yaml` files the
-//! separate binaries use (compiled in with `include_str!`), filling their
+//! separate binaries use ([`service_kit::shipped`]), filling their
 //! `${VAR}`s from an [`Options`]-derived table instead of the process
 //! environment:
 //!
@@ -28,15 +28,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
+use service_kit::shipped;
 use sqlx::Connection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// The configuration files, as shipped in `etc/`.
-const COORDINATOR_YAML: &str = include_str!("../../../etc/coordinator.yaml");
-const ORDER_SRV_YAML: &str = include_str!("../../../etc/order-srv.yaml");
-const STOCK_SRV_YAML: &str = include_str!("../../../etc/stock-srv.yaml");
-const ORDER_API_YAML: &str = include_str!("../../../etc/order-api.yaml");
 
 /// The ports of the four servers. 0 lets the OS pick (tests, `demo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +185,7 @@ impl System {
 
         // 1. The coordinator: it must be up before anyone submits.
         let mut coordinator_config = coordinator::config::Config::from_sources(
-            Some((Path::new("etc/coordinator.yaml"), COORDINATOR_YAML)),
+            Some((Path::new("etc/coordinator.yaml"), shipped::COORDINATOR.text)),
             vars.lookup(),
         )
         .context("etc/coordinator.yaml")?;
@@ -220,10 +215,16 @@ impl System {
         vars.0.insert("ORDER_DSN", urls.order.clone());
         vars.0.insert("STOCK_DSN", urls.stock.clone());
         vars.0.insert("ETCD_HOSTS", options.etcd.clone().unwrap_or_default());
-        let mut order_config: order_srv::Config =
-            service_kit::config::parse_yaml(Path::new("etc/order-srv.yaml"), ORDER_SRV_YAML, vars.lookup())?;
-        let mut stock_config: stock_srv::Config =
-            service_kit::config::parse_yaml(Path::new("etc/stock-srv.yaml"), STOCK_SRV_YAML, vars.lookup())?;
+        let mut order_config: order_srv::Config = service_kit::config::parse_yaml(
+            Path::new("etc/order-srv.yaml"),
+            shipped::ORDER_SRV.text,
+            vars.lookup(),
+        )?;
+        let mut stock_config: stock_srv::Config = service_kit::config::parse_yaml(
+            Path::new("etc/stock-srv.yaml"),
+            shipped::STOCK_SRV.text,
+            vars.lookup(),
+        )?;
         if options.etcd.is_none() {
             order_config.etcd = None;
             stock_config.etcd = None;
@@ -251,8 +252,11 @@ impl System {
             "DTM_HTTP_SERVER",
             format!("http://{}/api/dtmsvr", reachable(host, coordinator_http.port())),
         );
-        let mut api_config: order_api::Config =
-            service_kit::config::parse_yaml(Path::new("etc/order-api.yaml"), ORDER_API_YAML, vars.lookup())?;
+        let mut api_config: order_api::Config = service_kit::config::parse_yaml(
+            Path::new("etc/order-api.yaml"),
+            shipped::ORDER_API.text,
+            vars.lookup(),
+        )?;
         if options.etcd.is_none() {
             direct(&mut api_config.order_rpc_conf, reachable(host, order_addr.port()));
             direct(&mut api_config.stock_rpc_conf, reachable(host, stock_addr.port()));

@@ -1,17 +1,18 @@
 //! `quickorder`: run, tour and probe the quick-order saga.
 //!
+//! (The load generator and the fault injector are their own binaries,
+//! `quickorder-bench` and `quickorder-chaos`, so this one stays small.)
+//!
 //! ```text
 //! quickorder up [--reset] [--mysql URL] [--etcd HOSTS]   # the system, embedded
 //! quickorder demo                                        # the article's scenarios, live
 //! quickorder probe grpc 127.0.0.1:9001                   # a health check
-//! quickorder bench compare --clients 16 --duration 20s   # throughput, side by side
-//! quickorder chaos --duration 60s --seed 7              # faults + invariant check
 //! ```
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quickorder::{bench, chaos, demo, probe, up};
+use quickorder::{demo, probe, up};
 
 /// The quick-order saga of the go-zero + dtm article, in Rust.
 #[derive(Debug, Parser)]
@@ -33,10 +34,6 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Check the health of a gRPC or HTTP server (exit 0 when healthy).
     Probe(probe::ProbeArgs),
-    /// Measure sagas/s, latency, CPU and SQL per saga (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
-    /// Run the real processes under seeded faults and check every saga invariant.
-    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -52,8 +49,6 @@ async fn main() -> ExitCode {
         Command::Up(args) => up::run(args, service_kit::shutdown::signal()).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Probe(args) => probe::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
-        Command::Chaos(args) => chaos::run(args).await.map_err(anyhow::Error::from),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_protected_coordinator_serves_order_api_and_refuses_strangers() {
-    let _slot = test_support::system_slot();
+    let _slot = harness::system_slot();
     let dir = tempfile::tempdir().unwrap();
     let options =
         Options { ports: Ports::ANY, auth_token: Some("s3cret-token".into()), ..Options::sqlite(dir.path()) };

@@ -4,7 +4,7 @@ use std::process::Command;
 
 /// The demo's output, split into its four scenarios.
 fn run_demo() -> Vec<String> {
-    let _slot = test_support::system_slot();
+    let _slot = harness::system_slot();
     let output = Command::new(env!("CARGO_BIN_EXE_quickorder"))
         .arg("demo")
         .env_remove("RUST_LOG")

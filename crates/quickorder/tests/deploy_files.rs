@@ -688,7 +688,7 @@ fn mysql_client(port: u16, args: &[&str], stdin: &str) -> String {
 
 #[test]
 fn mysql_init_scripts_create_every_database_and_table() {
-    let server = test_support::MariaDb::start();
+    let server = harness::MariaDb::start();
     let port = server.port();
     // What the image's entrypoint does, in name order: the .sql file, then
     // the shell script (here over TCP, as for a server prepared by hand).
@@ -1691,7 +1691,7 @@ async fn dockerfile_usage_example_is_reachable_through_its_published_port() {
 
     // … and the example's own arguments make it listen beyond loopback
     // (here on port 0 instead of the default, which another test may hold).
-    let _slot = test_support::system_slot();
+    let _slot = harness::system_slot();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_quickorder"))
         .args(&args)
@@ -1704,7 +1704,7 @@ async fn dockerfile_usage_example_is_reachable_through_its_published_port() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start quickorder up");
-    let watch = test_support::StdoutWatch::new(child.stdout.take().expect("piped"), "quickorder", child.id());
+    let watch = harness::StdoutWatch::new(child.stdout.take().expect("piped"), "quickorder", child.id());
     let ready = watch.wait_ready(Duration::from_secs(60));
     let result = async {
         let ready = ready?;

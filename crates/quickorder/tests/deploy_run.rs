@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use harness::{Etcd, GuardedProcess, MariaDb, ReadyLine};
 use serde_yaml_ng::Value;
-use test_support::{Etcd, GuardedProcess, MariaDb, ReadyLine};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
@@ -65,8 +65,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_services_start_from_their_own_commands_and_environment_and_order() {
-    let _slot = test_support::system_slot();
-    let binaries = test_support::service_binaries();
+    let _slot = harness::system_slot();
+    let binaries = harness::service_binaries();
     let (password, token) = ("compose-root-pw", "compose-token");
 
     // The file as docker-compose renders it, with the variables a user
@@ -309,8 +309,8 @@ fn readme_recipe_by_hand_runs_as_written() {
         .strip_prefix("```sh")
         .and_then(|rest| rest.strip_suffix("```"))
         .expect("a ```sh block between the markers");
-    let _slot = test_support::system_slot();
-    let binaries = test_support::service_binaries();
+    let _slot = harness::system_slot();
+    let binaries = harness::service_binaries();
     let mariadb = MariaDb::start_like_debian();
     let etcd = Etcd::start_private();
     let etcd_port: u16 = etcd.endpoints()[0].rsplit(':').next().unwrap().parse().unwrap();
@@ -320,7 +320,7 @@ fn readme_recipe_by_hand_runs_as_written() {
     let mut ports: Vec<(String, String)> =
         vec![("3306".into(), mariadb.port().to_string()), ("2379".into(), etcd_port.to_string())];
     for fixed in ["36789", "36790", "9001", "9002", "8889"] {
-        ports.push((fixed.into(), test_support::free_port().to_string()));
+        ports.push((fixed.into(), harness::free_port().to_string()));
     }
     let move_ports = |text: &str| {
         let mut text = text.to_string();

@@ -23,12 +23,12 @@ struct Harness {
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     /// A whole system runs: at most a few at once.
-    _slot: test_support::SystemSlot,
+    _slot: harness::SystemSlot,
 }
 
 impl Harness {
     async fn start() -> Harness {
-        let slot = test_support::system_slot();
+        let slot = harness::system_slot();
         let dir = tempfile::tempdir().expect("temp dir");
         let options = Options { ports: Ports::ANY, ..Options::sqlite(dir.path()) };
         let system = System::start(&options).await.expect("embedded system starts");

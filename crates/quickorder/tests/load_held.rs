@@ -3,7 +3,7 @@
 //! answer — a saga outcome or a clear overload error, never a dropped
 //! connection — and the server's memory must stay flat.
 //!
-//! Throughput is not asserted here (that is `quickorder bench`'s job); only
+//! Throughput is not asserted here (that is `quickorder-bench`'s job); only
 //! that the system degrades cleanly.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::StdoutWatch;
 use serde_json::json;
-use test_support::StdoutWatch;
 use tokio::sync::Mutex;
 
 const CLIENTS: usize = 128;
@@ -40,7 +40,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn saturation_for_a_minute_answers_every_request_with_flat_memory() {
     // A minute of saturation measures nothing useful next to other systems.
-    let _slot = test_support::system_slot();
+    let _slot = harness::system_slot();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_quickorder"))
         .arg("up")

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::{StdoutWatch, SystemSlot};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
-use test_support::{StdoutWatch, SystemSlot};
 
 /// A running `quickorder up`, killed if the test fails half-way.
 struct Up {
@@ -121,7 +121,7 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
-    let _slot: SystemSlot = test_support::system_slot();
+    let _slot: SystemSlot = harness::system_slot();
     let (_dir, data) = data_dir();
 
     let up = Up::start(&data, &[]);
@@ -169,8 +169,8 @@ async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
 /// be replaced by a config file's default.
 #[tokio::test(flavor = "multi_thread")]
 async fn up_on_mysql_with_an_empty_password_serves_orders() {
-    let _slot: SystemSlot = test_support::system_slot();
-    let server = test_support::mysql_database().await.server_url;
+    let _slot: SystemSlot = harness::system_slot();
+    let server = harness::mysql_database().await.server_url;
     assert!(!server.contains(":@") && !server.contains("root:"), "a URL without a password: {server}");
     let (_dir, data) = data_dir();
     let up = Up::start(&data, &["--mysql", &server]);

@@ -15,6 +15,7 @@
 //! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
 //! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
 //! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
+//! | [`shipped`] | – | the `etc/*.yaml` files compiled in, for the launchers that start the system from them |
 //! | `testing` (feature `testing`) | – | a branch service on a test's task (`RunningService`), for the services' tests |
 //!
 //! A typical `main` (thin: build, bind, run until a shutdown signal):
@@ -42,6 +43,7 @@ pub mod http_branch;
 pub mod listener;
 pub mod ready;
 pub mod service;
+pub mod shipped;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]

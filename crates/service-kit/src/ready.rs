@@ -16,7 +16,7 @@
 //! bound, so a harness can start it with port 0 and learn the ports from
 //! the line instead of guessing a free port and polling it. The format is
 //! `ready <name> pid=<pid>` followed by `<label>=<ip:port>` pairs; it is
-//! parsed by `test_support::ReadyLine` and by the bench's launcher.
+//! parsed by `harness::ReadyLine` and by the bench's launcher.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -3,12 +3,12 @@
 //!
 //! [`RunningService::start`] builds the service on loopback
 //! ([`crate::build_loopback_branch_server`]) and runs it through
-//! test-support's [`RunningServer`]; [`RunningService::on_sqlite`] first
+//! the harness's [`RunningServer`]; [`RunningService::on_sqlite`] first
 //! makes it a fresh SQLite database. Failures panic: this is test code.
 
 use std::net::SocketAddr;
 
-use test_support::{RunningServer, TestDatabase};
+use harness::{RunningServer, TestDatabase};
 
 use crate::{BranchParts, ServeError};
 
@@ -30,7 +30,7 @@ impl RunningService {
     where
         P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
     {
-        test_support::init_tracing();
+        harness::init_tracing();
         let server = crate::build_loopback_branch_server::<P>(name, data_source, http)
             .await
             .unwrap_or_else(|err| panic!("{name} does not start: {err}"));
@@ -44,7 +44,7 @@ impl RunningService {
     where
         P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
     {
-        let db = test_support::sqlite_database();
+        let db = harness::sqlite_database();
         let mut service = RunningService::start::<P>(name, &db.url, http).await;
         service.db = Some(db);
         service

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn mysql_database_and_barrier_table_are_created_from_a_go_dsn() {
-    let existing = test_support::mysql_database().await;
+    let existing = harness::mysql_database().await;
     // root@tcp(127.0.0.1:port)/<new name> — the Go demo's DSN shape.
     let port = existing.server_url.rsplit(':').next().unwrap();
     let name = format!("kit-{}", &existing.name[2..14]);
@@ -37,7 +37,7 @@ async fn mysql_database_and_barrier_table_are_created_from_a_go_dsn() {
 
 #[tokio::test]
 async fn postgres_database_and_barrier_schema_are_created() {
-    let existing = test_support::postgres_database().await;
+    let existing = harness::postgres_database().await;
     let url = format!("{}/kit_{}", existing.server_url, &existing.name[2..14]);
     let db = BusinessDb::connect(&conf(&url), TIMEOUT).await.expect("connect creates what is missing");
     let BusinessDb::Postgres(pool) = db else { panic!("postgres") };
@@ -49,7 +49,7 @@ async fn postgres_database_and_barrier_schema_are_created() {
 
 #[tokio::test]
 async fn sqlite_file_is_created_with_an_unqualified_barrier_table() {
-    let existing = test_support::sqlite_database();
+    let existing = harness::sqlite_database();
     let db = BusinessDb::connect(&conf(&existing.url), TIMEOUT).await.unwrap();
     assert_eq!(db.barrier_table().as_str(), "barrier");
     let BusinessDb::Sqlite(pool) = db else { panic!("sqlite") };
@@ -59,7 +59,7 @@ async fn sqlite_file_is_created_with_an_unqualified_barrier_table() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_a_precise_error_without_the_password() {
-    let port = test_support::closed_port();
+    let port = harness::closed_port();
     let err = BusinessDb::connect(&conf(&format!("root:hunter2@tcp(127.0.0.1:{port})/x")), TIMEOUT)
         .await
         .unwrap_err();

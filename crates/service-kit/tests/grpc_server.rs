@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use discovery::EtcdConf;
 use etcd_client::{Client, GetOptions};
+use harness::Etcd;
 use service_kit::grpc::{GrpcServer, GrpcSettings};
-use test_support::Etcd;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -23,7 +23,7 @@ async fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn registers_serves_health_and_deregisters_before_draining() {
-    test_support::init_tracing();
+    harness::init_tracing();
     let etcd = Etcd::start();
     let settings = GrpcSettings { deregister_grace: Duration::from_secs(2), ..GrpcSettings::default() };
     let server = GrpcServer::bind("127.0.0.1:0", settings)
@@ -83,7 +83,7 @@ async fn registers_serves_health_and_deregisters_before_draining() {
 
 #[tokio::test]
 async fn unreachable_etcd_fails_start_up() {
-    let dead = format!("127.0.0.1:{}", test_support::closed_port());
+    let dead = format!("127.0.0.1:{}", harness::closed_port());
     let server = GrpcServer::bind("127.0.0.1:0", GrpcSettings::default())
         .await
         .unwrap()

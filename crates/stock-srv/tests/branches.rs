@@ -72,7 +72,7 @@ fn row(op: &str, reason: &str) -> (String, String, String) {
 
 #[tokio::test]
 async fn deduct_takes_units_and_leaves_one_barrier_row() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     assert_eq!(mysql_stock(&db.url, 1).await, Some(100), "seeded like the demo");
     let gid = new_gid();
@@ -84,7 +84,7 @@ async fn deduct_takes_units_and_leaves_one_barrier_row() {
 
 #[tokio::test]
 async fn insufficient_stock_is_aborted_failure_and_changes_nothing() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     let status = srv.deduct(&gid, 1, 101).await.unwrap_err();
@@ -107,7 +107,7 @@ async fn insufficient_stock_is_aborted_failure_and_changes_nothing() {
 
 #[tokio::test]
 async fn unknown_goods_is_aborted_failure() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let status = srv.deduct(&new_gid(), 999, 1).await.unwrap_err();
     assert_eq!((status.code(), status.message()), (Code::Aborted, "FAILURE"));
@@ -117,7 +117,7 @@ async fn unknown_goods_is_aborted_failure() {
 
 #[tokio::test]
 async fn duplicate_deduct_and_duplicate_rollback_each_happen_once() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     for _ in 0..3 {
@@ -133,7 +133,7 @@ async fn duplicate_deduct_and_duplicate_rollback_each_happen_once() {
 
 #[tokio::test]
 async fn rollback_before_deduct_restores_nothing_and_blocks_the_late_deduct() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.rollback(&gid, 1, 7).await.unwrap();
@@ -145,7 +145,7 @@ async fn rollback_before_deduct_restores_nothing_and_blocks_the_late_deduct() {
 
 #[tokio::test]
 async fn concurrent_sagas_never_oversell() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let srv = Running::start(&db.url).await;
     let mut calls = Vec::new();
     for _ in 0..40 {
@@ -168,7 +168,7 @@ async fn concurrent_sagas_never_oversell() {
 
 #[tokio::test]
 async fn missing_metadata_and_bad_requests_are_invalid_argument() {
-    let db = test_support::mysql_database().await;
+    let db = harness::mysql_database().await;
     let mut srv = Running::start(&db.url).await;
     let status = srv.client.deduct(Request::new(DeductReq { goods_id: 1, num: 1 })).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -186,9 +186,9 @@ async fn missing_metadata_and_bad_requests_are_invalid_argument() {
 async fn database_down_is_unavailable_never_aborted() {
     // Let the shared server of this test binary finish its bootstrap first:
     // two `mariadb-install-db` runs at once can trip over each other's temp files.
-    let _shared = test_support::mysql_database().await;
-    let mut mariadb = tokio::task::spawn_blocking(test_support::MariaDb::start).await.unwrap();
-    let db = test_support::mysql_database_on(&mariadb.url()).await;
+    let _shared = harness::mysql_database().await;
+    let mut mariadb = tokio::task::spawn_blocking(harness::MariaDb::start).await.unwrap();
+    let db = harness::mysql_database_on(&mariadb.url()).await;
     let mut srv = Running::start(&db.url).await;
     mariadb.kill();
     let status = srv.deduct(&new_gid(), 1, 1).await.unwrap_err();
@@ -200,7 +200,7 @@ async fn database_down_is_unavailable_never_aborted() {
 
 #[tokio::test]
 async fn postgres_deduct_failure_and_rollback() {
-    let db = test_support::postgres_database().await;
+    let db = harness::postgres_database().await;
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.deduct(&gid, 1, 10).await.unwrap();
@@ -217,7 +217,7 @@ async fn postgres_deduct_failure_and_rollback() {
 
 #[tokio::test]
 async fn sqlite_deduct_failure_and_rollback() {
-    let db = test_support::sqlite_database();
+    let db = harness::sqlite_database();
     let mut srv = Running::start(&db.url).await;
     let gid = new_gid();
     srv.deduct(&gid, 1, 10).await.unwrap();

@@ -21,7 +21,7 @@ async fn no_port_is_bound_before_the_tables_exist() {
     let file = dir.path().join("stock.db");
     let url = format!("sqlite://{}?mode=rwc", file.display());
     let me = std::process::id();
-    assert_eq!(test_support::listening_ports(me), Vec::<u16>::new(), "nothing listens before the test");
+    assert_eq!(harness::listening_ports(me), Vec::<u16>::new(), "nothing listens before the test");
 
     // Another connection holds the database: creating tables must wait.
     let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -37,11 +37,7 @@ async fn no_port_is_bound_before_the_tables_exist() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!build.is_finished(), "the build cannot have prepared a locked database");
-    assert_eq!(
-        test_support::listening_ports(me),
-        Vec::<u16>::new(),
-        "a port was bound before the tables exist"
-    );
+    assert_eq!(harness::listening_ports(me), Vec::<u16>::new(), "a port was bound before the tables exist");
 
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
     let server = tokio::time::timeout(Duration::from_secs(30), build)
@@ -49,7 +45,7 @@ async fn no_port_is_bound_before_the_tables_exist() {
         .unwrap()
         .unwrap()
         .expect("stock-srv builds");
-    assert_eq!(test_support::listening_ports(me), vec![server.local_addr().port()]);
+    assert_eq!(harness::listening_ports(me), vec![server.local_addr().port()]);
     let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
         .fetch_all(&mut holder)
         .await

@@ -14,8 +14,8 @@
 use std::future::Future;
 
 use barrier::{BarrierDatabase, BarrierTable};
+use harness::TestDatabase;
 use sqlx::Pool;
-use test_support::TestDatabase;
 
 /// One barrier row, as the tests compare it (everything but id and times).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -278,7 +278,7 @@ macro_rules! engine {
 engine!(
     sqlx::MySql,
     dir: "mysql",
-    database: test_support::mysql_database().await,
+    database: harness::mysql_database().await,
     // The test database itself is a MySQL "schema".
     qualified: |db| (None, format!("{}.barrier", db.name)),
     order: "`order`",
@@ -290,7 +290,7 @@ engine!(
 engine!(
     sqlx::Postgres,
     dir: "postgres",
-    database: test_support::postgres_database().await,
+    database: harness::postgres_database().await,
     qualified: |_| (Some("CREATE SCHEMA IF NOT EXISTS dtm_barrier"), "dtm_barrier.barrier".to_string()),
     order: "\"order\"",
     bigint: "bigint",
@@ -301,7 +301,7 @@ engine!(
 engine!(
     sqlx::Sqlite,
     dir: "sqlite",
-    database: test_support::sqlite_database(),
+    database: harness::sqlite_database(),
     // `main` is the name of SQLite's primary database.
     qualified: |_| (None, "main.barrier".to_string()),
     order: "\"order\"",

@@ -1,6 +1,6 @@
 //! Shared helpers of the coordinator's edge tests (API, process, etcd).
 //!
-//! * [`BranchServer`] — test-support's recording branch server, as an HTTP
+//! * [`BranchServer`] — the harness's recording branch server, as an HTTP
 //!   branch service whose behaviour each saga chooses through its payload
 //!   (`{"fail":true}`, `{"delay_ms":300}`), optionally guarding a business
 //!   effect with the subtransaction barrier on MariaDB;
@@ -24,10 +24,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use test_support::branches::Call;
-use test_support::branches::{Answer, BranchServers};
+pub use harness::branches::Call;
+use harness::branches::{Answer, BranchServers};
 
-/// An HTTP branch service, `ANY /busi/{op}`: test-support's recording
+/// An HTTP branch service, `ANY /busi/{op}`: the harness's recording
 /// branch server with the edge tests' behaviour.
 ///
 /// Behaviour per call, from the JSON payload: `"delay_ms": n` sleeps first;
@@ -213,7 +213,7 @@ impl InProcess {
     }
 
     async fn start_in(config: Config, dir: Option<tempfile::TempDir>) -> InProcess {
-        test_support::init_tracing();
+        harness::init_tracing();
         let coordinator = Coordinator::build(config).await.expect("build coordinator");
         let http = format!("http://{}", coordinator.http_addr());
         let grpc = format!("http://{}", coordinator.grpc_addr());
@@ -278,7 +278,7 @@ impl CoordinatorProcess {
         let full = format!("ListenHost: 127.0.0.1\nHttpPort: {http_port}\nGrpcPort: {grpc_port}\n{yaml}");
         std::fs::write(&config_path, full).expect("write config");
         let log = dir.join(format!("{name}.log"));
-        let log_start = test_support::log_len(&log);
+        let log_start = harness::log_len(&log);
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
             .arg("-f")
@@ -289,14 +289,9 @@ impl CoordinatorProcess {
             .stderr(log_file)
             .spawn()
             .expect("spawn coordinator");
-        let ready = test_support::wait_ready_line(
-            &log,
-            log_start,
-            "coordinator",
-            child.id(),
-            Duration::from_secs(60),
-        )
-        .unwrap_or_else(|err| panic!("{err}"));
+        let ready =
+            harness::wait_ready_line(&log, log_start, "coordinator", child.id(), Duration::from_secs(60))
+                .unwrap_or_else(|err| panic!("{err}"));
         let (http, grpc) = (ready.port("http"), ready.port("grpc"));
         if http_port != 0 || grpc_port != 0 {
             assert_eq!((http, grpc), (http_port, grpc_port), "the coordinator did not keep its ports");
@@ -404,11 +399,9 @@ pub async fn status_of(client: &reqwest::Client, base: &str, gid: &str) -> Optio
 
 /// Polls until `gid` is `succeed` or `failed`; panics after `timeout`.
 pub async fn wait_final(client: &reqwest::Client, base: &str, gid: &str, timeout: Duration) -> String {
-    test_support::wait_until(&format!("{gid} final"), timeout, async || {
-        match status_of(client, base, gid).await {
-            Some(status) if status == "succeed" || status == "failed" => Ok(status),
-            other => Err(format!("{other:?}")),
-        }
+    harness::wait_until(&format!("{gid} final"), timeout, async || match status_of(client, base, gid).await {
+        Some(status) if status == "succeed" || status == "failed" => Ok(status),
+        other => Err(format!("{other:?}")),
     })
     .await
 }

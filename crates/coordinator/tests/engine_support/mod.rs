@@ -1,4 +1,4 @@
-//! Shared harness of the engine tests: test-support's recording branch
+//! Shared setup of the engine tests: the harness's recording branch
 //! server (HTTP and gRPC on port 0, every call recorded with its dtm
 //! parameters, answers from a per-path script of faults), here with an
 //! optional barrier-guarded effect, plus helpers to build engines and sagas.
@@ -12,11 +12,11 @@ use barrier::{BarrierTable, BranchBarrier, BranchError};
 use coordinator::model::TransRequestInput;
 use coordinator::{Engine, EngineHooks, EngineSettings, GlobalStatus, TransRequest};
 // Not every test binary uses every name.
-use test_support::branches::BranchServers;
+use harness::branches::BranchServers;
 #[allow(unused_imports)]
-pub use test_support::branches::{Call, Reply, Transport, c};
+pub use harness::branches::{Call, Reply, Transport, c};
 
-/// The branch servers: test-support's recording branch server (HTTP and
+/// The branch servers: the harness's recording branch server (HTTP and
 /// gRPC), with the engine tests' barrier-guarded effect.
 #[derive(Clone)]
 pub struct Branches {
@@ -161,7 +161,7 @@ pub async fn status(engine: &Engine, gid: &str) -> GlobalStatus {
 
 /// Polls until `gid` is final (or panics after `limit`).
 pub async fn wait_final(engine: &Engine, gid: &str, limit: Duration) -> GlobalStatus {
-    test_support::wait_until(&format!("{gid} final"), limit, async || match status(engine, gid).await {
+    harness::wait_until(&format!("{gid} final"), limit, async || match status(engine, gid).await {
         s if s.is_final() => Ok(s),
         s => Err(format!("still {s}")),
     })
@@ -171,7 +171,7 @@ pub async fn wait_final(engine: &Engine, gid: &str, limit: Duration) -> GlobalSt
 /// An engine on a fresh MariaDB database, warmed up (connections, statement
 /// caches), with a connection that reads the server's `Com_*` counters —
 /// for the tests that count our SQL. Such a test must be alone in its test
-/// binary: test-support starts one server per test process, so the
+/// binary: harness starts one server per test process, so the
 /// server-wide counters then count exactly its statements.
 pub struct CountedEngine {
     /// The engine under test.
@@ -181,14 +181,14 @@ pub struct CountedEngine {
     /// A 2-step saga's (action, compensate) URLs on the branch servers.
     pub steps: [(String, String); 2],
     /// Kept alive for the test: the database and the branch servers.
-    _db: test_support::TestDatabase,
+    _db: harness::TestDatabase,
     _branches: Branches,
 }
 
 impl CountedEngine {
     /// Everything started, one saga run to warm up.
     pub async fn start() -> CountedEngine {
-        let db = test_support::mysql_database().await;
+        let db = harness::mysql_database().await;
         let monitor = sqlx::MySqlPool::connect(&db.url).await.unwrap();
         let branches = Branches::start().await;
         let engine = engine(&db.url).await;

@@ -1,6 +1,6 @@
 //! Harness of the client's end-to-end tests: our coordinator in process
-//! (SQLite store, fast retries). The branches are test-support's recording
-//! branch server (`test_support::branches`), HTTP and gRPC, with per-path
+//! (SQLite store, fast retries). The branches are the harness's recording
+//! branch server (`harness::branches`), HTTP and gRPC, with per-path
 //! scripts of replies and per-path hooks for branches with real behaviour
 //! (a barrier on SQLite, a nested TCC).
 #![allow(dead_code)]
@@ -28,7 +28,7 @@ impl InProcess {
     /// Fast timing: retries after 1-2 s, the recovery poller every second,
     /// prepared transactions time out after `timeout_to_fail` s.
     pub async fn start() -> InProcess {
-        test_support::init_tracing();
+        harness::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = Config {
             listen_host: "127.0.0.1".into(),
@@ -78,7 +78,7 @@ impl InProcess {
 
     /// Polls until `gid` is succeed or failed.
     pub async fn wait_final(&self, gid: &str, timeout: Duration) -> TransStatus {
-        test_support::wait_until(&format!("{gid} final"), timeout, async || match self.status(gid).await {
+        harness::wait_until(&format!("{gid} final"), timeout, async || match self.status(gid).await {
             Some(status) if status.is_final() => Ok(status),
             other => Err(format!("{other:?}")),
         })

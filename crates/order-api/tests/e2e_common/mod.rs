@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
+use harness::{Etcd, GuardedProcess, MariaDb, ReadyLine, SystemSlot};
 use serde_json::Value;
-use test_support::{Etcd, GuardedProcess, MariaDb, ReadyLine, SystemSlot};
 
 /// Where the workspace lives (for `etc/` and `cargo build`).
 pub fn workspace() -> PathBuf {
@@ -31,7 +31,7 @@ pub fn workspace() -> PathBuf {
 /// A binary of another package of the workspace (`target/<profile>/<name>`),
 /// built once per test process.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    let path = test_support::service_binaries().join(name);
+    let path = harness::service_binaries().join(name);
     assert!(path.exists(), "{} is missing (package {package})", path.display());
     path
 }
@@ -76,11 +76,7 @@ impl Proc {
 
     /// Running, and not a zombie waiting for the guard to reap it.
     pub fn is_alive(&self) -> bool {
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid())) {
-            // The state follows the parenthesised command name.
-            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-            Err(_) => false,
-        }
+        self.process.is_running()
     }
 
     /// Its whole log.
@@ -154,8 +150,8 @@ pub struct System {
 impl System {
     /// etcd, databases and coordinator; no business services yet.
     pub fn infrastructure() -> System {
-        test_support::init_tracing();
-        let slot = test_support::system_slot();
+        harness::init_tracing();
+        let slot = harness::system_slot();
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir().expect("temp dir");
         let etcd = Etcd::start_private();
         let server = mariadb().url();
@@ -413,7 +409,7 @@ impl System {
 
     /// `GET /order/status/{gid}` until the saga is final; its status.
     pub async fn wait_final(&self, gid: &str, timeout: Duration) -> String {
-        test_support::wait_until(&format!("saga {gid} final"), timeout, async || {
+        harness::wait_until(&format!("saga {gid} final"), timeout, async || {
             let response = reqwest::get(format!("{}/order/status/{gid}", self.api())).await.unwrap();
             if response.status() != 200 {
                 return Err(format!("HTTP {}", response.status()));
