@@ -539,6 +539,9 @@ fn shape_of(steps: &[Step]) -> Result<(), String> {
 
 /// Checks every rule; `initial` is the stock at the start, `records` the
 /// quick orders' answers and `sagas` the fencing clients' submits.
+///
+/// The groups run in the order the report lists their violations: per
+/// saga, effects without a saga, stock, the clients' view.
 pub fn check(
     snapshot: &Snapshot,
     records: &[Record],
@@ -547,232 +550,357 @@ pub fn check(
     tccs: &[TccRecord],
 ) -> Checked {
     let mut out = Checked::default();
-
-    // Index the rows by gid.
-    let mut branch_rows: HashMap<&str, Vec<&BranchRow>> = HashMap::new();
-    for b in &snapshot.branches {
-        branch_rows.entry(b.gid.as_str()).or_default().push(b);
-    }
-    let steps: HashMap<&str, Vec<Step>> =
-        branch_rows.iter().map(|(gid, rows)| (*gid, decode_steps(rows.iter().copied()))).collect();
-    let mut barrier_rows: HashMap<&str, Vec<&BarrierRow>> = HashMap::new();
-    for row in &snapshot.barriers {
-        barrier_rows.entry(row.gid.as_deref().unwrap_or_default()).or_default().push(row);
-    }
-    let mut orders: HashMap<&str, Vec<&OrderRow>> = HashMap::new();
-    for row in &snapshot.orders {
-        orders.entry(row.gid.as_str()).or_default().push(row);
-    }
-    let planned: HashMap<&str, &SagaRecord> = sagas.iter().map(|r| (r.gid.as_str(), r)).collect();
-    let no_orders = Vec::new();
-    let no_barriers = Vec::new();
-    let no_steps = Vec::new();
-
-    // Per saga.
-    let mut net_deducted: BTreeMap<i64, i64> = BTreeMap::new();
-    let mut ordered_goods: BTreeSet<i64> = BTreeSet::new();
+    let index = Index::build(snapshot, sagas);
+    let mut tally = StockSteps::default();
     for (gid, status) in &snapshot.sagas {
-        let gid_ref = Some(gid.as_str());
-        *out.sagas_by_status.entry(status.clone()).or_default() += 1;
-        out.count(Rule::Final);
-        if status != "succeed" && status != "failed" {
-            out.violate(Rule::Final, gid_ref, format!("still {status:?} after quiescence"));
-        }
-        if snapshot.tcc.contains(gid) {
-            check_tcc(
-                &mut out,
-                snapshot,
-                gid,
-                status,
-                barrier_rows.get(gid.as_str()).unwrap_or(&no_barriers),
-            );
-            continue;
-        }
-        let own_steps = steps.get(gid.as_str()).unwrap_or(&no_steps);
-        out.count(Rule::RequestMatches);
-        if let Err(why) = shape_of(own_steps) {
-            out.violate(Rule::RequestMatches, gid_ref, why);
-            continue;
-        }
-        let rows = barrier_rows.get(gid.as_str()).unwrap_or(&no_barriers);
-        let own = orders.get(gid.as_str()).unwrap_or(&no_orders);
-        let gate = snapshot.gates.get(gid.as_str()).copied();
+        check_saga(&mut out, &index, gid, status, &mut tally);
+    }
+    check_orphans(&mut out, &index);
+    check_stock(&mut out, snapshot, initial, &tally);
 
-        // Each step's effect, from the barrier rows.
-        out.count(Rule::AtMostOnce);
-        for row in rows {
-            if row.barrier_id.as_deref() != Some("01") {
-                out.violate(Rule::AtMostOnce, gid_ref, format!("unexpected barrier row {row:?}"));
-            }
-        }
-        let effects: Vec<StepEffect> = own_steps.iter().map(|s| classify(rows, &s.branch_id)).collect();
-        let story = || {
-            let steps: Vec<String> = own_steps
-                .iter()
-                .zip(&effects)
-                .map(|(s, e)| format!("{} {}: {}", s.branch_id, s.kind, e.label()))
-                .collect();
-            let rows: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
-                    format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
-                })
-                .collect();
-            format!("steps [{}]; barrier rows [{}]", steps.join(" | "), rows.join(", "))
-        };
-        for (step, effect) in own_steps.iter().zip(&effects) {
-            if let StepEffect::Anomalous(what) = effect {
-                out.violate(
-                    Rule::AtMostOnce,
-                    gid_ref,
-                    format!("step {}: {what}; {}", step.branch_id, story()),
-                );
-            }
-        }
+    // The clients' view: every answer against the store, and which stored
+    // sagas no client ever saw a gid for.
+    let mut traced = BTreeSet::new();
+    check_http_answers(&mut out, &index, records, &mut traced);
+    check_fencing_answers(&mut out, &index, sagas, &mut traced);
+    check_tcc_answers(&mut out, snapshot, tccs, &mut traced);
+    out.untraced_sagas = snapshot.sagas.keys().filter(|gid| !traced.contains(gid.as_str())).count();
+    out
+}
 
-        // The business rows must agree with the barrier rows, step by step.
-        if own.len() > 1 {
-            let ids: Vec<i64> = own.iter().map(|o| o.id).collect();
-            out.violate(
-                Rule::AtMostOnce,
-                gid_ref,
-                format!("{} order rows (ids {ids:?}): created more than once", own.len()),
-            );
-        }
-        let live = own.iter().filter(|o| o.row_state == 0).count();
-        let cancelled = own.iter().filter(|o| o.row_state == -1).count();
-        for (step, effect) in own_steps.iter().zip(&effects) {
-            match &step.kind {
-                StepKind::Order(create) => {
-                    ordered_goods.insert(create.goods_id);
-                    let agrees = match effect {
-                        StepEffect::Applied => live == 1 && cancelled == 0,
-                        StepEffect::Compensated => live == 0 && cancelled == 1,
-                        StepEffect::NotReached | StepEffect::Skipped => own.is_empty(),
-                        StepEffect::Anomalous(_) => true,
-                    };
-                    if !agrees {
-                        out.violate(
-                            Rule::AtMostOnce,
-                            gid_ref,
-                            format!(
-                                "order rows (live {live}, cancelled {cancelled}) disagree with the barrier: {}",
-                                story()
-                            ),
-                        );
-                    }
-                    for o in own.iter() {
-                        if (o.user_id, o.goods_id, i64::from(o.num))
-                            != (create.user_id, create.goods_id, create.num)
-                        {
-                            out.violate(
-                                Rule::RequestMatches,
-                                gid_ref,
-                                format!("order row {o:?} is not the saga's {create:?}"),
-                            );
-                        }
-                    }
-                }
-                StepKind::Gate(_) => {
-                    let agrees = match effect {
-                        StepEffect::Applied => gate == Some(0),
-                        StepEffect::Compensated => gate == Some(-1),
-                        StepEffect::NotReached | StepEffect::Skipped => gate.is_none(),
-                        StepEffect::Anomalous(_) => true,
-                    };
-                    if !agrees {
-                        out.violate(
-                            Rule::AtMostOnce,
-                            gid_ref,
-                            format!("gate row {gate:?} disagrees with the barrier: {}", story()),
-                        );
-                    }
-                }
-                StepKind::Stock(deduct) => {
-                    if effect.in_force() {
-                        *net_deducted.entry(deduct.goods_id).or_default() += deduct.num;
-                    }
-                }
-                StepKind::Unknown(_) => {}
-            }
-        }
+/// The snapshot's rows grouped by gid, built once: the tables are flat,
+/// and every check below asks about one saga at a time.
+struct Index<'a> {
+    /// The rows themselves.
+    snapshot: &'a Snapshot,
+    /// Each saga's steps, decoded from its `trans_branch_op` action rows
+    /// (a gid is present when it has any branch row, even with no action).
+    steps: HashMap<&'a str, Vec<Step>>,
+    /// Each gid's barrier rows.
+    barriers: HashMap<&'a str, Vec<&'a BarrierRow>>,
+    /// Each gid's order rows.
+    orders: HashMap<&'a str, Vec<&'a OrderRow>>,
+    /// What the fencing clients planned, by gid.
+    planned: HashMap<&'a str, &'a SagaRecord>,
+}
 
-        // The branch-level invariant.
-        out.count(Rule::BranchEffects);
-        match status.as_str() {
-            "succeed" => {
-                for (step, effect) in own_steps.iter().zip(&effects) {
-                    if *effect != StepEffect::Applied {
-                        out.violate(
-                            Rule::BranchEffects,
-                            gid_ref,
-                            format!(
-                                "succeed saga, yet step {} ({}) is {}; {}",
-                                step.branch_id,
-                                step.kind,
-                                effect.label(),
-                                story()
-                            ),
-                        );
-                    }
-                }
-            }
-            "failed" => {
-                for (step, effect) in own_steps.iter().zip(&effects) {
-                    if effect.in_force() {
-                        out.violate(
-                            Rule::BranchEffects,
-                            gid_ref,
-                            format!(
-                                "failed saga, yet step {} ({}) applied and never compensated; {}",
-                                step.branch_id,
-                                step.kind,
-                                story()
-                            ),
-                        );
-                    }
-                }
-            }
-            _ => {}
+impl<'a> Index<'a> {
+    fn build(snapshot: &'a Snapshot, sagas: &'a [SagaRecord]) -> Index<'a> {
+        let mut branch_rows: HashMap<&str, Vec<&BranchRow>> = HashMap::new();
+        for b in &snapshot.branches {
+            branch_rows.entry(b.gid.as_str()).or_default().push(b);
         }
-        if let Some(record) = planned.get(gid.as_str())
-            && record.plan.must_fail()
-            && status == "succeed"
-        {
-            out.violate(
-                Rule::BranchEffects,
-                gid_ref,
-                format!(
-                    "its middle step can only answer FAILURE ({:?}), yet it succeeded; {}",
-                    record.plan.middle,
-                    story()
-                ),
-            );
+        let steps =
+            branch_rows.iter().map(|(gid, rows)| (*gid, decode_steps(rows.iter().copied()))).collect();
+        let mut barriers: HashMap<&str, Vec<&BarrierRow>> = HashMap::new();
+        for row in &snapshot.barriers {
+            barriers.entry(row.gid.as_deref().unwrap_or_default()).or_default().push(row);
         }
+        let mut orders: HashMap<&str, Vec<&OrderRow>> = HashMap::new();
+        for row in &snapshot.orders {
+            orders.entry(row.gid.as_str()).or_default().push(row);
+        }
+        let planned = sagas.iter().map(|r| (r.gid.as_str(), r)).collect();
+        Index { snapshot, steps, barriers, orders, planned }
+    }
 
-        // The outcome, in business rows alone.
-        out.count(Rule::OutcomeEffects);
-        let has_gate = own_steps.iter().any(|s| matches!(s.kind, StepKind::Gate(_)));
-        let wrong = match status.as_str() {
-            "succeed" => live != 1 || (has_gate && gate != Some(0)),
-            "failed" => live != 0 || gate == Some(0),
-            _ => false,
-        };
-        if wrong {
-            out.violate(
-                Rule::OutcomeEffects,
-                gid_ref,
-                format!("{status} saga left {live} live order(s) and gate row {gate:?}; {}", story()),
-            );
+    /// The saga's steps; none when it has no action row.
+    fn steps(&self, gid: &str) -> &[Step] {
+        self.steps.get(gid).map_or(&[], Vec::as_slice)
+    }
+
+    /// The gid's barrier rows; none when it has none.
+    fn barriers(&self, gid: &str) -> &[&'a BarrierRow] {
+        self.barriers.get(gid).map_or(&[], Vec::as_slice)
+    }
+
+    /// The gid's order rows; none when it has none.
+    fn orders(&self, gid: &str) -> &[&'a OrderRow] {
+        self.orders.get(gid).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What the sagas' stock steps add up to. The stock table holds only a
+/// total per goods, so conservation can only be checked against the sum
+/// of what the barrier says each saga kept.
+#[derive(Debug, Default)]
+struct StockSteps {
+    /// Per goods, the units of the deductions in force (applied, not compensated).
+    net_deducted: BTreeMap<i64, i64>,
+    /// The goods some order step names.
+    ordered_goods: BTreeSet<i64>,
+}
+
+/// One saga's promises: it is final; a TCC is then judged by
+/// [`check_tcc`]; any other saga must have the steps of a chaos workload,
+/// and each step's effect in the barrier must agree with the business
+/// rows and with the saga's outcome.
+fn check_saga(out: &mut Checked, index: &Index<'_>, gid: &str, status: &str, tally: &mut StockSteps) {
+    *out.sagas_by_status.entry(status.to_string()).or_default() += 1;
+    out.count(Rule::Final);
+    if status != "succeed" && status != "failed" {
+        out.violate(Rule::Final, Some(gid), format!("still {status:?} after quiescence"));
+    }
+    if index.snapshot.tcc.contains(gid) {
+        check_tcc(out, index.snapshot, gid, status, index.barriers(gid));
+        return;
+    }
+    let steps = index.steps(gid);
+    out.count(Rule::RequestMatches);
+    if let Err(why) = shape_of(steps) {
+        // Steps of unknown shape: nothing below would know what to expect.
+        out.violate(Rule::RequestMatches, Some(gid), why);
+        return;
+    }
+    let saga = SagaEffects::read(index, gid, status, steps);
+    check_barrier_rows(out, &saga);
+    check_business_rows(out, &saga, tally);
+    check_branch_effects(out, &saga, index.planned.get(gid).copied());
+    check_outcome(out, &saga);
+}
+
+/// One saga as the per-step checks see it: its steps, what the barrier
+/// rows say each did, and the business rows it left.
+struct SagaEffects<'s> {
+    gid: &'s str,
+    status: &'s str,
+    steps: &'s [Step],
+    /// What the barrier rows say each step did, in step order.
+    effects: Vec<StepEffect>,
+    /// Its barrier rows.
+    rows: &'s [&'s BarrierRow],
+    /// Its order rows.
+    orders: &'s [&'s OrderRow],
+    /// Its gate row's state, when it has one.
+    gate: Option<i8>,
+    /// How many of its order rows are live.
+    live: usize,
+    /// How many of its order rows are cancelled.
+    cancelled: usize,
+}
+
+impl<'s> SagaEffects<'s> {
+    fn read(index: &'s Index<'_>, gid: &'s str, status: &'s str, steps: &'s [Step]) -> SagaEffects<'s> {
+        let rows = index.barriers(gid);
+        let orders = index.orders(gid);
+        SagaEffects {
+            gid,
+            status,
+            steps,
+            effects: steps.iter().map(|s| classify(rows, &s.branch_id)).collect(),
+            rows,
+            orders,
+            gate: index.snapshot.gates.get(gid).copied(),
+            live: orders.iter().filter(|o| o.row_state == 0).count(),
+            cancelled: orders.iter().filter(|o| o.row_state == -1).count(),
         }
     }
 
-    // Effects without a saga.
+    /// Each step with its effect, and the raw barrier rows: every
+    /// violation about a step carries them, so a report line can be judged
+    /// without going back to the database.
+    fn story(&self) -> String {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .zip(&self.effects)
+            .map(|(s, e)| format!("{} {}: {}", s.branch_id, s.kind, e.label()))
+            .collect();
+        let rows: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
+                format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
+            })
+            .collect();
+        format!("steps [{}]; barrier rows [{}]", steps.join(" | "), rows.join(", "))
+    }
+}
+
+/// The saga's barrier rows are ones the barrier can write: one guarded
+/// transaction per call (`barrier_id` 01), and no combination that
+/// [`classify`] calls anomalous. Anything else means an effect was
+/// recorded twice or by something that is not the barrier.
+fn check_barrier_rows(out: &mut Checked, saga: &SagaEffects<'_>) {
+    let gid = Some(saga.gid);
+    out.count(Rule::AtMostOnce);
+    for row in saga.rows {
+        if row.barrier_id.as_deref() != Some("01") {
+            out.violate(Rule::AtMostOnce, gid, format!("unexpected barrier row {row:?}"));
+        }
+    }
+    for (step, effect) in saga.steps.iter().zip(&saga.effects) {
+        if let StepEffect::Anomalous(what) = effect {
+            out.violate(Rule::AtMostOnce, gid, format!("step {}: {what}; {}", step.branch_id, saga.story()));
+        }
+    }
+}
+
+/// The business rows agree with the barrier rows, step by step: the
+/// barrier commits in the same local transaction as the business SQL, so
+/// a disagreement is an effect that happened without its barrier row (or
+/// twice). The order row must also be the one the saga asked for. Stock
+/// has no row per saga: its deductions in force go into `tally` for
+/// [`check_stock`].
+fn check_business_rows(out: &mut Checked, saga: &SagaEffects<'_>, tally: &mut StockSteps) {
+    let (gid, own, live, cancelled, gate) =
+        (Some(saga.gid), saga.orders, saga.live, saga.cancelled, saga.gate);
+    if own.len() > 1 {
+        let ids: Vec<i64> = own.iter().map(|o| o.id).collect();
+        out.violate(
+            Rule::AtMostOnce,
+            gid,
+            format!("{} order rows (ids {ids:?}): created more than once", own.len()),
+        );
+    }
+    for (step, effect) in saga.steps.iter().zip(&saga.effects) {
+        match &step.kind {
+            StepKind::Order(create) => {
+                tally.ordered_goods.insert(create.goods_id);
+                let agrees = match effect {
+                    StepEffect::Applied => live == 1 && cancelled == 0,
+                    StepEffect::Compensated => live == 0 && cancelled == 1,
+                    StepEffect::NotReached | StepEffect::Skipped => own.is_empty(),
+                    StepEffect::Anomalous(_) => true,
+                };
+                if !agrees {
+                    out.violate(
+                        Rule::AtMostOnce,
+                        gid,
+                        format!(
+                            "order rows (live {live}, cancelled {cancelled}) disagree with the barrier: {}",
+                            saga.story()
+                        ),
+                    );
+                }
+                for o in own {
+                    if (o.user_id, o.goods_id, i64::from(o.num))
+                        != (create.user_id, create.goods_id, create.num)
+                    {
+                        out.violate(
+                            Rule::RequestMatches,
+                            gid,
+                            format!("order row {o:?} is not the saga's {create:?}"),
+                        );
+                    }
+                }
+            }
+            StepKind::Gate(_) => {
+                let agrees = match effect {
+                    StepEffect::Applied => gate == Some(0),
+                    StepEffect::Compensated => gate == Some(-1),
+                    StepEffect::NotReached | StepEffect::Skipped => gate.is_none(),
+                    StepEffect::Anomalous(_) => true,
+                };
+                if !agrees {
+                    out.violate(
+                        Rule::AtMostOnce,
+                        gid,
+                        format!("gate row {gate:?} disagrees with the barrier: {}", saga.story()),
+                    );
+                }
+            }
+            StepKind::Stock(deduct) => {
+                if effect.in_force() {
+                    *tally.net_deducted.entry(deduct.goods_id).or_default() += deduct.num;
+                }
+            }
+            StepKind::Unknown(_) => {}
+        }
+    }
+}
+
+/// The branch-level invariant: a succeeded saga has every action applied
+/// and none compensated; a failed one has no action left in force. A
+/// fencing saga whose middle step can only answer FAILURE must not have
+/// succeeded at all. Statuses alone cannot show a failed saga that kept
+/// an effect; the barrier rows can.
+fn check_branch_effects(out: &mut Checked, saga: &SagaEffects<'_>, planned: Option<&SagaRecord>) {
+    let gid = Some(saga.gid);
+    out.count(Rule::BranchEffects);
+    match saga.status {
+        "succeed" => {
+            for (step, effect) in saga.steps.iter().zip(&saga.effects) {
+                if *effect != StepEffect::Applied {
+                    out.violate(
+                        Rule::BranchEffects,
+                        gid,
+                        format!(
+                            "succeed saga, yet step {} ({}) is {}; {}",
+                            step.branch_id,
+                            step.kind,
+                            effect.label(),
+                            saga.story()
+                        ),
+                    );
+                }
+            }
+        }
+        "failed" => {
+            for (step, effect) in saga.steps.iter().zip(&saga.effects) {
+                if effect.in_force() {
+                    out.violate(
+                        Rule::BranchEffects,
+                        gid,
+                        format!(
+                            "failed saga, yet step {} ({}) applied and never compensated; {}",
+                            step.branch_id,
+                            step.kind,
+                            saga.story()
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(record) = planned
+        && record.plan.must_fail()
+        && saga.status == "succeed"
+    {
+        out.violate(
+            Rule::BranchEffects,
+            gid,
+            format!(
+                "its middle step can only answer FAILURE ({:?}), yet it succeeded; {}",
+                record.plan.middle,
+                saga.story()
+            ),
+        );
+    }
+}
+
+/// The outcome in business rows alone, the way a user would see it: a
+/// succeeded saga left its order (and gate row) live, a failed one none.
+fn check_outcome(out: &mut Checked, saga: &SagaEffects<'_>) {
+    out.count(Rule::OutcomeEffects);
+    let (status, live, gate) = (saga.status, saga.live, saga.gate);
+    let has_gate = saga.steps.iter().any(|s| matches!(s.kind, StepKind::Gate(_)));
+    let wrong = match status {
+        "succeed" => live != 1 || (has_gate && gate != Some(0)),
+        "failed" => live != 0 || gate == Some(0),
+        _ => false,
+    };
+    if wrong {
+        out.violate(
+            Rule::OutcomeEffects,
+            Some(saga.gid),
+            format!("{status} saga left {live} live order(s) and gate row {gate:?}; {}", saga.story()),
+        );
+    }
+}
+
+/// Effects without a saga: an order, gate, hold or barrier row whose gid
+/// the coordinator never stored was written by a branch call no saga
+/// will ever compensate.
+fn check_orphans(out: &mut Checked, index: &Index<'_>) {
+    let snapshot = index.snapshot;
     out.count(Rule::NoOrphanEffects);
-    let orphans: BTreeSet<&str> = orders
+    let orphans: BTreeSet<&str> = index
+        .orders
         .keys()
-        .chain(barrier_rows.keys())
+        .chain(index.barriers.keys())
         .copied()
         .chain(snapshot.gates.keys().map(String::as_str))
         .chain(snapshot.holds.keys().map(|(gid, _)| gid.as_str()))
@@ -785,8 +913,12 @@ pub fn check(
             "order, gate or barrier rows, but no saga in the store".into(),
         );
     }
+}
 
-    // Stock.
+/// Stock is conserved and never negative, per goods: what left the stock
+/// is what the barrier says was deducted and kept, and — for goods that
+/// are ordered — what the live orders hold.
+fn check_stock(out: &mut Checked, snapshot: &Snapshot, initial: &[(i64, i32)], tally: &StockSteps) {
     let mut live_by_goods: BTreeMap<i64, i64> = BTreeMap::new();
     for o in snapshot.orders.iter().filter(|o| o.row_state == 0) {
         *live_by_goods.entry(o.goods_id).or_default() += i64::from(o.num);
@@ -797,11 +929,11 @@ pub fn check(
         let now = snapshot.stock.get(&goods).copied().unwrap_or_default();
         let sold = i64::from(start) - i64::from(now);
         let live = live_by_goods.get(&goods).copied().unwrap_or_default();
-        let deducted = net_deducted.get(&goods).copied().unwrap_or_default();
+        let deducted = tally.net_deducted.get(&goods).copied().unwrap_or_default();
         out.stock.insert(goods, (start, now, live));
         // Goods no order step names (the fencing workload's goods B) are
         // deducted without an order: only the barrier's count applies.
-        let ordered = ordered_goods.contains(&goods) || live != 0;
+        let ordered = tally.ordered_goods.contains(&goods) || live != 0;
         if sold != deducted || (ordered && sold != live) {
             out.violate(
                 Rule::StockConserved,
@@ -813,16 +945,26 @@ pub fn check(
             out.violate(Rule::StockNonNegative, None, format!("goods {goods}: stock {now}"));
         }
     }
+}
 
-    // The clients' view.
-    let mut traced = BTreeSet::new();
+/// The quick-order clients' view: every gid answered 200/409/202 was
+/// stored, 200 and 409 agree with the final state, and the stored saga is
+/// the order the client sent. Answers without an outcome (202, 5xx) are
+/// not wrong; how their sagas ended is counted for the report. The gids
+/// seen go into `traced`.
+fn check_http_answers<'r>(
+    out: &mut Checked,
+    index: &Index<'_>,
+    records: &'r [Record],
+    traced: &mut BTreeSet<&'r str>,
+) {
     for record in records {
         let Answer::Http { status, gid: Some(gid) } = &record.answer else { continue };
         let gid_ref = Some(gid.as_str());
         if !traced.insert(gid.as_str()) {
             out.violate(Rule::NotLost, gid_ref, "the same gid was answered to two requests".into());
         }
-        let stored = snapshot.sagas.get(gid);
+        let stored = index.snapshot.sagas.get(gid);
         if matches!(status, 200 | 409 | 202) {
             out.count(Rule::NotLost);
             if stored.is_none() {
@@ -846,9 +988,7 @@ pub fn check(
             }
             _ => {}
         }
-        if let Some([Step { kind: StepKind::Order(create), .. }, ..]) =
-            steps.get(gid.as_str()).map(Vec::as_slice)
-        {
+        if let [Step { kind: StepKind::Order(create), .. }, ..] = index.steps(gid) {
             out.count(Rule::RequestMatches);
             if (create.user_id, create.goods_id, create.num) != (record.user, record.goods, record.num) {
                 out.violate(
@@ -862,10 +1002,23 @@ pub fn check(
             }
         }
     }
+}
+
+/// The fencing clients' view: every submit and resubmit answered with an
+/// outcome was stored and agrees with the final state (a refusal as
+/// "already succeed/failed" must name the final one), and the stored
+/// steps are the ones the client planned. Each submit may have gone to
+/// either coordinator; the messages say which.
+fn check_fencing_answers<'r>(
+    out: &mut Checked,
+    index: &Index<'_>,
+    sagas: &'r [SagaRecord],
+    traced: &mut BTreeSet<&'r str>,
+) {
     for saga in sagas {
         let gid = saga.gid.as_str();
         traced.insert(gid);
-        let stored = snapshot.sagas.get(gid).map(String::as_str);
+        let stored = index.snapshot.sagas.get(gid).map(String::as_str);
         for submit in &saga.submits {
             let label = if submit.resubmit { "resubmit" } else { "submit" };
             let answer = submit.answer.label();
@@ -915,7 +1068,9 @@ pub fn check(
                 }
             }
         }
-        if let Some(own_steps) = steps.get(gid) {
+        // A gid with branch rows but no action row counts too: its steps
+        // (none) are not the plan.
+        if let Some(own_steps) = index.steps.get(gid) {
             out.count(Rule::RequestMatches);
             let want = fencing_steps(&saga.plan);
             let got: Vec<&StepKind> = own_steps.iter().map(|s| &s.kind).collect();
@@ -928,6 +1083,17 @@ pub fn check(
             }
         }
     }
+}
+
+/// The TCC clients' view: a prepare answered SUCCESS was stored, and a
+/// submit or abort that answered with an outcome agrees with the final
+/// state.
+fn check_tcc_answers<'r>(
+    out: &mut Checked,
+    snapshot: &Snapshot,
+    tccs: &'r [TccRecord],
+    traced: &mut BTreeSet<&'r str>,
+) {
     for tcc in tccs {
         let gid = tcc.gid.as_str();
         traced.insert(gid);
@@ -966,8 +1132,6 @@ pub fn check(
             }
         }
     }
-    out.untraced_sagas = snapshot.sagas.keys().filter(|gid| !traced.contains(gid.as_str())).count();
-    out
 }
 
 /// What the barrier rows say one TCC branch did.

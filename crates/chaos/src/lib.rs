@@ -60,7 +60,8 @@ pub mod schedule;
 pub mod topology;
 pub mod traffic;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -200,44 +201,106 @@ pub async fn run(args: ChaosArgs) -> Result<(), ChaosError> {
     Box::pin(experiment(args)).await
 }
 
+/// The run, phase by phase: the steps 1–5 of the crate's doc. A phase
+/// that fails ends the run there; dropping the topology SIGKILLs every
+/// process through its guard.
 async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
-    if args.clients == 0 {
-        return Err(ChaosError::Setup("--clients must be at least 1".into()));
+    let setting = Setting::from_args(&args)?;
+    let Started { topology, gate, plan } = set_up(&args, &setting).await?;
+    let gate_port = gate.as_ref().map(|(_, port)| *port);
+    let (mut topology, traffic) = traffic_and_faults(&args, &setting, topology, gate_port, plan).await?;
+    let found = quiesce_and_check(&args, &setting, &mut topology, &traffic).await?;
+    let report = gather_report(&args, &setting, &topology, traffic, found)?;
+    if let Some((gate, _)) = gate {
+        gate.stop().await;
     }
-    if args.duration < Duration::from_secs(10) {
-        return Err(ChaosError::Setup("--duration must be at least 10s".into()));
-    }
-    let run_dir = match &args.run_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-            std::env::temp_dir().join(format!("quickorder-chaos-{now}-seed{}", args.seed))
-        }
-    };
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| ChaosError::io(format!("creating {}", run_dir.display()), e))?;
-    let run_dir =
-        run_dir.canonicalize().map_err(|e| ChaosError::io(format!("resolving {}", run_dir.display()), e))?;
-    let binaries = harness::Binaries::locate(args.bin_dir.as_deref()).map_err(ChaosError::Setup)?;
-    let layout = Layout { run_dir: run_dir.clone(), binaries };
-    let workload = args.workload;
-    let fencing_on = workload != Workload::QuickOrder;
-    let default_skew = if fencing_on { Duration::from_secs(30) } else { Duration::ZERO };
-    let clock_skew = Some(args.clock_skew.unwrap_or(default_skew)).filter(|skew| !skew.is_zero());
-    if let Some(skew) = clock_skew
-        && skew.subsec_nanos() != 0
-    {
-        return Err(ChaosError::Setup(format!("--clock-skew must be whole seconds, not {skew:?}")));
-    }
-    let goods = workload.goods();
+    topology.shutdown().await;
+    conclude(&args, &setting, &report)
+}
 
-    eprintln!("chaos: starting the system in {}", run_dir.display());
+/// What the arguments decide before anything starts.
+struct Setting {
+    /// The run folder (created, canonical) and the binaries.
+    layout: Layout,
+    /// What the clients do.
+    workload: Workload,
+    /// Whether fencing clients run (alone or mixed): they need the gate,
+    /// and the faults include a long coordinator pause.
+    fencing_on: bool,
+    /// How far coordinator-2's clock is to run ahead; `None`: not at all.
+    clock_skew: Option<Duration>,
+    /// The goods the run seeds and checks: (goods, initial stock).
+    goods: Vec<(i64, i32)>,
+}
+
+impl Setting {
+    /// Checks the arguments, creates the run folder and finds the
+    /// binaries: a bad argument fails before any process starts.
+    fn from_args(args: &ChaosArgs) -> Result<Setting, ChaosError> {
+        if args.clients == 0 {
+            return Err(ChaosError::Setup("--clients must be at least 1".into()));
+        }
+        if args.duration < Duration::from_secs(10) {
+            return Err(ChaosError::Setup("--duration must be at least 10s".into()));
+        }
+        let run_dir = match &args.run_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let now =
+                    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+                std::env::temp_dir().join(format!("quickorder-chaos-{now}-seed{}", args.seed))
+            }
+        };
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| ChaosError::io(format!("creating {}", run_dir.display()), e))?;
+        let run_dir = run_dir
+            .canonicalize()
+            .map_err(|e| ChaosError::io(format!("resolving {}", run_dir.display()), e))?;
+        let binaries = harness::Binaries::locate(args.bin_dir.as_deref()).map_err(ChaosError::Setup)?;
+        let workload = args.workload;
+        let fencing_on = workload != Workload::QuickOrder;
+        let default_skew = if fencing_on { Duration::from_secs(30) } else { Duration::ZERO };
+        let clock_skew = Some(args.clock_skew.unwrap_or(default_skew)).filter(|skew| !skew.is_zero());
+        if let Some(skew) = clock_skew
+            && skew.subsec_nanos() != 0
+        {
+            return Err(ChaosError::Setup(format!("--clock-skew must be whole seconds, not {skew:?}")));
+        }
+        Ok(Setting {
+            layout: Layout { run_dir, binaries },
+            workload,
+            fencing_on,
+            clock_skew,
+            goods: workload.goods(),
+        })
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.layout.run_dir
+    }
+}
+
+/// The system, up and seeded, and the faults it is going to get.
+struct Started {
+    topology: Topology,
+    /// The fencing workload's gate and the port of its fault proxy.
+    gate: Option<(gate::Gate, u16)>,
+    /// The fault plan derived from the seed.
+    plan: schedule::Plan,
+}
+
+/// Starts the system, seeds the stock and, for the fencing workload,
+/// starts the gate behind its own fault proxy; then plans the faults, which
+/// must come last: the plan draws its targets from every process and link.
+async fn set_up(args: &ChaosArgs, setting: &Setting) -> Result<Started, ChaosError> {
+    eprintln!("chaos: starting the system in {}", setting.run_dir().display());
     let started = Instant::now();
-    let mut topology = Topology::start(&layout, topology::Options { clock_skew }).await?;
+    let (workload, clock_skew) = (setting.workload, setting.clock_skew);
+    let mut topology = Topology::start(&setting.layout, topology::Options { clock_skew }).await?;
     let server_url = topology.server_url();
-    traffic::seed_stock(&server_url, &goods).await?;
+    traffic::seed_stock(&server_url, &setting.goods).await?;
     // The fencing workload's slow middle step, behind its own fault proxy.
-    let gate = if fencing_on {
+    let gate = if setting.fencing_on {
         let gate = gate::Gate::start(&server_url).await?;
         let port = topology.add_hosted_branch_link("coordinators→gate", gate.addr).await?;
         Some((gate, port))
@@ -245,7 +308,7 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         None
     };
     let window = args.duration.mul_f64(0.8);
-    let shape = Shape { long_pause: fencing_on, ..Shape::of(&topology) };
+    let shape = Shape { long_pause: setting.fencing_on, ..Shape::of(&topology) };
     let plan = schedule::plan(args.seed, window, &shape);
     eprintln!(
         "chaos: up in {:.1} s; {} clients ({workload:?}) for {:?}, {} process and {} network faults planned (seed {}){}",
@@ -260,15 +323,47 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
             s.as_secs()
         )),
     );
+    Ok(Started { topology, gate, plan })
+}
 
-    // Traffic and both fault tracks.
+/// What the run saw while the faults played: the clients' answers, the
+/// faults injected, and the proxies (whose counters the report reads).
+struct Traffic {
+    /// Every fault proxy.
+    links: Vec<Arc<proxy::Link>>,
+    /// Every fault, by start time.
+    injected: Vec<schedule::Injected>,
+    /// Every quick order.
+    records: Vec<traffic::Record>,
+    /// Every fencing saga.
+    sagas: Vec<fencing::SagaRecord>,
+    /// Every TCC of the fencing clients.
+    tccs: Vec<fencing::TccRecord>,
+    /// How long traffic ran.
+    ran_for: Duration,
+    /// When the clients were told to stop: quiescence is measured from here.
+    stopping: Instant,
+}
+
+/// Runs the clients for `--duration` while both fault tracks play, keeps
+/// them running for [`TAIL`] after the last fault ended, then stops them.
+/// The process track owns the topology while it plays (it kills and
+/// restarts processes) and hands it back.
+async fn traffic_and_faults(
+    args: &ChaosArgs,
+    setting: &Setting,
+    topology: Topology,
+    gate_port: Option<u16>,
+    plan: schedule::Plan,
+) -> Result<(Topology, Traffic), ChaosError> {
     let t0 = Instant::now();
+    let workload = setting.workload;
     let quick_clients = workload.quick_order_clients(args.clients);
     let driver = (quick_clients > 0)
         .then(|| Driver::start(&topology.api_url(), quick_clients, args.seed, t0))
         .transpose()?;
-    let fencing_driver = match &gate {
-        Some((_, gate_port)) => {
+    let fencing_driver = match gate_port {
+        Some(gate_port) => {
             let targets = fencing::Targets {
                 grpc: topology.coordinator_grpc.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
                 etcd: format!("etcd://{}", topology.etcd_hosts),
@@ -283,12 +378,11 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         }
         None => None,
     };
-    let clock_skew = topology.clock_skew;
     let links = topology.links.clone();
     let process_track = tokio::spawn(schedule::run_process_track(plan.process, topology, t0));
     let network_track = tokio::spawn(schedule::run_network_track(plan.network, links.clone(), t0));
     tokio::time::sleep_until(t0 + args.duration).await;
-    let (mut topology, mut injected) =
+    let (topology, mut injected) =
         process_track.await.map_err(|e| ChaosError::Setup(format!("the process fault track failed: {e}")))?;
     injected.extend(
         network_track.await.map_err(|e| ChaosError::Setup(format!("the network fault track failed: {e}")))?,
@@ -315,18 +409,56 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         }
     );
     let (sagas, tccs) = sagas;
+    Ok((topology, Traffic { links, injected, records, sagas, tccs, ran_for, stopping }))
+}
 
-    // Heal, wait for quiescence, check.
+/// What the checker found once the system was quiet.
+struct Found {
+    /// The wait for quiescence.
+    quiescence: checker::Quiescence,
+    /// The tables as read.
+    snapshot: checker::Snapshot,
+    /// The verdict on every rule.
+    checked: checker::Checked,
+}
+
+/// Heals every fault, waits until every saga is final (at most
+/// `--quiesce-timeout`), then reads the tables and checks every promise:
+/// checked any earlier, a saga still running would look like a broken one.
+async fn quiesce_and_check(
+    args: &ChaosArgs,
+    setting: &Setting,
+    topology: &mut Topology,
+    traffic: &Traffic,
+) -> Result<Found, ChaosError> {
+    let server_url = topology.server_url();
     topology.heal().await?;
-    let quiescence = checker::wait_quiescent(&server_url, stopping, args.quiesce_timeout).await?;
+    let quiescence = checker::wait_quiescent(&server_url, traffic.stopping, args.quiesce_timeout).await?;
     eprintln!("chaos: checking invariants");
-    let snapshot = checker::Snapshot::read(&server_url, fencing_on).await?;
-    let checked = checker::check(&snapshot, &records, &sagas, &goods, &tccs);
+    let snapshot = checker::Snapshot::read(&server_url, setting.fencing_on).await?;
+    let checked = checker::check(&snapshot, &traffic.records, &traffic.sagas, &setting.goods, &traffic.tccs);
+    Ok(Found { quiescence, snapshot, checked })
+}
+
+/// Writes the evidence files next to the report — every request, every
+/// fencing submit, the trace of each violating gid — and gathers the
+/// report from everything the run saw and found.
+fn gather_report(
+    args: &ChaosArgs,
+    setting: &Setting,
+    topology: &Topology,
+    traffic: Traffic,
+    found: Found,
+) -> Result<Report, ChaosError> {
+    let run_dir = setting.run_dir();
+    let Found { quiescence, snapshot, checked } = found;
+    let Traffic { links, injected, records, sagas, tccs, ran_for, .. } = traffic;
+    let clock_skew = topology.clock_skew;
     let logs: Vec<PathBuf> = topology.logs().into_iter().map(PathBuf::from).collect();
     let requests_file = run_dir.join("requests.tsv");
     report::write_requests(&requests_file, &records, &snapshot.sagas)
         .map_err(|e| ChaosError::io(format!("writing {}", requests_file.display()), e))?;
-    let sagas_file = fencing_on.then(|| run_dir.join("sagas.tsv"));
+    let sagas_file = setting.fencing_on.then(|| run_dir.join("sagas.tsv"));
     if let Some(file) = &sagas_file {
         report::write_sagas(file, &sagas, &snapshot.sagas)
             .map_err(|e| ChaosError::io(format!("writing {}", file.display()), e))?;
@@ -339,39 +471,43 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         clock_skew.map(|skew| ("coordinator-2", skew)),
     )
     .map_err(|e| ChaosError::io(format!("writing {}", traces_dir.display()), e))?;
-    let report = Report {
+    Ok(Report {
         seed: args.seed,
         planned: args.duration,
         ran_for,
         clients: args.clients,
-        workload,
+        workload: setting.workload,
         clock_skew,
-        run_dir: run_dir.clone(),
+        run_dir: run_dir.to_path_buf(),
         logs,
         records,
         sagas,
         tccs,
         injected,
-        links: links
-            .iter()
-            .map(|link| LinkSummary {
-                name: link.name.clone(),
-                route: format!("{} → {}", link.listen, link.upstream),
-                accepted: link.stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
-                reset: link.stats.reset.load(std::sync::atomic::Ordering::Relaxed),
-                upstream_failed: link.stats.upstream_failed.load(std::sync::atomic::Ordering::Relaxed),
-            })
-            .collect(),
+        links: links.iter().map(|link| link_summary(link)).collect(),
         quiescence,
         checked,
         requests_file,
         sagas_file,
         traces,
-    };
-    if let Some((gate, _)) = gate {
-        gate.stop().await;
+    })
+}
+
+/// A proxy's counters as the report prints them.
+fn link_summary(link: &proxy::Link) -> LinkSummary {
+    LinkSummary {
+        name: link.name.clone(),
+        route: format!("{} → {}", link.listen, link.upstream),
+        accepted: link.stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        reset: link.stats.reset.load(std::sync::atomic::Ordering::Relaxed),
+        upstream_failed: link.stats.upstream_failed.load(std::sync::atomic::Ordering::Relaxed),
     }
-    topology.shutdown().await;
+}
+
+/// Prints the report and keeps it in the run folder; the verdict is the
+/// result. A passing run's database data is removed unless `--keep-data`.
+fn conclude(args: &ChaosArgs, setting: &Setting, report: &Report) -> Result<(), ChaosError> {
+    let run_dir = setting.run_dir();
     let text = report.to_string();
     print!("{text}");
     let report_file = run_dir.join("report.txt");
@@ -382,7 +518,7 @@ async fn experiment(args: ChaosArgs) -> Result<(), ChaosError> {
         return Err(ChaosError::Violations {
             count: report.checked.violations.len(),
             seed: args.seed,
-            run_dir,
+            run_dir: run_dir.to_path_buf(),
         });
     }
     if !args.keep_data {

@@ -257,6 +257,11 @@ impl Report {
         self.checked.violations.is_empty()
     }
 
+    /// The recovery times of the kills that were followed by an outcome.
+    fn recovery_times(&self) -> Vec<Duration> {
+        self.recoveries().iter().filter_map(|r| r.recovered_after).collect()
+    }
+
     fn count(&self, status: &str) -> usize {
         self.checked.sagas_by_status.get(status).copied().unwrap_or_default()
     }
@@ -289,6 +294,22 @@ fn secs(d: Duration) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_header(f)?;
+        self.fmt_requests(f)?;
+        self.fmt_fencing(f)?;
+        self.fmt_store(f)?;
+        self.fmt_faults(f)?;
+        self.fmt_recovery(f)?;
+        self.fmt_invariants(f)?;
+        self.fmt_files(f)?;
+        self.fmt_summary(f)
+    }
+}
+
+/// The report's sections, in print order.
+impl Report {
+    /// What was run: seed, length, clients, workload, clocks, where.
+    fn fmt_header(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "quickorder-chaos: seed {}, {} planned ({} of traffic), {} clients",
@@ -305,9 +326,12 @@ impl fmt::Display for Report {
                 skew.as_secs()
             )?;
         }
-        writeln!(f, "run folder: {}", self.run_dir.display())?;
+        writeln!(f, "run folder: {}", self.run_dir.display())
+    }
 
-        // Requests.
+    /// The quick orders by answer, with what each answer means for the
+    /// saga: a 202 or a 503 is not an outcome.
+    fn fmt_requests(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut by_answer: BTreeMap<String, usize> = BTreeMap::new();
         for r in &self.records {
             *by_answer.entry(r.answer.label()).or_default() += 1;
@@ -323,48 +347,62 @@ impl fmt::Display for Report {
             };
             writeln!(f, "  {answer:<32} {n:>6}{meaning}")?;
         }
-        if !self.sagas.is_empty() {
-            let submits: Vec<_> = self.sagas.iter().flat_map(|s| &s.submits).collect();
-            let resubmits = submits.iter().filter(|s| s.resubmit).count();
-            let gates = self.sagas.iter().filter(|s| matches!(s.plan.middle, Middle::Gate(_))).count();
-            let must_fail = self.sagas.iter().filter(|s| s.plan.must_fail()).count();
-            writeln!(
-                f,
-                "fencing sagas: {} ({} with the gate as middle step, {} with stock B; {} must fail), \
-                 {} submits of which {} resubmits in flight",
-                self.sagas.len(),
-                gates,
-                self.sagas.len() - gates,
-                must_fail,
-                submits.len(),
-                resubmits
-            )?;
-            let mut by_answer: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-            for s in &submits {
-                let kind = if s.resubmit { "resubmit" } else { "submit" };
-                *by_answer.entry((kind, s.answer.label())).or_default() += 1;
-            }
-            for ((kind, answer), n) in &by_answer {
-                writeln!(f, "  {kind:<9} {answer:<23} {n:>6}")?;
-            }
-            let mut tcc_calls: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-            for (call, answer) in self.tccs.iter().flat_map(|t| &t.calls) {
-                let call = if call.starts_with("try") { "try" } else { call.as_str() };
-                *tcc_calls.entry((call, answer.label())).or_default() += 1;
-            }
-            writeln!(
-                f,
-                "fencing TCCs: {} ({} abort while their last try runs)",
-                self.tccs.len(),
-                self.tccs.iter().filter(|t| t.plan.abort_during_last_try).count()
-            )?;
-            for ((call, answer), n) in &tcc_calls {
-                writeln!(f, "  {call:<9} {answer:<23} {n:>6}")?;
-            }
-            if let Some(file) = &self.sagas_file {
-                writeln!(f, "  every submit, its answer and the final state: {}", file.display())?;
-            }
+        Ok(())
+    }
+
+    /// The fencing clients' sagas and TCCs by call and answer; nothing
+    /// when that workload did not run.
+    fn fmt_fencing(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.sagas.is_empty() {
+            return Ok(());
         }
+        let submits: Vec<_> = self.sagas.iter().flat_map(|s| &s.submits).collect();
+        let resubmits = submits.iter().filter(|s| s.resubmit).count();
+        let gates = self.sagas.iter().filter(|s| matches!(s.plan.middle, Middle::Gate(_))).count();
+        let must_fail = self.sagas.iter().filter(|s| s.plan.must_fail()).count();
+        writeln!(
+            f,
+            "fencing sagas: {} ({} with the gate as middle step, {} with stock B; {} must fail), \
+             {} submits of which {} resubmits in flight",
+            self.sagas.len(),
+            gates,
+            self.sagas.len() - gates,
+            must_fail,
+            submits.len(),
+            resubmits
+        )?;
+        let mut by_answer: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for s in &submits {
+            let kind = if s.resubmit { "resubmit" } else { "submit" };
+            *by_answer.entry((kind, s.answer.label())).or_default() += 1;
+        }
+        for ((kind, answer), n) in &by_answer {
+            writeln!(f, "  {kind:<9} {answer:<23} {n:>6}")?;
+        }
+        let mut tcc_calls: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for (call, answer) in self.tccs.iter().flat_map(|t| &t.calls) {
+            let call = if call.starts_with("try") { "try" } else { call.as_str() };
+            *tcc_calls.entry((call, answer.label())).or_default() += 1;
+        }
+        writeln!(
+            f,
+            "fencing TCCs: {} ({} abort while their last try runs)",
+            self.tccs.len(),
+            self.tccs.iter().filter(|t| t.plan.abort_during_last_try).count()
+        )?;
+        for ((call, answer), n) in &tcc_calls {
+            writeln!(f, "  {call:<9} {answer:<23} {n:>6}")?;
+        }
+        if let Some(file) = &self.sagas_file {
+            writeln!(f, "  every submit, its answer and the final state: {}", file.display())?;
+        }
+        Ok(())
+    }
+
+    /// The sagas as the coordinator stored them, and how the answers
+    /// without an outcome really ended: what no client could learn from
+    /// its answer.
+    fn fmt_store(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let statuses: Vec<String> =
             self.checked.sagas_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
         writeln!(
@@ -396,8 +434,11 @@ impl fmt::Display for Report {
                  was stored and ran to the end; a client that believes the 502 and orders again orders twice"
             )?;
         }
+        Ok(())
+    }
 
-        // Faults.
+    /// Every fault injected, in time order, and the proxies' counters.
+    fn fmt_faults(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut by_label: BTreeMap<&str, usize> = BTreeMap::new();
         for i in &self.injected {
             *by_label.entry(i.label()).or_default() += 1;
@@ -415,10 +456,14 @@ impl fmt::Display for Report {
                 link.name, link.route, link.accepted, link.reset, link.upstream_failed
             )?;
         }
+        Ok(())
+    }
 
-        // Recovery.
+    /// How fast the system came back after each kill, and after the
+    /// faults stopped.
+    fn fmt_recovery(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let recoveries = self.recoveries();
-        let times: Vec<Duration> = recoveries.iter().filter_map(|r| r.recovered_after).collect();
+        let times = self.recovery_times();
         writeln!(f, "\nrecovery after a kill (kill → first 200/409 of a request sent after it):")?;
         if let (Some(p50), Some(p99)) = (percentile(&times, 50.0), percentile(&times, 99.0)) {
             writeln!(f, "  n={}, p50 {}, p99 {}", times.len(), secs(p50), secs(p99))?;
@@ -432,15 +477,18 @@ impl fmt::Display for Report {
                 f,
                 "time to quiescence: {} (from stopping the clients to every saga final)",
                 secs(self.quiescence.took)
-            )?,
+            ),
             n => writeln!(
                 f,
                 "time to quiescence: NOT REACHED in {} ({n} sagas not final)",
                 secs(self.quiescence.took)
-            )?,
+            ),
         }
+    }
 
-        // Invariants.
+    /// Every promise with its verdict and counts, the stock, and every
+    /// violation with the trace files of its gid.
+    fn fmt_invariants(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "\ninvariants:")?;
         for rule in Rule::ALL {
             let broken = self.checked.violations.iter().filter(|v| v.rule == rule).count();
@@ -456,25 +504,33 @@ impl fmt::Display for Report {
             .collect();
         writeln!(f, "  stock: {}", stock.join("; "))?;
         if self.checked.violations.is_empty() {
-            writeln!(f, "violations: none")?;
-        } else {
-            writeln!(f, "violations ({}):", self.checked.violations.len())?;
-            for v in &self.checked.violations {
-                writeln!(f, "  {v}")?;
-            }
-            writeln!(f, "traces (every log line of each violating gid, all processes, in time order):")?;
-            for trace in &self.traces {
-                writeln!(f, "  {}", trace.display())?;
-            }
+            return writeln!(f, "violations: none");
         }
+        writeln!(f, "violations ({}):", self.checked.violations.len())?;
+        for v in &self.checked.violations {
+            writeln!(f, "  {v}")?;
+        }
+        writeln!(f, "traces (every log line of each violating gid, all processes, in time order):")?;
+        for trace in &self.traces {
+            writeln!(f, "  {}", trace.display())?;
+        }
+        Ok(())
+    }
 
+    /// Where the evidence is: the request table and every process's log.
+    fn fmt_files(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "\nevery request, its gid and final state: {}", self.requests_file.display())?;
         writeln!(f, "logs:")?;
         for log in &self.logs {
             writeln!(f, "  {}", log.display())?;
         }
-        let p99 =
-            percentile(&times, 99.0).map_or_else(|| "none".into(), |d| format!("{:.2}", d.as_secs_f64()));
+        Ok(())
+    }
+
+    /// The last two lines, stable for scripts and CI (see the module's doc).
+    fn fmt_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p99 = percentile(&self.recovery_times(), 99.0)
+            .map_or_else(|| "none".into(), |d| format!("{:.2}", d.as_secs_f64()));
         let stuck = self.checked.violations.iter().filter(|v| v.rule == Rule::Final).count();
         writeln!(
             f,

@@ -313,11 +313,25 @@ impl Layout {
     }
 }
 
-impl Topology {
-    /// Starts everything: MariaDB, etcd, the proxies, two coordinators,
-    /// two order-srv, two stock-srv, order-api; returns once the services
-    /// are registered in etcd and order-api accepts connections.
-    pub async fn start(layout: &Layout, options: Options) -> Result<Topology, ChaosError> {
+/// What every process of a run shares: the run's files and the two
+/// variables every environment gets.
+struct RunFiles<'a> {
+    /// Where the run folder and the binaries are.
+    layout: &'a Layout,
+    /// `<run>/logs`.
+    logs: PathBuf,
+    /// `<run>/etc`, holding the shipped config files.
+    etc: PathBuf,
+    /// The caller's `PATH`: the one thing of its environment passed on.
+    path_env: (String, String),
+    /// Plain log lines (no ANSI colours), so gids can be grepped.
+    no_color: (String, String),
+}
+
+impl<'a> RunFiles<'a> {
+    /// Creates the logs and etc folders and writes the shipped `etc/*.yaml`
+    /// into the latter: every process reads the very file a user gets.
+    fn write(layout: &'a Layout) -> Result<RunFiles<'a>, ChaosError> {
         let logs = layout.logs();
         let etc = layout.run_dir.join("etc");
         for dir in [&logs, &etc] {
@@ -329,7 +343,41 @@ impl Topology {
             std::fs::write(&path, config.text)
                 .map_err(|e| ChaosError::io(format!("writing {}", path.display()), e))?;
         }
-        let config = |name: &str| etc.join(name).display().to_string();
+        Ok(RunFiles {
+            layout,
+            logs,
+            etc,
+            path_env: ("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
+            no_color: var("NO_COLOR", "1"),
+        })
+    }
+
+    /// The path of a config file, as a `-f` argument.
+    fn config(&self, name: &str) -> String {
+        self.etc.join(name).display().to_string()
+    }
+}
+
+/// The ports of the database proxies, one per group of database clients.
+struct DatabaseLinks {
+    /// The coordinators' store.
+    coordinators: u16,
+    /// order-srv's database.
+    order: u16,
+    /// stock-srv's database.
+    stock: u16,
+}
+
+impl Topology {
+    /// Starts everything: MariaDB, etcd, the proxies, two coordinators,
+    /// two order-srv, two stock-srv, order-api; returns once the services
+    /// are registered in etcd and order-api accepts connections.
+    ///
+    /// Each phase starts what the next one connects to, and the waits for
+    /// registrations sit between them: what order-api resolves through etcd
+    /// is there before it starts.
+    pub async fn start(layout: &Layout, options: Options) -> Result<Topology, ChaosError> {
+        let run = RunFiles::write(layout)?;
         // Before anything starts: a missing libfaketime fails at once.
         let faketime = options.clock_skew.map(|_| find_libfaketime()).transpose()?;
         let binaries = [
@@ -348,96 +396,137 @@ impl Topology {
             etcd_hosts: String::new(),
             clock_skew: None,
         };
-        let path_env = ("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
-        // Plain log lines (no ANSI colours), so gids can be grepped.
-        let no_color = var("NO_COLOR", "1");
 
-        // 1. MariaDB, initialised in the run folder.
-        let mariadb_dir = layout.run_dir.join("mariadb");
-        install_mariadb(&mariadb_dir).await?;
-        let mariadbd = find_program("mariadbd", &["/usr/sbin"], "mariadb-server")?;
-        let port = topology.mariadb_port;
-        let sub = |name: &str| mariadb_dir.join(name).display().to_string();
-        topology
-            .add(
-                Kind::MariaDb,
-                "mariadb",
-                &logs,
-                Command {
-                    program: mariadbd,
-                    args: vec![
-                        "--no-defaults".into(),
-                        format!("--datadir={}", sub("data")),
-                        format!("--port={port}"),
-                        "--bind-address=127.0.0.1".into(),
-                        format!("--socket={}", sub("mysqld.sock")),
-                        format!("--pid-file={}", sub("mysqld.pid")),
-                        format!("--tmpdir={}", sub("tmp")),
-                        "--user=root".into(),
-                        "--skip-name-resolve".into(),
-                        "--skip-log-bin".into(),
-                        "--max-connections=1000".into(),
-                        "--innodb-buffer-pool-size=128M".into(),
-                        "--character-set-server=utf8mb4".into(),
-                        "--collation-server=utf8mb4_general_ci".into(),
-                    ],
-                    env: vec![path_env.clone()],
-                    ports: vec![port],
-                },
+        let db = topology.start_infrastructure(&run).await?;
+        let coordinator_http = topology
+            .start_coordinators(
+                &run,
+                &coordinator_bin,
+                db.coordinators,
+                options.clock_skew,
+                faketime.as_deref(),
             )
             .await?;
-        create_databases(&topology.server_url()).await?;
+        wait_registered(&topology.etcd_hosts, "dtmservice", 2).await?;
+        topology.start_branch_services(&run, &order_bin, &stock_bin, &db).await?;
+        wait_registered(&topology.etcd_hosts, "order.rpc", 2).await?;
+        wait_registered(&topology.etcd_hosts, "stock.rpc", 2).await?;
+        topology.start_order_api(&run, api_bin, coordinator_http[0]).await?;
+        Ok(topology)
+    }
 
-        // 2. etcd.
+    /// What the services stand on: MariaDB with the run's databases, etcd,
+    /// and one database proxy per group of database clients.
+    async fn start_infrastructure(&mut self, run: &RunFiles<'_>) -> Result<DatabaseLinks, ChaosError> {
+        self.start_mariadb(run).await?;
+        self.start_etcd(run).await?;
+        self.add_database_links().await
+    }
+
+    /// MariaDB, initialised in the run folder, with the four databases.
+    async fn start_mariadb(&mut self, run: &RunFiles<'_>) -> Result<(), ChaosError> {
+        let mariadb_dir = run.layout.run_dir.join("mariadb");
+        install_mariadb(&mariadb_dir).await?;
+        let mariadbd = find_program("mariadbd", &["/usr/sbin"], "mariadb-server")?;
+        let port = self.mariadb_port;
+        let sub = |name: &str| mariadb_dir.join(name).display().to_string();
+        self.add(
+            Kind::MariaDb,
+            "mariadb",
+            &run.logs,
+            Command {
+                program: mariadbd,
+                args: vec![
+                    "--no-defaults".into(),
+                    format!("--datadir={}", sub("data")),
+                    format!("--port={port}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--socket={}", sub("mysqld.sock")),
+                    format!("--pid-file={}", sub("mysqld.pid")),
+                    format!("--tmpdir={}", sub("tmp")),
+                    "--user=root".into(),
+                    "--skip-name-resolve".into(),
+                    "--skip-log-bin".into(),
+                    "--max-connections=1000".into(),
+                    "--innodb-buffer-pool-size=128M".into(),
+                    "--character-set-server=utf8mb4".into(),
+                    "--collation-server=utf8mb4_general_ci".into(),
+                ],
+                env: vec![run.path_env.clone()],
+                ports: vec![port],
+            },
+        )
+        .await?;
+        create_databases(&self.server_url()).await
+    }
+
+    /// etcd, a single member with its data in the run folder.
+    async fn start_etcd(&mut self, run: &RunFiles<'_>) -> Result<(), ChaosError> {
         let etcd = find_program("etcd", &[], "etcd-server")?;
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        topology
-            .add(
-                Kind::Etcd,
-                "etcd",
-                &logs,
-                Command {
-                    program: etcd,
-                    args: vec![
-                        "--name=chaos".into(),
-                        format!("--data-dir={}", layout.run_dir.join("etcd").display()),
-                        format!("--listen-client-urls={client}"),
-                        format!("--advertise-client-urls={client}"),
-                        format!("--listen-peer-urls={peer}"),
-                        format!("--initial-advertise-peer-urls={peer}"),
-                        format!("--initial-cluster=chaos={peer}"),
-                        "--log-level=warn".into(),
-                    ],
-                    env: vec![path_env.clone()],
-                    ports: vec![client_port],
-                },
-            )
-            .await?;
-        let etcd_hosts = format!("127.0.0.1:{client_port}");
-        topology.etcd_hosts.clone_from(&etcd_hosts);
+        self.add(
+            Kind::Etcd,
+            "etcd",
+            &run.logs,
+            Command {
+                program: etcd,
+                args: vec![
+                    "--name=chaos".into(),
+                    format!("--data-dir={}", run.layout.run_dir.join("etcd").display()),
+                    format!("--listen-client-urls={client}"),
+                    format!("--advertise-client-urls={client}"),
+                    format!("--listen-peer-urls={peer}"),
+                    format!("--initial-advertise-peer-urls={peer}"),
+                    format!("--initial-cluster=chaos={peer}"),
+                    "--log-level=warn".into(),
+                ],
+                env: vec![run.path_env.clone()],
+                ports: vec![client_port],
+            },
+        )
+        .await?;
+        self.etcd_hosts = format!("127.0.0.1:{client_port}");
+        Ok(())
+    }
 
-        // 3. The database proxies, one per client group.
-        let mariadb_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-        let coordinator_db = topology.add_link("coordinators→mariadb", loopback_any(), mariadb_addr).await?;
-        let order_db = topology.add_link("order-srv→mariadb", loopback_any(), mariadb_addr).await?;
-        let stock_db = topology.add_link("stock-srv→mariadb", loopback_any(), mariadb_addr).await?;
+    /// The database proxies, one per client group, so a fault can cut
+    /// one group off MariaDB while the others keep working.
+    async fn add_database_links(&mut self) -> Result<DatabaseLinks, ChaosError> {
+        let mariadb_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.mariadb_port);
+        Ok(DatabaseLinks {
+            coordinators: self.add_link("coordinators→mariadb", loopback_any(), mariadb_addr).await?,
+            order: self.add_link("order-srv→mariadb", loopback_any(), mariadb_addr).await?,
+            stock: self.add_link("stock-srv→mariadb", loopback_any(), mariadb_addr).await?,
+        })
+    }
 
-        // 4. Two coordinators on one MySQL database.
+    /// Two coordinators on one MySQL database (through `store_port`),
+    /// coordinator-2 under libfaketime when a clock skew is asked for, its
+    /// offset then verified from its log. Returns their HTTP ports.
+    async fn start_coordinators(
+        &mut self,
+        run: &RunFiles<'_>,
+        binary: &Path,
+        store_port: u16,
+        clock_skew: Option<Duration>,
+        faketime: Option<&Path>,
+    ) -> Result<[u16; 2], ChaosError> {
+        let etcd_hosts = self.etcd_hosts.clone();
         let coordinator_http = [free_port(), free_port()];
         for (i, http) in coordinator_http.iter().enumerate() {
             let grpc = free_port();
             let mut env = vec![
-                path_env.clone(),
-                no_color.clone(),
+                run.path_env.clone(),
+                run.no_color.clone(),
                 var("LOG_LEVEL", "info"),
                 var("LISTEN_HOST", "127.0.0.1"),
                 var("HTTP_PORT", http.to_string()),
                 var("GRPC_PORT", grpc.to_string()),
                 var("STORE_DRIVER", "mysql"),
                 var("STORE_HOST", "127.0.0.1"),
-                var("STORE_PORT", coordinator_db.to_string()),
+                var("STORE_PORT", store_port.to_string()),
                 var("STORE_USER", "root"),
                 var("STORE_PASSWORD", ""),
                 var("STORE_DB", COORDINATOR_DB),
@@ -449,7 +538,7 @@ impl Topology {
                 var("REQUEST_TIMEOUT", REQUEST_TIMEOUT.as_secs().to_string()),
                 var("TRANS_CRON_INTERVAL", TRANS_CRON_INTERVAL_SECS.to_string()),
             ];
-            let skewed = match (i, options.clock_skew, &faketime) {
+            let skewed = match (i, clock_skew, faketime) {
                 (1, Some(skew), Some(library)) => {
                     // libfaketime shifts what CLOCK_REALTIME answers (Rust's
                     // SystemTime, chrono's Utc::now, the log timestamps) and,
@@ -462,90 +551,106 @@ impl Topology {
                 }
                 _ => None,
             };
-            topology.coordinator_grpc.push(grpc);
+            self.coordinator_grpc.push(grpc);
             let command = Command {
-                program: coordinator_bin.clone(),
-                args: vec!["-f".into(), config("coordinator.yaml")],
+                program: binary.to_path_buf(),
+                args: vec!["-f".into(), run.config("coordinator.yaml")],
                 env,
                 ports: vec![grpc, *http],
             };
             let name = format!("coordinator-{}", i + 1);
-            topology.add(Kind::Coordinator, &name, &logs, command).await?;
+            self.add(Kind::Coordinator, &name, &run.logs, command).await?;
             if let Some(skew) = skewed {
-                let log = logs.join(format!("{name}.log"));
-                topology.clock_skew = Some(verify_skew(&name, &log, skew).await?);
+                let log = run.logs.join(format!("{name}.log"));
+                self.clock_skew = Some(verify_skew(&name, &log, skew).await?);
             }
         }
-        wait_registered(&etcd_hosts, "dtmservice", 2).await?;
+        Ok(coordinator_http)
+    }
 
-        // 5. Two instances of each branch service, each behind its proxy.
+    /// Two instances of each branch service, each behind its proxy: a
+    /// service registers the proxy's address, so every branch call the
+    /// coordinators make crosses it.
+    async fn start_branch_services(
+        &mut self,
+        run: &RunFiles<'_>,
+        order_bin: &Path,
+        stock_bin: &Path,
+        db: &DatabaseLinks,
+    ) -> Result<(), ChaosError> {
         let services = [
             (
                 Kind::OrderSrv,
-                &order_bin,
+                order_bin,
                 "order-srv.yaml",
                 "ORDER_SRV_LISTEN_ON",
                 "ORDER_DSN",
-                order_db,
+                db.order,
                 ORDER_DB,
             ),
             (
                 Kind::StockSrv,
-                &stock_bin,
+                stock_bin,
                 "stock-srv.yaml",
                 "STOCK_SRV_LISTEN_ON",
                 "STOCK_DSN",
-                stock_db,
+                db.stock,
                 STOCK_DB,
             ),
         ];
         for (kind, binary, file, listen_var, dsn_var, db_proxy, db) in services {
             for i in 1..=2 {
                 let name = format!("{}-{i}", kind.name());
-                let port = topology.add_branch_link(&format!("coordinators→{name}")).await?;
+                let port = self.add_branch_link(&format!("coordinators→{name}")).await?;
                 let env = vec![
-                    path_env.clone(),
-                    no_color.clone(),
+                    run.path_env.clone(),
+                    run.no_color.clone(),
                     var("LOG_LEVEL", "info"),
                     var(listen_var, format!("0.0.0.0:{port}")),
                     // Published as [::1]:port, the proxy's address.
                     var(discovery::address::POD_IP_ENV, "[::1]"),
                     var(dsn_var, format!("mysql://root@127.0.0.1:{db_proxy}/{db}")),
-                    var("ETCD_HOSTS", etcd_hosts.clone()),
+                    var("ETCD_HOSTS", self.etcd_hosts.clone()),
                 ];
                 let command = Command {
-                    program: binary.clone(),
-                    args: vec!["-f".into(), config(file)],
+                    program: binary.to_path_buf(),
+                    args: vec!["-f".into(), run.config(file)],
                     env,
                     ports: vec![port],
                 };
-                topology.add(kind, &name, &logs, command).await?;
+                self.add(kind, &name, &run.logs, command).await?;
             }
         }
-        wait_registered(&etcd_hosts, "order.rpc", 2).await?;
-        wait_registered(&etcd_hosts, "stock.rpc", 2).await?;
+        Ok(())
+    }
 
-        // 6. order-api: the coordinators found in etcd; status queries go
-        // to coordinator-1's HTTP API (dtm has no gRPC query).
-        let api_port = topology.api_port;
+    /// order-api: the coordinators found in etcd; status queries go to
+    /// coordinator-1's HTTP API (`coordinator_http`: dtm has no gRPC query).
+    async fn start_order_api(
+        &mut self,
+        run: &RunFiles<'_>,
+        binary: PathBuf,
+        coordinator_http: u16,
+    ) -> Result<(), ChaosError> {
+        let api_port = self.api_port;
+        let etcd_hosts = &self.etcd_hosts;
         let env = vec![
-            path_env,
-            no_color,
+            run.path_env.clone(),
+            run.no_color.clone(),
             var("LOG_LEVEL", "info"),
             var("ORDER_API_HOST", "127.0.0.1"),
             var("ORDER_API_LISTEN_PORT", api_port.to_string()),
             var("DTM_SERVER", format!("etcd://{etcd_hosts}/dtmservice")),
-            var("DTM_HTTP_SERVER", format!("http://127.0.0.1:{}/api/dtmsvr", coordinator_http[0])),
+            var("DTM_HTTP_SERVER", format!("http://127.0.0.1:{coordinator_http}/api/dtmsvr")),
             var("ETCD_HOSTS", etcd_hosts.clone()),
         ];
         let command = Command {
-            program: api_bin,
-            args: vec!["-f".into(), config("order-api.yaml")],
+            program: binary,
+            args: vec!["-f".into(), run.config("order-api.yaml")],
             env,
             ports: vec![api_port],
         };
-        topology.add(Kind::OrderApi, "order-api", &logs, command).await?;
-        Ok(topology)
+        self.add(Kind::OrderApi, "order-api", &run.logs, command).await
     }
 
     async fn add(&mut self, kind: Kind, name: &str, logs: &Path, command: Command) -> Result<(), ChaosError> {

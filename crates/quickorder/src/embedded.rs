@@ -160,152 +160,52 @@ impl Vars {
 impl System {
     /// Builds and starts the four servers; returns once each of them has
     /// reported itself ready (serving, and registered when etcd is used).
+    ///
+    /// Each server is bound before the next is configured, and the next is
+    /// given the addresses actually bound, so port 0 works everywhere; that
+    /// is why the `${VAR}` table grows step by step.
     pub async fn start(options: &Options) -> anyhow::Result<System> {
-        let host = options.host;
         let urls = DatabaseUrls::prepare(&options.databases).await?;
-
-        // Values for the `${VAR}`s of etc/*.yaml. Everything else keeps the
-        // default written in the file.
-        let mut vars = Vars(HashMap::new());
-        vars.0.insert("MODE", "dev".into());
-        vars.0.insert("LISTEN_HOST", host.to_string());
-        vars.0.insert("HTTP_PORT", options.ports.coordinator_http.to_string());
-        vars.0.insert("GRPC_PORT", options.ports.coordinator_grpc.to_string());
-        if let Some(seconds) = options.retry_interval {
-            vars.0.insert("RETRY_INTERVAL", seconds.to_string());
-            vars.0.insert("MAX_RETRY_INTERVAL", (seconds * 6).to_string());
-        }
-        if let Some(token) = &options.auth_token {
-            vars.0.insert("AUTH_TOKEN", token.clone());
-            vars.0.insert("DTM_TOKEN", token.clone());
-        }
-        for (name, value) in &urls.coordinator_store {
-            vars.0.insert(name, value.clone());
-        }
-
-        // 1. The coordinator: it must be up before anyone submits.
-        let mut coordinator_config = coordinator::config::Config::from_sources(
-            Some((Path::new("etc/coordinator.yaml"), shipped::COORDINATOR.text)),
-            vars.lookup(),
-        )
-        .context("etc/coordinator.yaml")?;
-        if let Some(etcd) = &options.etcd {
-            // Published as `dtmservice/<lease>`: Go clients find it as
-            // `etcd://<hosts>/dtmservice`, as in the article.
-            coordinator_config.micro_service.driver = coordinator::config::GOZERO_DRIVER.into();
-            coordinator_config.micro_service.target = format!("etcd://{etcd}/dtmservice");
-        } else {
-            // The file registers in etcd by default (the article's setup);
-            // direct addresses need no registration.
-            coordinator_config.micro_service = coordinator::config::MicroServiceConfig::default();
-        }
-        // With port 0 the coordinator publishes the port it gets.
-        coordinator_config.micro_service.end_point = reachable(host, options.ports.coordinator_grpc);
-        let (coordinator_ready, ready_coordinator) = ready_signal();
-        let coordinator = coordinator::server::Coordinator::build(coordinator_config)
-            .await
-            .context("starting the coordinator")?
-            .on_ready(coordinator_ready);
-        let coordinator_grpc = coordinator.grpc_addr();
-        let coordinator_http = coordinator.http_addr();
-
-        // 2. The branch services.
-        vars.0.insert("ORDER_SRV_LISTEN_ON", SocketAddr::new(host, options.ports.order_srv).to_string());
-        vars.0.insert("STOCK_SRV_LISTEN_ON", SocketAddr::new(host, options.ports.stock_srv).to_string());
-        vars.0.insert("ORDER_DSN", urls.order.clone());
-        vars.0.insert("STOCK_DSN", urls.stock.clone());
-        vars.0.insert("ETCD_HOSTS", options.etcd.clone().unwrap_or_default());
-        let mut order_config: order_srv::Config = service_kit::config::parse_yaml(
-            Path::new("etc/order-srv.yaml"),
-            shipped::ORDER_SRV.text,
-            vars.lookup(),
-        )?;
-        let mut stock_config: stock_srv::Config = service_kit::config::parse_yaml(
-            Path::new("etc/stock-srv.yaml"),
-            shipped::STOCK_SRV.text,
-            vars.lookup(),
-        )?;
-        if options.etcd.is_none() {
-            order_config.etcd = None;
-            stock_config.etcd = None;
-        }
-        let (order_ready, ready_order) = ready_signal();
-        let (stock_ready, ready_stock) = ready_signal();
-        let order =
-            order_srv::build(&order_config).await.context("starting order-srv")?.on_ready(order_ready);
-        let stock =
-            stock_srv::build(&stock_config).await.context("starting stock-srv")?.on_ready(stock_ready);
-        let order_addr = order.local_addr();
-        let stock_addr = stock.local_addr();
-
-        // 3. order-api, pointed at what was just bound.
-        vars.0.insert("ORDER_API_HOST", host.to_string());
-        vars.0.insert("ORDER_API_LISTEN_PORT", options.ports.api.to_string());
-        vars.0.insert(
-            "DTM_SERVER",
-            match &options.etcd {
-                Some(etcd) => format!("etcd://{etcd}/dtmservice"),
-                None => reachable(host, coordinator_grpc.port()),
-            },
-        );
-        vars.0.insert(
-            "DTM_HTTP_SERVER",
-            format!("http://{}/api/dtmsvr", reachable(host, coordinator_http.port())),
-        );
-        let mut api_config: order_api::Config = service_kit::config::parse_yaml(
-            Path::new("etc/order-api.yaml"),
-            shipped::ORDER_API.text,
-            vars.lookup(),
-        )?;
-        if options.etcd.is_none() {
-            direct(&mut api_config.order_rpc_conf, reachable(host, order_addr.port()));
-            direct(&mut api_config.stock_rpc_conf, reachable(host, stock_addr.port()));
-        }
-        let (api_ready, ready_api) = ready_signal();
-        let api = order_api::build(api_config).await.context("starting order-api")?.on_ready(api_ready);
-        let api_addr = api.local_addr();
-
-        let mut running = Vec::new();
-        running.push(spawn("order-api", |stop| async move {
-            api.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
-        }));
-        running.push(spawn("coordinator", |stop| async move {
-            coordinator.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
-        }));
-        running.push(spawn("stock-srv", |stop| async move {
-            stock.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
-        }));
-        running.push(spawn("order-srv", |stop| async move {
-            order.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
-        }));
-
+        let mut vars = Vars::common(options, &urls);
+        let (coordinator, ready_coordinator) = build_coordinator(options, &vars).await?;
+        let ((order, ready_order), (stock, ready_stock)) =
+            build_branch_services(options, &urls, &mut vars).await?;
+        let (api, ready_api) =
+            build_order_api(options, &mut vars, &coordinator, order.local_addr(), stock.local_addr()).await?;
         let system = System {
             addrs: Addrs {
-                api: api_addr,
-                coordinator_http,
-                coordinator_grpc,
-                order_srv: order_addr,
-                stock_srv: stock_addr,
+                api: api.local_addr(),
+                coordinator_http: coordinator.http_addr(),
+                coordinator_grpc: coordinator.grpc_addr(),
+                order_srv: order.local_addr(),
+                stock_srv: stock.local_addr(),
             },
             order_db: urls.order,
             stock_db: urls.stock,
-            running,
+            running: serve(api, coordinator, stock, order),
         };
-        // Ready means serving and registered (with etcd), as each server
-        // reports it — not merely bound.
-        for (name, ready) in [
-            ("coordinator", ready_coordinator),
-            ("order-srv", ready_order),
-            ("stock-srv", ready_stock),
-            ("order-api", ready_api),
-        ] {
+        system
+            .until_ready([
+                ("coordinator", ready_coordinator),
+                ("order-srv", ready_order),
+                ("stock-srv", ready_stock),
+                ("order-api", ready_api),
+            ])
+            .await
+    }
+
+    /// Waits for each server's readiness, in start order. Ready means
+    /// serving and registered (with etcd), as each server reports it — not
+    /// merely bound.
+    async fn until_ready(self, signals: [(&'static str, Ready); 4]) -> anyhow::Result<System> {
+        for (name, ready) in signals {
             if ready.await.is_err() {
                 // It ended before it was ready; stopping says why.
-                let cause = system.stop().await.err().unwrap_or_else(|| anyhow!("{name} stopped by itself"));
+                let cause = self.stop().await.err().unwrap_or_else(|| anyhow!("{name} stopped by itself"));
                 return Err(cause.context(format!("{name} never became ready")));
             }
         }
-        Ok(system)
+        Ok(self)
     }
 
     /// Serves until `shutdown` resolves (or a server fails), then stops
@@ -348,8 +248,164 @@ impl System {
     }
 }
 
+/// Completed by a server's `on_ready` hook; an error if the server ended first.
+type Ready = tokio::sync::oneshot::Receiver<()>;
+
+impl Vars {
+    /// The values known before any server is bound: the mode, the
+    /// coordinator's address, retry interval and store, the token (the
+    /// coordinator's `AUTH_TOKEN`, order-api's `DTM_TOKEN`). Everything not
+    /// in the table keeps the default written in the file.
+    fn common(options: &Options, urls: &DatabaseUrls) -> Vars {
+        let mut vars = Vars(HashMap::new());
+        vars.0.insert("MODE", "dev".into());
+        vars.0.insert("LISTEN_HOST", options.host.to_string());
+        vars.0.insert("HTTP_PORT", options.ports.coordinator_http.to_string());
+        vars.0.insert("GRPC_PORT", options.ports.coordinator_grpc.to_string());
+        if let Some(seconds) = options.retry_interval {
+            vars.0.insert("RETRY_INTERVAL", seconds.to_string());
+            vars.0.insert("MAX_RETRY_INTERVAL", (seconds * 6).to_string());
+        }
+        if let Some(token) = &options.auth_token {
+            vars.0.insert("AUTH_TOKEN", token.clone());
+            vars.0.insert("DTM_TOKEN", token.clone());
+        }
+        for (name, value) in &urls.coordinator_store {
+            vars.0.insert(name, value.clone());
+        }
+        vars
+    }
+}
+
+/// The coordinator, bound: it must be up before anyone submits. It
+/// registers in etcd only when etcd is used.
+async fn build_coordinator(
+    options: &Options,
+    vars: &Vars,
+) -> anyhow::Result<(coordinator::server::Coordinator, Ready)> {
+    let mut config = coordinator::config::Config::from_sources(
+        Some((Path::new("etc/coordinator.yaml"), shipped::COORDINATOR.text)),
+        vars.lookup(),
+    )
+    .context("etc/coordinator.yaml")?;
+    if let Some(etcd) = &options.etcd {
+        // Published as `dtmservice/<lease>`: Go clients find it as
+        // `etcd://<hosts>/dtmservice`, as in the article.
+        config.micro_service.driver = coordinator::config::GOZERO_DRIVER.into();
+        config.micro_service.target = format!("etcd://{etcd}/dtmservice");
+    } else {
+        // The file registers in etcd by default (the article's setup);
+        // direct addresses need no registration.
+        config.micro_service = coordinator::config::MicroServiceConfig::default();
+    }
+    // With port 0 the coordinator publishes the port it gets.
+    config.micro_service.end_point = reachable(options.host, options.ports.coordinator_grpc);
+    let (on_ready, ready) = ready_signal();
+    let coordinator = coordinator::server::Coordinator::build(config)
+        .await
+        .context("starting the coordinator")?
+        .on_ready(on_ready);
+    Ok((coordinator, ready))
+}
+
+/// The branch services, bound, each on its own database; without etcd
+/// they register nowhere.
+async fn build_branch_services(
+    options: &Options,
+    urls: &DatabaseUrls,
+    vars: &mut Vars,
+) -> anyhow::Result<((order_srv::Server, Ready), (stock_srv::Server, Ready))> {
+    let host = options.host;
+    vars.0.insert("ORDER_SRV_LISTEN_ON", SocketAddr::new(host, options.ports.order_srv).to_string());
+    vars.0.insert("STOCK_SRV_LISTEN_ON", SocketAddr::new(host, options.ports.stock_srv).to_string());
+    vars.0.insert("ORDER_DSN", urls.order.clone());
+    vars.0.insert("STOCK_DSN", urls.stock.clone());
+    vars.0.insert("ETCD_HOSTS", options.etcd.clone().unwrap_or_default());
+    let mut order_config: order_srv::Config = service_kit::config::parse_yaml(
+        Path::new("etc/order-srv.yaml"),
+        shipped::ORDER_SRV.text,
+        vars.lookup(),
+    )?;
+    let mut stock_config: stock_srv::Config = service_kit::config::parse_yaml(
+        Path::new("etc/stock-srv.yaml"),
+        shipped::STOCK_SRV.text,
+        vars.lookup(),
+    )?;
+    if options.etcd.is_none() {
+        order_config.etcd = None;
+        stock_config.etcd = None;
+    }
+    let (order_ready, ready_order) = ready_signal();
+    let (stock_ready, ready_stock) = ready_signal();
+    let order = order_srv::build(&order_config).await.context("starting order-srv")?.on_ready(order_ready);
+    let stock = stock_srv::build(&stock_config).await.context("starting stock-srv")?.on_ready(stock_ready);
+    Ok(((order, ready_order), (stock, ready_stock)))
+}
+
+/// order-api, bound and pointed at what was just bound: the
+/// coordinator (through etcd when it is used) and, without etcd, the
+/// branch services' addresses.
+async fn build_order_api(
+    options: &Options,
+    vars: &mut Vars,
+    coordinator: &coordinator::server::Coordinator,
+    order_addr: SocketAddr,
+    stock_addr: SocketAddr,
+) -> anyhow::Result<(order_api::Server, Ready)> {
+    let host = options.host;
+    vars.0.insert("ORDER_API_HOST", host.to_string());
+    vars.0.insert("ORDER_API_LISTEN_PORT", options.ports.api.to_string());
+    vars.0.insert(
+        "DTM_SERVER",
+        match &options.etcd {
+            Some(etcd) => format!("etcd://{etcd}/dtmservice"),
+            None => reachable(host, coordinator.grpc_addr().port()),
+        },
+    );
+    vars.0.insert(
+        "DTM_HTTP_SERVER",
+        format!("http://{}/api/dtmsvr", reachable(host, coordinator.http_addr().port())),
+    );
+    let mut config: order_api::Config = service_kit::config::parse_yaml(
+        Path::new("etc/order-api.yaml"),
+        shipped::ORDER_API.text,
+        vars.lookup(),
+    )?;
+    if options.etcd.is_none() {
+        direct(&mut config.order_rpc_conf, reachable(host, order_addr.port()));
+        direct(&mut config.stock_rpc_conf, reachable(host, stock_addr.port()));
+    }
+    let (on_ready, ready) = ready_signal();
+    let api = order_api::build(config).await.context("starting order-api")?.on_ready(on_ready);
+    Ok((api, ready))
+}
+
+/// Spawns the four bound servers, and returns them in stop order:
+/// order-api first, so no new order arrives while the rest shut down.
+fn serve(
+    api: order_api::Server,
+    coordinator: coordinator::server::Coordinator,
+    stock: stock_srv::Server,
+    order: order_srv::Server,
+) -> Vec<Running> {
+    vec![
+        spawn("order-api", |stop| async move {
+            api.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
+        }),
+        spawn("coordinator", |stop| async move {
+            coordinator.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
+        }),
+        spawn("stock-srv", |stop| async move {
+            stock.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
+        }),
+        spawn("order-srv", |stop| async move {
+            order.run_until_stopped(stop.cancelled_owned()).await.map_err(anyhow::Error::from)
+        }),
+    ]
+}
+
 /// A hook for a server's `on_ready` and the receiver it completes.
-fn ready_signal() -> (impl FnOnce() + Send + 'static, tokio::sync::oneshot::Receiver<()>) {
+fn ready_signal() -> (impl FnOnce() + Send + 'static, Ready) {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     (
         move || {
