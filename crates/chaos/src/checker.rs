@@ -706,16 +706,19 @@ impl<'s> SagaEffects<'s> {
             .zip(&self.effects)
             .map(|(s, e)| format!("{} {}: {}", s.branch_id, s.kind, e.label()))
             .collect();
-        let rows: Vec<String> = self
-            .rows
-            .iter()
-            .map(|r| {
-                let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
-                format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
-            })
-            .collect();
-        format!("steps [{}]; barrier rows [{}]", steps.join(" | "), rows.join(", "))
+        format!("steps [{}]; barrier rows [{}]", steps.join(" | "), barrier_rows_text(self.rows))
     }
+}
+
+/// Barrier rows as `(branch op reason …)`, NULLs spelled out: how a
+/// violation shows what the barrier recorded.
+fn barrier_rows_text(rows: &[&BarrierRow]) -> String {
+    let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason)))
+        .collect();
+    rows.join(", ")
 }
 
 /// The saga's barrier rows are ones the barrier can write: one guarded
@@ -1207,14 +1210,7 @@ fn check_tcc(out: &mut Checked, snapshot: &Snapshot, gid: &str, status: &str, ro
     let effects: Vec<(&str, TccEffect)> = branches.iter().map(|b| (*b, classify_tcc(rows, b))).collect();
     let story = || {
         let branches: Vec<String> = effects.iter().map(|(b, e)| format!("{b}: {}", e.label())).collect();
-        let rows: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                let col = |c: &Option<String>| c.clone().unwrap_or_else(|| "NULL".into());
-                format!("({} {} reason {})", col(&r.branch_id), col(&r.op), col(&r.reason))
-            })
-            .collect();
-        format!("TCC branches [{}]; barrier rows [{}]", branches.join(" | "), rows.join(", "))
+        format!("TCC branches [{}]; barrier rows [{}]", branches.join(" | "), barrier_rows_text(rows))
     };
     out.count(Rule::BranchEffects);
     out.count(Rule::AtMostOnce);
