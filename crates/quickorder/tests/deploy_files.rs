@@ -367,6 +367,9 @@ fn compose_file_passes_docker_compose_config() {
     );
 }
 
+// One test of ~200 lines: a list of independent checks of docker-compose.yml,
+// each a few lines under its own comment, that collect every problem before
+// failing, so one run names all of them.
 #[test]
 fn compose_topology_matches_the_end_to_end_setup() {
     let compose = compose();
@@ -1015,6 +1018,8 @@ fn pre_stop_seconds(container: &Value) -> u64 {
     }
 }
 
+// ~120 lines for the same reason as the compose check: independent checks of
+// each Deployment that collect every problem before failing.
 #[test]
 fn k8s_deployments_have_probes_resources_pod_ip_and_grace_periods() {
     let resources = resources();

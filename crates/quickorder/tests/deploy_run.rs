@@ -63,6 +63,10 @@ fn mariadb_client(port: u16, password: &str, sql: &str) {
 /// How long one of our binaries may take to print its readiness line.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+// One scenario of ~200 lines, told in the order compose runs it: the database
+// initialised, each service started from its own command and environment
+// once the ones it depends on are healthy, then the user's first order. Each
+// step needs the processes and addresses the steps before it left.
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_services_start_from_their_own_commands_and_environment_and_order() {
     let _slot = harness::system_slot();
@@ -296,6 +300,8 @@ impl Drop for ProcessGroup {
     }
 }
 
+// ~120 lines: the README's recipe is one shell script, run as written from
+// start to end; the test only moves its ports and checks what it left.
 #[test]
 fn readme_recipe_by_hand_runs_as_written() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");

@@ -67,6 +67,9 @@ fn message(answer: &Value) -> &str {
     answer["error"].as_str().or_else(|| answer["message"].as_str()).unwrap_or("")
 }
 
+// One test of ~200 lines, mostly tables of hostile requests: they share one
+// running system, and the last section checks that none of them stored or
+// changed anything, which only holds if it sees all of them.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_gets_clear_errors_and_changes_nothing() {
     let h = Harness::start().await;
