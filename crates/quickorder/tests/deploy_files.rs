@@ -1282,12 +1282,24 @@ fn compose_and_k8s_run_the_same_configuration() {
 // ---------------------------------------------------------------------------
 // The image build, without an engine: what its steps read and run.
 
-/// `cargo metadata` of the locked workspace (offline: the build has
-/// downloaded every package already).
+/// `cargo metadata` of the locked workspace, for the platform the tests
+/// build for. Offline: the build has downloaded every package *of this
+/// platform* already. Without `--filter-platform`, cargo would resolve the
+/// packages of every platform (Windows, Android, …) and, on a fresh
+/// machine whose cargo cache holds only what the build fetched, fail to
+/// "download" them offline.
 fn cargo_metadata() -> serde_json::Value {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc).arg("-vV").output().expect("run rustc -vV");
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = version
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .expect("rustc -vV names its host platform")
+        .to_string();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["metadata", "--format-version", "1", "--locked", "--offline", "--filter-platform", &host])
         .current_dir(root())
         .output()
         .expect("run cargo metadata");
