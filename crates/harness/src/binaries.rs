@@ -24,6 +24,7 @@ pub fn service_binaries() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command.current_dir(workspace).arg("build").arg("--bins");
+        without_package_env(&mut command);
         for package in SERVICE_PACKAGES {
             command.args(["-p", package]);
         }
@@ -44,6 +45,36 @@ pub fn service_binaries() -> PathBuf {
         );
     }
     dir
+}
+
+/// Removes from `command` the variables cargo sets for the running test
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …), so that the nested `cargo
+/// build` sees the environment a user's cargo would. Build scripts declare
+/// some of these with `rerun-if-env-changed` (ring's does), and cargo
+/// compares them against its own environment: inherited from a test of
+/// package X, they would make it rebuild ring and everything above it
+/// (rustls, reqwest, tonic's TLS…) once per package whose tests start the
+/// services, and the next `cargo test` rebuild them back.
+fn without_package_env(command: &mut Command) {
+    const SET_FOR_TESTS: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if SET_FOR_TESTS.contains(&name)
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+        {
+            command.env_remove(name);
+        }
+    }
 }
 
 /// The folder holding the workspace's binaries, for tools that start them
