@@ -585,6 +585,16 @@ impl Comparison {
         for flag in &self.steal_flags {
             let _ = writeln!(out, "⚠ {}", flag.describe(self.max_steal_gap_pp));
         }
+        // The modes' notes once each (most are the same for every mode).
+        let mut notes: Vec<&str> = Vec::new();
+        for note in self.modes.iter().flat_map(|m| &m.notes) {
+            if !notes.contains(&note.as_str()) {
+                notes.push(note);
+            }
+        }
+        for note in notes {
+            let _ = writeln!(out, "note: {note}");
+        }
         out
     }
 
