@@ -7,11 +7,14 @@
 //! quickorder-bench direct                               # the same two branch calls, no coordinator
 //! quickorder-bench db                                   # single-row insert commits: the database's limit
 //! quickorder-bench peer   --dtm http://127.0.0.1:36789/api/dtmsvr --peer-pid 1234 --peer-name dtmrs
-//! quickorder-bench compare --peer-url http://…/api/dtmsvr  # all of the above back to back, with ratios
+//! quickorder-bench compare --peer-url http://…/api/dtmsvr  # all of the above, 3 rounds, with ratios
 //! ```
 //!
 //! Answers are measured side by side in one sitting, because the machines
-//! this runs on are shared and noisy: absolute numbers drift, ratios hold.
+//! this runs on are shared and noisy: absolute numbers drift, and even
+//! ratios drift with the neighbours unless measured the way [`compare`]
+//! does (rounds in alternating order, medians, steal recorded per run,
+//! CPU per saga as a result of its own; statistics in [`stats`]).
 //! Each mode (see [`modes`]) starts what it needs as separate processes —
 //! the release binaries next to `quickorder-bench` ([`system`]) — on fresh
 //! databases of the `--mysql` server, drives them with a closed loop of
@@ -19,7 +22,10 @@
 //!
 //! * sagas/s and the latency percentiles (HDR histogram);
 //! * failures by kind;
-//! * CPU milliseconds per saga of every process, from `/proc` ([`procstat`]);
+//! * CPU milliseconds per saga of every process and their sum, from
+//!   `/proc` ([`procstat`]);
+//! * the machine's busy share, the hypervisor's steal and the CPU of
+//!   processes not accounted for, from `/proc/stat`;
 //! * SQL statements, commits and fsyncs per saga, from the server's
 //!   status counters ([`dbstat`]);
 //! * the coordinator's RSS at the start and end of the window.
@@ -28,11 +34,13 @@
 //! and `peer` modes run inside the bench process ([`branches`]).
 
 pub mod branches;
+pub mod compare;
 pub mod dbstat;
 pub mod load;
 pub mod modes;
 pub mod procstat;
 pub mod report;
+pub mod stats;
 pub mod system;
 
 use std::path::PathBuf;
@@ -42,9 +50,9 @@ use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
 use self::branches::{Transport, Work};
+use self::compare::Method;
 use self::load::Limit;
 use self::modes::{Api, ModeSpec, Settings};
-use self::report::Comparison;
 use self::system::{Launcher, Server};
 use harness::parse_duration;
 
@@ -61,7 +69,8 @@ pub enum Mode {
     Db,
     /// Empty-branch HTTP sagas against a dtm-compatible coordinator.
     Peer,
-    /// db, direct, saga, http and peer back to back, with ratios.
+    /// db, direct, http, saga and peer, in rounds of alternating order,
+    /// with medians and ratios.
     Compare,
 }
 
@@ -71,6 +80,20 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
+    /// compare: rounds of every mode, in alternating order (as listed, then
+    /// reversed, …); the report gives each figure's median over the rounds
+    /// and its spread. At least 1 (a round measures every mode once; a
+    /// ratio needs its pair); 3 or more give a median one disturbed round
+    /// cannot move. [default: 3]
+    #[arg(long, value_name = "N", value_parser = parse_rounds)]
+    pub rounds: Option<usize>,
+    /// compare: flag a round's pair of runs whose steal (CPU time the
+    /// hypervisor gave other guests) differs by more than this many
+    /// percentage points. 5: at 30–40 % steal, a 5-point gap is ≈ 8 % more
+    /// machine for one run of the pair, the size of the effects the
+    /// targets measure.
+    #[arg(long, value_name = "POINTS", default_value_t = stats::DEFAULT_MAX_STEAL_GAP_PP)]
+    pub max_steal_gap: f64,
     /// Concurrent clients (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -139,10 +162,28 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
+/// `compare`'s rounds when `--rounds` is not given.
+pub const DEFAULT_ROUNDS: usize = 3;
+
+/// `--rounds N`: a whole number, at least 1.
+fn parse_rounds(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least 1: a round measures every mode once, zero rounds measure nothing".into()),
+        Ok(rounds) => Ok(rounds),
+        Err(_) => Err(format!("a whole number of rounds, at least 1, not {text:?}")),
+    }
+}
+
 /// Runs the bench; prints the report(s) on stdout.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if args.mode != Mode::Compare && args.rounds.is_some() {
+        bail!("--rounds is for compare; a single mode is measured once (run it again, or use compare)");
+    }
+    if args.max_steal_gap.is_nan() || args.max_steal_gap < 0.0 {
+        bail!("--max-steal-gap must be a number of percentage points, 0 or more");
     }
     if args.mode == Mode::Peer && args.peer_url.is_some() {
         bail!("peer takes --dtm URL; --peer-url is for compare");
@@ -153,6 +194,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .tempdir()
         .context("cannot create a run folder")?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let specs = specs(&args);
     let settings = Settings {
         clients: args.clients,
         limit: args.requests.map_or(Limit::Duration(args.duration), Limit::Requests),
@@ -167,6 +209,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         run_id,
         keep: args.keep,
         store_history: args.store_history,
+        // compare keeps every mode running; a single mode has its own.
+        connections_needed: modes::connections_needed(&specs, args.clients),
     };
 
     // Ctrl-C ends the measurement early; what ran is still reported and
@@ -178,7 +222,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         on_signal.cancel();
     });
 
-    let outcome = run_modes(&args, &settings, &cancel).await;
+    let outcome = run_modes(&args, &specs, &settings, &cancel).await;
     signal.abort();
     if args.keep {
         let kept = dir.keep();
@@ -213,11 +257,14 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
             }],
         },
         Mode::Compare => {
+            // The members of each ratio's pair next to each other (http and
+            // saga beside direct, direct beside db, the peers together): the
+            // closer in time, the closer their conditions.
             let mut specs = vec![
                 ModeSpec::Db,
                 ModeSpec::Direct,
-                ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work },
                 ModeSpec::Http,
+                ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work },
                 ours(),
             ];
             if let Some(url) = &args.peer_url {
@@ -228,27 +275,30 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
     }
 }
 
-/// Runs every spec, prints each report as it comes, and returns the JSON
-/// and Markdown versions.
+/// Runs every spec (compare: in rounds), prints each report as it comes,
+/// and returns the JSON and Markdown versions.
 async fn run_modes(
     args: &BenchArgs,
+    specs: &[ModeSpec],
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(String, String)> {
+    if args.mode == Mode::Compare {
+        let method =
+            Method { rounds: args.rounds.unwrap_or(DEFAULT_ROUNDS), max_steal_gap_pp: args.max_steal_gap };
+        let comparison = compare::run(settings, specs, method, cancel).await?;
+        println!("{}", comparison.render());
+        return Ok((serde_json::to_string_pretty(&comparison)?, comparison.markdown()));
+    }
     let mut reports = Vec::new();
-    for spec in specs(args) {
+    for spec in specs {
         if cancel.is_cancelled() {
             break;
         }
         let report =
-            modes::run(settings, &spec, cancel).await.with_context(|| format!("bench {}", spec.label()))?;
+            modes::run(settings, spec, cancel).await.with_context(|| format!("bench {}", spec.label()))?;
         println!("{}", report.render());
         reports.push(report);
-    }
-    if args.mode == Mode::Compare {
-        let comparison = Comparison::new(reports);
-        println!("{}", comparison.render());
-        return Ok((serde_json::to_string_pretty(&comparison)?, comparison.markdown()));
     }
     let markdown = report::markdown_table(&reports);
     match reports.pop() {
@@ -284,8 +334,8 @@ mod tests {
             [
                 "db insert-commit",
                 "direct grpc work=sql",
-                "saga api=grpc branches=grpc work=sql",
                 "http quickCreate",
+                "saga api=grpc branches=grpc work=sql",
                 "peer ours",
                 "peer dtmrs"
             ]
@@ -293,5 +343,16 @@ mod tests {
         let cli = Cli::parse_from(["bench", "saga", "--api", "http", "--branches", "http", "--work", "none"]);
         assert_eq!(specs(&cli.bench)[0].label(), "saga api=http branches=http work=none");
         assert!(Cli::try_parse_from(["bench", "db", "--duration", "5s", "--requests", "10"]).is_err());
+    }
+
+    #[test]
+    fn rounds_are_at_least_one() {
+        let cli = Cli::parse_from(["bench", "compare"]);
+        assert_eq!((cli.bench.rounds, cli.bench.max_steal_gap), (None, 5.0));
+        let cli = Cli::parse_from(["bench", "compare", "--rounds", "5", "--max-steal-gap", "3.5"]);
+        assert_eq!((cli.bench.rounds, cli.bench.max_steal_gap), (Some(5), 3.5));
+        let err = Cli::try_parse_from(["bench", "compare", "--rounds", "0"]).expect_err("0 rounds");
+        assert!(err.to_string().contains("zero rounds measure nothing"), "{err}");
+        assert!(Cli::try_parse_from(["bench", "compare", "--rounds", "-1"]).is_err());
     }
 }

@@ -9,10 +9,12 @@
 //! | `http` | coordinator, order-srv, stock-srv, order-api | `POST /order/quickCreate` (order-api submits with `wait_result`) |
 //! | `peer` | coordinator (or none: `--dtm URL`) | an empty-branch HTTP saga, timed until its last action reached the branch server |
 //!
-//! The frame ([`run`]): fresh databases, start, a short warm-up (not
-//! measured: connections, prepared statements, caches), readings of
-//! `/proc` and of the database counters, the measured load, readings
-//! again, stop everything, drop the databases.
+//! The frame: fresh databases and the processes ([`start`]), then per
+//! measurement ([`Running::measure`]) a short warm-up (not measured:
+//! connections, prepared statements, caches), readings of `/proc` and of
+//! the database counters, the measured load, readings again; at the end
+//! everything stopped and the databases dropped ([`Running::stop`]).
+//! [`run`] does it once; `compare` measures every mode once per round.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +122,10 @@ pub struct Settings {
     pub keep: bool,
     /// Finished sagas put into our coordinator's store before the run.
     pub store_history: u64,
+    /// Connections the pools of every mode kept running may open
+    /// ([`connections_needed`]): below that, the server's `max_connections`
+    /// is worth a warning.
+    pub connections_needed: u64,
 }
 
 /// What a mode has started, stopped at the end whatever happened.
@@ -155,12 +161,70 @@ struct Prepared {
     notes: Vec<String>,
 }
 
+/// A mode set up and ready to measure: its databases, its processes, its
+/// operation. `compare` keeps every mode's up across its rounds, so a
+/// round costs only the measured windows; a single mode measures once.
+pub struct Running {
+    /// What runs.
+    spec: ModeSpec,
+    /// Its label, for messages.
+    label: String,
+    /// Its fresh databases, dropped by [`Running::stop`].
+    dbs: Databases,
+    /// The processes and branch servers it started.
+    parts: Parts,
+    /// One operation.
+    op: Op,
+    /// The processes each report accounts for, the database server and
+    /// the bench included.
+    watched: Vec<Watched>,
+    /// Notes every report of this mode carries.
+    notes: Vec<String>,
+    /// The connection the database counters are read through.
+    monitor: Monitor,
+}
+
 /// Runs one mode from fresh databases to dropped databases.
 pub async fn run(settings: &Settings, spec: &ModeSpec, cancel: &CancellationToken) -> anyhow::Result<Report> {
+    let mut running = start(settings, spec).await?;
+    let result = running.measure(settings, None, cancel).await;
+    let stopped = running.stop(settings).await;
+    let report = result?;
+    stopped?;
+    Ok(report)
+}
+
+/// Sets `spec` up on fresh databases: everything but the measuring. On an
+/// error, whatever was started is stopped and the databases dropped.
+pub async fn start(settings: &Settings, spec: &ModeSpec) -> anyhow::Result<Running> {
     let prefix = format!("qob_{}_{}", settings.run_id, spec.name());
     let mut dbs = Databases::open(&settings.server, prefix).await?;
     let mut parts = Parts::default();
-    let result = measure(settings, spec, &mut dbs, &mut parts, cancel).await;
+    match set_up(settings, spec, &mut dbs, &mut parts).await {
+        Ok((prepared, watched, notes, monitor)) => Ok(Running {
+            spec: spec.clone(),
+            label: spec.label(),
+            dbs,
+            parts,
+            op: prepared.op,
+            watched,
+            notes,
+            monitor,
+        }),
+        Err(err) => {
+            // The set-up error is the one to report; a clean-up failure
+            // after it is only logged.
+            if let Err(cleanup) = tear_down(settings, dbs, parts).await {
+                eprintln!("[{}] clean-up after a failed start: {cleanup:#}", spec.label());
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Stops `parts` and drops `dbs` (unless `--keep`); the first error wins,
+/// but both are attempted.
+async fn tear_down(settings: &Settings, dbs: Databases, parts: Parts) -> anyhow::Result<()> {
     let stopped = parts.stop().await;
     let dropped = if settings.keep {
         eprintln!("keeping databases {}_* and logs in {}", dbs.prefix(), settings.launcher.dir.display());
@@ -168,22 +232,95 @@ pub async fn run(settings: &Settings, spec: &ModeSpec, cancel: &CancellationToke
     } else {
         dbs.drop_all().await
     };
-    let report = result?;
     stopped?;
-    dropped?;
-    Ok(report)
+    dropped
 }
 
-async fn measure(
+impl Running {
+    /// What the reports call this mode.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// One measurement: the warm-up (the closed loop ramps up, and in
+    /// `compare` the database's caches come back from the previous mode's
+    /// run), the readings, the measured window, the readings again.
+    /// `round` is `compare`'s round number, written into the report.
+    pub async fn measure(
+        &mut self,
+        settings: &Settings,
+        round: Option<usize>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Report> {
+        let label = &self.label;
+        // A service that died since the last round would only show as
+        // errors; say which one, with its log.
+        if let Some(dead) = self.parts.services.iter().find(|s| !s.is_alive()) {
+            bail!(
+                "[{label}] {} (pid {}) is no longer running; its log:\n{}",
+                dead.name,
+                dead.pid,
+                dead.log_tail()
+            );
+        }
+        if !settings.warmup.is_zero() {
+            let plan = Plan {
+                clients: settings.clients,
+                limit: Limit::Duration(settings.warmup),
+                label: format!("{label} warm-up"),
+                progress: false,
+            };
+            let warm = load::run(&plan, &self.op, cancel).await;
+            if warm.ok == 0
+                && let Some((kind, error)) = warm.errors.iter().next()
+            {
+                bail!("[{label}] every warm-up operation failed; first {kind}: {}", error.sample);
+            }
+        }
+
+        let before = readings(&self.watched, &mut self.monitor).await;
+        let plan = Plan {
+            clients: settings.clients,
+            limit: settings.limit,
+            label: match round {
+                Some(round) => format!("{label} round {round}"),
+                None => label.clone(),
+            },
+            progress: settings.progress,
+        };
+        let outcome = load::run(&plan, &self.op, cancel).await;
+        let after = readings(&self.watched, &mut self.monitor).await;
+
+        Ok(Report::build(Inputs {
+            mode: self.spec.name(),
+            label: label.clone(),
+            round,
+            clients: settings.clients,
+            outcome: &outcome,
+            watched: &self.watched,
+            before: &before,
+            after: &after,
+            notes: self.notes.clone(),
+        }))
+    }
+
+    /// Stops its processes and drops its databases.
+    pub async fn stop(self, settings: &Settings) -> anyhow::Result<()> {
+        tear_down(settings, self.dbs, self.parts).await
+    }
+}
+
+/// Starts what `spec` needs and opens the monitor connection; returns the
+/// operation, the processes to account for and the notes.
+async fn set_up(
     settings: &Settings,
     spec: &ModeSpec,
     dbs: &mut Databases,
     parts: &mut Parts,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Prepared, Vec<Watched>, Vec<String>, Monitor)> {
     let label = spec.label();
     eprintln!("[{label}] starting");
-    let prepared = match spec {
+    let mut prepared = match spec {
         ModeSpec::Db => db(settings, dbs).await?,
         ModeSpec::Direct => direct(settings, dbs, parts).await?,
         ModeSpec::Saga { api, branches, work } => saga(settings, dbs, parts, *api, *branches, *work).await?,
@@ -193,7 +330,7 @@ async fn measure(
 
     let mut monitor =
         Monitor::connect(settings.server.url()).await.context("cannot open the monitor connection")?;
-    let mut watched = prepared.watched;
+    let mut watched = std::mem::take(&mut prepared.watched);
     if let Some(pid) = monitor.server_pid().await {
         watched.push(Watched::new("mariadbd", pid));
     }
@@ -203,66 +340,50 @@ async fn measure(
         "bench"
     };
     watched.push(Watched::new(bench_name, std::process::id()));
-    let mut notes = prepared.notes;
+    let mut notes = std::mem::take(&mut prepared.notes);
     notes.push(format!("database: {}", monitor.describe().await));
     if settings.store_history > 0 && !matches!(spec, ModeSpec::Db | ModeSpec::Direct) {
         // Counted, not assumed: the fill is part of what is being measured.
         let finished = dbs.finished_sagas().await?;
         notes.push(format!("our coordinator's store held {finished} finished sagas before the warm-up"));
     }
+    let need = settings.connections_needed;
     if !matches!(spec, ModeSpec::Db)
         && let Some(limit) = monitor.max_connections().await
-        && limit < POOLS_NEED
+        && limit < need
     {
         let warning = format!(
-            "max_connections={limit} is below the {POOLS_NEED} connections the pools may open (coordinator, \
-             order and stock: 64 each, plus the clients): expect \"Too many connections\" under load; \
-             SET GLOBAL max_connections = 1000"
+            "max_connections={limit} is below the {need} connections the pools may open (64 per service \
+             pool, plus the clients, for every mode kept running): expect \"Too many connections\" under \
+             load; SET GLOBAL max_connections = 1000"
         );
         eprintln!("[{label}] warning: {warning}");
         notes.push(warning);
     }
-
-    if !settings.warmup.is_zero() {
-        let plan = Plan {
-            clients: settings.clients,
-            limit: Limit::Duration(settings.warmup),
-            label: format!("{label} warm-up"),
-            progress: false,
-        };
-        let warm = load::run(&plan, &prepared.op, cancel).await;
-        if warm.ok == 0
-            && let Some((kind, error)) = warm.errors.iter().next()
-        {
-            bail!("[{label}] every warm-up operation failed; first {kind}: {}", error.sample);
-        }
-    }
-
-    let before = readings(&watched, &mut monitor).await;
-    let plan = Plan {
-        clients: settings.clients,
-        limit: settings.limit,
-        label: label.clone(),
-        progress: settings.progress,
-    };
-    let outcome = load::run(&plan, &prepared.op, cancel).await;
-    let after = readings(&watched, &mut monitor).await;
-
-    Ok(Report::build(Inputs {
-        mode: spec.name(),
-        label,
-        clients: settings.clients,
-        outcome: &outcome,
-        watched: &watched,
-        before: &before,
-        after: &after,
-        notes,
-    }))
+    Ok((prepared, watched, notes, monitor))
 }
 
-/// Connections the system may open at once: three pools of go-zero's and
-/// the coordinator's default size (64), the bench's own, and some slack.
-const POOLS_NEED: u64 = 3 * 64 + 64 + 16;
+/// The connections the pools of the modes in `specs`, all running at once,
+/// may open: 64 per pool (go-zero's and the coordinator's default size),
+/// the bench's own for `db`, and some slack per mode for the monitor and
+/// admin connections.
+pub fn connections_needed(specs: &[ModeSpec], clients: usize) -> u64 {
+    const POOL: u64 = 64;
+    let clients = clients as u64;
+    let pools: u64 = specs
+        .iter()
+        .map(|spec| match spec {
+            ModeSpec::Db => clients,
+            ModeSpec::Direct => 2 * POOL,
+            ModeSpec::Saga { work: Work::Sql, .. } => 3 * POOL,
+            ModeSpec::Saga { work: Work::None, .. } => POOL,
+            ModeSpec::Http => 3 * POOL,
+            ModeSpec::Peer { dtm: None, .. } => POOL,
+            ModeSpec::Peer { dtm: Some(_), .. } => 0,
+        })
+        .sum();
+    pools + clients + 16 * specs.len() as u64
+}
 
 async fn readings(watched: &[Watched], monitor: &mut Monitor) -> Readings {
     let counters = monitor.snapshot().await.ok();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dbstat::{self, Counters};
 use super::load::{ErrorCount, Outcome};
-use super::procstat::{MachineSample, ProcSample, Watched, ticks_per_second};
+use super::procstat::{self, MachineSample, ProcSample, Watched, ticks_per_second};
 
 /// Latency percentiles of the successful sagas, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -74,6 +74,10 @@ pub struct Report {
     pub mode: String,
     /// What exactly ran, e.g. `saga api=grpc branches=grpc work=sql`.
     pub label: String,
+    /// `compare`'s round this run belongs to (1, 2, …); absent for a
+    /// single mode's run.
+    #[serde(default)]
+    pub round: Option<usize>,
     /// Concurrent clients.
     pub clients: usize,
     /// Length of the measured window, seconds.
@@ -90,12 +94,28 @@ pub struct Report {
     pub errors: BTreeMap<String, ErrorCount>,
     /// CPU and memory per process.
     pub processes: Vec<ProcessReport>,
+    /// The sum of `processes`' `cpu_ms_per_saga`: what one saga cost the
+    /// whole machine, as far as the bench can account for it. The figure
+    /// steal distorts least (a stolen tick is charged to no process), so
+    /// the one to compare modes by on a shared machine.
+    pub cpu_ms_per_saga_sum: f64,
     /// The database's counters (absent if they could not be read).
     pub sql: Option<SqlReport>,
     /// Logical CPUs of the machine.
     pub machine_cpus: usize,
-    /// Share of all CPUs busy during the window (0..1).
+    /// Share of all CPUs busy during the window (0..1), steal included.
     pub machine_busy: Option<f64>,
+    /// Share of all CPUs' time the hypervisor gave to other guests during
+    /// the window (0..1): the noise of a shared VM, recorded per run so
+    /// that runs under different conditions can be told apart.
+    #[serde(default)]
+    pub machine_steal: Option<f64>,
+    /// Share of all CPUs' time charged to processes the report does not
+    /// account for (0..1): whatever else ran on the machine (another test
+    /// suite, the other modes' idle services in `compare`). Absent when a
+    /// process's readings are missing, rather than counting it as other.
+    #[serde(default)]
+    pub other_cpu: Option<f64>,
     /// Coordinator RSS at the start and end of the window, KiB.
     pub coordinator_rss_kib: Option<(u64, u64)>,
     /// Stopped by Ctrl-C before the limit.
@@ -122,6 +142,8 @@ pub struct Inputs<'a> {
     pub mode: &'a str,
     /// Its label.
     pub label: String,
+    /// `compare`'s round, if any.
+    pub round: Option<usize>,
     /// Clients.
     pub clients: usize,
     /// The load run.
@@ -140,7 +162,13 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+/// A share (0..1) as `34%`, `-` when unknown.
+pub fn percent(share: Option<f64>) -> String {
+    share.map_or("-".to_string(), |s| format!("{:.0}%", s * 100.0))
+}
+
+/// `value` rounded to `digits` decimals (what the JSON shows).
+pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
@@ -168,11 +196,18 @@ impl Report {
         let ticks = ticks_per_second() as f64;
         let mut processes = Vec::new();
         let mut coordinator_rss_kib = None;
+        let mut accounted_ticks = 0;
+        let mut all_accounted = true;
         for (i, watched) in inputs.watched.iter().enumerate() {
             let before = inputs.before.processes.get(i).copied().flatten();
             let after = inputs.after.processes.get(i).copied().flatten();
-            let (Some(before), Some(after)) = (before, after) else { continue };
-            let cpu_seconds = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks;
+            let (Some(before), Some(after)) = (before, after) else {
+                all_accounted = false;
+                continue;
+            };
+            let cpu_ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks);
+            accounted_ticks += cpu_ticks;
+            let cpu_seconds = cpu_ticks as f64 / ticks;
             if watched.name == "coordinator"
                 && let (Some(start), Some(end)) = (before.rss_kib, after.rss_kib)
             {
@@ -205,6 +240,12 @@ impl Report {
             _ => None,
         };
 
+        let cpu_ms_per_saga_sum = round(processes.iter().map(|p| p.cpu_ms_per_saga).sum(), 4);
+        let (machine_before, machine_after) = (inputs.before.machine, inputs.after.machine);
+        let machine_steal = procstat::steal_share(machine_before, machine_after).map(|s| round(s, 3));
+        let other_cpu = procstat::other_share(machine_before, machine_after, accounted_ticks)
+            .filter(|_| all_accounted)
+            .map(|s| round(s, 3));
         let machine_busy = match (inputs.before.machine, inputs.after.machine) {
             (Some(before), Some(after)) if after.total_ticks > before.total_ticks => Some(round(
                 (after.busy_ticks - before.busy_ticks) as f64
@@ -217,6 +258,7 @@ impl Report {
         Report {
             mode: inputs.mode.to_string(),
             label: inputs.label,
+            round: inputs.round,
             clients: inputs.clients,
             elapsed_s: round(elapsed, 3),
             sagas,
@@ -225,9 +267,12 @@ impl Report {
             error_count: outcome.error_count(),
             errors: outcome.errors.clone(),
             processes,
+            cpu_ms_per_saga_sum,
             sql,
             machine_cpus: super::procstat::cpu_count(),
             machine_busy,
+            machine_steal,
+            other_cpu,
             coordinator_rss_kib,
             interrupted: outcome.interrupted,
             notes: inputs.notes,
@@ -260,7 +305,14 @@ impl Report {
             let _ = writeln!(out, "   error {kind}: {} (e.g. {})", error.count, error.sample);
         }
         if let Some(busy) = self.machine_busy {
-            let _ = writeln!(out, "   machine: {} CPUs, {:.0}% busy", self.machine_cpus, busy * 100.0);
+            let _ = writeln!(
+                out,
+                "   machine: {} CPUs, {:.0}% busy, steal {}, other processes {}",
+                self.machine_cpus,
+                busy * 100.0,
+                percent(self.machine_steal),
+                percent(self.other_cpu)
+            );
         }
         if !self.processes.is_empty() {
             let _ =
@@ -276,6 +328,7 @@ impl Report {
                     p.name, p.cpu_ms_per_saga, p.cores, rss
                 );
             }
+            let _ = writeln!(out, "   {:<22} {:>10.3}", "sum", self.cpu_ms_per_saga_sum);
         }
         if let Some(sql) = &self.sql {
             let get = |k: &str| sql.per_saga.get(k).copied().unwrap_or(0.0);
@@ -299,6 +352,23 @@ impl Report {
         out
     }
 
+    /// One line for `compare`'s progress: the figures that tell a round's
+    /// run from another's.
+    pub fn line(&self) -> String {
+        let round = self.round.map(|r| format!("round {r}: ")).unwrap_or_default();
+        format!(
+            "{round}{}: {:.1} sagas/s, p50 {:.2} ms, {} errors, CPU {:.3} ms/saga, busy {}, steal {}, other processes {}",
+            self.label,
+            self.sagas_per_s,
+            self.latency_ms.p50,
+            self.error_count,
+            self.cpu_ms_per_saga_sum,
+            percent(self.machine_busy),
+            percent(self.machine_steal),
+            percent(self.other_cpu),
+        )
+    }
+
     /// One row of [`markdown_table`].
     fn markdown_row(&self) -> String {
         let l = &self.latency_ms;
@@ -316,13 +386,25 @@ impl Report {
             .map(|p| format!("{} {:.2}", p.name, p.cpu_ms_per_saga))
             .collect::<Vec<_>>()
             .join(" · ");
-        let busy = self.machine_busy.map_or("-".to_string(), |b| format!("{:.0}%", b * 100.0));
         let rss = self
             .coordinator_rss_kib
             .map_or("-".to_string(), |(a, b)| format!("{:.0}→{:.0}", a as f64 / 1024.0, b as f64 / 1024.0));
+        let run = match self.round {
+            Some(round) => format!("{} · round {round}", self.label),
+            None => self.label.clone(),
+        };
         format!(
-            "| {} | {} | **{:.0}** | {:.2} | {:.2} | {:.2} | {} | {statements} | {commits} | {fsyncs} | {cpu} | {busy} | {rss} |",
-            self.label, self.clients, self.sagas_per_s, l.p50, l.p90, l.p99, self.error_count
+            "| {run} | {} | **{:.0}** | {:.2} | {:.2} | {:.2} | {} | {statements} | {commits} | {fsyncs} | {cpu} | {:.2} | {} | {} | {} | {rss} |",
+            self.clients,
+            self.sagas_per_s,
+            l.p50,
+            l.p90,
+            l.p99,
+            self.error_count,
+            self.cpu_ms_per_saga_sum,
+            percent(self.machine_busy),
+            percent(self.machine_steal),
+            percent(self.other_cpu),
         )
     }
 
@@ -336,111 +418,15 @@ impl Report {
 pub fn markdown_table(reports: &[Report]) -> String {
     let mut out = String::from(
         "| run | clients | sagas/s | p50 ms | p90 ms | p99 ms | errors | SQL stmts/saga | commits/saga | \
-         fsyncs/saga | CPU ms per saga, by process | machine busy | coordinator RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         fsyncs/saga | CPU ms per saga, by process | CPU ms per saga, sum | machine busy | steal | \
+         other processes | coordinator RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for report in reports {
         out.push_str(&report.markdown_row());
         out.push('\n');
     }
     out
-}
-
-/// One ratio of the comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ratio {
-    /// `http / direct`, …
-    pub name: String,
-    /// The ratio of the two throughputs.
-    pub value: f64,
-    /// What the issue's targets ask of it, if anything.
-    pub target: Option<String>,
-}
-
-/// `quickorder-bench compare`: every run, and the ratios.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Comparison {
-    /// The runs, in the order they ran.
-    pub runs: Vec<Report>,
-    /// Throughput ratios between runs of the same sitting.
-    pub ratios: Vec<Ratio>,
-}
-
-impl Comparison {
-    /// Computes the ratios from the runs (labels decide which is which).
-    pub fn new(runs: Vec<Report>) -> Comparison {
-        let rate =
-            |label_start: &str| runs.iter().find(|r| r.label.starts_with(label_start)).map(|r| r.sagas_per_s);
-        let mut ratios = Vec::new();
-        let mut ratio = |name: &str, a: Option<f64>, b: Option<f64>, target: Option<&str>| {
-            if let (Some(a), Some(b)) = (a, b)
-                && b > 0.0
-            {
-                ratios.push(Ratio {
-                    name: name.to_string(),
-                    value: round(a / b, 3),
-                    target: target.map(str::to_string),
-                });
-            }
-        };
-        ratio("http / direct", rate("http"), rate("direct"), Some(">= 0.6 (dtm: 0.43)"));
-        ratio("saga / direct", rate("saga"), rate("direct"), None);
-        ratio("direct / db", rate("direct"), rate("db"), None);
-        let peers: Vec<&Report> = runs.iter().filter(|r| r.mode == "peer").collect();
-        if let [ours, theirs, ..] = peers.as_slice() {
-            ratio(
-                &format!("{} / {}", ours.label, theirs.label),
-                Some(ours.sagas_per_s),
-                Some(theirs.sagas_per_s),
-                Some(">= 2"),
-            );
-        }
-        Comparison { runs, ratios }
-    }
-
-    /// The table and the ratios in Markdown (BENCHMARKS.md).
-    pub fn markdown(&self) -> String {
-        let mut out = markdown_table(&self.runs);
-        out.push('\n');
-        for ratio in &self.ratios {
-            let target = ratio.target.as_deref().map(|t| format!(" (target {t})")).unwrap_or_default();
-            let _ = writeln!(out, "- {}: **{:.2}**{target}", ratio.name, ratio.value);
-        }
-        out
-    }
-
-    /// The summary table and the ratios, for people.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<44} {:>7} {:>9} {:>8} {:>8} {:>7} {:>9} {:>8} {:>10}",
-            "run", "clients", "sagas/s", "p50 ms", "p99 ms", "errors", "SQL/saga", "commits", "coord ms"
-        );
-        for r in &self.runs {
-            let (statements, commits) =
-                r.sql.as_ref().map_or((f64::NAN, f64::NAN), |s| (s.statements_per_saga, s.commits_per_saga));
-            let coordinator = r.cpu_ms("coordinator").map_or("-".to_string(), |v| format!("{v:.3}"));
-            let _ = writeln!(
-                out,
-                "{:<44} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>7} {:>9.2} {:>8.2} {:>10}",
-                r.label,
-                r.clients,
-                r.sagas_per_s,
-                r.latency_ms.p50,
-                r.latency_ms.p99,
-                r.error_count,
-                statements,
-                commits,
-                coordinator
-            );
-        }
-        for ratio in &self.ratios {
-            let target = ratio.target.as_deref().map(|t| format!("   target {t}")).unwrap_or_default();
-            let _ = writeln!(out, "ratio {:<40} {:>6.2}{target}", ratio.name, ratio.value);
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -467,35 +453,47 @@ mod tests {
     #[test]
     fn per_saga_figures_divide_by_successful_sagas() {
         let outcome = outcome(&[1000, 2000, 3000, 4000]);
-        let watched = [Watched::new("coordinator", 1)];
+        let watched = [Watched::new("coordinator", 1), Watched::new("mariadbd", 2)];
+        let idle = ProcSample { cpu_ticks: 7, rss_kib: None, peak_rss_kib: None };
         let before = Readings {
-            processes: vec![Some(ProcSample {
-                cpu_ticks: 100,
-                rss_kib: Some(1000),
-                peak_rss_kib: Some(1000),
-            })],
-            machine: Some(MachineSample { busy_ticks: 0, total_ticks: 0 }),
+            processes: vec![
+                Some(ProcSample { cpu_ticks: 100, rss_kib: Some(1000), peak_rss_kib: Some(1000) }),
+                Some(idle),
+            ],
+            machine: Some(MachineSample { busy_ticks: 0, total_ticks: 0, steal_ticks: 0, task_ticks: 0 }),
             counters: Some(Counters::from([("Com_insert".to_string(), 10), ("Com_commit".to_string(), 0)])),
         };
+        // The machine: 200 ticks, 20 of them stolen; processes were charged
+        // the coordinator's second and 20 ticks more, which nobody watched.
         let after = Readings {
-            processes: vec![Some(ProcSample {
-                cpu_ticks: 100 + ticks_per_second(),
-                rss_kib: Some(2000),
-                peak_rss_kib: Some(2048),
-            })],
-            machine: Some(MachineSample { busy_ticks: 150, total_ticks: 200 }),
+            processes: vec![
+                Some(ProcSample {
+                    cpu_ticks: 100 + ticks_per_second(),
+                    rss_kib: Some(2000),
+                    peak_rss_kib: Some(2048),
+                }),
+                Some(idle),
+            ],
+            machine: Some(MachineSample {
+                busy_ticks: 150,
+                total_ticks: 200,
+                steal_ticks: 20,
+                task_ticks: ticks_per_second() + 20,
+            }),
             counters: Some(Counters::from([("Com_insert".to_string(), 18), ("Com_commit".to_string(), 4)])),
         };
-        let report = Report::build(Inputs {
+        let inputs = || Inputs {
             mode: "saga",
             label: "saga x".into(),
+            round: Some(2),
             clients: 4,
             outcome: &outcome,
             watched: &watched,
             before: &before,
             after: &after,
             notes: vec![],
-        });
+        };
+        let report = Report::build(inputs());
         assert_eq!(report.sagas, 4);
         assert_eq!(report.sagas_per_s, 2.0);
         assert_eq!(report.error_count, 2);
@@ -506,46 +504,24 @@ mod tests {
         let sql = report.sql.as_ref().unwrap();
         assert_eq!((sql.statements_per_saga, sql.commits_per_saga), (2.0, 1.0));
         assert_eq!(report.machine_busy, Some(0.75));
+        assert_eq!(report.machine_steal, Some(0.1));
+        assert_eq!(report.other_cpu, Some(0.1));
+        assert_eq!(report.processes[1].cpu_ms_per_saga, 0.0);
+        assert_eq!(report.cpu_ms_per_saga_sum, 250.0);
         assert!((report.latency_ms.p50 - 2.0).abs() < 0.01, "{:?}", report.latency_ms);
         let text = report.render();
         assert!(text.contains("2.0 sagas/s") && text.contains("http_503"), "{text}");
+        assert!(text.contains("steal 10%, other processes 10%"), "{text}");
+        let line = report.line();
+        assert!(line.starts_with("round 2: saga x: 2.0 sagas/s") && line.contains("steal 10%"), "{line}");
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
-    }
 
-    #[test]
-    fn comparison_ratios_pair_the_right_runs() {
-        let base = Report::build(Inputs {
-            mode: "db",
-            label: "db".into(),
-            clients: 1,
-            outcome: &outcome(&[1000]),
-            watched: &[],
-            before: &Readings::default(),
-            after: &Readings::default(),
-            notes: vec![],
-        });
-        let run = |mode: &str, label: &str, rate: f64| Report {
-            mode: mode.into(),
-            label: label.into(),
-            sagas_per_s: rate,
-            ..base.clone()
-        };
-        let comparison = Comparison::new(vec![
-            run("db", "db insert", 1000.0),
-            run("direct", "direct grpc", 500.0),
-            run("http", "http quickCreate", 300.0),
-            run("peer", "peer ours", 1200.0),
-            run("peer", "peer dtmrs", 600.0),
-        ]);
-        let get = |name: &str| comparison.ratios.iter().find(|r| r.name == name).map(|r| r.value);
-        assert_eq!(get("http / direct"), Some(0.6));
-        assert_eq!(get("direct / db"), Some(0.5));
-        assert_eq!(get("peer ours / peer dtmrs"), Some(2.0));
-        assert_eq!(get("saga / direct"), None, "no saga run");
-        assert!(comparison.render().contains("peer dtmrs"));
-        let markdown = comparison.markdown();
-        assert_eq!(markdown.lines().filter(|l| l.starts_with("| ")).count(), 6, "{markdown}");
-        assert!(markdown.contains("- http / direct: **0.60** (target >= 0.6"), "{markdown}");
+        // A watched process without readings (it died): its CPU would
+        // count as another process's, so "other" is not reported.
+        let gone = Readings { processes: vec![after.processes[0], None], ..after.clone() };
+        let report = Report::build(Inputs { after: &gone, ..inputs() });
+        assert_eq!(report.other_cpu, None);
+        assert_eq!(report.machine_steal, Some(0.1));
     }
 }

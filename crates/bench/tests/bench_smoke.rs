@@ -1,8 +1,8 @@
-//! CI smoke test of `quickorder-bench`: every mode runs once for about a
-//! second at low concurrency (`compare` runs them all back to back; the
-//! variants it does not cover have a test each) against a private MariaDB, as a user runs it
-//! (the `quickorder-bench` binary, the service binaries next to it), and must
-//! produce a JSON report with sagas and without errors.
+//! CI smoke test of `quickorder-bench`: every mode runs briefly at low
+//! concurrency (`compare` runs them all, three short rounds; the variants
+//! it does not cover have a test each) against a private MariaDB, as a
+//! user runs it (the `quickorder-bench` binary, the service binaries next
+//! to it), and must produce a JSON report with sagas and without errors.
 //!
 //! No timing is asserted: CI machines are shared, and the numbers belong
 //! in BENCHMARKS.md, not in a pass/fail line.
@@ -50,19 +50,27 @@ fn one_at_a_time() -> Turn {
 
 /// Runs `quickorder-bench <args> …` briefly; returns the JSON report.
 fn bench(args: &[&str]) -> Value {
+    bench_with_output(args).0
+}
+
+/// [`bench`], and what it printed on stdout.
+fn bench_with_output(args: &[&str]) -> (Value, String) {
     build_services();
     let server = mariadb().url();
     let _turn = one_at_a_time();
     bench_in_turn(&server, args)
 }
 
-/// [`bench`] for a caller that already holds its [`Turn`].
-fn bench_in_turn(server: &str, args: &[&str]) -> Value {
+/// [`bench_with_output`] for a caller that already holds its [`Turn`].
+/// A 300 ms warm-up unless `args` set one.
+fn bench_in_turn(server: &str, args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
+    let warmup: &[&str] = if args.contains(&"--warmup") { &[] } else { &["--warmup", "300ms"] };
     let output = Command::new(bench_tool())
         .args(args)
-        .args(["--clients", "2", "--warmup", "300ms", "--quiet", "--mysql", server])
+        .args(warmup)
+        .args(["--clients", "2", "--quiet", "--mysql", server])
         .arg("--json")
         .arg(&json)
         .env_remove("RUST_LOG")
@@ -74,7 +82,7 @@ fn bench_in_turn(server: &str, args: &[&str]) -> Value {
     println!("{stdout}");
     let text =
         std::fs::read_to_string(&json).unwrap_or_else(|err| panic!("no JSON report ({err}):\n{stderr}"));
-    serde_json::from_str(&text).expect("the report is JSON")
+    (serde_json::from_str(&text).expect("the report is JSON"), stdout.into_owned())
 }
 
 /// What every report must show: sagas, no errors, and the readings.
@@ -90,6 +98,13 @@ fn assert_clean(report: &Value, processes: &[&str]) {
         assert!(names.contains(name), "{label}: {name} not accounted: {names:?}");
     }
     assert!(names.contains(&"mariadbd"), "{label}: the database server's CPU is missing: {names:?}");
+    // /proc/stat is there (Linux): every run records the steal and the
+    // CPU of processes it does not account for.
+    for share in ["machine_steal", "other_cpu"] {
+        let value = report[share].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&value), "{label}: {share} = {}", report[share]);
+    }
+    assert!(report["cpu_ms_per_saga_sum"].as_f64().is_some(), "{label}: no CPU sum");
 }
 
 #[test]
@@ -138,7 +153,7 @@ fn peer_mode_against_a_given_url() {
     let http = process.wait_ready("coordinator", Duration::from_secs(60)).addr("http");
     let url = format!("http://{http}/api/dtmsvr");
     let pid = process.pid().to_string();
-    let report = bench_in_turn(
+    let (report, _) = bench_in_turn(
         &server,
         &["peer", "--dtm", &url, "--peer-pid", &pid, "--peer-name", "sqlite", "--duration", "2s"],
     );
@@ -150,34 +165,103 @@ fn peer_mode_against_a_given_url() {
     assert!(names.contains(&"sqlite"), "{names:?}");
 }
 
-/// `compare` runs every mode once, back to back (db, direct, saga over
-/// gRPC, quick orders over HTTP, peer): one run covers what a test per mode
-/// would, so each mode's own checks are made on its run here.
+/// `compare` runs every mode in three short rounds, in alternating order
+/// (db, direct, quick orders over HTTP, saga over gRPC, peer; then
+/// reversed): one run covers what a test per mode would, so each mode's own
+/// checks are made on every one of its runs here, then the comparison's
+/// medians, ratios, steal and targets.
 #[test]
-fn compare_runs_every_mode_and_prints_ratios() {
-    let comparison = bench(&["compare", "--duration", "1s"]);
+fn compare_runs_every_mode_in_rounds_and_prints_ratios() {
+    let (comparison, stdout) =
+        bench_with_output(&["compare", "--rounds", "3", "--duration", "250ms", "--warmup", "150ms"]);
+    let order = [
+        "db insert-commit",
+        "direct grpc work=sql",
+        "http quickCreate",
+        "saga api=grpc branches=grpc work=sql",
+        "peer ours",
+    ];
+    assert_eq!(comparison["rounds"], 3);
+    assert_eq!(comparison["order"], serde_json::json!(order));
     let runs = comparison["runs"].as_array().expect("runs");
-    let labels: Vec<&str> = runs.iter().filter_map(|r| r["label"].as_str()).collect();
-    assert_eq!(
-        labels,
-        [
-            "db insert-commit",
-            "direct grpc work=sql",
-            "saga api=grpc branches=grpc work=sql",
-            "http quickCreate",
-            "peer ours"
-        ]
-    );
-    let [db, direct, saga, http, peer] = &runs[..] else { unreachable!("five labels were checked") };
-    assert_clean(db, &["bench"]);
-    assert!(db["sql"]["per_saga"]["Com_insert"].as_f64().unwrap_or(0.0) >= 1.0, "{db:#}");
-    assert_clean(direct, &["order-srv", "stock-srv"]);
-    assert_clean(saga, &["coordinator"]);
-    let rss = &saga["coordinator_rss_kib"];
-    assert!(rss[0].as_u64().unwrap_or(0) > 0 && rss[1].as_u64().unwrap_or(0) > 0, "{rss}");
-    assert_clean(http, &["coordinator", "order-api", "order-srv", "stock-srv"]);
-    assert_clean(peer, &["coordinator"]);
-    let ratios: Vec<&str> =
-        comparison["ratios"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
-    assert!(ratios.contains(&"http / direct") && ratios.contains(&"direct / db"), "{ratios:?}");
+    let ran: Vec<(u64, &str)> =
+        runs.iter().map(|r| (r["round"].as_u64().unwrap_or(0), r["label"].as_str().unwrap_or("?"))).collect();
+    let reversed: Vec<&str> = order.iter().rev().copied().collect();
+    let expected: Vec<(u64, &str)> = [(1, order.to_vec()), (2, reversed), (3, order.to_vec())]
+        .into_iter()
+        .flat_map(|(round, labels)| labels.into_iter().map(move |label| (round, label)))
+        .collect();
+    assert_eq!(ran, expected, "A B … then reversed, three rounds");
+
+    for run in runs {
+        let label = run["label"].as_str().unwrap_or("?");
+        // Each run's line on stdout names its round, its steal, the rest.
+        let line = format!("round {}: {label}: ", run["round"]);
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&line) && l.contains("steal") && l.contains("other processes")),
+            "no line for {line}:\n{stdout}"
+        );
+        match label {
+            "db insert-commit" => {
+                assert_clean(run, &["bench"]);
+                assert!(run["sql"]["per_saga"]["Com_insert"].as_f64().unwrap_or(0.0) >= 1.0, "{run:#}");
+            }
+            "direct grpc work=sql" => assert_clean(run, &["order-srv", "stock-srv"]),
+            "http quickCreate" => assert_clean(run, &["coordinator", "order-api", "order-srv", "stock-srv"]),
+            "saga api=grpc branches=grpc work=sql" => {
+                assert_clean(run, &["coordinator"]);
+                let rss = &run["coordinator_rss_kib"];
+                assert!(rss[0].as_u64().unwrap_or(0) > 0 && rss[1].as_u64().unwrap_or(0) > 0, "{rss}");
+            }
+            _ => assert_clean(run, &["coordinator"]),
+        }
+    }
+
+    // Per mode: the medians over the three rounds, CPU per saga by process
+    // and summed.
+    let modes = comparison["modes"].as_array().expect("modes");
+    assert_eq!(modes.len(), 5);
+    for mode in modes {
+        let sagas = &mode["sagas_per_s"];
+        assert_eq!(sagas["n"], 3, "{mode:#}");
+        let (min, median, max) = (
+            sagas["min"].as_f64().unwrap_or(-1.0),
+            sagas["median"].as_f64().unwrap_or(-1.0),
+            sagas["max"].as_f64().unwrap_or(-1.0),
+        );
+        assert!(0.0 < min && min <= median && median <= max, "{sagas}");
+        assert!(mode["cpu_ms_per_saga_sum"]["median"].as_f64().is_some(), "{mode:#}");
+        assert!(mode["machine_steal"]["median"].as_f64().is_some(), "{mode:#}");
+    }
+
+    // Ratios per round, their median, and the pairs flagged for steal.
+    let ratios = comparison["ratios"].as_array().expect("ratios");
+    let find = |name: &str, measure: &str| {
+        ratios
+            .iter()
+            .find(|r| r["name"] == name && r["measure"] == measure)
+            .unwrap_or_else(|| panic!("no {measure} ratio {name}: {ratios:#?}"))
+    };
+    for (name, measure) in [
+        ("http / direct", "throughput"),
+        ("http / direct", "cpu_per_saga"),
+        ("direct / db", "throughput"),
+        ("saga / direct", "cpu_per_saga"),
+    ] {
+        let ratio = find(name, measure);
+        assert_eq!(ratio["rounds"].as_array().map(Vec::len), Some(3), "{ratio:#}");
+        assert!(ratio["median"].as_f64().unwrap_or(0.0) > 0.0, "{ratio:#}");
+    }
+    assert!(comparison["steal_flags"].is_array(), "{comparison:#}");
+    let targets: Vec<&str> = comparison["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(targets.iter().any(|t| t.starts_with("coordinator CPU per saga in peer ours")), "{targets:?}");
+    assert!(stdout.contains("ratios (median of the rounds' pairs"), "{stdout}");
+    assert!(stdout.contains("CPU ms per saga"), "{stdout}");
 }
