@@ -11,7 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use edges_support::InProcess;
 use serde::Deserialize;
 
-const RULES: &str = include_str!("../../../deploy/prometheus/alerts.yml");
+/// The rules file, read at run time: `deploy/` stays out of the image's
+/// build context (`.dockerignore`), so no crate may `include_str!` it.
+fn rules() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prometheus/alerts.yml");
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
 
 /// Prometheus's rule file format (the parts we check; unknown keys refused).
 #[derive(Debug, Deserialize)]
@@ -89,7 +94,7 @@ fn exported(exposition: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_rule_file_parses_and_has_both_alerts() {
-    let file: RuleFile = serde_yaml_ng::from_str(RULES).expect("Prometheus rule file");
+    let file: RuleFile = serde_yaml_ng::from_str(&rules()).expect("Prometheus rule file");
     let rules: Vec<&Rule> = file.groups.iter().flat_map(|g| &g.rules).collect();
     assert!(file.groups.iter().all(|g| !g.name.is_empty()));
     let names: Vec<&str> = rules.iter().map(|r| r.alert.as_str()).collect();
@@ -135,7 +140,7 @@ async fn every_metric_the_rules_name_is_exported_by_a_running_coordinator() {
     assert!(exposition.contains(r#"dtm_transactions_unfinished{status="submitted"} 0"#), "{exposition}");
     assert!(exposition.contains("dtm_transaction_oldest_unfinished_age_seconds 0"), "{exposition}");
 
-    let file: RuleFile = serde_yaml_ng::from_str(RULES).expect("Prometheus rule file");
+    let file: RuleFile = serde_yaml_ng::from_str(&rules()).expect("Prometheus rule file");
     let mut named = BTreeSet::new();
     for rule in file.groups.iter().flat_map(|g| &g.rules) {
         named.extend(metric_names(&rule.expr));
