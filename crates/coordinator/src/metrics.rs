@@ -441,7 +441,7 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(
-            !text.contains(r#"op="action",outcome="failure""#),
+            !text.contains(r#"model="saga",op="action",outcome="failure""#),
             "a saga action's FAILURE is final:\n{text}"
         );
     }
