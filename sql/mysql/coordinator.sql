@@ -62,3 +62,29 @@ CREATE TABLE IF NOT EXISTS kv (
   PRIMARY KEY (id),
   UNIQUE KEY uniq_k (cat, k)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Not in dtm: the retry alerts (AlertRetryLimit / AlertWebHook) and their
+-- outbox. One row per branch operation that failed transiently: the failures
+-- counted so far, then the alert waiting to be (or already) delivered. A new
+-- table rather than columns on dtm's: dtm's tables stay exactly dtm's.
+-- status: counting (below the limit), pending (to deliver), sent.
+-- Leased like trans_global: owner + next_attempt_time on the database's clock.
+CREATE TABLE IF NOT EXISTS trans_alert (
+  id bigint(22) NOT NULL AUTO_INCREMENT,
+  gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  branch_id varchar(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  trans_status varchar(12) NOT NULL DEFAULT '' COMMENT 'global status at the last counted failure',
+  retry_count int(11) NOT NULL DEFAULT 0 COMMENT 'transient failures counted, up to the alert',
+  error varchar(1024) NOT NULL DEFAULT '' COMMENT 'the last counted failure',
+  status varchar(12) NOT NULL COMMENT 'counting, pending, sent',
+  attempts int(11) NOT NULL DEFAULT 0 COMMENT 'deliveries tried',
+  next_attempt_time datetime DEFAULT NULL COMMENT 'next delivery (or the lease expiry while owned)',
+  owner varchar(128) NOT NULL DEFAULT '' COMMENT 'lease token of the delivery that holds it',
+  last_error varchar(1024) NOT NULL DEFAULT '' COMMENT 'why the last delivery failed',
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY gid_branch_op (gid, branch_id, op),
+  KEY status_next_attempt_time (status, next_attempt_time)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -52,3 +52,24 @@ CREATE TABLE IF NOT EXISTS kv (
   update_time datetime DEFAULT NULL,
   CONSTRAINT uniq_k UNIQUE (cat, k)
 );
+
+-- Not in dtm: the retry alerts (AlertRetryLimit / AlertWebHook) and their
+-- outbox; see sql/mysql/coordinator.sql for the columns.
+CREATE TABLE IF NOT EXISTS trans_alert (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  gid varchar(128) NOT NULL,
+  branch_id varchar(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  trans_status varchar(12) NOT NULL DEFAULT '',
+  retry_count int NOT NULL DEFAULT 0,
+  error varchar(1024) NOT NULL DEFAULT '',
+  status varchar(12) NOT NULL,
+  attempts int NOT NULL DEFAULT 0,
+  next_attempt_time datetime DEFAULT NULL,
+  owner varchar(128) NOT NULL DEFAULT '',
+  last_error varchar(1024) NOT NULL DEFAULT '',
+  create_time datetime DEFAULT NULL,
+  update_time datetime DEFAULT NULL,
+  CONSTRAINT gid_branch_op UNIQUE (gid, branch_id, op)
+);
+CREATE INDEX IF NOT EXISTS status_next_attempt_time ON trans_alert (status, next_attempt_time);

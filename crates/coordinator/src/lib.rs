@@ -16,6 +16,8 @@
 //!   tables;
 //! * [`branch`] — calls branches over HTTP and gRPC (raw payload
 //!   pass-through, pooled connections);
+//! * [`alert`] — dtm's retry alerts (`AlertRetryLimit`, `AlertWebHook`):
+//!   counted in the store, delivered at least once, off the branch path;
 //! * `config`, `api`, `metrics`, `server` — configuration, the two APIs,
 //!   Prometheus metrics and the process wiring used by the `coordinator` binary.
 //!
@@ -25,6 +27,7 @@
 //! fenced by that token, so at most one pass drives a transaction at a time
 //! ([`engine::lease`], the contract in [`store`]).
 
+pub mod alert;
 pub mod api;
 pub mod branch;
 pub mod config;

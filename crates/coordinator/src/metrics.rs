@@ -8,24 +8,57 @@
 //! | `dtm_transaction_handled_duration` | `model` | engine observer |
 //! | `dtm_branch_process_total` | `model`, `branchid`, `branchtype`, `status` | engine observer |
 //!
+//! Ours (dtm has no equivalent), for the alert rules in
+//! `deploy/prometheus/alerts.yml`:
+//!
+//! | metric | labels | fed by |
+//! |---|---|---|
+//! | `dtm_branch_retries_total` | `model`, `op`, `outcome` (error\|failure\|ongoing) | engine observer: answers that make the coordinator call again |
+//! | `dtm_transactions_unfinished` | `status` (prepared\|submitted\|aborting) | the store, read at scrape time |
+//! | `dtm_transaction_oldest_unfinished_age_seconds` | — | the store, read at scrape time |
+//! | `dtm_alerts_raised_total` | — | retry alerts raised by this process (`AlertRetryLimit` reached) |
+//! | `dtm_alert_deliveries_total` | `outcome` (sent\|failed) | webhook deliveries by this process |
+//!
+//! The two gauges describe the shared database, not this process: every
+//! coordinator on it reports the same values (aggregate them with `max`,
+//! not `sum`). They are read with one `GROUP BY` over the unfinished rows
+//! only, at most once per [`STORE_REFRESH`] however often Prometheus
+//! scrapes, and within [`STORE_TIMEOUT`]; a read that fails or times out
+//! leaves the previous values (logged).
+//!
 //! Dashboards written for dtm keep working. Label cardinality is bounded on
 //! purpose: `api` is one of a fixed set of route names (an unknown path is
 //! reported as `other`, so a scanner cannot mint series), and `branchid` is
 //! the step number (`01`, `02`, …), never the gid.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use dtm_protocol::{BranchId, BranchResult, Op, TransType};
 
 use crate::engine::EngineObserver;
+use crate::engine::retry::retry_cause;
 use crate::model::GlobalStatus;
+use crate::store::Unfinished;
+
+/// The store's gauges are read at most this often, however often Prometheus scrapes.
+pub const STORE_REFRESH: Duration = Duration::from_secs(1);
+
+/// A scrape waits at most this long for the store's gauges.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The unfinished statuses, each always exported (0 when none).
+const UNFINISHED: [GlobalStatus; 3] =
+    [GlobalStatus::Prepared, GlobalStatus::Submitted, GlobalStatus::Aborting];
 
 /// A label set: `(name, value)` pairs in a fixed order.
 type Labels = Vec<(&'static str, String)>;
@@ -70,6 +103,23 @@ pub struct Metrics {
     transaction_duration: Family<Labels, Histogram>,
     /// `dtm_branch_process_total`: branch calls by model, step, op and outcome.
     branch_process: Family<Labels, Counter>,
+    /// `dtm_branch_retries_total`: branch answers that make the coordinator
+    /// call the op again, by model, op and why (the rate of trouble per op).
+    branch_retries: Family<Labels, Counter>,
+    /// `dtm_transactions_unfinished`: transactions in the store per
+    /// unfinished status (a backlog that grows is the first sign of trouble).
+    transactions_unfinished: Family<Labels, Gauge>,
+    /// `dtm_transaction_oldest_unfinished_age_seconds`: how long the oldest
+    /// unfinished transaction has existed (the "not final after N minutes" alert).
+    oldest_unfinished: Gauge,
+    /// `dtm_alerts_raised_total`: retry alerts raised here.
+    alerts_raised: Counter,
+    /// `dtm_alert_deliveries_total`: webhook deliveries by outcome (a
+    /// webhook that is down shows as `failed` only here).
+    alert_deliveries: Family<Labels, Counter>,
+    /// When the store's gauges were last read; held while reading, so
+    /// concurrent scrapes share one read.
+    store_read: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -123,6 +173,69 @@ impl Metrics {
             transaction_duration.clone(),
         );
         registry.register("dtm_branch_process", "Branch calls made", branch_process.clone());
+        let branch_retries = Family::<Labels, Counter>::default();
+        // Every series exists from the start at 0, so that `increase()` in
+        // an alert rule sees the first retry too (a series born at 1 has
+        // no increase). The set is small and fixed: the ops the engine
+        // calls per model, and the causes that apply to each.
+        for (model, op) in [
+            (TransType::Saga, Op::Action),
+            (TransType::Saga, Op::Compensate),
+            (TransType::Tcc, Op::Confirm),
+            (TransType::Tcc, Op::Cancel),
+            (TransType::Msg, Op::Action),
+            (TransType::Msg, Op::Msg),
+        ] {
+            for answer in [
+                BranchResult::Retry(String::new()),
+                BranchResult::Failure(String::new()),
+                BranchResult::Ongoing,
+            ] {
+                if let Some(cause) = retry_cause(model, op, &answer) {
+                    let labels: Labels = vec![
+                        ("model", model.as_str().to_string()),
+                        ("op", op.as_str().to_string()),
+                        ("outcome", cause.as_str().to_string()),
+                    ];
+                    branch_retries.get_or_create(&labels).inc_by(0);
+                }
+            }
+        }
+        registry.register(
+            "dtm_branch_retries",
+            "Branch answers that make the coordinator call the operation again",
+            branch_retries.clone(),
+        );
+        let transactions_unfinished = Family::<Labels, Gauge>::default();
+        for status in UNFINISHED {
+            transactions_unfinished.get_or_create(&vec![("status", status.as_str().to_string())]).set(0);
+        }
+        registry.register(
+            "dtm_transactions_unfinished",
+            "Unfinished transactions in the store, by status",
+            transactions_unfinished.clone(),
+        );
+        let oldest_unfinished = Gauge::default();
+        registry.register(
+            "dtm_transaction_oldest_unfinished_age_seconds",
+            "Seconds since the oldest unfinished transaction in the store was created (0: none)",
+            oldest_unfinished.clone(),
+        );
+        let alerts_raised = Counter::default();
+        registry.register(
+            "dtm_alerts_raised",
+            "Retry alerts raised (a branch operation retried up to AlertRetryLimit)",
+            alerts_raised.clone(),
+        );
+        let alert_deliveries = Family::<Labels, Counter>::default();
+        for outcome in ["sent", "failed"] {
+            alert_deliveries.get_or_create(&vec![("outcome", outcome.to_string())]).inc_by(0);
+        }
+        registry.register(
+            "dtm_alert_deliveries",
+            "Deliveries of retry alerts to AlertWebHook, by outcome",
+            alert_deliveries.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             server_process,
@@ -130,6 +243,56 @@ impl Metrics {
             transaction_process,
             transaction_duration,
             branch_process,
+            branch_retries,
+            transactions_unfinished,
+            oldest_unfinished,
+            alerts_raised,
+            alert_deliveries,
+            store_read: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records a branch answer that makes the coordinator call `op` again;
+    /// `outcome` is a [`crate::engine::retry::RetryCause`] label.
+    pub fn record_retry(&self, model: &str, op: &str, outcome: &str) {
+        let labels: Labels =
+            vec![("model", model.to_string()), ("op", op.to_string()), ("outcome", outcome.to_string())];
+        self.branch_retries.get_or_create(&labels).inc();
+    }
+
+    /// Sets the store's gauges from `unfinished`, as of `now`.
+    pub fn set_unfinished(&self, unfinished: &Unfinished, now: DateTime<Utc>) {
+        for status in UNFINISHED {
+            let n = unfinished.counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            self.transactions_unfinished
+                .get_or_create(&vec![("status", status.as_str().to_string())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let age = unfinished.oldest.map_or(0, |oldest| (now - oldest).num_seconds().max(0));
+        self.oldest_unfinished.set(age);
+    }
+
+    /// Reads the store's gauges with `read`, unless they were read less
+    /// than [`STORE_REFRESH`] ago; waits at most [`STORE_TIMEOUT`]. A failed
+    /// or slow read keeps the previous values: a scrape never fails or hangs
+    /// because of the store.
+    pub async fn refresh_store_gauges<F, Fut, E>(&self, read: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Unfinished, E>>,
+        E: std::fmt::Display,
+    {
+        let mut last = self.store_read.lock().await;
+        if last.is_some_and(|at| at.elapsed() < STORE_REFRESH) {
+            return;
+        }
+        match tokio::time::timeout(STORE_TIMEOUT, read()).await {
+            Ok(Ok(unfinished)) => {
+                self.set_unfinished(&unfinished, Utc::now());
+                *last = Some(tokio::time::Instant::now());
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read unfinished transactions for the metrics"),
+            Err(_) => tracing::warn!("reading unfinished transactions for the metrics timed out"),
         }
     }
 
@@ -191,6 +354,18 @@ impl EngineObserver for Metrics {
     ) {
         let ok = matches!(outcome, BranchResult::Success);
         self.record_branch(trans_type.as_str(), branch_id.as_str(), op.as_str(), ok);
+        if let Some(cause) = retry_cause(trans_type, op, outcome) {
+            self.record_retry(trans_type.as_str(), op.as_str(), cause.as_str());
+        }
+    }
+
+    fn alert_raised(&self) {
+        self.alerts_raised.inc();
+    }
+
+    fn alert_delivered(&self, sent: bool) {
+        let outcome = if sent { "sent" } else { "failed" };
+        self.alert_deliveries.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
     }
 }
 
@@ -216,5 +391,58 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn retries_alerts_and_the_stores_gauges_are_exported() {
+        let metrics = Metrics::new();
+        let branch = BranchId::nth(1);
+        metrics.branch_called(
+            TransType::Saga,
+            &branch,
+            Op::Action,
+            &BranchResult::Retry("x".into()),
+            Duration::ZERO,
+        );
+        metrics.branch_called(
+            TransType::Saga,
+            &branch,
+            Op::Action,
+            &BranchResult::Failure("no".into()),
+            Duration::ZERO,
+        );
+        metrics.branch_called(
+            TransType::Tcc,
+            &branch,
+            Op::Confirm,
+            &BranchResult::Failure("no".into()),
+            Duration::ZERO,
+        );
+        metrics.alert_raised();
+        metrics.alert_delivered(false);
+        metrics.alert_delivered(true);
+        let now = Utc::now();
+        let unfinished = Unfinished {
+            counts: vec![(GlobalStatus::Submitted, 4)],
+            oldest: Some(now - chrono::TimeDelta::seconds(90)),
+        };
+        metrics.set_unfinished(&unfinished, now);
+        let text = metrics.encode();
+        for expected in [
+            r#"dtm_branch_retries_total{model="saga",op="action",outcome="error"} 1"#,
+            r#"dtm_branch_retries_total{model="tcc",op="confirm",outcome="failure"} 1"#,
+            "dtm_alerts_raised_total 1",
+            r#"dtm_alert_deliveries_total{outcome="failed"} 1"#,
+            r#"dtm_alert_deliveries_total{outcome="sent"} 1"#,
+            r#"dtm_transactions_unfinished{status="submitted"} 4"#,
+            r#"dtm_transactions_unfinished{status="aborting"} 0"#,
+            "dtm_transaction_oldest_unfinished_age_seconds 90",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"model="saga",op="action",outcome="failure""#),
+            "a saga action's FAILURE is final:\n{text}"
+        );
     }
 }

@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::AlertSettings;
 use crate::api::grpc::{BearerInterceptor, DtmService};
 use crate::api::http::{HttpLimits, HttpState, router};
 use crate::config::{Config, RegistrationTarget};
@@ -285,6 +286,15 @@ fn engine_settings(config: &Config) -> EngineSettings {
         max_retry_interval: secs(config.max_retry_interval),
         trans_cron_interval: secs(config.trans_cron_interval),
         lease_duration: secs(config.retry_interval),
+        alert: AlertSettings {
+            retry_limit: config.alert_retry_limit,
+            // Validated by `Config::validate` before the engine is built.
+            webhook: config.alert_web_hook().ok().flatten(),
+            // Alerts of other coordinators and of a previous run are found
+            // as fast as due transactions are.
+            poll_interval: secs(config.trans_cron_interval),
+            ..AlertSettings::default()
+        },
         ..EngineSettings::default()
     }
 }

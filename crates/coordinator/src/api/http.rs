@@ -392,7 +392,9 @@ async fn ping() -> Response {
 }
 
 /// `GET /api/metrics`: Prometheus text exposition.
+/// The store's gauges are read first (throttled and bounded, see `crate::metrics`).
 async fn metrics(State(state): State<HttpState>) -> Response {
+    state.metrics.refresh_store_gauges(|| state.engine.unfinished()).await;
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

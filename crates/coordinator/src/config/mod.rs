@@ -44,7 +44,10 @@
 //!   and demos do not wait; production should keep dtm's 10;
 //! * `MaxRetryInterval` caps the exponential backoff (dtm doubles forever);
 //! * `ListenHost`, `AuthToken`, `MaxBodyBytes`, `MaxConcurrentRequests`,
-//!   `MaxConnections`, `ApiTimeout` are our additions.
+//!   `MaxConnections`, `ApiTimeout` are our additions;
+//! * `AlertRetryLimit` / `AlertWebHook` are dtm's keys, but an alert is sent
+//!   once per branch operation that reaches the limit (dtm: at every retry
+//!   past it), delivered at least once from a durable outbox (`crate::alert`).
 //!
 //! The module is in two parts: `schema.rs` is the configuration itself
 //! (dtm's keys, our defaults, validation, and what is derived from it: the
@@ -57,8 +60,8 @@ mod schema;
 
 pub use load::env_var_name;
 pub use schema::{
-    Config, DEFAULT_SQLITE_FILE, GOZERO_DRIVER, MicroServiceConfig, RegistrationTarget, Secret, StoreConfig,
-    StoreDriver,
+    Config, DEFAULT_SQLITE_FILE, GOZERO_DRIVER, MAX_ALERT_RETRY_LIMIT, MicroServiceConfig,
+    RegistrationTarget, Secret, StoreConfig, StoreDriver,
 };
 
 /// Everything that can be wrong with a configuration. Each message names the

@@ -41,6 +41,13 @@ pub struct Config {
     pub trans_cron_interval: u64,
     /// Self-registration in service discovery (go-zero etcd format).
     pub micro_service: MicroServiceConfig,
+    /// dtm's `AlertRetryLimit` (default 3): the transient failure of a
+    /// branch operation that brings its count to this raises one alert to
+    /// `AlertWebHook` (`crate::alert` explains the count).
+    pub alert_retry_limit: u32,
+    /// dtm's `AlertWebHook`: an `http(s)://` URL that receives the retry
+    /// alerts as JSON POSTs; empty (the default) switches alerts off.
+    pub alert_web_hook: String,
     /// `trace`, `debug`, `info`, `warn` or `error`; `RUST_LOG` wins when set.
     pub log_level: String,
     /// When non-empty, every API call (HTTP and gRPC, except health checks,
@@ -72,6 +79,8 @@ impl Default for Config {
             request_timeout: 3,
             trans_cron_interval: 3,
             micro_service: MicroServiceConfig::default(),
+            alert_retry_limit: 3,
+            alert_web_hook: String::new(),
             log_level: "info".into(),
             auth_token: Secret::default(),
             max_body_bytes: 4 * 1024 * 1024,
@@ -147,6 +156,10 @@ impl Default for StoreConfig {
         }
     }
 }
+
+/// The largest `AlertRetryLimit`: beyond it a branch would be retried for
+/// days (at the 60 s cap) before anyone hears of it.
+pub const MAX_ALERT_RETRY_LIMIT: u32 = 10_000;
 
 /// Default SQLite file when `Store.Db` is empty.
 pub const DEFAULT_SQLITE_FILE: &str = "./coordinator.db";
@@ -360,8 +373,26 @@ impl Config {
         if store.max_open_conns == 0 {
             return invalid("Store.MaxOpenConns", "must be at least 1");
         }
+        if !(1..=MAX_ALERT_RETRY_LIMIT).contains(&self.alert_retry_limit) {
+            return invalid("AlertRetryLimit", &format!("must be between 1 and {MAX_ALERT_RETRY_LIMIT}"));
+        }
+        self.alert_web_hook()?;
         self.micro_service.registration()?;
         Ok(())
+    }
+
+    /// [`Config::alert_web_hook`] parsed; `None` when empty (alerts off).
+    pub fn alert_web_hook(&self) -> Result<Option<url::Url>, ConfigError> {
+        if self.alert_web_hook.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |message: String| ConfigError::Invalid { key: "AlertWebHook", message };
+        let url = url::Url::parse(&self.alert_web_hook)
+            .map_err(|e| invalid(format!("{:?} is not a URL: {e}", self.alert_web_hook)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!("{:?} must be an http:// or https:// URL", self.alert_web_hook)));
+        }
+        Ok(Some(url))
     }
 
     /// [`Config::retry_interval`] as a [`Duration`].
@@ -430,9 +461,13 @@ mod tests {
                 ("MICRO_SERVICE_TARGET", "etcd://e1:2379,e2:2379/dtmservice"),
                 ("MICRO_SERVICE_END_POINT", "dtm:36790"),
                 ("AUTH_TOKEN", "s3cret"),
+                ("ALERT_RETRY_LIMIT", "5"),
+                ("ALERT_WEB_HOOK", "http://alerts:9000/dtm"),
             ]),
         )
         .unwrap();
+        assert_eq!(config.alert_retry_limit, 5);
+        assert_eq!(config.alert_web_hook().unwrap().unwrap().as_str(), "http://alerts:9000/dtm");
         assert_eq!(config.http_port, 1234);
         assert_eq!(config.store.password.expose(), "1234");
         assert_eq!(config.store.url().expose(), "mysql://root:1234@db:3306/dtm");
@@ -477,6 +512,9 @@ mod tests {
             ("RequestTimeout: 3601\n", "RequestTimeout"),
             ("TransCronInterval: 3601\n", "TransCronInterval"),
             ("ApiTimeout: 3601\n", "ApiTimeout"),
+            ("AlertRetryLimit: 0\n", "AlertRetryLimit"),
+            ("AlertWebHook: ftp://x/y\n", "AlertWebHook"),
+            ("AlertWebHook: not a url\n", "AlertWebHook"),
             ("HttpPort: lots\n", "HttpPort"),
             (
                 "MicroService:\n  Driver: dtm-driver-gozero\n  Target: consul://c:8500/dtm\n",
@@ -508,6 +546,8 @@ mod tests {
         assert_eq!(registration.hosts, ["127.0.0.1:2379"]);
         assert_eq!(registration.key, "dtmservice");
         assert_eq!(registration.end_point, "127.0.0.1:36790");
+        // dtm's alert keys, with dtm's defaults: a limit of 3, no webhook.
+        assert_eq!((config.alert_retry_limit, config.alert_web_hook().unwrap()), (3, None));
         let api = include_str!("../../../../etc/order-api.yaml");
         assert!(api.contains("${DTM_SERVER:-etcd://127.0.0.1:2379/dtmservice}"), "order-api dials it");
     }

@@ -36,6 +36,12 @@
 //!   ([`Store::acquire`]); until then it waits for the outcome in the store.
 //!
 //! Concurrency is bounded by a semaphore on passes in flight.
+//!
+//! # Retry alerts
+//!
+//! Every branch answer that makes a transaction back off is handed to
+//! [`crate::alert`] without waiting; counting and webhook delivery run on
+//! tasks of their own, started with the engine and stopped with it.
 
 pub mod checkpoint;
 pub mod lease;
@@ -70,11 +76,12 @@ pub use settings::EngineSettings;
 use self::lease::Lease;
 use self::pass::{Core, PassEnd};
 use self::process::Work;
+use crate::alert::Alerts;
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{
     self, BranchRow, CreateOutcome, Fence, GlobalChange, GlobalRow, LeaseToken, ListFilter, NewGlobal, Page,
-    ResetCount, Schedule, StatusUpdate, Store, StoredTrans,
+    ResetCount, Schedule, StatusUpdate, Store, StoredTrans, Unfinished,
 };
 
 /// `/api/dtmsvr/query`'s answer: the global row (or `null`) and its branches.
@@ -198,6 +205,15 @@ impl Engine {
     ) -> Result<Engine, reqwest::Error> {
         let caller = BranchCaller::new(hooks.resolver)?;
         let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
+        let (shutdown, kill) = (CancellationToken::new(), CancellationToken::new());
+        // Counting and delivery run beside the passes, never inside them.
+        let alerts = Alerts::start(
+            Arc::clone(&store),
+            &settings.alert,
+            Arc::clone(&hooks.observer),
+            shutdown.clone(),
+            kill.clone(),
+        )?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 core: Core {
@@ -206,10 +222,11 @@ impl Engine {
                     caller,
                     observer: hooks.observer,
                     checkpoint: hooks.checkpoint,
+                    alerts,
                 },
                 permits,
-                shutdown: CancellationToken::new(),
-                kill: CancellationToken::new(),
+                shutdown,
+                kill,
                 tracker: TaskTracker::new(),
                 active: Mutex::default(),
             }),
@@ -765,6 +782,13 @@ impl Engine {
             .map(|t| TransDetail { transaction: Some(t.global), branches: t.branches }))
     }
 
+    /// The unfinished transactions per status and the creation time of the
+    /// oldest, as the store holds them (every coordinator on the database
+    /// sees the same): the gauges of `/api/metrics`.
+    pub async fn unfinished(&self) -> Result<Unfinished, EngineError> {
+        Ok(self.inner.core.store.unfinished().await?)
+    }
+
     /// dtm `all`: newest first, keyset pagination.
     pub async fn list(&self, filter: ListFilter) -> Result<Page, EngineError> {
         Ok(self.inner.core.store.list(&filter).await?)
@@ -888,6 +912,7 @@ impl Engine {
         self.inner.tracker.close();
         let timeout = self.inner.core.settings.shutdown_timeout;
         if tokio::time::timeout(timeout, self.inner.tracker.wait()).await.is_ok() {
+            self.stop_alerts(timeout).await;
             return;
         }
         let held: Vec<(Gid, LeaseToken)> =
@@ -896,6 +921,18 @@ impl Engine {
         self.inner.tracker.wait().await;
         if let Err(e) = self.inner.core.store.release(&held, store::now()).await {
             tracing::warn!(error = %e, count = held.len(), "could not release leases; they expire on their own");
+        }
+        self.stop_alerts(timeout).await;
+    }
+
+    /// Lets alert delivery record the round in hand (up to `timeout`), then
+    /// cuts it: an alert sent but not recorded is sent again by whoever
+    /// delivers next (at-least-once).
+    async fn stop_alerts(&self, timeout: Duration) {
+        let alerts = &self.inner.core.alerts;
+        if tokio::time::timeout(timeout, alerts.stopped()).await.is_err() {
+            self.inner.kill.cancel();
+            alerts.stopped().await;
         }
     }
 

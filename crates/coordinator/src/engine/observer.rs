@@ -29,6 +29,16 @@ pub trait EngineObserver: Send + Sync + 'static {
     ) {
         let _ = (trans_type, branch_id, op, outcome, latency);
     }
+
+    /// A branch operation was retried up to `AlertRetryLimit`: its alert
+    /// was raised (recorded as pending in the store) by this process.
+    fn alert_raised(&self) {}
+
+    /// A delivery of an alert to the webhook ended: `sent` if the receiver
+    /// answered 2xx.
+    fn alert_delivered(&self, sent: bool) {
+        let _ = sent;
+    }
 }
 
 /// The default observer: ignores everything.

@@ -15,6 +15,7 @@ use super::checkpoint::{Checkpoint, PassCheckpoint};
 use super::lease::Lease;
 use super::observer::EngineObserver;
 use super::settings::EngineSettings;
+use crate::alert::Alerts;
 use crate::branch::BranchCaller;
 use crate::model::{GlobalStatus, TransOptions};
 use crate::store::{GlobalChange, Schedule, StatusUpdate, Store, StoreError, StoredTrans};
@@ -27,6 +28,9 @@ pub(crate) struct Core {
     pub observer: Arc<dyn EngineObserver>,
     /// Test hook that may hold a pass at named points; `None` in production.
     pub checkpoint: Option<Arc<dyn PassCheckpoint>>,
+    /// Where branch failures go to be counted for retry alerts: a queue
+    /// the pass never waits on.
+    pub alerts: Alerts,
 }
 
 impl Core {

@@ -270,6 +270,9 @@ impl SagaSpec {
             })
             .await;
         core.observer.branch_called(TransType::Saga, &step.branch_id, op, &result, started.elapsed());
+        // A saga's actions run while it is submitted, its compensations while aborting.
+        let status = if op == Op::Action { GlobalStatus::Submitted } else { GlobalStatus::Aborting };
+        core.alerts.branch_called(&self.gid, TransType::Saga, status, &step.branch_id, op, &result);
         if !matches!(result, BranchResult::Success) {
             tracing::debug!(branch_id = %step.branch_id, %op, ?result, "branch did not succeed");
         }

@@ -14,7 +14,59 @@
 
 use std::time::Duration;
 
+use dtm_protocol::{BranchResult, Op, TransType};
+
 use crate::model::TransOptions;
+
+/// Why a branch operation will be called again (the answer was not final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    /// A transient error: an error status, a timeout, no connection. The
+    /// pass backs off (the interval doubles, up to the cap).
+    Error,
+    /// FAILURE from an operation that must eventually succeed (a
+    /// compensation, a TCC confirm or cancel, a message's action): retried
+    /// and backed off like an error, as in dtm.
+    Failure,
+    /// ONGOING: asked again after the same interval, no backoff.
+    Ongoing,
+}
+
+impl RetryCause {
+    /// The label of the `dtm_branch_retries_total` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::Error => "error",
+            RetryCause::Failure => "failure",
+            RetryCause::Ongoing => "ongoing",
+        }
+    }
+
+    /// Whether this answer makes the transaction back off. These are the
+    /// calls a retry alert counts (dtm's retry count grows only with the
+    /// backoff; ONGOING keeps the interval).
+    pub fn backs_off(self) -> bool {
+        !matches!(self, RetryCause::Ongoing)
+    }
+}
+
+/// Why `op` of a `trans_type` transaction will be called again after
+/// answering `result`; `None` when the answer is final: SUCCESS, a saga
+/// action's FAILURE (the saga rolls back), a message check-back's FAILURE
+/// (the message fails).
+pub fn retry_cause(trans_type: TransType, op: Op, result: &BranchResult) -> Option<RetryCause> {
+    match result {
+        BranchResult::Success => None,
+        BranchResult::Failure(_)
+            if matches!((trans_type, op), (TransType::Saga, Op::Action) | (_, Op::Msg)) =>
+        {
+            None
+        }
+        BranchResult::Failure(_) => Some(RetryCause::Failure),
+        BranchResult::Ongoing => Some(RetryCause::Ongoing),
+        BranchResult::Retry(_) => Some(RetryCause::Error),
+    }
+}
 
 /// How the last pass over a still-unfinished transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +141,23 @@ mod tests {
         assert_eq!(next_interval(i, S(10), S(60), PassOutcome::Progress), S(10));
         // A cap below the base never shrinks the base.
         assert_eq!(next_interval(S(10), S(10), S(5), PassOutcome::Error), S(10));
+    }
+
+    #[test]
+    fn final_answers_are_not_retries() {
+        let failure = BranchResult::Failure("no".into());
+        assert_eq!(retry_cause(TransType::Saga, Op::Action, &failure), None);
+        assert_eq!(retry_cause(TransType::Msg, Op::Msg, &failure), None);
+        assert_eq!(retry_cause(TransType::Saga, Op::Compensate, &failure), Some(RetryCause::Failure));
+        assert_eq!(retry_cause(TransType::Tcc, Op::Confirm, &failure), Some(RetryCause::Failure));
+        assert_eq!(retry_cause(TransType::Saga, Op::Action, &BranchResult::Success), None);
+        let error = BranchResult::Retry("503".into());
+        assert_eq!(retry_cause(TransType::Saga, Op::Action, &error), Some(RetryCause::Error));
+        assert_eq!(
+            retry_cause(TransType::Saga, Op::Action, &BranchResult::Ongoing),
+            Some(RetryCause::Ongoing)
+        );
+        assert!(!RetryCause::Ongoing.backs_off() && RetryCause::Failure.backs_off());
     }
 
     #[test]

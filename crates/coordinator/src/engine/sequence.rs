@@ -138,6 +138,7 @@ impl SequenceWork {
             })
             .await;
         core.observer.branch_called(self.trans_type, branch_id, op, &result, started.elapsed());
+        core.alerts.branch_called(&self.gid, self.trans_type, self.status, branch_id, op, &result);
         result
     }
 

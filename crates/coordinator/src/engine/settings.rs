@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::alert::AlertSettings;
+
 /// How the engine retries, times out and shares work. The config layer
 /// fills it from YAML / environment; tests shrink the intervals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,9 @@ pub struct EngineSettings {
     pub lease_batch: u32,
     /// How long `shutdown` waits for in-flight passes before releasing their leases.
     pub shutdown_timeout: Duration,
+    /// Retry alerts (dtm's `AlertRetryLimit`, `AlertWebHook`); off unless a
+    /// webhook is set.
+    pub alert: AlertSettings,
 }
 
 impl Default for EngineSettings {
@@ -45,6 +50,7 @@ impl Default for EngineSettings {
             max_in_flight: 256,
             lease_batch: 32,
             shutdown_timeout: Duration::from_secs(10),
+            alert: AlertSettings::default(),
         }
     }
 }

@@ -44,6 +44,11 @@ pub trait Dialect: barrier::BarrierDatabase {
     /// How to update at most `n` rows (leasing, `resetCronTime`).
     const LIMITED_UPDATE: LimitedUpdate;
 
+    /// Insert-if-absent into any table with a unique key: the statement's
+    /// head (`INSERT … INTO`) and its tail after the `VALUES` list. Like
+    /// [`Dialect::INSERT_IF_ABSENT`], `rows_affected` counts the new rows.
+    const INSERT_IGNORE: (&'static str, &'static str);
+
     /// Parses a store URL into connect options, with the session settings
     /// the store relies on.
     fn connect_options(url: &str) -> Result<<Self::Connection as Connection>::Options, sqlx::Error>;
@@ -88,6 +93,7 @@ impl Dialect for MySql {
     const DDL: &'static str = include_str!("../../../../sql/mysql/coordinator.sql");
     const INSERT_IF_ABSENT: (&'static str, &'static str) = ("INSERT IGNORE INTO trans_global", "");
     const LIMITED_UPDATE: LimitedUpdate = LimitedUpdate::OrderByLimit;
+    const INSERT_IGNORE: (&'static str, &'static str) = ("INSERT IGNORE INTO", "");
 
     fn connect_options(url: &str) -> Result<MySqlConnectOptions, sqlx::Error> {
         // Times are bound as UTC values; make the session agree so NOW()-based
@@ -114,6 +120,7 @@ impl Dialect for Postgres {
     const INSERT_IF_ABSENT: (&'static str, &'static str) =
         ("INSERT INTO trans_global", " ON CONFLICT (gid) DO NOTHING");
     const LIMITED_UPDATE: LimitedUpdate = LimitedUpdate::InSubSelect { skip_locked: true };
+    const INSERT_IGNORE: (&'static str, &'static str) = ("INSERT INTO", " ON CONFLICT DO NOTHING");
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         Ok(url.parse::<PgConnectOptions>()?.options([("timezone", "UTC")]))
@@ -144,6 +151,7 @@ impl Dialect for Sqlite {
         ("INSERT INTO trans_global", " ON CONFLICT (gid) DO NOTHING");
     // SQLite has no FOR UPDATE: its one writer holds the whole database.
     const LIMITED_UPDATE: LimitedUpdate = LimitedUpdate::InSubSelect { skip_locked: false };
+    const INSERT_IGNORE: (&'static str, &'static str) = ("INSERT INTO", " ON CONFLICT DO NOTHING");
 
     /// WAL mode lets readers run beside the one writer; `busy_timeout` makes
     /// writers queue instead of failing.

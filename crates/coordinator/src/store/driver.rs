@@ -27,6 +27,7 @@ use dtm_protocol::Gid;
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
+use super::alerts::{AlertKey, AlertRow};
 use super::dialect::Dialect;
 use super::{BranchRow, GlobalRow, StoreError};
 
@@ -222,6 +223,15 @@ pub trait Driver: Dialect {
 
     /// Reads a `trans_branch_op` row (all of `BRANCH_COLUMNS`).
     fn branch_row(row: &Self::Row) -> Result<BranchRow, StoreError>;
+
+    /// Reads a `trans_alert` row (all of `ALERT_COLUMNS`, `alerts.rs`).
+    fn alert_row(row: &Self::Row) -> Result<AlertRow, StoreError>;
+
+    /// Reads `(status, n, oldest)` of the unfinished-transactions summary.
+    fn status_count(row: &Self::Row) -> Result<(String, i64, Option<DateTime<Utc>>), StoreError>;
+
+    /// Reads one text column (`NULL` reads as empty).
+    fn text_column(row: &Self::Row, column: &'static str) -> Result<String, StoreError>;
 }
 
 /// Binds `values` to the placeholders of `sql`, in order.
@@ -352,6 +362,31 @@ where
             create_time: row.try_get("create_time")?,
             update_time: row.try_get("update_time")?,
         })
+    }
+
+    fn alert_row(row: &D::Row) -> Result<AlertRow, StoreError> {
+        let text = |col: &'static str| D::text_column(row, col);
+        let key = AlertKey {
+            gid: gid_of::<D>(row)?,
+            branch_id: dtm_protocol::BranchId::new(text("branch_id")?)
+                .map_err(|e| corrupt("branch_id", e))?,
+            op: text("op")?.parse().map_err(|e| corrupt("op", e))?,
+        };
+        super::alerts::alert_row(
+            key,
+            [text("trans_status")?, text("error")?, text("status")?, text("owner")?, text("last_error")?],
+            row.try_get("retry_count")?,
+            row.try_get("attempts")?,
+            row.try_get("next_attempt_time")?,
+        )
+    }
+
+    fn status_count(row: &D::Row) -> Result<(String, i64, Option<DateTime<Utc>>), StoreError> {
+        Ok((D::text_column(row, "status")?, row.try_get("n")?, row.try_get("oldest")?))
+    }
+
+    fn text_column(row: &D::Row, column: &'static str) -> Result<String, StoreError> {
+        Ok(row.try_get::<Option<String>, _>(column)?.unwrap_or_default())
     }
 }
 

@@ -43,8 +43,9 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CreateOutcome, LeaseToken, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate,
-    Store, StoreError, StoredTrans,
+    AlertKey, AlertRow, BranchFailure, CreateOutcome, Delivery, FailureCounted, LeaseToken, ListFilter,
+    NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
+    Unfinished,
 };
 use crate::model::GlobalStatus;
 
@@ -238,5 +239,42 @@ impl Store for GroupCommit {
         now: DateTime<Utc>,
     ) -> Result<ResetCount, StoreError> {
         self.inner.reset_stale_cron_times(later_than, limit, now).await
+    }
+
+    async fn count_failure(
+        &self,
+        failure: &BranchFailure,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<FailureCounted, StoreError> {
+        self.inner.count_failure(failure, limit, now).await
+    }
+
+    async fn lease_alerts(
+        &self,
+        owner: &LeaseToken,
+        lease_for: Duration,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        self.inner.lease_alerts(owner, lease_for, limit, now).await
+    }
+
+    async fn settle_alert(
+        &self,
+        key: &AlertKey,
+        owner: &LeaseToken,
+        delivery: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.settle_alert(key, owner, delivery, now).await
+    }
+
+    async fn alerts_of(&self, gid: &Gid) -> Result<Vec<AlertRow>, StoreError> {
+        self.inner.alerts_of(gid).await
+    }
+
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
+        self.inner.unfinished().await
     }
 }

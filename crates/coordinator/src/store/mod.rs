@@ -7,7 +7,8 @@
 //! concurrent sagas share one transaction and one commit.
 //! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
 //! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
-//! dtm's admin UI and scripts can read a database written by us.
+//! dtm's admin UI and scripts can read a database written by us; one table
+//! of our own, `trans_alert`, beside them holds the retry alerts (`alerts.rs`).
 //!
 //! # Concurrency contract: one pass per transaction
 //!
@@ -44,6 +45,7 @@
 //! shared with a dtm server in another zone would see shifted times — do not
 //! mix the two on one database.
 
+mod alerts;
 mod dialect;
 mod driver;
 mod group_commit;
@@ -59,6 +61,7 @@ use serde::Serialize;
 
 use crate::model::{BranchStatus, GlobalStatus, Protocol};
 
+pub use alerts::{AlertKey, AlertRow, AlertStatus, BranchFailure, Delivery, FailureCounted, Unfinished};
 pub use dialect::{Dialect, LimitedUpdate};
 pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
@@ -551,6 +554,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<ResetCount, StoreError>;
+
+    /// Counts one transient failure of a branch operation in `trans_alert`;
+    /// the failure that brings the count to `limit` makes its alert pending
+    /// (due at once). Once raised, an alert is never raised again for that
+    /// operation.
+    async fn count_failure(
+        &self,
+        failure: &BranchFailure,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<FailureCounted, StoreError>;
+
+    /// Leases up to `limit` pending alerts that are due on the database's
+    /// clock (never sent, or their backoff or a dead holder's lease is
+    /// over): `owner` := the fresh token, `next_attempt_time` := db now +
+    /// `lease_for`. Returns them.
+    async fn lease_alerts(
+        &self,
+        owner: &LeaseToken,
+        lease_for: Duration,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertRow>, StoreError>;
+
+    /// Records how a delivery ended, if `owner` still holds the alert's
+    /// lease; `false` otherwise (the lease ran out and another delivery
+    /// took it: that one records its own outcome).
+    async fn settle_alert(
+        &self,
+        key: &AlertKey,
+        owner: &LeaseToken,
+        delivery: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// The alert rows of a transaction (tools and tests).
+    async fn alerts_of(&self, gid: &Gid) -> Result<Vec<AlertRow>, StoreError>;
+
+    /// How many transactions are unfinished, per status, and the creation
+    /// time of the oldest (the gauges of `/api/metrics`).
+    async fn unfinished(&self) -> Result<Unfinished, StoreError>;
 }
 
 /// Opens the store named by `url`, creating the tables if needed:

@@ -30,13 +30,14 @@ use dtm_protocol::Gid;
 use super::dialect::{LimitedUpdate, db_later, ddl_statements};
 use super::driver::{Driver, On, Statement};
 use super::{
-    BranchChange, BranchRow, CreateOutcome, Fence, GlobalRow, LeaseToken, ListFilter, NewBranch, NewGlobal,
-    NewTrans, Page, ResetCount, Schedule, StatusUpdate, Store, StoreError, StoredTrans,
+    AlertKey, AlertRow, BranchChange, BranchFailure, BranchRow, CreateOutcome, Delivery, FailureCounted,
+    Fence, GlobalRow, LeaseToken, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, Schedule,
+    StatusUpdate, Store, StoreError, StoredTrans, Unfinished,
 };
 use crate::model::{BranchStatus, GlobalStatus};
 
 /// Statuses a poller may pick up.
-const UNFINISHED: &str = "('prepared','submitted','aborting')";
+pub(super) const UNFINISHED: &str = "('prepared','submitted','aborting')";
 
 const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, query_prepared, protocol, create_time, update_time, \
      finish_time, rollback_time, options, custom_data, next_cron_interval, next_cron_time, owner, ext_data, \
@@ -184,18 +185,30 @@ impl<D: Driver> SqlStore<D> {
         filter: impl FnOnce(&mut Statement<D>),
         limit: i64,
     ) -> Statement<D> {
-        let mut q = Statement::new("UPDATE trans_global SET ");
+        Self::limited_update_of("trans_global", "next_cron_time", set, filter, limit)
+    }
+
+    /// [`SqlStore::limited_update`] on any table with an `id` key, oldest
+    /// `order_by` first (the alert outbox leases by `next_attempt_time`).
+    pub(super) fn limited_update_of(
+        table: &str,
+        order_by: &str,
+        set: impl FnOnce(&mut Statement<D>),
+        filter: impl FnOnce(&mut Statement<D>),
+        limit: i64,
+    ) -> Statement<D> {
+        let mut q = Statement::new(format!("UPDATE {table} SET "));
         set(&mut q);
         match D::LIMITED_UPDATE {
             LimitedUpdate::OrderByLimit => {
                 q.push(" WHERE ");
                 filter(&mut q);
-                q.push(" ORDER BY next_cron_time LIMIT ").push_bind(limit);
+                q.push(format!(" ORDER BY {order_by} LIMIT ")).push_bind(limit);
             }
             LimitedUpdate::InSubSelect { skip_locked } => {
-                q.push(" WHERE id IN (SELECT id FROM trans_global WHERE ");
+                q.push(format!(" WHERE id IN (SELECT id FROM {table} WHERE "));
                 filter(&mut q);
-                q.push(" ORDER BY next_cron_time LIMIT ").push_bind(limit);
+                q.push(format!(" ORDER BY {order_by} LIMIT ")).push_bind(limit);
                 if skip_locked {
                     q.push(" FOR UPDATE SKIP LOCKED");
                 }
@@ -714,6 +727,43 @@ impl<D: Driver> Store for SqlStore<D> {
         );
         let count = D::run(q, &self.pool).await?;
         Ok(ResetCount { has_remaining: count >= u64::from(limit.max(1)), succeed_count: count })
+    }
+
+    async fn count_failure(
+        &self,
+        failure: &BranchFailure,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<FailureCounted, StoreError> {
+        self.count_failure_sql(failure, limit, now).await
+    }
+
+    async fn lease_alerts(
+        &self,
+        owner: &LeaseToken,
+        lease_for: Duration,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        self.lease_alerts_sql(owner, lease_for, limit, now).await
+    }
+
+    async fn settle_alert(
+        &self,
+        key: &AlertKey,
+        owner: &LeaseToken,
+        delivery: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.settle_alert_sql(key, owner, delivery, now).await
+    }
+
+    async fn alerts_of(&self, gid: &Gid) -> Result<Vec<AlertRow>, StoreError> {
+        self.alerts_of_sql(gid).await
+    }
+
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
+        self.unfinished_sql().await
     }
 }
 

@@ -120,6 +120,7 @@ pub fn fast_settings() -> EngineSettings {
         max_in_flight: 64,
         lease_batch: 16,
         shutdown_timeout: Duration::from_secs(5),
+        alert: coordinator::alert::AlertSettings::default(),
     }
 }
 
