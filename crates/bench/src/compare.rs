@@ -317,7 +317,7 @@ impl ModeSummary {
     }
 }
 
-/// A target of the issue, and what this comparison measured for it.
+/// A performance target, and what this comparison measured for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetResult {
     /// What is asked, in words: `quick order total CPU per saga ≤ 1.6 × direct's`.
@@ -348,11 +348,11 @@ pub struct Comparison {
     pub ratios: Vec<Ratio>,
     /// The pairs whose steal differed too much.
     pub steal_flags: Vec<StealFlag>,
-    /// The targets of the issue with the figures measured for them.
+    /// The performance targets with the figures measured for them.
     pub targets: Vec<TargetResult>,
 }
 
-// The targets of issue 20, stated in the terms this method measures.
+// The performance targets (BENCHMARKS.md, "Targets"), stated in the terms this method measures.
 
 /// The quick order's throughput over `direct`'s, median of the pairs: at least.
 const QUICK_ORDER_THROUGHPUT: f64 = 0.75;
@@ -678,7 +678,7 @@ impl Comparison {
             );
         }
         if !self.targets.is_empty() {
-            let _ = writeln!(out, "\nTargets (issue 20), as measured here:\n");
+            let _ = writeln!(out, "\nTargets (BENCHMARKS.md), as measured here:\n");
             let _ = writeln!(out, "| target | measured, median (min–max) | pairs flagged for steal |");
             let _ = writeln!(out, "|---|---|---|");
             for t in &self.targets {
@@ -696,7 +696,7 @@ impl Comparison {
     }
 }
 
-/// The targets the issue names, from the summaries and ratios measured.
+/// The performance targets, from the summaries and ratios measured.
 fn targets(modes: &[ModeSummary], ratios: &[Ratio]) -> Vec<TargetResult> {
     let from_ratio = |name: &str, measure: Measure, words: String, target: String| {
         let ratio = ratios.iter().find(|r| r.name == name && r.measure == measure);
