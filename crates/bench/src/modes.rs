@@ -462,7 +462,13 @@ async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport:
         .with_context(|| format!("cannot connect to {addr}"))
 }
 
-async fn direct(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
+/// order-srv and stock-srv as processes on fresh databases, the stock
+/// raised for the run; returns their gRPC addresses.
+async fn branch_services(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
     let order_db = dbs.create("order").await?;
     let stock_db = dbs.create("stock").await?;
     let launcher = &settings.launcher;
@@ -473,6 +479,11 @@ async fn direct(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> 
         launcher.branch_service(BranchService::Stock, &settings.server.database_url(&stock_db)).await?;
     parts.services.push(stock);
     dbs.raise_stock(&stock_db).await?;
+    Ok((order_addr, stock_addr))
+}
+
+async fn direct(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
+    let (order_addr, stock_addr) = branch_services(settings, dbs, parts).await?;
 
     // One HTTP/2 connection per service, shared by all clients: what the
     // coordinator does too.
@@ -642,19 +653,10 @@ async fn peer(
 
 async fn http(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
     let coordinator = our_coordinator(settings, dbs).await?;
-    let order_db = dbs.create("order").await?;
-    let stock_db = dbs.create("stock").await?;
-    let launcher = &settings.launcher;
     let (dtm_grpc, dtm_http) = (coordinator.grpc, coordinator.http_base());
     parts.services.push(coordinator.service);
-    let (order, order_addr) =
-        launcher.branch_service(BranchService::Order, &settings.server.database_url(&order_db)).await?;
-    parts.services.push(order);
-    let (stock, stock_addr) =
-        launcher.branch_service(BranchService::Stock, &settings.server.database_url(&stock_db)).await?;
-    parts.services.push(stock);
-    dbs.raise_stock(&stock_db).await?;
-    let (api, api_addr) = launcher.order_api(dtm_grpc, &dtm_http, order_addr, stock_addr).await?;
+    let (order_addr, stock_addr) = branch_services(settings, dbs, parts).await?;
+    let (api, api_addr) = settings.launcher.order_api(dtm_grpc, &dtm_http, order_addr, stock_addr).await?;
     parts.services.push(api);
     let watched = parts.services.iter().map(|s| Watched::new(s.name, s.pid)).collect();
 
