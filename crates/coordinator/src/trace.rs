@@ -64,7 +64,7 @@ pub fn from_ext_data(ext_data: &str) -> Option<TraceContext> {
 pub fn api_span(
     api: &'static str,
     gid: &str,
-    incoming: Option<TraceContext>,
+    incoming: Option<&TraceContext>,
 ) -> (Span, Option<TraceContext>) {
     let span = tracing::info_span!(
         "dtm api",
@@ -73,8 +73,8 @@ pub fn api_span(
         gid,
         trace_id = tracing::field::Empty,
     );
-    service_kit::trace::continue_from(&span, incoming.as_ref());
-    let stored = service_kit::trace::outgoing(&span, incoming.as_ref());
+    service_kit::trace::continue_from(&span, incoming);
+    let stored = service_kit::trace::outgoing(&span, incoming);
     (span, stored)
 }
 

@@ -178,30 +178,30 @@ mod tests {
     #[tokio::test]
     async fn outcomes_map_to_dtms_http_answers() {
         let second = Duration::from_secs(1);
-        let ok = run_http_branch("/x", Some(QUERY), &HeaderMap::new(), second, |b| async move {
+        let none = HeaderMap::new();
+        let ok = run_http_branch("/x", Some(QUERY), &none, second, |b| async move {
             assert_eq!(b.gid().as_str(), "g1");
             Ok::<_, BranchError>(Outcome::Ran(()))
         });
         assert_eq!(answer(ok.await).await, (200, SUCCESS_BODY.to_string()));
-        let skipped = run_http_branch("/x", Some(QUERY), &HeaderMap::new(), second, |_| async {
+        let skipped = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Ok::<Outcome<()>, _>(Outcome::Skipped(barrier::Skipped::Duplicate))
         });
         assert_eq!(answer(skipped.await).await.0, 200);
-        let failure = run_http_branch("/x", Some(QUERY), &HeaderMap::new(), second, |_| async {
+        let failure = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Err::<Outcome<()>, _>(BranchError::failure("no stock"))
         });
         let (status, body) = answer(failure.await).await;
         assert_eq!(status, 409);
         assert!(body.contains("FAILURE"), "{body}");
-        let retry = run_http_branch("/x", Some(QUERY), &HeaderMap::new(), second, |_| async {
+        let retry = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Err::<Outcome<()>, _>(BranchError::from(sqlx::Error::PoolTimedOut))
         });
         assert_eq!(answer(retry.await).await.0, 503);
-        let slow =
-            run_http_branch("/x", Some(QUERY), &HeaderMap::new(), Duration::from_millis(50), |_| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                Ok::<_, BranchError>(Outcome::Ran(()))
-            });
+        let slow = run_http_branch("/x", Some(QUERY), &none, Duration::from_millis(50), |_| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, BranchError>(Outcome::Ran(()))
+        });
         assert_eq!(answer(slow.await).await.0, 503, "past the deadline: retry");
     }
 

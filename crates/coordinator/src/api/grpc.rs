@@ -109,7 +109,7 @@ fn traced(
 ) -> (tracing::Span, Result<TransRequest, EngineError>) {
     let incoming = dtm_protocol::TraceContext::from_metadata(request.metadata());
     let message = request.into_inner();
-    let (span, stored) = crate::trace::api_span(api, &message.gid, incoming);
+    let (span, stored) = crate::trace::api_span(api, &message.gid, incoming.as_ref());
     let request = trans_request(message).map(|mut request| {
         request.options.trace = stored;
         request

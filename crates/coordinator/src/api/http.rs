@@ -255,7 +255,7 @@ fn traced(
         Some(Value::String(gid)) => gid.clone(),
         _ => String::new(),
     };
-    let (span, stored) = crate::trace::api_span(api, &gid, incoming);
+    let (span, stored) = crate::trace::api_span(api, &gid, incoming.as_ref());
     let request = trans_request(body).map(|mut request| {
         request.options.trace = stored;
         request
