@@ -16,7 +16,8 @@
 //!                   └─ order.rpc barrier commit
 //! ```
 //!
-//! Also: the compensations of a rolled-back order in the same trace; a
+//! Also: the same over dtm's HTTP branch protocol; the compensations of a
+//! rolled-back order in the same trace; a
 //! retry by a *restarted* coordinator continuing the stored trace; and, in
 //! JSON log mode, `gid` and `trace_id` on every line written inside a
 //! request.
@@ -473,4 +474,44 @@ async fn a_retry_after_a_coordinator_restart_continues_the_stored_trace() {
         "the failed attempts are in the trace:\n{}",
         tree(&spans)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_branches_are_traced_like_grpc_ones() {
+    let (receiver, addr) = Receiver::start().await;
+    let env = traced_env(&addr);
+    let system = tokio::task::spawn_blocking(move || {
+        let mut system = System::infrastructure_with_env(&borrowed(&env));
+        system.start_order_srv_with("HttpListenOn: 127.0.0.1:0\n");
+        system.start_stock_srv_with("HttpListenOn: 127.0.0.1:0\n");
+        let order_http = system.order_srv.as_ref().unwrap().ready.port("http");
+        let stock_http = system.stock_srvs[0].ready.port("http");
+        system.start_order_api_configured(
+            &format!(
+                "OrderHttpUrl: http://127.0.0.1:{order_http}/api/order\nStockHttpUrl: http://127.0.0.1:{stock_http}/api/stock\n"
+            ),
+            &[],
+        );
+        system
+    })
+    .await
+    .unwrap();
+
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let (status, answer) =
+        quick_create(&system, &json!({"userId": 1, "goodsId": 1, "num": 1}), Some(traceparent)).await;
+    assert_eq!(status, 200, "{answer}");
+    let gid = answer["gid"].as_str().unwrap().to_string();
+    let spans = receiver
+        .wait_for(CLIENT_TRACE, "the two HTTP branches' SQL", |spans| {
+            ["INSERT order", "UPDATE stock"].iter().all(|name| spans.iter().any(|s| s.name == *name))
+        })
+        .await;
+    let api = check_entry(&spans, &gid, CLIENT_SPAN);
+    for (branch, service, sql) in [("01", "order.rpc", "INSERT order"), ("02", "stock.rpc", "UPDATE stock")] {
+        let call = branch_call(&spans, branch, "action");
+        check_pass(&spans, call, &api);
+        assert_eq!(call.attributes.get("protocol").map(String::as_str), Some("http"), "{call:?}");
+        branch_server(&spans, call, service, sql);
+    }
 }
