@@ -5,6 +5,7 @@
 
 use sqlx::{Pool, Transaction};
 use tonic::metadata::MetadataMap;
+use tracing::Instrument;
 
 use dtm_protocol::{BranchCall, BranchId, Gid, Op, ProtocolError, Received, TransType};
 
@@ -207,7 +208,19 @@ impl BranchBarrier {
         self.calls += 1;
         let barrier_id = format!("{:02}", self.calls);
 
-        let decision = match self.insert_barrier_rows::<DB>(&mut tx, &barrier_id).await {
+        // A span per step, so a trace shows where a branch spent its time:
+        // the barrier's inserts, the business SQL (the caller's spans), the
+        // commit. tracing only: exporting them is the process's choice.
+        let barrier_span = tracing::info_span!(
+            "barrier",
+            otel.name = "barrier insert",
+            %barrier_id,
+            op = %self.op,
+            decision = tracing::field::Empty,
+        );
+        let inserted =
+            self.insert_barrier_rows::<DB>(&mut tx, &barrier_id).instrument(barrier_span.clone()).await;
+        let decision = match inserted {
             Ok(decision) => decision,
             Err(error) => {
                 rollback(tx).await;
@@ -215,18 +228,20 @@ impl BranchBarrier {
             }
         };
         if let Some(why) = decision {
+            barrier_span.record("decision", why.to_string());
             tracing::info!(
                 gid = %self.gid, branch_id = %self.branch_id, op = %self.op, %barrier_id, skipped = %why,
                 "barrier skipped the business code"
             );
-            tx.commit().await?;
+            tx.commit().instrument(commit_span()).await?;
             return Ok(Outcome::Skipped(why));
         }
+        barrier_span.record("decision", "run");
 
         // Step 8: the business code, on the same connection and transaction.
         match busi(&mut *tx).await {
             Ok(value) => {
-                tx.commit().await?;
+                tx.commit().instrument(commit_span()).await?;
                 Ok(Outcome::Ran(value))
             }
             Err(error) => {
@@ -361,8 +376,15 @@ impl BranchBarrier {
 /// Rolls back, logging (not returning) a failure: the caller already has the
 /// error that matters, and a transaction that cannot roll back is rolled
 /// back by the server when the connection closes anyway.
+/// The span of the local transaction's commit (barrier rows and business
+/// effect together).
+fn commit_span() -> tracing::Span {
+    tracing::info_span!("commit", otel.name = "barrier commit")
+}
+
 async fn rollback<DB: sqlx::Database>(tx: Transaction<'_, DB>) {
-    if let Err(error) = tx.rollback().await {
+    let span = tracing::info_span!("rollback", otel.name = "barrier rollback");
+    if let Err(error) = tx.rollback().instrument(span).await {
         tracing::warn!(%error, "rollback of a barrier transaction failed");
     }
 }

@@ -18,6 +18,8 @@
 //!   pass-through, pooled connections);
 //! * [`alert`] — dtm's retry alerts (`AlertRetryLimit`, `AlertWebHook`):
 //!   counted in the store, delivered at least once, off the branch path;
+//! * [`trace`] — W3C trace context: read from the creating request, kept
+//!   in dtm's `ext_data` column, continued by every branch call;
 //! * `config`, `api`, `metrics`, `server` — configuration, the two APIs,
 //!   Prometheus metrics and the process wiring used by the `coordinator` binary.
 //!
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod trace;
 
 pub use engine::{Engine, EngineError, EngineHooks, EngineObserver, EngineSettings, TransDetail};
 pub use model::{

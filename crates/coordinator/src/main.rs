@@ -42,24 +42,32 @@ async fn main() -> ExitCode {
         }
     };
     let level = if args.debug { "debug" } else { config.log_level.as_str() };
-    if let Err(e) = service_kit::telemetry::init("coordinator", level) {
-        eprintln!("coordinator: {e}");
-        return ExitCode::from(2);
-    }
+    let log = service_kit::LogConf { level: level.to_string(), ..service_kit::LogConf::default() };
+    let telemetry = match service_kit::telemetry::init_traced("coordinator", &log, Some(&config.telemetry)) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing::debug!(?config, "configuration loaded");
     let coordinator = match Coordinator::build(config).await {
         Ok(coordinator) => coordinator.announce_ready(),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
+            telemetry.shutdown().await;
             return ExitCode::FAILURE;
         }
     };
     tracing::info!(http = %coordinator.http_addr(), grpc = %coordinator.grpc_addr(), "coordinator listening");
-    match coordinator.run_until_stopped(service_kit::shutdown::signal()).await {
+    let code = match coordinator.run_until_stopped(service_kit::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "coordinator failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans of the passes that ran while draining go out last.
+    telemetry.shutdown().await;
+    code
 }

@@ -218,6 +218,10 @@ pub struct TransOptions {
     pub retry_limit: Option<u32>,
     /// Msg: run actions concurrently.
     pub concurrent: bool,
+    /// The W3C trace context the transaction continues (`crate::trace`):
+    /// from the creating request, stored in `ext_data` — not in the
+    /// `options` column, which holds dtm's options only.
+    pub trace: Option<dtm_protocol::TraceContext>,
 }
 
 /// The `options` column: dtm's JSON field names, integers in seconds, 0 = unset.
@@ -311,6 +315,7 @@ impl TransOptions {
             concurrent: stored.concurrent,
             retry_limit: (stored.retry_limit > 0)
                 .then(|| u32::try_from(stored.retry_limit).unwrap_or(u32::MAX).min(bounds::MAX_RETRY_LIMIT)),
+            trace: None,
         }
     }
 }
@@ -514,6 +519,8 @@ fn options_of(input: &mut TransRequestInput) -> Result<TransOptions, InvalidInpu
         branch_headers: std::mem::take(&mut input.branch_headers),
         retry_limit,
         concurrent: input.concurrent,
+        // Set by the API from the request's headers, not from its body.
+        trace: None,
     };
     for name in options.branch_headers.keys() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {

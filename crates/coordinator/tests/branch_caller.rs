@@ -75,6 +75,7 @@ async fn call(caller: &BranchCaller, url: &str) -> BranchResult {
             payload: b"",
             call: BranchCall::new(gid, TransType::Saga, branch_id, Op::Action),
             headers: &headers,
+            trace: None,
             timeout: Duration::from_secs(10),
         })
         .await

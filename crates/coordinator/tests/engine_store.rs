@@ -43,6 +43,7 @@ fn new_global(
         owner: lease.map(|_| tok(g)),
         lease: lease.unwrap_or_default(),
         rollback_reason: String::new(),
+        ext_data: String::new(),
         now,
     }
 }

@@ -65,19 +65,19 @@ impl GrpcDtm {
     /// `Submit`: hands the transaction to dtm.
     pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
         let mut client = self.client().await?;
-        self.call(client.submit(self.request(request.to_grpc()))).await
+        self.call(client.submit(self.trans_request(request))).await
     }
 
     /// `Prepare`: registers a TCC or 2-phase message as `prepared`.
     pub async fn prepare(&self, request: &TransRequest) -> Result<(), ClientError> {
         let mut client = self.client().await?;
-        self.call(client.prepare(self.request(request.to_grpc()))).await
+        self.call(client.prepare(self.trans_request(request))).await
     }
 
     /// `Abort`: rolls back a prepared TCC (cancels) or drops a prepared message.
     pub async fn abort(&self, request: &TransRequest) -> Result<(), ClientError> {
         let mut client = self.client().await?;
-        self.call(client.abort(self.request(request.to_grpc()))).await
+        self.call(client.abort(self.trans_request(request))).await
     }
 
     /// `RegisterBranch`: adds a TCC branch's confirm/cancel ops.
@@ -94,6 +94,15 @@ impl GrpcDtm {
     async fn client(&self) -> Result<RawDtmClient<Channel>, ClientError> {
         let channel = self.channels.get(&self.address).await.map_err(ClientError::from_discovery)?;
         Ok(RawDtmClient::new(channel))
+    }
+
+    /// A transaction's message with its trace context as metadata.
+    fn trans_request(&self, request: &TransRequest) -> tonic::Request<proto::dtmgimp::DtmRequest> {
+        let mut grpc = self.request(request.to_grpc());
+        if let Some(trace) = &request.trace {
+            trace.insert_metadata(grpc.metadata_mut());
+        }
+        grpc
     }
 
     /// Wraps a message with our deadline (also sent as `grpc-timeout`).

@@ -94,22 +94,22 @@ impl HttpDtm {
 
     /// `POST /submit` with dtm's JSON body.
     pub async fn submit(&self, request: &TransRequest) -> Result<(), ClientError> {
-        self.post("submit", request.to_http_json()?).await
+        self.post("submit", request.to_http_json()?, request.trace.as_ref()).await
     }
 
     /// `POST /prepare`: registers a TCC or 2-phase message as `prepared`.
     pub async fn prepare(&self, request: &TransRequest) -> Result<(), ClientError> {
-        self.post("prepare", request.to_http_json()?).await
+        self.post("prepare", request.to_http_json()?, request.trace.as_ref()).await
     }
 
     /// `POST /abort`: rolls back a prepared TCC or drops a prepared message.
     pub async fn abort(&self, request: &TransRequest) -> Result<(), ClientError> {
-        self.post("abort", request.to_http_json()?).await
+        self.post("abort", request.to_http_json()?, request.trace.as_ref()).await
     }
 
     /// `POST /registerBranch` with dtm's flat string map.
     pub async fn register_branch(&self, branch: &RegisterBranch) -> Result<(), ClientError> {
-        self.post("registerBranch", branch.to_http_json()?).await
+        self.post("registerBranch", branch.to_http_json()?, None).await
     }
 
     /// The caller for branch calls made by the application.
@@ -117,12 +117,23 @@ impl HttpDtm {
         &self.branches
     }
 
-    async fn post(&self, route: &str, body: String) -> Result<(), ClientError> {
-        let post = self
+    async fn post(
+        &self,
+        route: &str,
+        body: String,
+        trace: Option<&dtm_protocol::TraceContext>,
+    ) -> Result<(), ClientError> {
+        let mut post = self
             .client
             .post(format!("{}/{route}", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(trace) = trace {
+            post = post.header(dtm_protocol::trace::TRACEPARENT, trace.traceparent());
+            if let Some(state) = trace.tracestate() {
+                post = post.header(dtm_protocol::trace::TRACESTATE, state);
+            }
+        }
         self.send(post).await.map(drop)
     }
 

@@ -35,6 +35,8 @@ pub struct Saga {
     concurrent: bool,
     /// step → steps that must succeed before it (only with `concurrent`).
     orders: BTreeMap<usize, Vec<usize>>,
+    /// The trace the submit continues (see [`TransRequest::trace`]).
+    trace: Option<dtm_protocol::TraceContext>,
 }
 
 impl Saga {
@@ -46,7 +48,15 @@ impl Saga {
             options: TransOptions::default(),
             concurrent: false,
             orders: BTreeMap::new(),
+            trace: None,
         }
+    }
+
+    /// Sends `trace` with the submit, so the coordinator's spans and its
+    /// branch calls join the caller's trace (`None`: no trace context).
+    pub fn trace_context(mut self, trace: Option<dtm_protocol::TraceContext>) -> Saga {
+        self.trace = trace;
+        self
     }
 
     /// The global transaction id.
@@ -163,6 +173,7 @@ impl Saga {
         let mut request = TransRequest::new(self.gid.clone(), TransType::Saga);
         request.options = self.options.clone();
         request.concurrent = self.concurrent;
+        request.trace = self.trace.clone();
         for step in &self.steps {
             request.steps.push(BTreeMap::from([
                 ("action".to_string(), step.action.clone()),

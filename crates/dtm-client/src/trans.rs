@@ -69,6 +69,11 @@ pub struct TransRequest {
     pub query_prepared: String,
     /// Reason recorded by `abort` (empty otherwise).
     pub rollback_reason: String,
+    /// The caller's W3C trace context, sent beside the request as the
+    /// `traceparent`/`tracestate` header (HTTP) or metadata (gRPC), not in
+    /// dtm's body: the coordinator stores it with the transaction and
+    /// continues the trace on every branch call, retries included.
+    pub trace: Option<dtm_protocol::TraceContext>,
 }
 
 /// dtm's JSON body, field for field and in Go's field order.
@@ -123,6 +128,7 @@ impl TransRequest {
             concurrent: false,
             query_prepared: String::new(),
             rollback_reason: String::new(),
+            trace: None,
         }
     }
 

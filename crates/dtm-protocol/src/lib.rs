@@ -18,7 +18,9 @@
 //! * [`result`] — [`BranchResult`] and the `FAILURE` / `ONGOING` / `SUCCESS`
 //!   markers: how a branch's answer is classified over gRPC and HTTP;
 //! * [`codec`] — [`RawCodec`], the gRPC codec that sends a stored protobuf
-//!   payload verbatim (dtm's `dtm_raw`).
+//!   payload verbatim (dtm's `dtm_raw`);
+//! * [`trace`] — [`TraceContext`], the W3C `traceparent`/`tracestate` that
+//!   rides beside dtm's values on the submit and on every branch call.
 //!
 //! Nothing here touches a database or a network: the crate sits at the
 //! bottom of the workspace, and `barrier`, `dtm-client`, the coordinator,
@@ -28,9 +30,11 @@ pub mod call;
 pub mod codec;
 pub mod gid;
 pub mod result;
+pub mod trace;
 pub mod types;
 
 pub use call::{BranchCall, Field, MetadataError, Received};
 pub use codec::RawCodec;
 pub use result::{BranchResult, FAILURE, ONGOING, SUCCESS};
+pub use trace::TraceContext;
 pub use types::{BranchId, BranchStatus, Gid, GlobalStatus, Op, Protocol, ProtocolError, TransType};

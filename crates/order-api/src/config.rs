@@ -47,6 +47,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConf,
+    /// go-zero's `Telemetry` block: OTLP span export, off when absent or
+    /// its `Endpoint` is empty (`service_kit::telemetry`).
+    #[serde(default)]
+    pub telemetry: Option<service_kit::telemetry::TelemetryConf>,
     /// `dev|test|rt|pre|pro`.
     #[serde(default)]
     pub mode: Mode,

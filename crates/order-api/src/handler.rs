@@ -67,9 +67,27 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
-async fn quick_create(State(svc): State<ServiceContext>, body: Result<JsonObject, ApiError>) -> Response {
-    let span = tracing::info_span!("quick_create", gid = tracing::field::Empty);
-    async move {
+async fn quick_create(
+    State(svc): State<ServiceContext>,
+    headers: axum::http::HeaderMap,
+    body: Result<JsonObject, ApiError>,
+) -> Response {
+    // The server span of the request: a child of the caller's
+    // `traceparent`, or the root of a new trace.
+    let span = tracing::info_span!(
+        "quick_create",
+        otel.name = "POST /order/quickCreate",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.route = "/order/quickCreate",
+        http.response.status_code = tracing::field::Empty,
+        gid = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = dtm_protocol::TraceContext::from_headers(&headers);
+    service_kit::trace::continue_from(&span, incoming.as_ref());
+    let answer_span = span.clone();
+    let response = async move {
         let JsonObject(object) = match body {
             Ok(body) => body,
             Err(ApiError::PayloadTooLarge { .. }) => {
@@ -78,7 +96,7 @@ async fn quick_create(State(svc): State<ServiceContext>, body: Result<JsonObject
             Err(err) => return err.into_response(),
         };
         let result = match QuickCreateReq::from_json(&object) {
-            Ok(req) => logic::quick_create(&svc, req).await,
+            Ok(req) => logic::quick_create(&svc, req, incoming.as_ref()).await,
             Err(err) => Err(err),
         };
         match result {
@@ -90,7 +108,13 @@ async fn quick_create(State(svc): State<ServiceContext>, body: Result<JsonObject
         }
     }
     .instrument(span)
-    .await
+    .await;
+    let status = response.status().as_u16();
+    answer_span.record("http.response.status_code", status);
+    if status >= 500 {
+        answer_span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 async fn status(

@@ -16,7 +16,7 @@
 
 use axum::http::StatusCode;
 use dtm_client::{ClientError, Saga, TransStatus};
-use dtm_protocol::Gid;
+use dtm_protocol::{Gid, TraceContext};
 use proto::order::{
     CREATE_HTTP, CREATE_PATH, CREATE_ROLLBACK_HTTP, CREATE_ROLLBACK_PATH, CreateBody, CreateReq,
 };
@@ -24,15 +24,22 @@ use proto::stock::{
     DEDUCT_HTTP, DEDUCT_PATH, DEDUCT_ROLLBACK_HTTP, DEDUCT_ROLLBACK_PATH, DeductBody, DeductReq,
 };
 
+use tracing::Instrument;
+
 use crate::error::ApiError;
 use crate::svc::ServiceContext;
 use crate::types::{BranchView, OrderStatus, QuickCreateReq, QuickCreateResp, SagaView};
 
 /// Creates the order and deducts the stock in one saga; returns the HTTP
 /// status with the answer: 200 succeed, 409 failed, 202 submitted.
+///
+/// `incoming` is the request's trace context: with tracing off it is sent
+/// to the coordinator unchanged; with tracing on the submit is a client
+/// span of its own and sends that span's context.
 pub async fn quick_create(
     svc: &ServiceContext,
     req: QuickCreateReq,
+    incoming: Option<&TraceContext>,
 ) -> Result<(StatusCode, QuickCreateResp), ApiError> {
     req.validate(svc.config.max_num)?;
 
@@ -67,14 +74,29 @@ pub async fn quick_create(
             .map_err(|err| ApiError::bad_body(err.to_string()))?,
         None => saga.add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct),
     };
-    let saga = saga.wait_result(true);
+    // The coordinator call is a client span; the coordinator continues the
+    // trace from it (and stores it, for the retries).
+    let submit_span = tracing::info_span!(
+        "dtm submit",
+        otel.name = "dtm submit",
+        otel.kind = "client",
+        gid = %gid,
+        dtm = %svc.dtm.address(),
+        trace_id = tracing::field::Empty,
+    );
+    // A child of the request's span already: no parent to set, only the
+    // trace id to record.
+    service_kit::trace::continue_from(&submit_span, None);
+    let trace = service_kit::trace::outgoing(&submit_span, incoming);
+    let saga = saga.wait_result(true).trace_context(trace);
 
     let answer = |status: OrderStatus, reason: Option<String>| QuickCreateResp {
         gid: gid.as_str().to_string(),
         status,
         reason,
     };
-    match tokio::time::timeout(svc.config.submit_wait(), svc.dtm.submit(&saga)).await {
+    let submit = svc.dtm.submit(&saga).instrument(submit_span);
+    match tokio::time::timeout(svc.config.submit_wait(), submit).await {
         Ok(Ok(())) => {
             tracing::info!("saga succeeded");
             Ok((StatusCode::OK, answer(OrderStatus::Succeed, None)))

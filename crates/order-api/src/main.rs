@@ -32,8 +32,15 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config: order_api::Config = service_kit::load_yaml(&args.config)?;
-    telemetry::init_with(config.log.service_name.as_deref().unwrap_or(&config.name), &config.log)?;
-    let server = order_api::build(config).await?.announce_ready("order-api");
-    server.run_until_stopped(shutdown::signal()).await?;
-    Ok(())
+    let name = config.log.service_name.as_deref().unwrap_or(&config.name);
+    let telemetry = telemetry::init_traced(name, &config.log, config.telemetry.as_ref())?;
+    let served = async {
+        let server = order_api::build(config).await?.announce_ready("order-api");
+        server.run_until_stopped(shutdown::signal()).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+    .await;
+    // After the drain: the last requests' spans are exported too.
+    telemetry.shutdown().await;
+    served
 }

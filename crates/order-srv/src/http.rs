@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use proto::order::{CREATE_HTTP_PATH, CREATE_ROLLBACK_HTTP_PATH, CreateBody, CreateReq};
@@ -47,9 +48,10 @@ pub fn router<DB: OrderModel>(pool: Pool<DB>, timeout: Duration) -> Router {
 async fn create<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_http_branch(CREATE_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
+    run_http_branch(CREATE_HTTP_PATH, query.as_deref(), &headers, state.timeout, |barrier| async move {
         let req = CreateReq::from(json_body::<CreateBody>(&body)?);
         logic::create(&state.pool, barrier, &req).await
     })
@@ -59,11 +61,18 @@ async fn create<DB: OrderModel>(
 async fn create_rollback<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_http_branch(CREATE_ROLLBACK_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
-        logic::create_rollback(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        CREATE_ROLLBACK_HTTP_PATH,
+        query.as_deref(),
+        &headers,
+        state.timeout,
+        |barrier| async move {
+            let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+            logic::create_rollback(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }

@@ -4,7 +4,9 @@
 use barrier::{BranchBarrier, BranchError, Outcome};
 use proto::order::CreateReq;
 use service_kit::branch::{quantity, require_positive};
+use service_kit::trace::sql_span;
 use sqlx::Pool;
+use tracing::Instrument;
 
 use crate::model::{NewOrder, OrderModel};
 
@@ -31,7 +33,7 @@ pub async fn create<DB: OrderModel>(
     let order = NewOrder { user_id: req.user_id, goods_id: req.goods_id, num, gid: &gid };
     barrier
         .call_with_pool(pool, async |conn| {
-            DB::insert(conn, &order).await?;
+            DB::insert(conn, &order).instrument(sql_span("INSERT", "order")).await?;
             tracing::info!(user_id = order.user_id, goods_id = order.goods_id, num, "order created");
             Ok(())
         })
@@ -52,7 +54,7 @@ pub async fn create_rollback<DB: OrderModel>(
     let gid = barrier.gid().as_str().to_string();
     barrier
         .call_with_pool(pool, async |conn| {
-            let cancelled = DB::cancel_by_gid(conn, &gid).await?;
+            let cancelled = DB::cancel_by_gid(conn, &gid).instrument(sql_span("UPDATE", "order")).await?;
             tracing::info!(cancelled, "order rolled back");
             Ok(())
         })

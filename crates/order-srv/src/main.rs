@@ -32,8 +32,15 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), StartError> {
     let config: order_srv::Config = service_kit::load_yaml(&args.config)?;
-    telemetry::init_with(config.log_service_name(), &config.log)?;
-    let server = order_srv::build(&config).await?.announce_ready("order-srv");
-    server.run_until_stopped(shutdown::signal()).await?;
-    Ok(())
+    let telemetry =
+        telemetry::init_traced(config.log_service_name(), &config.log, config.telemetry.as_ref())?;
+    let served = async {
+        let server = order_srv::build(&config).await?.announce_ready("order-srv");
+        server.run_until_stopped(shutdown::signal()).await?;
+        Ok::<(), StartError>(())
+    }
+    .await;
+    // After the drain: the last requests' spans are exported too.
+    telemetry.shutdown().await;
+    served
 }

@@ -378,7 +378,9 @@ fn compose_topology_matches_the_end_to_end_setup() {
 
     let names: BTreeSet<String> = services.keys().filter_map(scalar).collect();
     let expected: BTreeSet<String> =
-        ["etcd", "mysql", "coordinator", "order-srv", "stock-srv", "order-api"].map(String::from).into();
+        ["etcd", "mysql", "jaeger", "coordinator", "order-srv", "stock-srv", "order-api"]
+            .map(String::from)
+            .into();
     assert_eq!(names, expected, "compose services");
 
     // Every service is health-checked, so depends_on can wait for *ready*.
@@ -390,9 +392,12 @@ fn compose_topology_matches_the_end_to_end_setup() {
     }
 
     // Start order: infrastructure, then the servers, then the gateway.
-    let expected_deps: [(&str, &[&str]); 6] = [
+    let expected_deps: [(&str, &[&str]); 7] = [
         ("etcd", &[]),
         ("mysql", &[]),
+        // Spans wait in each exporter's queue while Jaeger starts: no one
+        // waits for it.
+        ("jaeger", &[]),
         ("coordinator", &["etcd", "mysql"]),
         ("order-srv", &["etcd", "mysql"]),
         ("stock-srv", &["etcd", "mysql"]),
@@ -485,7 +490,11 @@ fn compose_topology_matches_the_end_to_end_setup() {
             let hosts: Vec<String> = match var.as_str() {
                 "ETCD_HOSTS" => value.split(',').map(host_of).collect(),
                 "STORE_HOST" => vec![value.clone()],
-                "DTM_SERVER" | "DTM_HTTP_SERVER" | "MICRO_SERVICE_TARGET" | "MICRO_SERVICE_END_POINT" => {
+                "DTM_SERVER"
+                | "DTM_HTTP_SERVER"
+                | "MICRO_SERVICE_TARGET"
+                | "MICRO_SERVICE_END_POINT"
+                | "OTEL_ENDPOINT" => {
                     vec![host_of(value)]
                 }
                 v if v.ends_with("_DSN") => vec![host_of(value)],
@@ -1252,6 +1261,8 @@ fn compose_and_k8s_run_the_same_configuration() {
         "LOG_ENCODING",
         "AUTH_TOKEN",
         "DTM_TOKEN",
+        // Compose ships Jaeger; a cluster brings its own collector.
+        "OTEL_ENDPOINT",
     ]
     .into();
     for app in apps() {

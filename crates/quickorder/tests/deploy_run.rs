@@ -156,6 +156,10 @@ async fn compose_services_start_from_their_own_commands_and_environment_and_orde
         ("etcd:2379".to_string(), format!("127.0.0.1:{etcd_port}")),
         // Its own address: port 0 publishes the port it gets.
         ("coordinator:36790".to_string(), "127.0.0.1:0".to_string()),
+        // Jaeger is not started here (e2e_traces.rs checks the export):
+        // the services export to a free port and drop what they cannot send,
+        // which must not disturb them.
+        ("jaeger:4317".to_string(), format!("127.0.0.1:{}", harness::free_port())),
     ]);
     // A container's fixed port -> the port the process got (health checks).
     let mut ports: BTreeMap<String, u16> = BTreeMap::new();
@@ -178,7 +182,7 @@ async fn compose_services_start_from_their_own_commands_and_environment_and_orde
             })
             .collect();
         for (var, value) in &env {
-            for host in ["mysql", "etcd", "coordinator", "order-srv", "stock-srv"] {
+            for host in ["mysql", "etcd", "coordinator", "order-srv", "stock-srv", "jaeger"] {
                 let named = value.match_indices(&format!("{host}:")).any(|(i, m)| {
                     let before = value[..i].chars().last();
                     let after = value[i + m.len()..].chars().next();

@@ -7,7 +7,9 @@
 //!    `dtm-branch_id`, `dtm-op`) into a [`BranchBarrier`]; missing or
 //!    malformed metadata is the caller's mistake → `InvalidArgument`;
 //! 2. open a span carrying the gid, branch and op, so every log line of the
-//!    call (the barrier's included) says which saga it belongs to;
+//!    call (the barrier's included) says which saga it belongs to; it is the
+//!    server span of the call, a child of the coordinator's branch-call span
+//!    when the call carries a `traceparent` ([`crate::trace`]);
 //! 3. run the handler, which validates its request and calls
 //!    [`BranchBarrier::call_with_pool`];
 //! 4. log the outcome and map it onto dtm's codes through
@@ -43,12 +45,19 @@ where
     };
     let span = tracing::info_span!(
         "branch",
+        otel.name = method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
         method,
         gid = %barrier.gid(),
         branch_id = %barrier.branch_id(),
         op = %barrier.op(),
+        trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
     );
-    async move {
+    crate::trace::continue_from(&span, dtm_protocol::TraceContext::from_metadata(metadata).as_ref());
+    let result = async move {
         match handler(barrier).await {
             Ok(Outcome::Ran(_)) => {
                 tracing::info!("branch done");
@@ -61,8 +70,16 @@ where
             Err(err) => Err(err.into_status()),
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    match &result {
+        Ok(()) => crate::trace::record_outcome(&span, "success", true),
+        Err(status) if status.code() == tonic::Code::Aborted => {
+            crate::trace::record_outcome(&span, "failure", true);
+        }
+        Err(status) => crate::trace::record_outcome(&span, &format!("{:?}", status.code()), false),
+    }
+    result
 }
 
 /// `value > 0`, or `InvalidArgument` naming `field`.

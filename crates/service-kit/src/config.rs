@@ -363,6 +363,10 @@ pub struct RpcServerConf {
     /// branches by URL (`http://host:9011/api/order/create`), not through etcd.
     #[serde(default)]
     pub http_listen_on: Option<String>,
+    /// go-zero's `Telemetry` block: OTLP span export, off when absent or
+    /// its `Endpoint` is empty (see [`crate::telemetry`]).
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryConf>,
 }
 
 impl RpcServerConf {

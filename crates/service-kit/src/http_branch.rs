@@ -37,12 +37,14 @@ use crate::http::HttpServeLimits;
 /// The body of a 200 answer (dtm's older SDKs look for `SUCCESS`).
 pub const SUCCESS_BODY: &str = r#"{"dtm_result":"SUCCESS"}"#;
 
-/// Runs one HTTP branch call: `query` is the raw query string, `timeout`
-/// the server-side deadline (503 after it; the local transaction rolls back
-/// when its future is dropped). `path` names the route in the logs.
+/// Runs one HTTP branch call: `query` is the raw query string, `headers`
+/// the request's (for `traceparent`), `timeout` the server-side deadline
+/// (503 after it; the local transaction rolls back when its future is
+/// dropped). `path` names the route in the logs.
 pub async fn run_http_branch<F, Fut, T>(
     path: &'static str,
     query: Option<&str>,
+    headers: &axum::http::HeaderMap,
     timeout: Duration,
     handler: F,
 ) -> Response
@@ -63,12 +65,20 @@ where
     };
     let span = tracing::info_span!(
         "branch",
+        otel.name = path,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.route = path,
         path,
         gid = %barrier.gid(),
         branch_id = %barrier.branch_id(),
         op = %barrier.op(),
+        trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
     );
-    async move {
+    crate::trace::continue_from(&span, dtm_protocol::TraceContext::from_headers(headers).as_ref());
+    let answer_span = span.clone();
+    let response = async move {
         let result = match tokio::time::timeout(timeout, handler(barrier)).await {
             Ok(result) => result,
             Err(_) => Err(BranchError::retry(format!("no result within {timeout:?}"))),
@@ -86,7 +96,16 @@ where
         }
     }
     .instrument(span)
-    .await
+    .await;
+    let status = response.status();
+    let outcome = match status.as_u16() {
+        200 => "success",
+        409 => "failure",
+        425 => "ongoing",
+        _ => "error",
+    };
+    crate::trace::record_outcome(&answer_span, outcome, status.as_u16() < 500 && status.as_u16() != 400);
+    response
 }
 
 /// Parses a JSON request body; a malformed one is the caller's mistake (400).
@@ -146,6 +165,7 @@ impl HttpBranchServer {
 mod tests {
     use super::*;
     use axum::body::to_bytes;
+    use axum::http::HeaderMap;
 
     async fn answer(response: Response) -> (u16, String) {
         let status = response.status().as_u16();
@@ -158,26 +178,27 @@ mod tests {
     #[tokio::test]
     async fn outcomes_map_to_dtms_http_answers() {
         let second = Duration::from_secs(1);
-        let ok = run_http_branch("/x", Some(QUERY), second, |b| async move {
+        let none = HeaderMap::new();
+        let ok = run_http_branch("/x", Some(QUERY), &none, second, |b| async move {
             assert_eq!(b.gid().as_str(), "g1");
             Ok::<_, BranchError>(Outcome::Ran(()))
         });
         assert_eq!(answer(ok.await).await, (200, SUCCESS_BODY.to_string()));
-        let skipped = run_http_branch("/x", Some(QUERY), second, |_| async {
+        let skipped = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Ok::<Outcome<()>, _>(Outcome::Skipped(barrier::Skipped::Duplicate))
         });
         assert_eq!(answer(skipped.await).await.0, 200);
-        let failure = run_http_branch("/x", Some(QUERY), second, |_| async {
+        let failure = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Err::<Outcome<()>, _>(BranchError::failure("no stock"))
         });
         let (status, body) = answer(failure.await).await;
         assert_eq!(status, 409);
         assert!(body.contains("FAILURE"), "{body}");
-        let retry = run_http_branch("/x", Some(QUERY), second, |_| async {
+        let retry = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
             Err::<Outcome<()>, _>(BranchError::from(sqlx::Error::PoolTimedOut))
         });
         assert_eq!(answer(retry.await).await.0, 503);
-        let slow = run_http_branch("/x", Some(QUERY), Duration::from_millis(50), |_| async {
+        let slow = run_http_branch("/x", Some(QUERY), &none, Duration::from_millis(50), |_| async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<_, BranchError>(Outcome::Ran(()))
         });
@@ -186,13 +207,18 @@ mod tests {
 
     #[tokio::test]
     async fn missing_dtm_parameters_are_a_400_and_the_handler_never_runs() {
-        let response =
-            run_http_branch("/api/order/create", Some("gid=g1"), Duration::from_secs(1), |_| async {
+        let response = run_http_branch(
+            "/api/order/create",
+            Some("gid=g1"),
+            &HeaderMap::new(),
+            Duration::from_secs(1),
+            |_| async {
                 panic!("handler must not run");
                 #[allow(unreachable_code)]
                 Ok::<Outcome<()>, BranchError>(Outcome::Ran(()))
-            })
-            .await;
+            },
+        )
+        .await;
         let (status, body) = answer(response).await;
         assert_eq!(status, 400);
         assert!(body.contains("trans_type"), "{body}");

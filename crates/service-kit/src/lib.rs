@@ -7,7 +7,8 @@
 //! | [`datasource`] | `DB.DataSource` | Go DSN or sqlx URL → sqlx URL; the password never printed |
 //! | [`branch`] | the `logic` files' barrier boilerplate | metadata → barrier, gid span, outcome → dtm's codes |
 //! | [`db`] | `sqlx.NewMysql(...)` + the README's manual SQL | business pool, database + barrier table created at start |
-//! | [`telemetry`] | `logx` | `tracing` to stdout, plain or JSON, `RUST_LOG` overrides |
+//! | [`telemetry`] | `logx` + `core/trace` | `tracing` to stdout, plain or JSON, `RUST_LOG` overrides; OTLP span export (`Telemetry`) |
+//! | [`trace`] | `core/trace` propagation | W3C `traceparent` in (child spans, `trace_id` in logs) and out (or passed through) |
 //! | [`shutdown`] | `core/proc/signals.go` | a future that resolves on SIGINT / SIGTERM |
 //! | [`grpc`] | `zrpc.MustNewServer(...).Start()` | health, reflection, etcd registration, deregister-then-drain |
 //! | [`http`] | `rest.MustNewServer(...).Start()` | axum served with a header-read timeout, a connection cap and a bounded drain |
@@ -48,6 +49,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 
 pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, RpcServerConf, load_yaml};
 pub use datasource::{Backend, DataSource, DataSourceError};

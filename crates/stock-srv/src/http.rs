@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use proto::stock::{DEDUCT_HTTP_PATH, DEDUCT_ROLLBACK_HTTP_PATH, DeductBody, DeductReq};
@@ -47,9 +48,10 @@ pub fn router<DB: StockModel>(pool: Pool<DB>, timeout: Duration) -> Router {
 async fn deduct<DB: StockModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_http_branch(DEDUCT_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
+    run_http_branch(DEDUCT_HTTP_PATH, query.as_deref(), &headers, state.timeout, |barrier| async move {
         let req = DeductReq::from(json_body::<DeductBody>(&body)?);
         logic::deduct(&state.pool, barrier, &req).await
     })
@@ -59,11 +61,18 @@ async fn deduct<DB: StockModel>(
 async fn deduct_rollback<DB: StockModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    run_http_branch(DEDUCT_ROLLBACK_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = DeductReq::from(json_body::<DeductBody>(&body)?);
-        logic::deduct_rollback(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        DEDUCT_ROLLBACK_HTTP_PATH,
+        query.as_deref(),
+        &headers,
+        state.timeout,
+        |barrier| async move {
+            let req = DeductReq::from(json_body::<DeductBody>(&body)?);
+            logic::deduct_rollback(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }

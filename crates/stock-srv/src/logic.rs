@@ -4,7 +4,9 @@
 use barrier::{BranchBarrier, BranchError, Outcome};
 use proto::stock::DeductReq;
 use service_kit::branch::{quantity, require_positive};
+use service_kit::trace::sql_span;
 use sqlx::Pool;
+use tracing::Instrument;
 
 use crate::model::StockModel;
 
@@ -31,11 +33,11 @@ pub async fn deduct<DB: StockModel>(
     let goods_id = req.goods_id;
     barrier
         .call_with_pool(pool, async |conn| {
-            if DB::deduct(&mut *conn, goods_id, num).await? == 1 {
+            if DB::deduct(&mut *conn, goods_id, num).instrument(sql_span("UPDATE", "stock")).await? == 1 {
                 tracing::info!(goods_id, num, "stock deducted");
                 return Ok(());
             }
-            let reason = match DB::find_num(conn, goods_id).await? {
+            let reason = match DB::find_num(conn, goods_id).instrument(sql_span("SELECT", "stock")).await? {
                 None => format!("unknown goods {goods_id}"),
                 Some(left) => format!("insufficient stock for goods {goods_id}: {left} left, {num} wanted"),
             };
@@ -60,7 +62,7 @@ pub async fn deduct_rollback<DB: StockModel>(
     let goods_id = req.goods_id;
     barrier
         .call_with_pool(pool, async |conn| {
-            let restored = DB::add(conn, goods_id, num).await?;
+            let restored = DB::add(conn, goods_id, num).instrument(sql_span("UPDATE", "stock")).await?;
             tracing::info!(goods_id, num, restored, "stock restored");
             Ok(())
         })

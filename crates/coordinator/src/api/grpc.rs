@@ -22,6 +22,7 @@ use proto::dtmgimp::dtm_server::Dtm;
 use proto::dtmgimp::{DtmBranchRequest, DtmGidReply, DtmProgressesReply, DtmRequest, DtmTopicRequest};
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{Outcome, bearer_matches};
 use crate::config::Secret;
@@ -100,6 +101,22 @@ pub fn trans_request(request: DtmRequest) -> Result<TransRequest, EngineError> {
     TransRequest::from_input(input).map_err(EngineError::from)
 }
 
+/// The server span of `api` under the request's `traceparent`, and the
+/// validated request carrying the context to store (`crate::trace`).
+fn traced(
+    api: &'static str,
+    request: Request<DtmRequest>,
+) -> (tracing::Span, Result<TransRequest, EngineError>) {
+    let incoming = dtm_protocol::TraceContext::from_metadata(request.metadata());
+    let message = request.into_inner();
+    let (span, stored) = crate::trace::api_span(api, &message.gid, incoming.as_ref());
+    let request = trans_request(message).map(|mut request| {
+        request.options.trace = stored;
+        request
+    });
+    (span, request)
+}
+
 /// Turns a `DtmBranchRequest` into a validated [`RegisterBranchRequest`]:
 /// `Data` carries `confirm`/`cancel` (TCC) or `url` (XA), `BusiPayload`
 /// becomes the branch's `bin_data`; `Op` is unused, as in dtm.
@@ -119,15 +136,18 @@ impl Dtm for DtmService {
     }
 
     async fn submit(&self, request: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        self.serve("submit", async { self.engine.submit(trans_request(request.into_inner())?).await }).await
+        let (span, request) = traced("submit", request);
+        self.serve("submit", async { self.engine.submit(request?).await }.instrument(span)).await
     }
 
     async fn prepare(&self, request: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        self.serve("prepare", async { self.engine.prepare(trans_request(request.into_inner())?).await }).await
+        let (span, request) = traced("prepare", request);
+        self.serve("prepare", async { self.engine.prepare(request?).await }.instrument(span)).await
     }
 
     async fn abort(&self, request: Request<DtmRequest>) -> Result<Response<()>, Status> {
-        self.serve("abort", async { self.engine.abort(trans_request(request.into_inner())?).await }).await
+        let (span, request) = traced("abort", request);
+        self.serve("abort", async { self.engine.abort(request?).await }.instrument(span)).await
     }
 
     async fn register_branch(&self, request: Request<DtmBranchRequest>) -> Result<Response<()>, Status> {

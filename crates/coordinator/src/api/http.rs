@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tracing::Instrument;
 
 use dtm_protocol::Gid;
 
@@ -242,6 +243,26 @@ fn trans_request(body: JsonObject) -> Result<TransRequest, ApiError> {
     TransRequest::from_input(input).map_err(ApiError::engine("validate"))
 }
 
+/// The server span of `api` under the request's `traceparent` header, and
+/// the validated request carrying the context to store (`crate::trace`).
+fn traced(
+    api: &'static str,
+    headers: &HeaderMap,
+    body: JsonObject,
+) -> (tracing::Span, Result<TransRequest, ApiError>) {
+    let incoming = dtm_protocol::TraceContext::from_headers(headers);
+    let gid = match body.0.get("gid") {
+        Some(Value::String(gid)) => gid.clone(),
+        _ => String::new(),
+    };
+    let (span, stored) = crate::trace::api_span(api, &gid, incoming.as_ref());
+    let request = trans_request(body).map(|mut request| {
+        request.options.trace = stored;
+        request
+    });
+    (span, request)
+}
+
 // ---------------------------------------------------------------------------
 // Handlers
 // ---------------------------------------------------------------------------
@@ -252,24 +273,24 @@ async fn new_gid(State(state): State<HttpState>) -> Response {
 }
 
 /// `POST /api/dtmsvr/prepare`.
-async fn prepare(State(state): State<HttpState>, body: JsonObject) -> ApiResult {
-    let request = trans_request(body)?;
-    state.engine.prepare(request).await.map_err(ApiError::engine("prepare"))?;
+async fn prepare(State(state): State<HttpState>, headers: HeaderMap, body: JsonObject) -> ApiResult {
+    let (span, request) = traced("prepare", &headers, body);
+    state.engine.prepare(request?).instrument(span).await.map_err(ApiError::engine("prepare"))?;
     Ok(success())
 }
 
 /// `POST /api/dtmsvr/submit`. With `wait_result` the engine runs one pass
 /// first and reports FAILURE (409) or ONGOING (425) if it did not succeed.
-async fn submit(State(state): State<HttpState>, body: JsonObject) -> ApiResult {
-    let request = trans_request(body)?;
-    state.engine.submit(request).await.map_err(ApiError::engine("submit"))?;
+async fn submit(State(state): State<HttpState>, headers: HeaderMap, body: JsonObject) -> ApiResult {
+    let (span, request) = traced("submit", &headers, body);
+    state.engine.submit(request?).instrument(span).await.map_err(ApiError::engine("submit"))?;
     Ok(success())
 }
 
 /// `POST /api/dtmsvr/abort`.
-async fn abort(State(state): State<HttpState>, body: JsonObject) -> ApiResult {
-    let request = trans_request(body)?;
-    state.engine.abort(request).await.map_err(ApiError::engine("abort"))?;
+async fn abort(State(state): State<HttpState>, headers: HeaderMap, body: JsonObject) -> ApiResult {
+    let (span, request) = traced("abort", &headers, body);
+    state.engine.abort(request?).instrument(span).await.map_err(ApiError::engine("abort"))?;
     Ok(success())
 }
 

@@ -3,7 +3,8 @@
 //! Every call carries dtm's four protocol values — `gid`, `trans_type`,
 //! `branch_id`, `op` — as HTTP query parameters or as `dtm-` gRPC metadata
 //! (written by `dtm_protocol`'s [`BranchCall`], the one writer the SDK and
-//! the tools share), plus the transaction's `branch_headers`; a gRPC payload
+//! the tools share), plus the transaction's `branch_headers` and a W3C
+//! `traceparent` of the call's own span (`crate::trace`); a gRPC payload
 //! travels verbatim through [`RawCodec`]. The answer becomes a
 //! [`BranchResult`] through `dtm_protocol`'s `from_http` / `from_grpc`, so
 //! the coordinator and the branches agree on what FAILURE and ONGOING look
@@ -25,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dtm_protocol::{BranchCall, BranchResult, RawCodec};
+use dtm_protocol::{BranchCall, BranchResult, RawCodec, TraceContext};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use crate::model::{BranchTarget, BranchUrl, GrpcTarget};
 
@@ -78,6 +80,9 @@ pub struct BranchRequest<'a> {
     pub call: BranchCall,
     /// Extra headers / metadata.
     pub headers: &'a BTreeMap<String, String>,
+    /// The transaction's stored trace context: the call's span is its
+    /// child, and the call carries the span's `traceparent`.
+    pub trace: Option<&'a TraceContext>,
     /// Call deadline.
     pub timeout: Duration,
 }
@@ -135,15 +140,43 @@ impl BranchCaller {
     }
 
     /// Delivers one operation. Never fails: transport problems are `Retry`.
+    ///
+    /// Each call is a client span (`crate::trace::branch_span`): gid,
+    /// branch, op, URL, protocol and the outcome, a child of the pass that
+    /// makes the call.
     pub async fn call(&self, call: &BranchRequest<'_>) -> BranchResult {
-        match call.url.target() {
+        let protocol = match call.url.target() {
+            BranchTarget::Empty => return BranchResult::Success,
+            BranchTarget::Http(_) => "http",
+            BranchTarget::Grpc(_) => "grpc",
+        };
+        let (span, traceparent) =
+            crate::trace::branch_span(&call.call, call.url.as_str(), protocol, call.trace);
+        let result = match call.url.target() {
+            BranchTarget::Grpc(target) => {
+                self.call_grpc(target, call, traceparent.as_ref()).instrument(span.clone()).await
+            }
+            BranchTarget::Http(url) => {
+                self.call_http(url, call, traceparent.as_ref()).instrument(span.clone()).await
+            }
             BranchTarget::Empty => BranchResult::Success,
-            BranchTarget::Http(url) => self.call_http(url, call).await,
-            BranchTarget::Grpc(target) => self.call_grpc(target, call).await,
-        }
+        };
+        let (outcome, ok) = match &result {
+            BranchResult::Success => ("success", true),
+            BranchResult::Failure(_) => ("failure", true),
+            BranchResult::Ongoing => ("ongoing", true),
+            BranchResult::Retry(_) => ("error", false),
+        };
+        service_kit::trace::record_outcome(&span, outcome, ok);
+        result
     }
 
-    async fn call_http(&self, url: &url::Url, call: &BranchRequest<'_>) -> BranchResult {
+    async fn call_http(
+        &self,
+        url: &url::Url,
+        call: &BranchRequest<'_>,
+        traceparent: Option<&TraceContext>,
+    ) -> BranchResult {
         let mut url = url.clone();
         call.call.append_query(&mut url);
         // dtm's rule: POST when there is a body, GET otherwise.
@@ -157,6 +190,14 @@ impl BranchCaller {
         };
         for (name, value) in call.headers {
             request = request.header(name.as_str(), value.as_str());
+        }
+        // After the branch headers: the call's own span is the parent the
+        // branch must see, whatever a client put in `branch_headers`.
+        if let Some(trace) = traceparent {
+            request = request.header(dtm_protocol::trace::TRACEPARENT, trace.traceparent());
+            if let Some(state) = trace.tracestate() {
+                request = request.header(dtm_protocol::trace::TRACESTATE, state);
+            }
         }
         match request.timeout(call.timeout).send().await {
             Ok(response) => {
@@ -213,7 +254,12 @@ impl BranchCaller {
         }
     }
 
-    async fn call_grpc(&self, target: &GrpcTarget, call: &BranchRequest<'_>) -> BranchResult {
+    async fn call_grpc(
+        &self,
+        target: &GrpcTarget,
+        call: &BranchRequest<'_>,
+        traceparent: Option<&TraceContext>,
+    ) -> BranchResult {
         let channel = match self.channel(target).await {
             Ok(channel) => channel,
             Err(e) => return BranchResult::Retry(e.0),
@@ -227,6 +273,9 @@ impl BranchCaller {
         let headers = call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         if let Err(bad) = call.call.insert_metadata(request.metadata_mut(), headers) {
             return BranchResult::Retry(format!("metadata {:?} is not valid ASCII metadata", bad.key()));
+        }
+        if let Some(trace) = traceparent {
+            trace.insert_metadata(request.metadata_mut());
         }
         let mut grpc = tonic::client::Grpc::new(channel);
         // The reply message is not looked at: only the status matters.

@@ -44,7 +44,8 @@
 //!   and demos do not wait; production should keep dtm's 10;
 //! * `MaxRetryInterval` caps the exponential backoff (dtm doubles forever);
 //! * `ListenHost`, `AuthToken`, `MaxBodyBytes`, `MaxConcurrentRequests`,
-//!   `MaxConnections`, `ApiTimeout` are our additions;
+//!   `MaxConnections`, `ApiTimeout` are our additions, and so is go-zero's
+//!   `Telemetry` block (OTLP span export, `crate::trace`);
 //! * `AlertRetryLimit` / `AlertWebHook` are dtm's keys, but an alert is sent
 //!   once per branch operation that reaches the limit (dtm: at every retry
 //!   past it), delivered at least once from a durable outbox (`crate::alert`).

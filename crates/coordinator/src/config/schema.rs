@@ -64,6 +64,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Upper bound on one API request, including `wait_result` submits.
     pub api_timeout: u64,
+    /// go-zero's `Telemetry` block (the services use the same): OTLP span
+    /// export, off while `Endpoint` is empty. Env: `TELEMETRY_ENDPOINT`,
+    /// `TELEMETRY_NAME`, `TELEMETRY_SAMPLER`, `TELEMETRY_BATCHER`,
+    /// `TELEMETRY_OTLP_HTTP_PATH`. dtm has no such key (it traces nothing).
+    pub telemetry: service_kit::telemetry::TelemetryConf,
 }
 
 impl Default for Config {
@@ -87,6 +92,7 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             max_connections: 10_000,
             api_timeout: 30,
+            telemetry: service_kit::telemetry::TelemetryConf::default(),
         }
     }
 }
@@ -320,6 +326,14 @@ impl Config {
                 return invalid(key, &format!("must be at most {} seconds", max.as_secs()));
             }
         }
+        if let Err(service_kit::telemetry::TelemetryError::Invalid { key, message }) =
+            self.telemetry.validate()
+        {
+            return Err(ConfigError::Invalid {
+                key: if key == "Sampler" { "Telemetry.Sampler" } else { "Telemetry" },
+                message,
+            });
+        }
         if self.retry_interval < 1 {
             return invalid(
                 "RetryInterval",
@@ -476,6 +490,37 @@ mod tests {
         assert_eq!(registration.hosts, vec!["e1:2379", "e2:2379"]);
         assert_eq!(registration.key, "dtmservice");
         assert_eq!(registration.end_point, "dtm:36790");
+    }
+
+    #[test]
+    fn the_telemetry_block_has_go_zeros_keys_and_dtm_style_env_names() {
+        let config = Config::from_sources(None, env(&[])).unwrap();
+        assert!(!config.telemetry.is_on(), "off by default");
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("TELEMETRY_ENDPOINT", "jaeger:4317"),
+                ("TELEMETRY_SAMPLER", "0.25"),
+                ("TELEMETRY_BATCHER", "otlphttp"),
+                ("TELEMETRY_OTLP_HTTP_PATH", "/otlp"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.telemetry.is_on());
+        assert_eq!(config.telemetry.sampler, 0.25);
+        assert_eq!(config.telemetry.batcher, service_kit::telemetry::Batcher::OtlpHttp);
+        assert_eq!(config.telemetry.otlp_http_path, "/otlp");
+        let yaml = "Telemetry:\n  Name: dtm\n  Endpoint: c:4317\n  OtlpHeaders: {k: v}\n";
+        let config = Config::from_sources(file(yaml), env(&[])).unwrap();
+        assert_eq!((config.telemetry.name.as_str(), config.telemetry.sampler), ("dtm", 1.0));
+        assert_eq!(config.telemetry.otlp_headers.get("k").map(String::as_str), Some("v"));
+        for (yaml, key) in [
+            ("Telemetry:\n  Batcher: zipkin\n", "Telemetry.Batcher"),
+            ("Telemetry:\n  Sampler: 2\n", "Telemetry.Sampler"),
+        ] {
+            let err = Config::from_sources(file(yaml), env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
     }
 
     #[test]

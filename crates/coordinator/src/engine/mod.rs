@@ -312,6 +312,7 @@ impl Engine {
             owner,
             lease,
             rollback_reason: request.rollback_reason.clone(),
+            ext_data: crate::trace::to_ext_data(request.options.trace.as_ref()),
             now,
         }
     }
@@ -644,7 +645,7 @@ impl Engine {
                 }
             }
         };
-        let span = tracing::info_span!("pass", gid = %gid);
+        let span = crate::trace::pass_span(&gid, work.trace());
         self.inner.core.checkpoint(&gid, Checkpoint::PassStarted).await;
         let end = work.run(&self.inner.core, lease).instrument(span.clone()).await;
         match &end {

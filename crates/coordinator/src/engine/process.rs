@@ -128,7 +128,8 @@ impl Work {
                     }
                 }
                 let orders = SagaOrders::parse(&g.custom_data, steps.len()).map_err(|e| e.to_string())?;
-                let options = TransOptions::from_stored_json(&g.options);
+                let mut options = TransOptions::from_stored_json(&g.options);
+                options.trace = crate::trace::from_ext_data(&g.ext_data);
                 let interval = Duration::from_secs(g.next_cron_interval.max(0).unsigned_abs());
                 let create_time = g.create_time.unwrap_or_else(store::now);
                 Ok(Work::Saga(SagaWork::new(
@@ -156,6 +157,14 @@ impl Work {
         match self {
             Work::Saga(w) => &w.spec.gid,
             Work::Sequence(w) => w.gid(),
+        }
+    }
+
+    /// The trace context stored with the transaction.
+    pub(crate) fn trace(&self) -> Option<&dtm_protocol::TraceContext> {
+        match self {
+            Work::Saga(w) => w.spec.options.trace.as_ref(),
+            Work::Sequence(w) => w.options().trace.as_ref(),
         }
     }
 
@@ -266,6 +275,7 @@ impl SagaSpec {
                 payload: &step.payload,
                 call: BranchCall::new(self.gid.clone(), TransType::Saga, step.branch_id.clone(), op),
                 headers: &self.options.branch_headers,
+                trace: self.options.trace.as_ref(),
                 timeout: core.call_timeout(&self.options),
             })
             .await;

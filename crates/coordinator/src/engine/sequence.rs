@@ -88,7 +88,10 @@ impl SequenceWork {
             gid: g.gid,
             status: g.status,
             create_time: g.create_time.unwrap_or_else(store::now),
-            options: TransOptions::from_stored_json(&g.options),
+            options: TransOptions {
+                trace: crate::trace::from_ext_data(&g.ext_data),
+                ..TransOptions::from_stored_json(&g.options)
+            },
             interval: Duration::from_secs(g.next_cron_interval.max(0).unsigned_abs()),
             rollback_reason: g.rollback_reason,
             query_prepared: g.query_prepared,
@@ -134,6 +137,7 @@ impl SequenceWork {
                 payload,
                 call: BranchCall::new(self.gid.clone(), self.trans_type, branch_id.clone(), op),
                 headers: &self.options.branch_headers,
+                trace: self.options.trace.as_ref(),
                 timeout,
             })
             .await;

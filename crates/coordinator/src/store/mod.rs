@@ -262,7 +262,8 @@ pub struct GlobalRow {
     pub next_cron_time: Option<DateTime<Utc>>,
     /// Token of the poll that last leased it.
     pub owner: String,
-    /// Unused by dtm; kept for the schema.
+    /// dtm's `TransGlobalExt` JSON; we keep the trace context there
+    /// (`crate::trace`), dtm leaves it empty.
     pub ext_data: String,
     /// Workflow result.
     pub result: String,
@@ -334,6 +335,9 @@ pub struct NewGlobal {
     pub lease: Duration,
     /// Reason given at creation (abort paths).
     pub rollback_reason: String,
+    /// dtm's `ext_data`: the creating request's trace context
+    /// (`crate::trace::to_ext_data`), or empty.
+    pub ext_data: String,
     /// Creation time.
     pub now: DateTime<Utc>,
 }

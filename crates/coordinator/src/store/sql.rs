@@ -254,7 +254,7 @@ impl<D: Driver> SqlStore<D> {
                 .push_bind(i32::try_from(g.next_cron_interval).unwrap_or(i32::MAX))
                 .push(db_later::<D>(g.lease))
                 .push_bind(g.owner.as_ref().map_or("", LeaseToken::as_str))
-                .push_bind("")
+                .push_bind(g.ext_data.as_str())
                 .push_bind("")
                 .push_bind(g.rollback_reason.as_str());
         });

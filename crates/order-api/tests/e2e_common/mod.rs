@@ -145,11 +145,19 @@ pub struct System {
     pub order_api: Option<Proc>,
     /// order-srv's port (0 until it first started; kept across restarts).
     pub order_srv_port: u16,
+    /// Environment every process of this system gets on top of its own
+    /// (e.g. `OTEL_ENDPOINT`, `LOG_ENCODING`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl System {
     /// etcd, databases and coordinator; no business services yet.
     pub fn infrastructure() -> System {
+        System::infrastructure_with_env(&[])
+    }
+
+    /// [`System::infrastructure`], every process started with `env` too.
+    pub fn infrastructure_with_env(env: &[(&str, &str)]) -> System {
         harness::init_tracing();
         let slot = harness::system_slot();
         let dir = tempfile::Builder::new().prefix("e2e-").tempdir().expect("temp dir");
@@ -172,6 +180,7 @@ impl System {
             stock_srvs: Vec::new(),
             order_api: None,
             order_srv_port: 0,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         system.start_coordinator();
         system
@@ -212,6 +221,7 @@ impl System {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(self.extra_env.iter().cloned())
         .collect();
         let log = self.dir.path().join("coordinator.log");
         let binary = binary("coordinator", "coordinator");
@@ -223,7 +233,9 @@ impl System {
     }
 
     fn common_env(&self) -> Vec<(String, String)> {
-        vec![("ETCD_HOSTS".into(), self.etcd_hosts()), ("RUST_LOG".into(), "info".into())]
+        let mut env = vec![("ETCD_HOSTS".into(), self.etcd_hosts()), ("RUST_LOG".into(), "info".into())];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     fn etc(name: &str) -> String {
