@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::response::Response;
 use axum::routing::post;
 use proto::order::{CREATE_HTTP_PATH, CREATE_ROLLBACK_HTTP_PATH, CreateBody, CreateReq};
+use service_kit::Metrics;
 use service_kit::http_branch::{json_body, run_http_branch};
 use sqlx::Pool;
 
@@ -47,23 +48,37 @@ pub fn router<DB: OrderModel>(pool: Pool<DB>, timeout: Duration) -> Router {
 async fn create<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
-    run_http_branch(CREATE_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
-        logic::create(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        CREATE_HTTP_PATH,
+        query.as_deref(),
+        state.timeout,
+        metrics.as_deref(),
+        |barrier| async move {
+            let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+            logic::create(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }
 
 async fn create_rollback<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
-    run_http_branch(CREATE_ROLLBACK_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
-        logic::create_rollback(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        CREATE_ROLLBACK_HTTP_PATH,
+        query.as_deref(),
+        state.timeout,
+        metrics.as_deref(),
+        |barrier| async move {
+            let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+            logic::create_rollback(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }

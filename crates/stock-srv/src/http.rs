@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::response::Response;
 use axum::routing::post;
 use proto::stock::{DEDUCT_HTTP_PATH, DEDUCT_ROLLBACK_HTTP_PATH, DeductBody, DeductReq};
+use service_kit::Metrics;
 use service_kit::http_branch::{json_body, run_http_branch};
 use sqlx::Pool;
 
@@ -47,23 +48,37 @@ pub fn router<DB: StockModel>(pool: Pool<DB>, timeout: Duration) -> Router {
 async fn deduct<DB: StockModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
-    run_http_branch(DEDUCT_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = DeductReq::from(json_body::<DeductBody>(&body)?);
-        logic::deduct(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        DEDUCT_HTTP_PATH,
+        query.as_deref(),
+        state.timeout,
+        metrics.as_deref(),
+        |barrier| async move {
+            let req = DeductReq::from(json_body::<DeductBody>(&body)?);
+            logic::deduct(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }
 
 async fn deduct_rollback<DB: StockModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
-    run_http_branch(DEDUCT_ROLLBACK_HTTP_PATH, query.as_deref(), state.timeout, |barrier| async move {
-        let req = DeductReq::from(json_body::<DeductBody>(&body)?);
-        logic::deduct_rollback(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        DEDUCT_ROLLBACK_HTTP_PATH,
+        query.as_deref(),
+        state.timeout,
+        metrics.as_deref(),
+        |barrier| async move {
+            let req = DeductReq::from(json_body::<DeductBody>(&body)?);
+            logic::deduct_rollback(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }
