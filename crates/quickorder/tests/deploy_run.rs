@@ -295,7 +295,51 @@ async fn compose_services_start_from_their_own_commands_and_environment_and_orde
         .expect("order-api answers");
     assert_eq!(reply.status(), 409, "{}", logs());
     let scraped = scrape_what_prometheus_scrapes(&running, ports["36789"]).await;
+    check_the_two_orders_were_counted(&scraped);
     check_dashboard_against(&scraped);
+}
+
+/// The two orders, as each process counted them: order-api's answers and
+/// submits, each branch's barrier outcomes (the rolled-back order: stock's
+/// action failed, its compensation was a null compensation, order's
+/// compensation applied).
+fn check_the_two_orders_were_counted(scraped: &BTreeMap<String, String>) {
+    let wanted: [(&str, &[&str]); 3] = [
+        (
+            "order-api",
+            &[
+                r#"http_server_requests_code_total{path="/order/quickCreate",code="200",method="POST"} 1"#,
+                r#"http_server_requests_code_total{path="/order/quickCreate",code="409",method="POST"} 1"#,
+                r#"http_server_requests_duration_ms_count{path="/order/quickCreate",method="POST"} 2"#,
+                r#"http_server_requests_code_total{path="/order/status/{gid}",code="200",method="GET"} 1"#,
+                r#"dtm_client_requests_total{call="submit",outcome="succeed"} 1"#,
+                r#"dtm_client_requests_total{call="submit",outcome="failed"} 1"#,
+            ],
+        ),
+        (
+            "order-srv",
+            &[
+                r#"barrier_outcomes_total{op="action",outcome="applied"} 2"#,
+                r#"barrier_outcomes_total{op="compensate",outcome="applied"} 1"#,
+                r#"rpc_server_requests_code_total{method="/pb.order/create",code="0"} 2"#,
+                r#"rpc_server_requests_code_total{method="/pb.order/createRollback",code="0"} 1"#,
+            ],
+        ),
+        (
+            "stock-srv",
+            &[
+                r#"barrier_outcomes_total{op="action",outcome="applied"} 1"#,
+                r#"barrier_outcomes_total{op="action",outcome="failure"} 1"#,
+                r#"barrier_outcomes_total{op="compensate",outcome="null_compensation"} 1"#,
+                r#"rpc_server_requests_code_total{method="/pb.stock/deduct",code="10"} 1"#,
+            ],
+        ),
+    ];
+    for (job, lines) in wanted {
+        let text = &scraped[job];
+        let missing: Vec<&&str> = lines.iter().filter(|line| !text.lines().any(|l| l == **line)).collect();
+        assert!(missing.is_empty(), "{job} did not count {missing:#?}:\n{text}");
+    }
 }
 
 /// What `deploy/prometheus/prometheus.yml` scrapes, read from the running
