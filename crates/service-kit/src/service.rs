@@ -87,7 +87,9 @@ impl ServiceServer {
     /// drain), then HTTP, then the metrics listener. Returns the first error.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let ServiceServer { grpc, http, metrics } = self;
-        serve_with_metrics(metrics, serve_grpc_and_http(grpc, http, shutdown)).await
+        // Boxed: the gRPC server's future is large, and this one holds it
+        // beside the metrics listener's.
+        serve_with_metrics(metrics, Box::pin(serve_grpc_and_http(grpc, http, shutdown))).await
     }
 }
 
