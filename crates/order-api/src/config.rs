@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use discovery::RpcClientConf;
 use serde::Deserialize;
-use service_kit::{LogConf, Mode};
+use service_kit::{LogConf, Mode, PrometheusConf};
 
 fn default_host() -> String {
     "0.0.0.0".to_string()
@@ -104,6 +104,10 @@ pub struct Config {
     /// `<this>/deduct`, `<this>/deductRollback`.
     #[serde(default)]
     pub stock_http_url: Option<String>,
+    /// go-zero's `Prometheus` block: the metrics listener (`Host`, `Port`,
+    /// `Path`); absent or with an empty `Host`: none.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusConf>,
 }
 
 impl Config {

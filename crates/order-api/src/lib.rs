@@ -20,6 +20,12 @@
 //! ```
 //! order-api itself never calls order-srv or stock-srv: the coordinator does.
 //!
+//! Metrics (go-zero's `http_server_*` per route template, and
+//! `dtm_client_*` for each submit and query to the coordinator) are kept in
+//! [`svc::ServiceContext::metrics`] and served on a listener of their own
+//! when the config's `Prometheus` block has a `Host` (see
+//! `service_kit::metrics`).
+//!
 //! | here | go-zero |
 //! |---|---|
 //! | `main.rs` | `order.go` (`-f etc/order.yaml`) |
@@ -41,6 +47,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
+use service_kit::MetricsServer;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -61,6 +68,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The `Prometheus` block's listener could not be bound.
+    #[error("metrics: {0}")]
+    Metrics(#[from] service_kit::ServeError),
 }
 
 /// A bound, not yet serving order-api.
@@ -77,6 +87,8 @@ pub struct Server {
     drain_timeout: std::time::Duration,
     /// Called when serving starts (the binary prints its readiness line).
     on_ready: Option<service_kit::ready::OnReady>,
+    /// The metrics listener, when the `Prometheus` block asks for one.
+    metrics: Option<MetricsServer>,
 }
 
 /// Builds the service: clients ready (nothing dialled), port bound.
@@ -87,13 +99,19 @@ pub async fn build(config: Config) -> Result<Server, StartError> {
     let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (max_connections, drain_timeout) = (svc.config.max_conns, svc.config.request_timeout());
+    let metrics = svc.metrics.clone();
+    let metrics_server = match &svc.config.prometheus {
+        Some(conf) => MetricsServer::bind(conf, &metrics).await?,
+        None => None,
+    };
     Ok(Server {
         listener,
         local_addr,
-        app: handler::routes(svc),
+        app: metrics.instrument_http(handler::routes(svc)),
         max_connections,
         drain_timeout,
         on_ready: None,
+        metrics: metrics_server,
     })
 }
 
@@ -113,12 +131,18 @@ impl Server {
         self.local_addr
     }
 
+    /// The metrics listener's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
     /// Prints the [readiness line](service_kit::ready) of process `name`
-    /// with the `http` address when serving starts. The binary calls this;
-    /// embedded servers do not.
+    /// with the `http` (and, if served, `metrics`) address when serving
+    /// starts. The binary calls this; embedded servers do not.
     pub fn announce_ready(self, name: &'static str) -> Server {
-        let addr = self.local_addr;
-        self.on_ready(move || service_kit::ready::announce(name, &[("http", addr)]))
+        let mut addrs = vec![("http", self.local_addr)];
+        addrs.extend(self.metrics_addr().map(|addr| ("metrics", addr)));
+        self.on_ready(move || service_kit::ready::announce(name, &addrs))
     }
 
     /// Calls `hook` when serving starts.
@@ -128,11 +152,22 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets the
-    /// requests in flight finish (each is bounded by `Timeout`).
+    /// requests in flight finish (each is bounded by `Timeout`); the
+    /// metrics listener, if any, stops last.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let metrics = self.metrics.take().map(MetricsServer::spawn);
+        let served = self.serve(shutdown).await;
+        let stopped = match metrics {
+            Some(metrics) => metrics.stop().await.map_err(std::io::Error::other),
+            None => Ok(()),
+        };
+        served.and(stopped)
+    }
+
+    async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "order-api listening");
         // A request may take `Timeout`; the drain waits for that much, and
         // slow clients must send their request head within 10 s.

@@ -96,7 +96,10 @@ pub async fn quick_create(
         reason,
     };
     let submit = svc.dtm.submit(&saga).instrument(submit_span);
-    match tokio::time::timeout(svc.config.submit_wait(), submit).await {
+    let started = std::time::Instant::now();
+    let submitted = tokio::time::timeout(svc.config.submit_wait(), submit).await;
+    svc.metrics.record_dtm_call("submit", submit_outcome(&submitted), started.elapsed());
+    match submitted {
         Ok(Ok(())) => {
             tracing::info!("saga succeeded");
             Ok((StatusCode::OK, answer(OrderStatus::Succeed, None)))
@@ -125,6 +128,18 @@ pub async fn quick_create(
                 message: "the coordinator refused the saga".into(),
             })
         }
+    }
+}
+
+/// The `outcome` label of a submit in `dtm_client_requests_total`.
+fn submit_outcome(submitted: &Result<Result<(), ClientError>, tokio::time::error::Elapsed>) -> &'static str {
+    match submitted {
+        Ok(Ok(())) => "succeed",
+        Ok(Err(ClientError::Failure(_))) => "failed",
+        Ok(Err(ClientError::Ongoing)) => "ongoing",
+        Ok(Err(ClientError::Unavailable(_))) => "unavailable",
+        Ok(Err(_)) => "error",
+        Err(_elapsed) => "timeout",
     }
 }
 
@@ -170,7 +185,15 @@ pub async fn query(svc: &ServiceContext, gid: &Gid) -> Result<SagaView, ApiError
             message: "no DtmHttpServer configured: the coordinator cannot be queried".into(),
         });
     };
-    let result = dtm.query(gid).await.map_err(|err| {
+    let started = std::time::Instant::now();
+    let result = dtm.query(gid).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ClientError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
+    };
+    svc.metrics.record_dtm_call("query", outcome, started.elapsed());
+    let result = result.map_err(|err| {
         tracing::warn!(%err, "query failed");
         unavailable(Some(gid), &err)
     })?;

@@ -31,6 +31,9 @@ pub struct ServiceContext {
     pub order_http: Option<String>,
     /// `StockHttpUrl`, the same for the stock step.
     pub stock_http: Option<String>,
+    /// This service's metrics: its HTTP requests (`http_server_*`) and its
+    /// calls to the coordinator (`dtm_client_*`).
+    pub metrics: service_kit::Metrics,
 }
 
 /// Why the context could not be built.
@@ -80,6 +83,7 @@ impl ServiceContext {
             stock_rpc,
             order_http,
             stock_http,
+            metrics: service_kit::Metrics::new(),
         })
     }
 }

@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use proto::order::{CREATE_HTTP_PATH, CREATE_ROLLBACK_HTTP_PATH, CreateBody, CreateReq};
+use service_kit::Metrics;
 use service_kit::http_branch::{json_body, run_http_branch};
 use sqlx::Pool;
 
@@ -49,12 +50,20 @@ async fn create<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
-    run_http_branch(CREATE_HTTP_PATH, query.as_deref(), &headers, state.timeout, |barrier| async move {
-        let req = CreateReq::from(json_body::<CreateBody>(&body)?);
-        logic::create(&state.pool, barrier, &req).await
-    })
+    run_http_branch(
+        CREATE_HTTP_PATH,
+        query.as_deref(),
+        &headers,
+        state.timeout,
+        metrics.as_deref(),
+        |barrier| async move {
+            let req = CreateReq::from(json_body::<CreateBody>(&body)?);
+            logic::create(&state.pool, barrier, &req).await
+        },
+    )
     .await
 }
 
@@ -62,6 +71,7 @@ async fn create_rollback<DB: OrderModel>(
     State(state): State<Arc<HttpState<DB>>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    metrics: Option<Extension<Metrics>>,
     body: Bytes,
 ) -> Response {
     run_http_branch(
@@ -69,6 +79,7 @@ async fn create_rollback<DB: OrderModel>(
         query.as_deref(),
         &headers,
         state.timeout,
+        metrics.as_deref(),
         |barrier| async move {
             let req = CreateReq::from(json_body::<CreateBody>(&body)?);
             logic::create_rollback(&state.pool, barrier, &req).await

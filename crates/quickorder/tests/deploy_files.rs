@@ -378,10 +378,12 @@ fn compose_topology_matches_the_end_to_end_setup() {
 
     let names: BTreeSet<String> = services.keys().filter_map(scalar).collect();
     let expected: BTreeSet<String> =
-        ["etcd", "mysql", "jaeger", "coordinator", "order-srv", "stock-srv", "order-api"]
-            .map(String::from)
-            .into();
-    assert_eq!(names, expected, "compose services");
+        ["etcd", "mysql", "coordinator", "order-srv", "stock-srv", "order-api"].map(String::from).into();
+    // Beside the system, what watches it (nothing of the system depends on
+    // them): Jaeger for traces, Prometheus and Grafana for metrics.
+    let observability: BTreeSet<String> = ["jaeger", "prometheus", "grafana"].map(String::from).into();
+    let all: BTreeSet<String> = expected.union(&observability).cloned().collect();
+    assert_eq!(names, all, "compose services");
 
     // Every service is health-checked, so depends_on can wait for *ready*.
     for name in &names {
@@ -1113,6 +1115,24 @@ fn k8s_deployments_have_probes_resources_pod_ip_and_grace_periods() {
             }
             [port].into()
         };
+        // go-zero's Prometheus block, when the environment turns it on:
+        // its port is declared and announced for annotation-based scraping.
+        let mut served = served;
+        let metrics_on = env_values.get("PROMETHEUS_LISTEN_HOST").is_some_and(|host| !host.is_empty());
+        if metrics_on {
+            let metrics = port_of(&effective(&env_values, &config, "PROMETHEUS_LISTEN_PORT"));
+            served.insert(metrics);
+            let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+            let wanted = (Some("true"), Some(metrics.to_string()), Some("/metrics"));
+            let found = (
+                annotations["prometheus.io/scrape"].as_str(),
+                annotations["prometheus.io/port"].as_str().map(String::from),
+                annotations["prometheus.io/path"].as_str(),
+            );
+            if found != wanted {
+                problems.push(format!("{where_}: prometheus.io annotations {found:?}, expected {wanted:?}"));
+            }
+        }
         let declared: BTreeSet<u16> = container["ports"]
             .as_sequence()
             .into_iter()
@@ -1923,15 +1943,24 @@ fn load_config(app: &str, env: &BTreeMap<String, String>) -> Result<Loaded, Stri
         "order-api" => {
             let config: order_api::Config =
                 service_kit::config::parse_yaml(path, &text, lookup).map_err(|e| e.to_string())?;
-            Ok(Loaded { ports: [config.port].into(), token: config.dtm_token.expose().to_string() })
+            let mut ports: BTreeSet<u16> = [config.port].into();
+            ports.extend(metrics_port(config.prometheus.as_ref()));
+            Ok(Loaded { ports, token: config.dtm_token.expose().to_string() })
         }
         "order-srv" | "stock-srv" => {
             let config: service_kit::RpcServerConf =
                 service_kit::config::parse_yaml(path, &text, lookup).map_err(|e| e.to_string())?;
-            Ok(Loaded { ports: [port_of(&config.listen_on)].into(), token: String::new() })
+            let mut ports: BTreeSet<u16> = [port_of(&config.listen_on)].into();
+            ports.extend(metrics_port(config.prometheus.as_ref()));
+            Ok(Loaded { ports, token: String::new() })
         }
         other => panic!("unknown app {other}"),
     }
+}
+
+/// The port of the metrics listener a `Prometheus` block asks for, if any.
+fn metrics_port(conf: Option<&service_kit::PrometheusConf>) -> Option<u16> {
+    conf.and_then(|conf| conf.listen_on()).map(|addr| port_of(&addr))
 }
 
 #[test]

@@ -8,6 +8,12 @@
 //!   fixed ports to port 0, against a throwaway MariaDB prepared by the
 //!   init scripts the MariaDB container runs, and a throwaway etcd. Each
 //!   health check of the file must pass, then a quick order must succeed.
+//!   Then the metrics: `deploy/prometheus/prometheus.yml` scrapes the ports
+//!   and paths the compose services serve their metrics on (compose turns
+//!   go-zero's `Prometheus` block on), and every metric a PromQL `expr` of
+//!   the Grafana dashboard (`deploy/grafana/dashboards/quick-order.json`)
+//!   names is exposed by the running processes after that order — so the
+//!   dashboard cannot silently drift from the code.
 //! * The README's "Running the services by hand" recipe, extracted from
 //!   between its markers and run as a shell script.
 //!
@@ -15,7 +21,7 @@
 //! pull, and the container networking itself. deploy_files.rs covers the
 //! image's build steps and the Kubernetes environment without them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -205,6 +211,15 @@ async fn compose_services_start_from_their_own_commands_and_environment_and_orde
             assert!(!env.contains_key(*var), "{name}: compose sets {var}; adapt this test");
             env.insert(var.to_string(), value.to_string());
         }
+        // go-zero's Prometheus block, which compose turns on for the three
+        // services: loopback and port 0 here as well.
+        let metrics_on = env.get("PROMETHEUS_LISTEN_HOST").is_some_and(|host| !host.is_empty());
+        assert_eq!(metrics_on, name != "coordinator", "{name}: PROMETHEUS_LISTEN_HOST in compose");
+        if metrics_on {
+            assert!(!env.contains_key("PROMETHEUS_LISTEN_PORT"), "{name}: compose sets the metrics port");
+            env.insert("PROMETHEUS_LISTEN_HOST".into(), "127.0.0.1".into());
+            env.insert("PROMETHEUS_LISTEN_PORT".into(), "0".into());
+        }
         let command = strings(&service["command"]);
         let etc = mounts(name).get("/etc/quickorder").cloned().expect("etc/ mounted at /etc/quickorder");
         let mut argv: Vec<String> = vec!["-i".into()];
@@ -274,6 +289,263 @@ async fn compose_services_start_from_their_own_commands_and_environment_and_orde
     let coordinator = format!("http://127.0.0.1:{}/api/dtmsvr/newGid", ports["36789"]);
     let refused = client.get(&coordinator).send().await.expect("coordinator answers");
     assert_eq!(refused.status(), 401, "AUTH_TOKEN reaches the coordinator");
+
+    // A second order, more than in stock: a rollback, a null compensation.
+    let reply = client
+        .post(format!("{api}/order/quickCreate"))
+        .json(&serde_json::json!({"userId": 1, "goodsId": 1, "num": 500}))
+        .send()
+        .await
+        .expect("order-api answers");
+    assert_eq!(reply.status(), 409, "{}", logs());
+    let scraped = scrape_what_prometheus_scrapes(&running, ports["36789"]).await;
+    check_the_two_orders_were_counted(&scraped);
+    check_dashboard_against(&scraped);
+}
+
+/// The two orders, as each process counted them: order-api's answers and
+/// submits, each branch's barrier outcomes (the rolled-back order: stock's
+/// action failed, its compensation was a null compensation, order's
+/// compensation applied).
+fn check_the_two_orders_were_counted(scraped: &BTreeMap<String, String>) {
+    let wanted: [(&str, &[&str]); 3] = [
+        (
+            "order-api",
+            &[
+                r#"http_server_requests_code_total{path="/order/quickCreate",code="200",method="POST"} 1"#,
+                r#"http_server_requests_code_total{path="/order/quickCreate",code="409",method="POST"} 1"#,
+                r#"http_server_requests_duration_ms_count{path="/order/quickCreate",method="POST"} 2"#,
+                r#"http_server_requests_code_total{path="/order/status/{gid}",code="200",method="GET"} 1"#,
+                r#"dtm_client_requests_total{call="submit",outcome="succeed"} 1"#,
+                r#"dtm_client_requests_total{call="submit",outcome="failed"} 1"#,
+            ],
+        ),
+        (
+            "order-srv",
+            &[
+                r#"barrier_outcomes_total{op="action",outcome="applied"} 2"#,
+                r#"barrier_outcomes_total{op="compensate",outcome="applied"} 1"#,
+                r#"rpc_server_requests_code_total{method="/pb.order/create",code="0"} 2"#,
+                r#"rpc_server_requests_code_total{method="/pb.order/createRollback",code="0"} 1"#,
+            ],
+        ),
+        (
+            "stock-srv",
+            &[
+                r#"barrier_outcomes_total{op="action",outcome="applied"} 1"#,
+                r#"barrier_outcomes_total{op="action",outcome="failure"} 1"#,
+                r#"barrier_outcomes_total{op="compensate",outcome="null_compensation"} 1"#,
+                r#"rpc_server_requests_code_total{method="/pb.stock/deduct",code="10"} 1"#,
+            ],
+        ),
+    ];
+    for (job, lines) in wanted {
+        let text = &scraped[job];
+        let missing: Vec<&&str> = lines.iter().filter(|line| !text.lines().any(|l| l == **line)).collect();
+        assert!(missing.is_empty(), "{job} did not count {missing:#?}:\n{text}");
+    }
+}
+
+/// What `deploy/prometheus/prometheus.yml` scrapes, read from the running
+/// processes: each job's target must be its compose service at the port
+/// its metrics listen on in the container (the `etc/` file's default) or,
+/// for the coordinator, dtm's `/api/metrics` on its HTTP port. Returns
+/// each job's exposition.
+async fn scrape_what_prometheus_scrapes(
+    running: &[(GuardedProcess, ReadyLine)],
+    coordinator_http: u16,
+) -> BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).expect("prometheus.yml");
+    let config: Value = serde_yaml_ng::from_str(&text).expect("prometheus.yml is YAML");
+    assert!(strings(&config["rule_files"]).contains(&"alerts.yml".to_string()), "alerts.yml is loaded");
+    let mut scraped = BTreeMap::new();
+    for job in config["scrape_configs"].as_sequence().expect("scrape_configs") {
+        let name = scalar(&job["job_name"]);
+        let path = Some(scalar(&job["metrics_path"])).filter(|p| !p.is_empty()).unwrap_or("/metrics".into());
+        let targets: Vec<String> = job["static_configs"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| strings(&c["targets"]))
+            .collect();
+        let (wanted, local) = if name == "coordinator" {
+            (("coordinator:36789".to_string(), "/api/metrics"), format!("127.0.0.1:{coordinator_http}"))
+        } else {
+            let etc = std::fs::read_to_string(root().join(format!("etc/{name}.yaml"))).expect("etc file");
+            let port = etc
+                .split("${PROMETHEUS_LISTEN_PORT:-")
+                .nth(1)
+                .and_then(|rest| rest.split('}').next())
+                .unwrap_or_else(|| panic!("etc/{name}.yaml has no PROMETHEUS_LISTEN_PORT default"));
+            let (_, ready) = running
+                .iter()
+                .find(|(_, ready)| ready.name == name)
+                .unwrap_or_else(|| panic!("job {name} is no process of the compose file"));
+            ((format!("{name}:{port}"), "/metrics"), ready.addr("metrics").to_string())
+        };
+        assert_eq!((targets, path.as_str()), (vec![wanted.0], wanted.1), "job {name}");
+        let url = format!("http://{local}{path}");
+        let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("scrape {url}: {e}"));
+        assert_eq!(response.status(), 200, "scrape {url}");
+        scraped.insert(name, response.text().await.expect("exposition"));
+    }
+    let jobs: BTreeSet<&str> = scraped.keys().map(String::as_str).collect();
+    assert_eq!(jobs, ["coordinator", "order-api", "order-srv", "stock-srv"].into(), "one job per process");
+    scraped
+}
+
+/// Every metric the dashboard's PromQL names is exposed (has a sample) in
+/// what the processes answered after the orders.
+fn check_dashboard_against(scraped: &BTreeMap<String, String>) {
+    let path = root().join("deploy/grafana/dashboards/quick-order.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "the dashboard has {} queries", exprs.len());
+    let exposed: BTreeSet<&str> = scraped
+        .values()
+        .flat_map(|text| text.lines())
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let mut missing = BTreeMap::new();
+    for expr in &exprs {
+        let names = promql_metric_names(expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        for name in names {
+            if !exposed.contains(name.as_str()) {
+                missing.entry(name).or_insert_with(|| expr.clone());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics nobody exposes: {missing:#?}\nexposed: {exposed:?}"
+    );
+}
+
+/// Every `expr` string of a Grafana dashboard (panels, rows, nested).
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => collect_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_exprs(item, out)),
+        _ => {}
+    }
+}
+
+/// The metric names of a PromQL expression: identifiers outside label
+/// matchers `{…}`, ranges `[…]` and strings that are neither functions
+/// (followed by `(`), aggregation operators or keywords, nor the label
+/// lists of `by (…)`, `without (…)`, `on (…)`, `ignoring (…)`, `group_left (…)`.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    const KEYWORDS: [&str; 20] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+    ];
+    const LABEL_LISTS: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
+    // Outside braces, brackets and quotes only.
+    let mut bare = String::new();
+    let (mut nesting, mut quote, mut escaped) = (0usize, None::<char>, false);
+    for c in expr.chars() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '{' | '[' => nesting += 1,
+            '}' | ']' => nesting = nesting.saturating_sub(1),
+            _ if nesting == 0 => bare.push(c),
+            _ => {}
+        }
+        if matches!(c, '{' | '}' | '[' | ']') {
+            bare.push(' ');
+        }
+    }
+    let chars: Vec<char> = bare.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_ascii_digit() || c == '.' {
+            // A number (0.95, 1e3): skip it whole.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == '_' || c == ':') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let mut next = i;
+        while next < chars.len() && chars[next].is_whitespace() {
+            next += 1;
+        }
+        let call = chars.get(next) == Some(&'(');
+        if LABEL_LISTS.contains(&word.as_str()) {
+            if call {
+                // Skip the label list up to its `)`.
+                i = chars[next..].iter().position(|c| *c == ')').map_or(chars.len(), |p| next + p + 1);
+            }
+        } else if !call && !KEYWORDS.contains(&word.to_lowercase().as_str()) {
+            names.insert(word);
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_skip_functions_labels_and_ranges() {
+    let names = |expr: &str| promql_metric_names(expr).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            r#"histogram_quantile(0.95, sum by (le, job) (rate(a_bucket{job=~"x|y", m="/pb\\..*"}[$__rate_interval])))"#
+        ),
+        ["a_bucket"]
+    );
+    assert_eq!(
+        names("sum(increase(b_total[15m])) > 0 and sum without (op) (c) == 0 or max(d{s=\"}\"}) offset 5m"),
+        ["b_total", "c", "d"]
+    );
+    assert_eq!(names("max by (status) (e) / on (status) group_left f"), ["e", "f"]);
 }
 
 /// A compose service's environment (mapping or list syntax).

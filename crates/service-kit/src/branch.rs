@@ -12,10 +12,12 @@
 //!    when the call carries a `traceparent` ([`crate::trace`]);
 //! 3. run the handler, which validates its request and calls
 //!    [`BranchBarrier::call_with_pool`];
-//! 4. log the outcome and map it onto dtm's codes through
-//!    [`BranchError::into_status`]: success → OK, business failure →
-//!    `Aborted("FAILURE")` (the saga rolls back), anything else → a
-//!    retryable code (database down ⇒ `Unavailable`, dtm retries).
+//! 4. log the outcome, count it in the service's [`Metrics`]
+//!    (`barrier_outcomes_total`: applied, duplicate, null compensation, …)
+//!    and map it onto dtm's codes through [`BranchError::into_status`]:
+//!    success → OK, business failure → `Aborted("FAILURE")` (the saga
+//!    rolls back), anything else → a retryable code (database down ⇒
+//!    `Unavailable`, dtm retries).
 
 use std::future::Future;
 
@@ -23,11 +25,16 @@ use barrier::{BranchBarrier, BranchError, Outcome};
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
+use crate::metrics::{BarrierOutcome, Metrics};
+
 /// Runs one branch call (see the module docs). `method` is the gRPC path,
-/// e.g. `/pb.stock/deduct`, for the logs.
+/// e.g. `/pb.stock/deduct`, for the logs. `metrics` is the service's, from
+/// the request's extensions (`extensions.get()`, put there by
+/// [`Metrics::instrument_grpc`]); `None` counts nothing.
 pub async fn run_branch<F, Fut, T>(
     method: &'static str,
     metadata: &MetadataMap,
+    metrics: Option<&Metrics>,
     handler: F,
 ) -> Result<(), tonic::Status>
 where
@@ -57,8 +64,13 @@ where
         outcome = tracing::field::Empty,
     );
     crate::trace::continue_from(&span, dtm_protocol::TraceContext::from_metadata(metadata).as_ref());
+    let op = barrier.op().as_str();
     let result = async move {
-        match handler(barrier).await {
+        let result = handler(barrier).await;
+        if let Some(metrics) = metrics {
+            metrics.record_barrier(op, BarrierOutcome::of(&result));
+        }
+        match result {
             Ok(Outcome::Ran(_)) => {
                 tracing::info!("branch done");
                 Ok(())
@@ -116,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_metadata_is_invalid_argument_and_the_handler_never_runs() {
-        let status = run_branch("/pb.order/create", &MetadataMap::new(), |_| async {
+        let status = run_branch("/pb.order/create", &MetadataMap::new(), None, |_| async {
             panic!("handler must not run");
             #[allow(unreachable_code)]
             Ok::<Outcome<()>, BranchError>(Outcome::Ran(()))
@@ -135,7 +147,8 @@ mod tests {
         {
             metadata.insert(key, value.parse().unwrap());
         }
-        let status = run_branch("/x", &metadata, |barrier| async move {
+        let metrics = Metrics::new();
+        let status = run_branch("/x", &metadata, Some(&metrics), |barrier| async move {
             assert_eq!(barrier.gid().as_str(), "g1");
             Err::<Outcome<()>, _>(BranchError::failure("no stock"))
         })
@@ -143,11 +156,18 @@ mod tests {
         .unwrap_err();
         assert_eq!((status.code(), status.message()), (tonic::Code::Aborted, "FAILURE"));
 
-        let status = run_branch("/x", &metadata, |_| async {
+        let status = run_branch("/x", &metadata, Some(&metrics), |_| async {
             Err::<Outcome<()>, _>(BranchError::from(sqlx::Error::PoolTimedOut))
         })
         .await
         .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
+        let text = metrics.encode();
+        for counted in [
+            r#"barrier_outcomes_total{op="action",outcome="failure"} 1"#,
+            r#"barrier_outcomes_total{op="action",outcome="error"} 1"#,
+        ] {
+            assert!(text.contains(counted), "missing {counted:?} in\n{text}");
+        }
     }
 }

@@ -22,8 +22,9 @@
 //!   with a silently wrong setting. go-zero does the same (fields are required
 //!   unless tagged `optional`).
 //! * The blocks that several processes share live here: [`LogConf`],
-//!   [`Mode`], [`DbConf`] and [`RpcServerConf`] (go-zero's
-//!   `zrpc.RpcServerConf` plus the `DB` block both demo services add).
+//!   [`Mode`], [`DbConf`], [`PrometheusConf`] and [`RpcServerConf`]
+//!   (go-zero's `zrpc.RpcServerConf` plus the `DB` block both demo
+//!   services add).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -321,6 +322,45 @@ pub struct DbConf {
     pub max_open_conns: u32,
 }
 
+fn default_prometheus_port() -> u16 {
+    9101
+}
+
+fn default_prometheus_path() -> String {
+    "/metrics".to_string()
+}
+
+/// go-zero's `Prometheus` block (`core/prometheus/config.go`): where the
+/// metrics of [`crate::metrics`] are served, on a listener of their own
+/// (go-zero's `prometheus.StartAgent`), apart from the service's ports.
+///
+/// Absent, or present with an empty `Host` (go-zero's rule, so that
+/// `Host: "${PROMETHEUS_LISTEN_HOST:-}"` is off until the variable is
+/// set): no listener. The counters are kept either way; they cost a few
+/// atomic additions per call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct PrometheusConf {
+    /// Interface to listen on (`0.0.0.0`); empty: no listener.
+    #[serde(default)]
+    pub host: String,
+    /// Port (go-zero's default 9101; 0 picks a free port, which the
+    /// [readiness line](crate::ready) reports as `metrics=`).
+    #[serde(default = "default_prometheus_port")]
+    pub port: u16,
+    /// The scrape path (go-zero's default `/metrics`).
+    #[serde(default = "default_prometheus_path")]
+    pub path: String,
+}
+
+impl PrometheusConf {
+    /// `Host:Port` when a listener is wanted (`Host` not empty).
+    pub fn listen_on(&self) -> Option<String> {
+        let host = self.host.trim();
+        (!host.is_empty()).then(|| format!("{host}:{}", self.port))
+    }
+}
+
 fn default_rpc_timeout_ms() -> u64 {
     2000
 }
@@ -367,6 +407,9 @@ pub struct RpcServerConf {
     /// its `Endpoint` is empty (see [`crate::telemetry`]).
     #[serde(default)]
     pub telemetry: Option<crate::telemetry::TelemetryConf>,
+    /// go-zero's `Prometheus` block: the metrics listener; absent: none.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusConf>,
 }
 
 impl RpcServerConf {
@@ -463,6 +506,31 @@ mod tests {
         let conf: RpcServerConf =
             parse_yaml(Path::new("order.yaml"), &empty, env(&[("DSN", "root:pw@tcp(db:3306)/o")])).unwrap();
         assert_eq!(conf.http_listen_on(), None, "empty means off (a `${{VAR:-}}` placeholder)");
+    }
+
+    #[test]
+    fn the_prometheus_block_is_optional_and_off_without_a_host() {
+        let dsn = || env(&[("DSN", "root:pw@tcp(db:3306)/o")]);
+        let conf: RpcServerConf = parse_yaml(Path::new("order.yaml"), SRV, dsn()).unwrap();
+        assert_eq!(conf.prometheus, None);
+        let on = format!("{SRV}Prometheus:\n  Host: 127.0.0.1\n  Port: 0\n");
+        let conf: RpcServerConf = parse_yaml(Path::new("order.yaml"), &on, dsn()).unwrap();
+        let prometheus = conf.prometheus.expect("block");
+        assert_eq!(
+            (prometheus.listen_on().as_deref(), prometheus.path.as_str()),
+            (Some("127.0.0.1:0"), "/metrics")
+        );
+        let off = format!("{SRV}Prometheus:\n  Host: \"${{PROMETHEUS_LISTEN_HOST:-}}\"\n");
+        let conf: RpcServerConf = parse_yaml(Path::new("order.yaml"), &off, dsn()).unwrap();
+        let prometheus = conf.prometheus.expect("block");
+        assert_eq!(
+            (prometheus.listen_on(), prometheus.port),
+            (None, 9101),
+            "go-zero: an empty Host serves nothing"
+        );
+        let typo = format!("{SRV}Prometheus:\n  Hots: 127.0.0.1\n");
+        let err = parse_yaml::<RpcServerConf>(Path::new("order.yaml"), &typo, dsn()).unwrap_err().to_string();
+        assert!(err.contains("Hots"), "{err}");
     }
 
     #[test]

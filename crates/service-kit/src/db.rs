@@ -75,6 +75,24 @@ pub enum BusinessDb {
     Sqlite(SqlitePool),
 }
 
+/// A snapshot of a pool ([`BusinessDb::pool_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open, in use or idle.
+    pub open: u32,
+    /// Connections open and idle.
+    pub idle: u32,
+    /// The pool's limit (`DB.MaxOpenConns`).
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// Connections lent out right now.
+    pub fn in_use(&self) -> u32 {
+        self.open.saturating_sub(self.idle)
+    }
+}
+
 /// The database name used for the barrier table on MySQL, and the schema
 /// on PostgreSQL: dtm's fixed `dtm_barrier`.
 pub const BARRIER_SCHEMA: &str = "dtm_barrier";
@@ -97,6 +115,19 @@ impl BusinessDb {
         db.ensure_barrier_table(ds).await?;
         tracing::info!(data_source = %ds, "business database ready");
         Ok(db)
+    }
+
+    /// The pool's connections now: what the metrics' `sql_client_*`
+    /// gauges report at each scrape.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (open, idle, max) = match self {
+            BusinessDb::MySql(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+            BusinessDb::Postgres(pool) => {
+                (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+            }
+            BusinessDb::Sqlite(pool) => (pool.size(), pool.num_idle(), pool.options().get_max_connections()),
+        };
+        PoolStats { open, idle: u32::try_from(idle).unwrap_or(u32::MAX), max }
     }
 
     /// The barrier table every branch of this database writes to.

@@ -21,6 +21,9 @@
 //!    * **drain**: stop accepting, let running calls finish, and give up
 //!      after the drain timeout (go-zero force-exits after 5.5 s).
 //!
+//! With [`GrpcServer::with_metrics`] every call is counted under go-zero's
+//! `rpc_server_*` names (see [`crate::metrics`]).
+//!
 //! A service adds its business services only after its tables exist (see
 //! [`crate::service::build_branch_server`]), so a connection the kernel
 //! accepts on the bound listener before serving starts waits for a server
@@ -46,6 +49,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::RpcServerConf;
+use crate::metrics::Metrics;
 use crate::ready::OnReady;
 
 /// How a gRPC server behaves; built from the config or by hand.
@@ -138,6 +142,8 @@ pub struct GrpcServer {
     etcd: Option<EtcdConf>,
     /// Called once serving and registered.
     on_ready: Option<OnReady>,
+    /// Where every call is counted (`rpc_server_*`), if anywhere.
+    metrics: Option<Metrics>,
 }
 
 impl GrpcServer {
@@ -173,6 +179,7 @@ impl GrpcServer {
             services: Vec::new(),
             etcd: None,
             on_ready: None,
+            metrics: None,
         })
     }
 
@@ -210,6 +217,14 @@ impl GrpcServer {
         self
     }
 
+    /// Counts every call in `metrics` (go-zero's `rpc_server_*`, see
+    /// [`Metrics::instrument_grpc`]); handlers find `metrics` in their
+    /// request's extensions.
+    pub fn with_metrics(mut self, metrics: Metrics) -> GrpcServer {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Calls `hook` once the server serves and is registered (if
     /// configured): the moment it is ready for traffic.
     pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> GrpcServer {
@@ -231,7 +246,12 @@ impl GrpcServer {
             services,
             etcd,
             on_ready,
+            metrics,
         } = self;
+        let routes = match &metrics {
+            Some(metrics) => metrics.instrument_grpc(routes),
+            None => routes,
+        };
 
         let (drain_tx, drain_rx) = oneshot::channel::<()>();
         let server = Server::builder()

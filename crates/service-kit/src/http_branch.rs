@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use crate::ServeError;
 use crate::http::HttpServeLimits;
+use crate::metrics::{BarrierOutcome, Metrics};
 
 /// The body of a 200 answer (dtm's older SDKs look for `SUCCESS`).
 pub const SUCCESS_BODY: &str = r#"{"dtm_result":"SUCCESS"}"#;
@@ -40,12 +41,15 @@ pub const SUCCESS_BODY: &str = r#"{"dtm_result":"SUCCESS"}"#;
 /// Runs one HTTP branch call: `query` is the raw query string, `headers`
 /// the request's (for `traceparent`), `timeout` the server-side deadline
 /// (503 after it; the local transaction rolls back when its future is
-/// dropped). `path` names the route in the logs.
+/// dropped). `path` names the route in the logs. `metrics` is the
+/// service's (an `Option<Extension<Metrics>>` extractor finds it, put there
+/// by [`Metrics::instrument_http`]); the barrier's outcome is counted there.
 pub async fn run_http_branch<F, Fut, T>(
     path: &'static str,
     query: Option<&str>,
     headers: &axum::http::HeaderMap,
     timeout: Duration,
+    metrics: Option<&Metrics>,
     handler: F,
 ) -> Response
 where
@@ -78,11 +82,15 @@ where
     );
     crate::trace::continue_from(&span, dtm_protocol::TraceContext::from_headers(headers).as_ref());
     let answer_span = span.clone();
+    let op = barrier.op().as_str();
     let response = async move {
         let result = match tokio::time::timeout(timeout, handler(barrier)).await {
             Ok(result) => result,
             Err(_) => Err(BranchError::retry(format!("no result within {timeout:?}"))),
         };
+        if let Some(metrics) = metrics {
+            metrics.record_barrier(op, BarrierOutcome::of(&result));
+        }
         match result {
             Ok(Outcome::Ran(_)) => {
                 tracing::info!("branch done");
@@ -179,26 +187,26 @@ mod tests {
     async fn outcomes_map_to_dtms_http_answers() {
         let second = Duration::from_secs(1);
         let none = HeaderMap::new();
-        let ok = run_http_branch("/x", Some(QUERY), &none, second, |b| async move {
+        let ok = run_http_branch("/x", Some(QUERY), &none, second, None, |b| async move {
             assert_eq!(b.gid().as_str(), "g1");
             Ok::<_, BranchError>(Outcome::Ran(()))
         });
         assert_eq!(answer(ok.await).await, (200, SUCCESS_BODY.to_string()));
-        let skipped = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
+        let skipped = run_http_branch("/x", Some(QUERY), &none, second, None, |_| async {
             Ok::<Outcome<()>, _>(Outcome::Skipped(barrier::Skipped::Duplicate))
         });
         assert_eq!(answer(skipped.await).await.0, 200);
-        let failure = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
+        let failure = run_http_branch("/x", Some(QUERY), &none, second, None, |_| async {
             Err::<Outcome<()>, _>(BranchError::failure("no stock"))
         });
         let (status, body) = answer(failure.await).await;
         assert_eq!(status, 409);
         assert!(body.contains("FAILURE"), "{body}");
-        let retry = run_http_branch("/x", Some(QUERY), &none, second, |_| async {
+        let retry = run_http_branch("/x", Some(QUERY), &none, second, None, |_| async {
             Err::<Outcome<()>, _>(BranchError::from(sqlx::Error::PoolTimedOut))
         });
         assert_eq!(answer(retry.await).await.0, 503);
-        let slow = run_http_branch("/x", Some(QUERY), &none, Duration::from_millis(50), |_| async {
+        let slow = run_http_branch("/x", Some(QUERY), &none, Duration::from_millis(50), None, |_| async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<_, BranchError>(Outcome::Ran(()))
         });
@@ -212,6 +220,7 @@ mod tests {
             Some("gid=g1"),
             &HeaderMap::new(),
             Duration::from_secs(1),
+            None,
             |_| async {
                 panic!("handler must not run");
                 #[allow(unreachable_code)]

@@ -15,6 +15,7 @@
 //! | [`listener`] | `MaxConns` | a TCP listener that stops accepting at a connection limit |
 //! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
 //! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
+//! | [`metrics`] | `core/prometheus`, `rest/handler/prometheushandler.go`, `zrpc`'s prometheus interceptor | go-zero's metric names for HTTP, gRPC and the pool, barrier outcomes, the `Prometheus` listener |
 //! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
 //! | [`shipped`] | – | the `etc/*.yaml` files compiled in, for the launchers that start the system from them |
 //! | `testing` (feature `testing`) | – | a branch service on a test's task (`RunningService`), for the services' tests |
@@ -42,6 +43,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_branch;
 pub mod listener;
+pub mod metrics;
 pub mod ready;
 pub mod service;
 pub mod shipped;
@@ -51,11 +53,15 @@ pub mod telemetry;
 pub mod testing;
 pub mod trace;
 
-pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, RpcServerConf, load_yaml};
+pub use config::{ConfigError, DbConf, LogConf, LogEncoding, Mode, PrometheusConf, RpcServerConf, load_yaml};
 pub use datasource::{Backend, DataSource, DataSourceError};
 pub use db::{BusinessDb, DbError};
 pub use grpc::{GrpcServer, GrpcSettings, ServeError};
-pub use service::{BranchParts, ServiceServer, build_branch_server, build_loopback_branch_server};
+pub use metrics::{Metrics, MetricsServer};
+pub use service::{
+    BranchParts, ServiceServer, build_branch_server, build_loopback_branch_server,
+    build_loopback_branch_server_with,
+};
 
 /// Why a service could not start: one enum for every process of the demo,
 /// shown by `main` and turned into a non-zero exit code.

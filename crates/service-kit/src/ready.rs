@@ -9,8 +9,12 @@
 //! line to stdout:
 //!
 //! ```text
-//! ready order-srv pid=4242 grpc=127.0.0.1:40123 http=127.0.0.1:40124
+//! ready order-srv pid=4242 grpc=127.0.0.1:40123 http=127.0.0.1:40124 metrics=127.0.0.1:40125
 //! ```
+//!
+//! (`http=` only with `HttpListenOn`, `metrics=` only when the
+//! `Prometheus` block has a `Host`: the metrics listener, whose path is the
+//! block's `Path`.)
 //!
 //! It names the process (binary name and pid) and the addresses it actually
 //! bound, so a harness can start it with port 0 and learn the ports from

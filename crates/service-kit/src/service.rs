@@ -1,5 +1,6 @@
 //! The listeners of one demo service: gRPC always, dtm-style HTTP branches
-//! when `HttpListenOn` is configured.
+//! when `HttpListenOn` is configured, metrics when the `Prometheus` block
+//! has a `Host`.
 //!
 //! Start-up order: tables, then listeners, then serving and registration,
 //! then the [readiness line](crate::ready) (see [`build_branch_server`]).
@@ -9,7 +10,8 @@
 //! Shutdown order: the gRPC server deregisters from etcd and drains first
 //! (see [`crate::grpc`]); the HTTP branches keep serving meanwhile — the
 //! coordinator may still be delivering a compensation over HTTP — and are
-//! drained last, within their own drain timeout.
+//! drained last, within their own drain timeout. The metrics listener
+//! stops after both, so a last scrape still sees the final counts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 
 use crate::http_branch::HttpBranchServer;
+use crate::metrics::{Metrics, MetricsServer, serve_with_metrics};
 use crate::{GrpcServer, ServeError};
 
 /// A bound, not yet serving service.
@@ -25,18 +28,31 @@ pub struct ServiceServer {
     grpc: GrpcServer,
     /// The HTTP branches, if configured.
     http: Option<HttpBranchServer>,
+    /// The metrics listener, if the `Prometheus` block asks for one.
+    metrics: Option<MetricsServer>,
 }
 
 impl ServiceServer {
     /// A service with only its gRPC listener.
     pub fn grpc(grpc: GrpcServer) -> ServiceServer {
-        ServiceServer { grpc, http: None }
+        ServiceServer { grpc, http: None, metrics: None }
     }
 
     /// Adds HTTP branches.
     pub fn with_http(mut self, http: HttpBranchServer) -> ServiceServer {
         self.http = Some(http);
         self
+    }
+
+    /// Adds the metrics listener.
+    pub fn with_metrics_server(mut self, metrics: MetricsServer) -> ServiceServer {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics listener's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The gRPC address actually bound.
@@ -50,11 +66,13 @@ impl ServiceServer {
     }
 
     /// Prints the [readiness line](crate::ready) of process `name` (with
-    /// the gRPC and, if served, HTTP addresses) once the service serves and
-    /// is registered. The binaries call this; embedded servers do not.
+    /// the gRPC and, if served, HTTP and metrics addresses) once the
+    /// service serves and is registered. The binaries call this; embedded
+    /// servers do not.
     pub fn announce_ready(self, name: &'static str) -> ServiceServer {
         let mut addrs = vec![("grpc", self.local_addr())];
         addrs.extend(self.http_addr().map(|addr| ("http", addr)));
+        addrs.extend(self.metrics_addr().map(|addr| ("metrics", addr)));
         self.on_ready(move || crate::ready::announce(name, &addrs))
     }
 
@@ -65,30 +83,42 @@ impl ServiceServer {
         self
     }
 
-    /// Serves both until `shutdown` resolves, then stops gRPC (deregister,
-    /// drain) and then HTTP. Returns the first error of either.
+    /// Serves until `shutdown` resolves, then stops gRPC (deregister,
+    /// drain), then HTTP, then the metrics listener. Returns the first error.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Some(http) = self.http else {
-            return self.grpc.run_until_stopped(shutdown).await;
-        };
-        let drain_timeout = http.drain_timeout();
-        let (stop, mut stopped) = watch::channel(false);
-        let mut http_task = tokio::spawn(http.run_until_stopped(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-        let grpc = self.grpc.run_until_stopped(shutdown).await;
-        let _ = stop.send(true);
-        let http = match tokio::time::timeout(drain_timeout, &mut http_task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(err)) => Err(ServeError::Task(err.to_string())),
-            Err(_) => {
-                tracing::warn!(timeout = ?drain_timeout, "HTTP branch calls still running after the drain timeout; closing");
-                http_task.abort();
-                Ok(())
-            }
-        };
-        grpc.and(http)
+        let ServiceServer { grpc, http, metrics } = self;
+        // Boxed: the gRPC server's future is large, and this one holds it
+        // beside the metrics listener's.
+        serve_with_metrics(metrics, Box::pin(serve_grpc_and_http(grpc, http, shutdown))).await
     }
+}
+
+/// gRPC and, if configured, the HTTP branches, stopped in that order.
+async fn serve_grpc_and_http(
+    grpc: GrpcServer,
+    http: Option<HttpBranchServer>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Some(http) = http else {
+        return grpc.run_until_stopped(shutdown).await;
+    };
+    let drain_timeout = http.drain_timeout();
+    let (stop, mut stopped) = watch::channel(false);
+    let mut http_task = tokio::spawn(http.run_until_stopped(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let grpc = grpc.run_until_stopped(shutdown).await;
+    let _ = stop.send(true);
+    let http = match tokio::time::timeout(drain_timeout, &mut http_task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(err)) => Err(ServeError::Task(err.to_string())),
+        Err(_) => {
+            tracing::warn!(timeout = ?drain_timeout, "HTTP branch calls still running after the drain timeout; closing");
+            http_task.abort();
+            Ok(())
+        }
+    };
+    grpc.and(http)
 }
 
 /// What one branch service (order-srv, stock-srv) adds on one database
@@ -127,7 +157,15 @@ where
         crate::BusinessDb::Postgres(pool) => <P as BranchParts<sqlx::Postgres>>::prepare(pool).await?,
         crate::BusinessDb::Sqlite(pool) => <P as BranchParts<sqlx::Sqlite>>::prepare(pool).await?,
     }
-    let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
+    // One registry per service: gRPC and HTTP calls, barrier outcomes, the pool.
+    let metrics = Metrics::new();
+    metrics.track_barrier();
+    let db_name = config.db.data_source.database().unwrap_or_else(|| "sqlite".to_string());
+    metrics.register_pool(db_name, db.clone());
+    let grpc = GrpcServer::bind(&config.listen_on, settings)
+        .await?
+        .register_in(config.etcd.clone())
+        .with_metrics(metrics.clone());
     let timeout = config.call_timeout();
     let (grpc, routes) = match db {
         crate::BusinessDb::MySql(pool) => (
@@ -143,14 +181,18 @@ where
             <P as BranchParts<sqlx::Sqlite>>::http_routes(pool, timeout),
         ),
     };
-    let server = ServiceServer::grpc(grpc);
-    Ok(match config.http_listen_on() {
-        Some(listen_on) => {
-            let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
-            server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?)
-        }
-        None => server,
-    })
+    let mut server = ServiceServer::grpc(grpc);
+    if let Some(listen_on) = config.http_listen_on() {
+        let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
+        let routes = metrics.instrument_http(routes);
+        server = server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?);
+    }
+    if let Some(conf) = &config.prometheus
+        && let Some(listener) = MetricsServer::bind(conf, &metrics).await?
+    {
+        server = server.with_metrics_server(listener);
+    }
+    Ok(server)
 }
 
 /// A branch service on loopback, gRPC on port 0 and — when `http` — HTTP
@@ -166,13 +208,25 @@ pub async fn build_loopback_branch_server<P>(
 where
     P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
 {
+    let extra = if http { "HttpListenOn: 127.0.0.1:0\n" } else { "" };
+    build_loopback_branch_server_with::<P>(name, data_source, extra).await
+}
+
+/// [`build_loopback_branch_server`] with `extra` YAML keys (top-level,
+/// one per line: `HttpListenOn: …`, a `Prometheus:` block).
+pub async fn build_loopback_branch_server_with<P>(
+    name: &str,
+    data_source: &str,
+    extra: &str,
+) -> Result<ServiceServer, crate::StartError>
+where
+    P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
+{
     // JSON strings are YAML double-quoted scalars: any name or DSN stays one value.
     let quote = |value: &str| serde_json::Value::String(value.to_string()).to_string();
     let mut yaml =
         format!("Name: {}\nListenOn: 127.0.0.1:0\nDB:\n  DataSource: {}\n", quote(name), quote(data_source));
-    if http {
-        yaml.push_str("HttpListenOn: 127.0.0.1:0\n");
-    }
+    yaml.push_str(extra);
     let config: crate::RpcServerConf =
         crate::config::parse_yaml(std::path::Path::new("loopback.yaml"), &yaml, |_| None)?;
     build_branch_server::<P>(&config).await

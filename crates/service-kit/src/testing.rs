@@ -18,6 +18,9 @@ pub struct RunningService {
     pub grpc: SocketAddr,
     /// `http://127.0.0.1:port` of its HTTP branches, when served.
     pub http: Option<String>,
+    /// `http://127.0.0.1:port/metrics` (the `Prometheus` block's `Path`),
+    /// when a metrics listener is served.
+    pub metrics: Option<String>,
     /// The run.
     server: RunningServer<ServeError>,
     /// The SQLite database of [`RunningService::on_sqlite`], kept alive.
@@ -30,13 +33,25 @@ impl RunningService {
     where
         P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
     {
+        let extra = if http { "HttpListenOn: 127.0.0.1:0\n" } else { "" };
+        RunningService::start_with::<P>(name, data_source, extra).await
+    }
+
+    /// Like [`RunningService::start`], with `extra` top-level YAML keys
+    /// (`HttpListenOn: 127.0.0.1:0`, a `Prometheus:` block with `Path: /metrics`).
+    pub async fn start_with<P>(name: &str, data_source: &str, extra: &str) -> RunningService
+    where
+        P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
+    {
         harness::init_tracing();
-        let server = crate::build_loopback_branch_server::<P>(name, data_source, http)
+        let server = crate::build_loopback_branch_server_with::<P>(name, data_source, extra)
             .await
             .unwrap_or_else(|err| panic!("{name} does not start: {err}"));
         let (grpc, http) = (server.local_addr(), server.http_addr().map(|addr| format!("http://{addr}")));
+        // The path is the block's; the tests that read it use go-zero's default.
+        let metrics = server.metrics_addr().map(|addr| format!("http://{addr}/metrics"));
         let server = RunningServer::spawn(|stop| server.run_until_stopped(stop));
-        RunningService { grpc, http, server, db: None }
+        RunningService { grpc, http, metrics, server, db: None }
     }
 
     /// Like [`RunningService::start`], on a fresh SQLite database.
@@ -44,8 +59,17 @@ impl RunningService {
     where
         P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
     {
+        let extra = if http { "HttpListenOn: 127.0.0.1:0\n" } else { "" };
+        RunningService::on_sqlite_with::<P>(name, extra).await
+    }
+
+    /// Like [`RunningService::start_with`], on a fresh SQLite database.
+    pub async fn on_sqlite_with<P>(name: &str, extra: &str) -> RunningService
+    where
+        P: BranchParts<sqlx::MySql> + BranchParts<sqlx::Postgres> + BranchParts<sqlx::Sqlite>,
+    {
         let db = harness::sqlite_database();
-        let mut service = RunningService::start::<P>(name, &db.url, http).await;
+        let mut service = RunningService::start_with::<P>(name, &db.url, extra).await;
         service.db = Some(db);
         service
     }
