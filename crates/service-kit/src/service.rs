@@ -25,12 +25,25 @@ pub struct ServiceServer {
     grpc: GrpcServer,
     /// The HTTP branches, if configured.
     http: Option<HttpBranchServer>,
+    /// The read-only admin endpoint (`AdminListenOn`), if configured.
+    admin: Option<HttpBranchServer>,
 }
 
 impl ServiceServer {
     /// A service with only its gRPC listener.
     pub fn grpc(grpc: GrpcServer) -> ServiceServer {
-        ServiceServer { grpc, http: None }
+        ServiceServer { grpc, http: None, admin: None }
+    }
+
+    /// Adds the admin endpoint.
+    pub fn with_admin(mut self, admin: HttpBranchServer) -> ServiceServer {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// The admin endpoint's address, if served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(HttpBranchServer::local_addr)
     }
 
     /// Adds HTTP branches.
@@ -55,6 +68,7 @@ impl ServiceServer {
     pub fn announce_ready(self, name: &'static str) -> ServiceServer {
         let mut addrs = vec![("grpc", self.local_addr())];
         addrs.extend(self.http_addr().map(|addr| ("http", addr)));
+        addrs.extend(self.admin_addr().map(|addr| ("admin", addr)));
         self.on_ready(move || crate::ready::announce(name, &addrs))
     }
 
@@ -67,7 +81,27 @@ impl ServiceServer {
 
     /// Serves both until `shutdown` resolves, then stops gRPC (deregister,
     /// drain) and then HTTP. Returns the first error of either.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn run_until_stopped(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        // The admin endpoint is read-only: it stops with the service, no drain.
+        let admin = self.admin.take().map(|admin| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            (
+                stop,
+                tokio::spawn(admin.run_until_stopped(async move {
+                    let _ = stopped.await;
+                })),
+            )
+        });
+        let result = self.run_branches(shutdown).await;
+        if let Some((stop, task)) = admin {
+            let _ = stop.send(());
+            task.abort();
+        }
+        result
+    }
+
+    /// gRPC and, if configured, the HTTP branches (see [`ServiceServer::run_until_stopped`]).
+    async fn run_branches(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let Some(http) = self.http else {
             return self.grpc.run_until_stopped(shutdown).await;
         };
@@ -105,6 +139,10 @@ pub trait BranchParts<DB: sqlx::Database> {
 
     /// The dtm-style HTTP branch routes (served when `HttpListenOn` is set).
     fn http_routes(pool: sqlx::Pool<DB>, timeout: std::time::Duration) -> axum::Router;
+
+    /// The business rows the admin endpoint shows for a gid (beside the
+    /// barrier rows; served when `AdminListenOn` is set).
+    fn admin_queries() -> Vec<crate::admin::AdminQuery>;
 }
 
 /// Builds a branch service from its configuration, in the order that makes
@@ -128,6 +166,7 @@ where
         crate::BusinessDb::Sqlite(pool) => <P as BranchParts<sqlx::Sqlite>>::prepare(pool).await?,
     }
     let grpc = GrpcServer::bind(&config.listen_on, settings).await?.register_in(config.etcd.clone());
+    let admin_db = db.clone();
     let timeout = config.call_timeout();
     let (grpc, routes) = match db {
         crate::BusinessDb::MySql(pool) => (
@@ -143,7 +182,17 @@ where
             <P as BranchParts<sqlx::Sqlite>>::http_routes(pool, timeout),
         ),
     };
-    let server = ServiceServer::grpc(grpc);
+    let mut server = ServiceServer::grpc(grpc);
+    if let Some(listen_on) = config.admin_listen_on() {
+        let queries = match &admin_db {
+            crate::BusinessDb::MySql(_) => <P as BranchParts<sqlx::MySql>>::admin_queries(),
+            crate::BusinessDb::Postgres(_) => <P as BranchParts<sqlx::Postgres>>::admin_queries(),
+            crate::BusinessDb::Sqlite(_) => <P as BranchParts<sqlx::Sqlite>>::admin_queries(),
+        };
+        let routes = crate::admin::router(&config.name, admin_db, queries);
+        let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
+        server = server.with_admin(HttpBranchServer::bind(listen_on, routes, 64 * 1024, limits).await?);
+    }
     Ok(match config.http_listen_on() {
         Some(listen_on) => {
             let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
