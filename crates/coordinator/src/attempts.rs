@@ -59,6 +59,11 @@ const QUEUE: usize = 8192;
 /// The most attempts one batch writes.
 const BATCH: usize = 512;
 
+/// How long the writer lets attempts gather after the first of a batch:
+/// one INSERT — one commit, one fsync — per this much time under load,
+/// instead of one per few attempts. Nobody waits for it.
+const LINGER: Duration = Duration::from_millis(100);
+
 /// How often attempts past `max_age` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -181,6 +186,13 @@ async fn write(
             received = queue.recv_many(&mut batch, BATCH) => {
                 if received == 0 {
                     return; // every sender is gone
+                }
+                tokio::time::sleep(LINGER).await;
+                while batch.len() < BATCH {
+                    match queue.try_recv() {
+                        Ok(attempt) => batch.push(attempt),
+                        Err(_) => break,
+                    }
                 }
                 if let Err(e) = store.record_attempts(&batch).await {
                     tracing::warn!(error = %e, attempts = batch.len(), "could not record branch attempts; dropped");

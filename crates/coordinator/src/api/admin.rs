@@ -118,11 +118,14 @@ async fn transactions(
 /// `tests/console_store.rs`), and every open console asks every few seconds.
 const FULL_COUNT_TTL: Duration = Duration::from_secs(15);
 
+/// A full count per status, and when it was read.
+type FullCount = (Instant, Vec<(GlobalStatus, u64)>);
+
 /// The last full count per status, shared by every console.
 #[derive(Clone, Default)]
 pub struct CountsCache {
     /// When it was read, and what it said.
-    last: Arc<tokio::sync::Mutex<Option<(Instant, Vec<(GlobalStatus, u64)>)>>>,
+    last: Arc<tokio::sync::Mutex<Option<FullCount>>>,
 }
 
 /// `GET /api/admin/counts`: the unfinished statuses counted live (the
