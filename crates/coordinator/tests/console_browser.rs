@@ -80,6 +80,27 @@ impl Driver {
     }
 }
 
+/// chromedriver starts chromium as its child, and killing chromedriver
+/// (the guard does, when a test fails half-way) leaves chromium running.
+/// Every process of *this* browser names this test's profile folder on its
+/// command line: those, and only those, are killed here, by pid.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let profile = self._dir.path().join("profile").display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&profile) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
