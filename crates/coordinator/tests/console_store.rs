@@ -54,6 +54,42 @@ async fn attempts_contract(store: Arc<dyn Store>) {
     assert_eq!(store.prune_attempts(now - 86_400_000).await.unwrap(), 1);
     assert!(store.attempts_of(&Gid::new("a-2").unwrap(), 100).await.unwrap().is_empty());
     assert_eq!(store.attempts_of(&Gid::new("a-1").unwrap(), 100).await.unwrap().len(), 5);
+    gid_prefixes(&*store).await;
+}
+
+/// The gid prefix filter is exact on every engine: `_`, `%` and `.` are
+/// themselves, case counts, and a database collation that ignores
+/// punctuation (PostgreSQL's usual `en_US.UTF-8`) loses no row.
+async fn gid_prefixes(store: &dyn Store) {
+    let gids = ["stuck-order-1", "stuck.x", "stuckA", "stuck_1", "STUCK-2", "other"];
+    for gid in gids {
+        let global = store::NewGlobal {
+            gid: Gid::new(gid).unwrap(),
+            trans_type: TransType::Saga,
+            status: GlobalStatus::Succeed,
+            protocol: coordinator::model::Protocol::Http,
+            query_prepared: String::new(),
+            options: "{}".into(),
+            custom_data: String::new(),
+            next_cron_interval: 10,
+            owner: None,
+            lease: Duration::from_secs(10),
+            rollback_reason: String::new(),
+            now: store::now(),
+        };
+        store.create(&global, &[]).await.unwrap();
+    }
+    for (prefix, want) in [
+        ("stuck-", vec!["stuck-order-1"]),
+        ("stuck", vec!["stuck_1", "stuckA", "stuck.x", "stuck-order-1"]),
+        ("stuck_", vec!["stuck_1"]),
+        ("STUCK", vec!["STUCK-2"]),
+    ] {
+        let filter = ListFilter { gid_prefix: Some(prefix.into()), limit: 50, ..Default::default() };
+        let page = store.list(&filter).await.unwrap();
+        let got: Vec<&str> = page.transactions.iter().map(|t| t.gid.as_str()).collect();
+        assert_eq!(got, want, "prefix {prefix:?}");
+    }
 }
 
 #[tokio::test]

@@ -56,6 +56,15 @@ pub trait Dialect: barrier::BarrierDatabase {
     /// it in their script.
     const EXTRA_INDEX: Option<&'static str> = None;
 
+    /// The gid column compared in byte order, for a prefix as a range
+    /// (`crate::store::prefix_range`). MySQL's gid columns are
+    /// `utf8mb4_bin` and SQLite compares bytes; a PostgreSQL database's
+    /// default collation (`en_US.UTF-8`, …) orders `stuck-order-1` after
+    /// `stuck.`, which would lose rows, so it compares in collation "C"
+    /// there (the `gid` index then only serves a "C" database; LIKE keeps
+    /// the answer exact either way).
+    const BYTE_ORDER_GID: &'static str = "gid";
+
     /// An index hint for the ids of a list page (`SELECT id FROM
     /// trans_global<hint> WHERE …`), given whether it filters by status and
     /// by gid. MySQL/MariaDB, given a status filter, take dtm's
@@ -149,6 +158,7 @@ impl Dialect for Postgres {
         ("INSERT INTO trans_global", " ON CONFLICT (gid) DO NOTHING");
     const LIMITED_UPDATE: LimitedUpdate = LimitedUpdate::InSubSelect { skip_locked: true };
     const INSERT_IGNORE: (&'static str, &'static str) = ("INSERT INTO", " ON CONFLICT DO NOTHING");
+    const BYTE_ORDER_GID: &'static str = "gid COLLATE \"C\"";
 
     fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
         Ok(url.parse::<PgConnectOptions>()?.options([("timezone", "UTC")]))

@@ -546,7 +546,8 @@ impl<D: Driver> Store for SqlStore<D> {
         if let Some((low, high)) = f.gid_prefix.as_deref().and_then(super::prefix_range) {
             // The range walks the gid index; LIKE keeps it exact where the
             // column's collation is not byte order (PostgreSQL's default).
-            q.push(" AND gid >= ").push_bind(low).push(" AND gid < ").push_bind(high);
+            let gid = D::BYTE_ORDER_GID;
+            q.push(format!(" AND {gid} >= ")).push_bind(low).push(format!(" AND {gid} < ")).push_bind(high);
             q.push(" AND gid LIKE ").push_bind(super::like_prefix(f.gid_prefix.as_deref().unwrap_or("")));
             q.push(" ESCAPE '!'");
         }
