@@ -88,3 +88,20 @@ CREATE TABLE IF NOT EXISTS trans_alert (
   UNIQUE KEY gid_branch_op (gid, branch_id, op),
   KEY status_next_attempt_time (status, next_attempt_time)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Not in dtm: every branch call, for the console's timeline of a
+-- transaction (crate::attempts). Written off the saga's path, in batches;
+-- bounded per transaction and by age (AttemptsPerTransaction, AttemptsMaxAge).
+CREATE TABLE IF NOT EXISTS trans_branch_attempt (
+  id bigint(22) NOT NULL AUTO_INCREMENT,
+  gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  branch_id varchar(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  result varchar(12) NOT NULL COMMENT 'success, failure, ongoing, error',
+  error varchar(1024) NOT NULL DEFAULT '' COMMENT 'what the branch answered, when not a success',
+  latency_ms bigint(22) NOT NULL DEFAULT 0,
+  start_ms bigint(22) NOT NULL COMMENT 'when the call started, ms since the epoch (UTC)',
+  PRIMARY KEY (id),
+  KEY gid_id (gid, id),
+  KEY start_ms (start_ms)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -73,3 +73,21 @@ CREATE TABLE IF NOT EXISTS trans_alert (
   CONSTRAINT gid_branch_op UNIQUE (gid, branch_id, op)
 );
 CREATE INDEX IF NOT EXISTS status_next_attempt_time ON trans_alert (status, next_attempt_time);
+
+-- Not in dtm: every branch call, for the console's timeline (see
+-- sql/mysql/coordinator.sql for the columns).
+CREATE TABLE IF NOT EXISTS trans_branch_attempt (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  gid varchar(128) NOT NULL,
+  branch_id varchar(128) NOT NULL,
+  op varchar(45) NOT NULL,
+  result varchar(12) NOT NULL,
+  error varchar(1024) NOT NULL DEFAULT '',
+  latency_ms bigint NOT NULL DEFAULT 0,
+  start_ms bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempt_gid_id ON trans_branch_attempt (gid, id);
+CREATE INDEX IF NOT EXISTS attempt_start_ms ON trans_branch_attempt (start_ms);
+-- Not in dtm's DDL, an extra index only: the console pages one status
+-- newest first (keyset by id) without sorting all rows of that status.
+CREATE INDEX IF NOT EXISTS status_id ON trans_global (status, id);

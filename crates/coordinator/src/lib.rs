@@ -31,8 +31,10 @@
 
 pub mod alert;
 pub mod api;
+pub mod attempts;
 pub mod branch;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod metrics;
 pub mod model;

@@ -18,6 +18,7 @@
 //! | `dtm_transaction_oldest_unfinished_age_seconds` | — | the store, read at scrape time |
 //! | `dtm_alerts_raised_total` | — | retry alerts raised by this process (`AlertRetryLimit` reached) |
 //! | `dtm_alert_deliveries_total` | `outcome` (sent\|failed) | webhook deliveries by this process |
+//! | `dtm_branch_attempts_dropped_total` | — | branch calls left out of the console's timeline (queue full) |
 //!
 //! The two gauges describe the shared database, not this process: every
 //! coordinator on it reports the same values (aggregate them with `max`,
@@ -117,6 +118,9 @@ pub struct Metrics {
     /// `dtm_alert_deliveries_total`: webhook deliveries by outcome (a
     /// webhook that is down shows as `failed` only here).
     alert_deliveries: Family<Labels, Counter>,
+    /// `dtm_branch_attempts_dropped_total`: attempts the timeline's writer
+    /// had no room for (the saga never waits for it; this shows what it lost).
+    attempts_dropped: Counter,
     /// When the store's gauges were last read; held while reading, so
     /// concurrent scrapes share one read.
     store_read: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -227,6 +231,12 @@ impl Metrics {
             "Retry alerts raised (a branch operation retried up to AlertRetryLimit)",
             alerts_raised.clone(),
         );
+        let attempts_dropped = Counter::default();
+        registry.register(
+            "dtm_branch_attempts_dropped",
+            "Branch calls not recorded for the console's timeline (its queue was full)",
+            attempts_dropped.clone(),
+        );
         let alert_deliveries = Family::<Labels, Counter>::default();
         for outcome in ["sent", "failed"] {
             alert_deliveries.get_or_create(&vec![("outcome", outcome.to_string())]).inc_by(0);
@@ -248,6 +258,7 @@ impl Metrics {
             oldest_unfinished,
             alerts_raised,
             alert_deliveries,
+            attempts_dropped,
             store_read: tokio::sync::Mutex::new(None),
         }
     }
@@ -366,6 +377,10 @@ impl EngineObserver for Metrics {
     fn alert_delivered(&self, sent: bool) {
         let outcome = if sent { "sent" } else { "failed" };
         self.alert_deliveries.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+    }
+
+    fn attempt_dropped(&self) {
+        self.attempts_dropped.inc();
     }
 }
 

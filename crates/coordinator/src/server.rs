@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::AlertSettings;
 use crate::api::grpc::{BearerInterceptor, DtmService};
 use crate::api::http::{HttpLimits, HttpState, router};
+use crate::attempts::AttemptSettings;
 use crate::config::{Config, RegistrationTarget};
 use crate::engine::{Engine, EngineHooks, EngineSettings};
 use crate::metrics::Metrics;
@@ -252,6 +253,9 @@ fn spawn_http(
         engine: engine.clone(),
         metrics: metrics.clone(),
         auth_token: config.auth_token().cloned(),
+        // Validated by `Config::validate` before the servers are built.
+        service_admins: crate::api::admin::ServiceAdmins::new(config.service_admins().unwrap_or_default()),
+        counts: crate::api::admin::CountsCache::default(),
     };
     let limits = HttpLimits {
         max_body_bytes: config.max_body_bytes,
@@ -294,6 +298,11 @@ fn engine_settings(config: &Config) -> EngineSettings {
             // as fast as due transactions are.
             poll_interval: secs(config.trans_cron_interval),
             ..AlertSettings::default()
+        },
+        attempts: AttemptSettings {
+            enabled: config.attempts_record,
+            max_per_transaction: config.attempts_per_transaction,
+            max_age: secs(config.attempts_max_age),
         },
         ..EngineSettings::default()
     }

@@ -75,4 +75,8 @@ impl<DB: OrderModel + schema::OrderDdl> BranchParts<DB> for OrderParts {
     fn http_routes(pool: Pool<DB>, timeout: std::time::Duration) -> axum::Router {
         http::router(pool, timeout)
     }
+
+    fn admin_queries() -> Vec<service_kit::admin::AdminQuery> {
+        vec![service_kit::admin::AdminQuery { name: "order", sql: <DB as OrderModel>::ADMIN_SQL }]
+    }
 }

@@ -30,6 +30,10 @@ pub struct NewOrder<'a> {
 /// The order model's SQL on one engine (`sqlx::MySql`, `sqlx::Postgres`,
 /// `sqlx::Sqlite`).
 pub trait OrderModel: BarrierDatabase {
+    /// The order rows of one gid (the gid bound as `?`), for the read-only
+    /// admin endpoint (`service_kit::admin`).
+    const ADMIN_SQL: &'static str;
+
     /// `insert into order (user_id, goods_id, num, row_state, gid) values (…, 0, gid)`.
     fn insert<'a>(
         conn: &'a mut Self::Connection,
@@ -47,8 +51,10 @@ pub trait OrderModel: BarrierDatabase {
 /// Implements [`OrderModel`] for one engine; only the SQL text differs
 /// (`?` or `$n` placeholders, how `order` — a keyword — is quoted).
 macro_rules! order_model {
-    ($db:ty, insert: $insert:literal, cancel: $cancel:literal $(,)?) => {
+    ($db:ty, insert: $insert:literal, cancel: $cancel:literal, admin: $admin:literal $(,)?) => {
         impl OrderModel for $db {
+            const ADMIN_SQL: &'static str = $admin;
+
             async fn insert<'a>(
                 conn: &'a mut Self::Connection,
                 order: &'a NewOrder<'a>,
@@ -77,16 +83,19 @@ order_model!(
     sqlx::MySql,
     insert: "insert into `order` (user_id, goods_id, num, row_state, gid) values (?, ?, ?, 0, ?)",
     cancel: "update `order` set row_state = -1 where gid = ?",
+    admin: "select id, user_id, goods_id, num, row_state from `order` where gid = ? order by id",
 );
 
 order_model!(
     sqlx::Postgres,
     insert: r#"insert into "order" (user_id, goods_id, num, row_state, gid) values ($1, $2, $3, 0, $4)"#,
     cancel: r#"update "order" set row_state = -1 where gid = $1"#,
+    admin: r#"select id, user_id, goods_id, num, row_state from "order" where gid = ? order by id"#,
 );
 
 order_model!(
     sqlx::Sqlite,
     insert: r#"insert into "order" (user_id, goods_id, num, row_state, gid) values (?, ?, ?, 0, ?)"#,
     cancel: r#"update "order" set row_state = -1 where gid = ?"#,
+    admin: r#"select id, user_id, goods_id, num, row_state from "order" where gid = ? order by id"#,
 );

@@ -167,9 +167,16 @@ impl System {
     pub async fn start(options: &Options) -> anyhow::Result<System> {
         let urls = DatabaseUrls::prepare(&options.databases).await?;
         let mut vars = Vars::common(options, &urls);
-        let (coordinator, ready_coordinator) = build_coordinator(options, &vars).await?;
+        // The services first: the coordinator's console is told where
+        // their admin endpoints listen.
         let ((order, ready_order), (stock, ready_stock)) =
             build_branch_services(options, &urls, &mut vars).await?;
+        let admins = [("order-srv", order.admin_addr()), ("stock-srv", stock.admin_addr())]
+            .into_iter()
+            .filter_map(|(name, addr)| Some(format!("{name}=http://{}", addr?)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (coordinator, ready_coordinator) = build_coordinator(options, &vars, admins).await?;
         let (api, ready_api) =
             build_order_api(options, &mut vars, &coordinator, order.local_addr(), stock.local_addr()).await?;
         let system = System {
@@ -282,6 +289,7 @@ impl Vars {
 async fn build_coordinator(
     options: &Options,
     vars: &Vars,
+    service_admins: String,
 ) -> anyhow::Result<(coordinator::server::Coordinator, Ready)> {
     let mut config = coordinator::config::Config::from_sources(
         Some((Path::new("etc/coordinator.yaml"), shipped::COORDINATOR.text)),
@@ -298,6 +306,8 @@ async fn build_coordinator(
         // direct addresses need no registration.
         config.micro_service = coordinator::config::MicroServiceConfig::default();
     }
+    // The console shows each gid's rows in the services' databases.
+    config.service_admin_urls = service_admins;
     // With port 0 the coordinator publishes the port it gets.
     config.micro_service.end_point = reachable(options.host, options.ports.coordinator_grpc);
     let (on_ready, ready) = ready_signal();
@@ -335,6 +345,11 @@ async fn build_branch_services(
         order_config.etcd = None;
         stock_config.etcd = None;
     }
+    // The read-only admin endpoints, for the coordinator's console: on
+    // loopback whatever `--host` says (only the coordinator, in this
+    // process, asks them).
+    order_config.admin_listen_on = Some("127.0.0.1:0".into());
+    stock_config.admin_listen_on = Some("127.0.0.1:0".into());
     let (order_ready, ready_order) = ready_signal();
     let (stock_ready, ready_stock) = ready_signal();
     let order = order_srv::build(&order_config).await.context("starting order-srv")?.on_ready(order_ready);

@@ -124,6 +124,7 @@ fn banner(addrs: &Addrs, storage: &str, discovery: &str) -> String {
         "quickorder is up: the quick-order saga on {storage}, {discovery}\n\
          \n  order-api    {api}  POST /order/quickCreate, GET /order/status/{{gid}}, GET /healthz\
          \n  coordinator  {grpc} (gRPC dtmgimp.Dtm), http://{http}/api/dtmsvr\
+         \n  console      http://{http}/admin/  (every transaction, its branch calls and its rows in both services)\
          \n  order-srv    {order} (gRPC /pb.order/create, /pb.order/createRollback)\
          \n  stock-srv    {stock} (gRPC /pb.stock/deduct, /pb.stock/deductRollback)\n\
          \nTry it (goods 1 starts with 100 units):\

@@ -19,6 +19,8 @@ struct Up {
     /// Its stdout, read as it comes.
     stdout: Option<StdoutWatch>,
     api: u16,
+    /// The coordinator's HTTP port (its console).
+    coordinator_http: u16,
 }
 
 impl Up {
@@ -43,9 +45,10 @@ impl Up {
             .spawn()
             .expect("start quickorder up");
         let stdout = StdoutWatch::new(child.stdout.take().expect("piped"), "quickorder", child.id());
-        let mut up = Up { child: Some(child), stdout: None, api: 0 };
+        let mut up = Up { child: Some(child), stdout: None, api: 0, coordinator_http: 0 };
         let ready = stdout.wait_ready(Duration::from_secs(60)).unwrap_or_else(|err| panic!("{err}"));
         up.api = ready.port("api");
+        up.coordinator_http = ready.port("coordinator-http");
         up.stdout = Some(stdout);
         up
     }
@@ -161,6 +164,47 @@ async fn up_serves_orders_stops_on_sigterm_and_keeps_its_data() {
     let up = Up::start(&data, &["--reset"]);
     assert_eq!(stock_left(&data).await, 100);
     assert!(orders(&data).await.is_empty());
+    drop(up);
+}
+
+/// `quickorder up` turns the services' admin endpoints on and tells the
+/// coordinator's console where they are: a transaction's page shows the
+/// barrier rows and the business rows its gid left in both databases.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_the_rows_each_saga_left_in_both_services() {
+    let _slot: SystemSlot = harness::system_slot();
+    let (_dir, data) = data_dir();
+    let up = Up::start(&data, &[]);
+    let coordinator = up.coordinator_http;
+    let (status, failed) = quick_create(&up, 500).await;
+    assert_eq!(status, 409, "{failed}");
+    let gid = failed["gid"].as_str().expect("gid").to_string();
+    let page = format!("http://127.0.0.1:{coordinator}/admin/");
+    assert_eq!(reqwest::get(&page).await.expect("console").status().as_u16(), 200);
+    let url = format!("http://127.0.0.1:{coordinator}/api/admin/transaction?gid={gid}");
+    let view: Value = reqwest::get(&url).await.expect("admin API").json().await.expect("JSON");
+    assert_eq!(view["transaction"]["status"], "failed", "{view}");
+    let services = view["services"].as_array().expect("services");
+    let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["order-srv", "stock-srv"], "{view}");
+    let table = |service: usize, name: &str| -> Vec<Vec<Value>> {
+        let tables = services[service]["tables"].as_array().unwrap_or_else(|| panic!("{view}"));
+        let table = tables.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name}: {view}"));
+        table["rows"].as_array().expect("rows").iter().map(|r| r.as_array().expect("row").clone()).collect()
+    };
+    // order-srv: its action and its compensation ran; the order is marked -1.
+    let order_barrier = table(0, "barrier");
+    assert_eq!(order_barrier.len(), 2, "{order_barrier:?}");
+    let order = table(0, "order");
+    assert_eq!(order.len(), 1);
+    assert_eq!(order[0][3], json!("500"));
+    assert_eq!(order[0][4], json!("-1"));
+    // stock-srv: a null compensation — the action's slot taken by reason 'compensate'.
+    let stock_barrier = table(1, "barrier");
+    assert!(
+        stock_barrier.iter().any(|r| r[2] == json!("action") && r[4] == json!("compensate")),
+        "{stock_barrier:?}"
+    );
     drop(up);
 }
 

@@ -410,6 +410,11 @@ pub struct RpcServerConf {
     /// go-zero's `Prometheus` block: the metrics listener; absent: none.
     #[serde(default)]
     pub prometheus: Option<PrometheusConf>,
+    /// Where to serve the read-only admin endpoint (`127.0.0.1:9021`):
+    /// one gid's barrier and business rows, for the coordinator's console
+    /// ([`crate::admin`]). Absent or empty (the shipped files): off.
+    #[serde(default)]
+    pub admin_listen_on: Option<String>,
 }
 
 impl RpcServerConf {
@@ -428,6 +433,11 @@ impl RpcServerConf {
     /// `HttpListenOn`, if set and not empty.
     pub fn http_listen_on(&self) -> Option<&str> {
         self.http_listen_on.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// `AdminListenOn`, if set and not empty.
+    pub fn admin_listen_on(&self) -> Option<&str> {
+        self.admin_listen_on.as_deref().map(str::trim).filter(|s| !s.is_empty())
     }
 
     /// The name logs should carry.

@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
 
 use crate::listener::LimitedListener;
 
@@ -66,7 +67,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             (connection, peer) = listener.next() => {
-                let service = TowerToHyperService::new(app.clone());
+                // Handlers may ask who is calling (`ConnectInfo<SocketAddr>`),
+                // e.g. to log the address behind an admin action.
+                let service = TowerToHyperService::new(app.clone().map_request(
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                        request
+                    },
+                ));
                 let connection = builder.serve_connection(TokioIo::new(connection), service).into_owned();
                 let connection = graceful.watch(connection);
                 connections.spawn(async move {

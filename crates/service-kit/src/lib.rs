@@ -14,6 +14,7 @@
 //! | [`http`] | `rest.MustNewServer(...).Start()` | axum served with a header-read timeout, a connection cap and a bounded drain |
 //! | [`listener`] | `MaxConns` | a TCP listener that stops accepting at a connection limit |
 //! | [`http_branch`] | dtm's HTTP branch handlers | query → barrier, outcome → 200/409/425/400/503, the `HttpListenOn` server |
+//! | [`admin`] | – | the optional read-only `AdminListenOn` endpoint: one gid's barrier and business rows |
 //! | [`service`] | – | a service's gRPC server plus its optional HTTP branches |
 //! | [`metrics`] | `core/prometheus`, `rest/handler/prometheushandler.go`, `zrpc`'s prometheus interceptor | go-zero's metric names for HTTP, gRPC and the pool, barrier outcomes, the `Prometheus` listener |
 //! | [`ready`] | – | the one stdout line saying "serving, here are my addresses" |
@@ -35,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod branch;
 pub mod config;
 pub mod datasource;

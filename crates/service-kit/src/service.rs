@@ -1,6 +1,6 @@
 //! The listeners of one demo service: gRPC always, dtm-style HTTP branches
 //! when `HttpListenOn` is configured, metrics when the `Prometheus` block
-//! has a `Host`.
+//! has a `Host`, and a read-only admin endpoint when `AdminListenOn` is set.
 //!
 //! Start-up order: tables, then listeners, then serving and registration,
 //! then the [readiness line](crate::ready) (see [`build_branch_server`]).
@@ -30,12 +30,25 @@ pub struct ServiceServer {
     http: Option<HttpBranchServer>,
     /// The metrics listener, if the `Prometheus` block asks for one.
     metrics: Option<MetricsServer>,
+    /// The read-only admin endpoint (`AdminListenOn`), if configured.
+    admin: Option<HttpBranchServer>,
 }
 
 impl ServiceServer {
     /// A service with only its gRPC listener.
     pub fn grpc(grpc: GrpcServer) -> ServiceServer {
-        ServiceServer { grpc, http: None, metrics: None }
+        ServiceServer { grpc, http: None, metrics: None, admin: None }
+    }
+
+    /// Adds the admin endpoint.
+    pub fn with_admin(mut self, admin: HttpBranchServer) -> ServiceServer {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// The admin endpoint's address, if served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(HttpBranchServer::local_addr)
     }
 
     /// Adds HTTP branches.
@@ -73,6 +86,7 @@ impl ServiceServer {
         let mut addrs = vec![("grpc", self.local_addr())];
         addrs.extend(self.http_addr().map(|addr| ("http", addr)));
         addrs.extend(self.metrics_addr().map(|addr| ("metrics", addr)));
+        addrs.extend(self.admin_addr().map(|addr| ("admin", addr)));
         self.on_ready(move || crate::ready::announce(name, &addrs))
     }
 
@@ -85,11 +99,24 @@ impl ServiceServer {
 
     /// Serves until `shutdown` resolves, then stops gRPC (deregister,
     /// drain), then HTTP, then the metrics listener. Returns the first error.
+    /// The admin endpoint is read-only: it stops with the service, no drain.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let ServiceServer { grpc, http, metrics } = self;
+        let ServiceServer { grpc, http, metrics, admin } = self;
+        let admin = admin.map(|admin| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(admin.run_until_stopped(async move {
+                let _ = stopped.await;
+            }));
+            (stop, task)
+        });
         // Boxed: the gRPC server's future is large, and this one holds it
         // beside the metrics listener's.
-        serve_with_metrics(metrics, Box::pin(serve_grpc_and_http(grpc, http, shutdown))).await
+        let result = serve_with_metrics(metrics, Box::pin(serve_grpc_and_http(grpc, http, shutdown))).await;
+        if let Some((stop, task)) = admin {
+            let _ = stop.send(());
+            task.abort();
+        }
+        result
     }
 }
 
@@ -135,6 +162,10 @@ pub trait BranchParts<DB: sqlx::Database> {
 
     /// The dtm-style HTTP branch routes (served when `HttpListenOn` is set).
     fn http_routes(pool: sqlx::Pool<DB>, timeout: std::time::Duration) -> axum::Router;
+
+    /// The business rows the admin endpoint shows for a gid (beside the
+    /// barrier rows; served when `AdminListenOn` is set).
+    fn admin_queries() -> Vec<crate::admin::AdminQuery>;
 }
 
 /// Builds a branch service from its configuration, in the order that makes
@@ -166,6 +197,7 @@ where
         .await?
         .register_in(config.etcd.clone())
         .with_metrics(metrics.clone());
+    let admin_db = db.clone();
     let timeout = config.call_timeout();
     let (grpc, routes) = match db {
         crate::BusinessDb::MySql(pool) => (
@@ -186,6 +218,16 @@ where
         let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
         let routes = metrics.instrument_http(routes);
         server = server.with_http(HttpBranchServer::bind(listen_on, routes, max_msg_size, limits).await?);
+    }
+    if let Some(listen_on) = config.admin_listen_on() {
+        let queries = match &admin_db {
+            crate::BusinessDb::MySql(_) => <P as BranchParts<sqlx::MySql>>::admin_queries(),
+            crate::BusinessDb::Postgres(_) => <P as BranchParts<sqlx::Postgres>>::admin_queries(),
+            crate::BusinessDb::Sqlite(_) => <P as BranchParts<sqlx::Sqlite>>::admin_queries(),
+        };
+        let routes = crate::admin::router(&config.name, admin_db, queries);
+        let limits = crate::http::HttpServeLimits { drain_timeout: timeout, ..Default::default() };
+        server = server.with_admin(HttpBranchServer::bind(listen_on, routes, 64 * 1024, limits).await?);
     }
     if let Some(conf) = &config.prometheus
         && let Some(listener) = MetricsServer::bind(conf, &metrics).await?

@@ -72,4 +72,15 @@ impl<DB: StockModel + schema::StockDdl> BranchParts<DB> for StockParts {
     fn http_routes(pool: Pool<DB>, timeout: std::time::Duration) -> axum::Router {
         http::router(pool, timeout)
     }
+
+    /// Stock rows carry no gid (a deduction is `num = num - n`): the admin
+    /// endpoint shows the goods as they stand, the first 20, beside the
+    /// barrier rows that say which branch of the gid ran. `?` (the gid) is
+    /// bound and unused, as the endpoint binds it to every query.
+    fn admin_queries() -> Vec<service_kit::admin::AdminQuery> {
+        vec![service_kit::admin::AdminQuery {
+            name: "stock (now, first 20 goods)",
+            sql: "select goods_id, num from stock where ? <> '' order by goods_id limit 20",
+        }]
+    }
 }

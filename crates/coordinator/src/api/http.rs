@@ -57,6 +57,11 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Required bearer token, if authentication is configured.
     pub auth_token: Option<Secret>,
+    /// The branch services' admin endpoints the console shows rows from
+    /// (`ServiceAdminUrls`), and the client that asks them.
+    pub service_admins: super::admin::ServiceAdmins,
+    /// The console's counts per status, reused for a few seconds.
+    pub counts: super::admin::CountsCache,
 }
 
 /// Limits applied to the HTTP API.
@@ -87,8 +92,12 @@ pub fn router(state: HttpState, limits: HttpLimits) -> Router {
         .route("/resetNextCronTime", post(reset_next_cron_time))
         .route("/version", get(version))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
+    let admin =
+        super::admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
     Router::new()
         .nest("/api/dtmsvr", dtmsvr)
+        .nest("/api/admin", admin)
+        .merge(crate::console::routes())
         .route("/api/ping", any(ping))
         .route("/api/metrics", get(metrics))
         .fallback(not_found)
@@ -111,27 +120,27 @@ pub fn router(state: HttpState, limits: HttpLimits) -> Router {
 // ---------------------------------------------------------------------------
 
 /// `{"dtm_result":"SUCCESS"}` with 200.
-fn success() -> Response {
+pub(super) fn success() -> Response {
     Json(json!({"dtm_result": "SUCCESS"})).into_response()
 }
 
 /// An API-level error, rendered in dtm's shapes.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     /// HTTP status to answer with.
-    status: StatusCode,
+    pub(super) status: StatusCode,
     /// JSON body.
-    body: Value,
+    pub(super) body: Value,
 }
 
 impl ApiError {
     /// 400 naming the offending field.
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::from(Outcome::Invalid { field: field.into(), message: message.into() })
     }
 
     /// An engine error, classified by [`Outcome::from_engine`].
-    fn engine<E: Into<EngineError>>(api: &'static str) -> impl FnOnce(E) -> ApiError {
+    pub(super) fn engine<E: Into<EngineError>>(api: &'static str) -> impl FnOnce(E) -> ApiError {
         move |error| ApiError::from(Outcome::from_engine(error.into(), api))
     }
 }
@@ -172,7 +181,7 @@ type ApiResult = Result<Response, ApiError>;
 /// Our own extractor (not `axum::Json`) so that every rejection — wrong
 /// content, malformed JSON, body too large — is answered in our JSON shape
 /// with a message that names the field.
-struct JsonObject(serde_json::Map<String, Value>);
+pub(super) struct JsonObject(serde_json::Map<String, Value>);
 
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
@@ -227,7 +236,7 @@ impl JsonObject {
     }
 
     /// The `gid` member, validated.
-    fn gid(&self) -> Result<Gid, ApiError> {
+    pub(super) fn gid(&self) -> Result<Gid, ApiError> {
         let raw = match self.0.get("gid") {
             None => "",
             Some(Value::String(s)) => s,
@@ -322,11 +331,14 @@ async fn query(
     }
 }
 
-/// Query string of `all` (dtm's names, times in ms since the epoch).
+/// Query string of `all` (dtm's names, times in ms since the epoch), and
+/// of the console's list, which adds `gidPrefix`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct AllQuery {
+pub(super) struct AllQuery {
     gid: String,
+    #[serde(rename = "gidPrefix")]
+    gid_prefix: String,
     position: String,
     limit: Option<u32>,
     status: String,
@@ -341,7 +353,7 @@ struct AllQuery {
 impl AllQuery {
     /// Validates the query string into the store's filter. Empty strings
     /// mean "no filter", as in dtm.
-    fn into_filter(self) -> Result<ListFilter, ApiError> {
+    pub(super) fn into_filter(self) -> Result<ListFilter, ApiError> {
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let time = |field: &str, ms: Option<i64>| match ms {
             None => Ok(None),
@@ -358,6 +370,13 @@ impl AllQuery {
                 .map(Gid::new)
                 .transpose()
                 .map_err(|e| ApiError::invalid("gid", e.to_string()))?,
+            gid_prefix: match non_empty(self.gid_prefix) {
+                // A prefix of a valid gid is a valid gid.
+                Some(p) => {
+                    Some(Gid::new(p).map_err(|e| ApiError::invalid("gidPrefix", e.to_string()))?.to_string())
+                }
+                None => None,
+            },
             position: non_empty(self.position)
                 .map(|p| p.parse::<i64>())
                 .transpose()

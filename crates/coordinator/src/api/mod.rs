@@ -2,6 +2,7 @@
 //!
 //! * [`http`] — dtm's JSON API under `/api/dtmsvr/…` (axum), plus
 //!   `/api/ping` and `/api/metrics`;
+//! * [`admin`] — the console's JSON API under `/api/admin/…` (ours);
 //! * [`grpc`] — dtm's `dtmgimp.Dtm` service (tonic), with gRPC health and
 //!   reflection.
 //!
@@ -12,6 +13,7 @@
 //! codes with [`Outcome`]. Internal causes (database errors) are logged here
 //! and never sent to clients.
 
+pub mod admin;
 pub mod grpc;
 pub mod http;
 

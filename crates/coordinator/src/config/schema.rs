@@ -48,6 +48,18 @@ pub struct Config {
     /// dtm's `AlertWebHook`: an `http(s)://` URL that receives the retry
     /// alerts as JSON POSTs; empty (the default) switches alerts off.
     pub alert_web_hook: String,
+    /// Ours: record every branch call (when, answer, latency) for the
+    /// console's timeline, off the saga's path (`crate::attempts`).
+    pub attempts_record: bool,
+    /// Ours: the newest this many recorded calls of one transaction are kept.
+    pub attempts_per_transaction: u32,
+    /// Ours: recorded calls older than this many seconds are deleted.
+    pub attempts_max_age: u64,
+    /// Ours: the read-only admin endpoints of the branch services
+    /// (`AdminListenOn`), as `name=http://host:port` separated by commas;
+    /// the console's transaction page shows their rows for its gid. Empty
+    /// (the default): not shown.
+    pub service_admin_urls: String,
     /// `trace`, `debug`, `info`, `warn` or `error`; `RUST_LOG` wins when set.
     pub log_level: String,
     /// When non-empty, every API call (HTTP and gRPC, except health checks,
@@ -86,6 +98,10 @@ impl Default for Config {
             micro_service: MicroServiceConfig::default(),
             alert_retry_limit: 3,
             alert_web_hook: String::new(),
+            attempts_record: true,
+            attempts_per_transaction: 100,
+            attempts_max_age: 7 * 24 * 3600,
+            service_admin_urls: String::new(),
             log_level: "info".into(),
             auth_token: Secret::default(),
             max_body_bytes: 4 * 1024 * 1024,
@@ -162,6 +178,9 @@ impl Default for StoreConfig {
         }
     }
 }
+
+/// The largest `AttemptsMaxAge`: a year, in seconds.
+pub const MAX_ATTEMPTS_AGE: u64 = 366 * 24 * 3600;
 
 /// The largest `AlertRetryLimit`: beyond it a branch would be retried for
 /// days (at the 60 s cap) before anyone hears of it.
@@ -391,8 +410,35 @@ impl Config {
             return invalid("AlertRetryLimit", &format!("must be between 1 and {MAX_ALERT_RETRY_LIMIT}"));
         }
         self.alert_web_hook()?;
+        if !(1..=10_000).contains(&self.attempts_per_transaction) {
+            return invalid("AttemptsPerTransaction", "must be between 1 and 10000");
+        }
+        if !(60..=MAX_ATTEMPTS_AGE).contains(&self.attempts_max_age) {
+            return invalid("AttemptsMaxAge", &format!("must be between 60 and {MAX_ATTEMPTS_AGE} seconds"));
+        }
+        self.service_admins()?;
         self.micro_service.registration()?;
         Ok(())
+    }
+
+    /// [`Config::service_admin_urls`] parsed: `(name, base URL)` pairs.
+    pub fn service_admins(&self) -> Result<Vec<(String, url::Url)>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { key: "ServiceAdminUrls", message };
+        self.service_admin_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let (name, url) = item
+                    .split_once('=')
+                    .ok_or_else(|| invalid(format!("{item:?} must be name=http://host:port")))?;
+                let url = url::Url::parse(url.trim()).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid(format!("{url} must be an http:// or https:// URL")));
+                }
+                Ok((name.trim().to_string(), url))
+            })
+            .collect()
     }
 
     /// [`Config::alert_web_hook`] parsed; `None` when empty (alerts off).

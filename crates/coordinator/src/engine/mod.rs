@@ -77,6 +77,7 @@ use self::lease::Lease;
 use self::pass::{Core, PassEnd};
 use self::process::Work;
 use crate::alert::Alerts;
+use crate::attempts::Attempts;
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{
@@ -214,6 +215,12 @@ impl Engine {
             shutdown.clone(),
             kill.clone(),
         )?;
+        let attempts = Attempts::start(
+            Arc::clone(&store),
+            &settings.attempts,
+            Arc::clone(&hooks.observer),
+            kill.clone(),
+        );
         Ok(Engine {
             inner: Arc::new(Inner {
                 core: Core {
@@ -223,6 +230,7 @@ impl Engine {
                     observer: hooks.observer,
                     checkpoint: hooks.checkpoint,
                     alerts,
+                    attempts,
                 },
                 permits,
                 shutdown,
@@ -807,6 +815,32 @@ impl Engine {
                 "global transaction force stop error. status: {}. gid: {gid}",
                 t.global.status
             ))),
+        }
+    }
+
+    /// The newest `limit` recorded branch calls of a transaction, oldest
+    /// first (the console's timeline; `crate::attempts`).
+    pub async fn attempts_of(&self, gid: &Gid, limit: u32) -> Result<Vec<store::AttemptRow>, EngineError> {
+        Ok(self.inner.core.store.attempts_of(gid, limit).await?)
+    }
+
+    /// How many transactions there are per status (the console's counts).
+    pub async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, EngineError> {
+        Ok(self.inner.core.store.status_counts().await?)
+    }
+
+    /// The console's "retry now": [`Engine::reset_next_cron_time`] for a
+    /// transaction that is not final; a final one is a conflict (dtm's
+    /// `resetNextCronTime` accepts it and changes nothing useful).
+    pub async fn retry_now(&self, gid: &Gid) -> Result<(), EngineError> {
+        let store = &self.inner.core.store;
+        match store.find(gid).await? {
+            None => Err(EngineError::NotFound),
+            Some(t) if t.global.status.is_final() => Err(EngineError::Conflict(format!(
+                "transaction {gid} is {}: nothing to retry",
+                t.global.status
+            ))),
+            Some(_) => self.reset_next_cron_time(gid).await,
         }
     }
 

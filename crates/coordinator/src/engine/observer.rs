@@ -34,6 +34,10 @@ pub trait EngineObserver: Send + Sync + 'static {
     /// was raised (recorded as pending in the store) by this process.
     fn alert_raised(&self) {}
 
+    /// A branch attempt was not recorded for the console's timeline: the
+    /// writer's queue was full (`crate::attempts`).
+    fn attempt_dropped(&self) {}
+
     /// A delivery of an alert to the webhook ended: `sent` if the receiver
     /// answered 2xx.
     fn alert_delivered(&self, sent: bool) {

@@ -16,6 +16,7 @@ use super::lease::Lease;
 use super::observer::EngineObserver;
 use super::settings::EngineSettings;
 use crate::alert::Alerts;
+use crate::attempts::Attempts;
 use crate::branch::BranchCaller;
 use crate::model::{GlobalStatus, TransOptions};
 use crate::store::{GlobalChange, Schedule, StatusUpdate, Store, StoreError, StoredTrans};
@@ -31,6 +32,9 @@ pub(crate) struct Core {
     /// Where branch failures go to be counted for retry alerts: a queue
     /// the pass never waits on.
     pub alerts: Alerts,
+    /// Where every branch call goes to be recorded for the console's
+    /// timeline: a queue the pass never waits on.
+    pub attempts: Attempts,
 }
 
 impl Core {

@@ -267,7 +267,7 @@ impl SagaSpec {
             // dtm: an empty URL is an immediate success, not a call.
             return (k, BranchResult::Success);
         }
-        let started = Instant::now();
+        let (started, wall) = (Instant::now(), std::time::SystemTime::now());
         let result = core
             .caller
             .call(&BranchRequest {
@@ -283,6 +283,7 @@ impl SagaSpec {
         // A saga's actions run while it is submitted, its compensations while aborting.
         let status = if op == Op::Action { GlobalStatus::Submitted } else { GlobalStatus::Aborting };
         core.alerts.branch_called(&self.gid, TransType::Saga, status, &step.branch_id, op, &result);
+        core.attempts.record(&self.gid, &step.branch_id, op, &result, wall, started.elapsed());
         if !matches!(result, BranchResult::Success) {
             tracing::debug!(branch_id = %step.branch_id, %op, ?result, "branch did not succeed");
         }

@@ -128,7 +128,7 @@ impl SequenceWork {
         if *url.target() == BranchTarget::Empty {
             return BranchResult::Success;
         }
-        let started = Instant::now();
+        let (started, wall) = (Instant::now(), std::time::SystemTime::now());
         let timeout = core.call_timeout(&self.options);
         let result = core
             .caller
@@ -143,6 +143,7 @@ impl SequenceWork {
             .await;
         core.observer.branch_called(self.trans_type, branch_id, op, &result, started.elapsed());
         core.alerts.branch_called(&self.gid, self.trans_type, self.status, branch_id, op, &result);
+        core.attempts.record(&self.gid, branch_id, op, &result, wall, started.elapsed());
         result
     }
 

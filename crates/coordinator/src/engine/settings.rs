@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::alert::AlertSettings;
+use crate::attempts::AttemptSettings;
 
 /// How the engine retries, times out and shares work. The config layer
 /// fills it from YAML / environment; tests shrink the intervals.
@@ -36,6 +37,9 @@ pub struct EngineSettings {
     /// Retry alerts (dtm's `AlertRetryLimit`, `AlertWebHook`); off unless a
     /// webhook is set.
     pub alert: AlertSettings,
+    /// Recording of branch calls for the console's timeline (on by
+    /// default, bounded; `crate::attempts`).
+    pub attempts: AttemptSettings,
 }
 
 impl Default for EngineSettings {
@@ -51,6 +55,7 @@ impl Default for EngineSettings {
             lease_batch: 32,
             shutdown_timeout: Duration::from_secs(10),
             alert: AlertSettings::default(),
+            attempts: AttemptSettings::default(),
         }
     }
 }

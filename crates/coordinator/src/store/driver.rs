@@ -232,6 +232,9 @@ pub trait Driver: Dialect {
 
     /// Reads one text column (`NULL` reads as empty).
     fn text_column(row: &Self::Row, column: &'static str) -> Result<String, StoreError>;
+
+    /// Reads one `bigint` column (`COUNT(*)`, ids, milliseconds).
+    fn int_column(row: &Self::Row, column: &'static str) -> Result<i64, StoreError>;
 }
 
 /// Binds `values` to the placeholders of `sql`, in order.
@@ -387,6 +390,10 @@ where
 
     fn text_column(row: &D::Row, column: &'static str) -> Result<String, StoreError> {
         Ok(row.try_get::<Option<String>, _>(column)?.unwrap_or_default())
+    }
+
+    fn int_column(row: &D::Row, column: &'static str) -> Result<i64, StoreError> {
+        Ok(row.try_get::<i64, _>(column)?)
     }
 }
 

@@ -43,9 +43,9 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AlertKey, AlertRow, BranchFailure, CreateOutcome, Delivery, FailureCounted, LeaseToken, ListFilter,
-    NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate, Store, StoreError, StoredTrans,
-    Unfinished,
+    AlertKey, AlertRow, AttemptRow, BranchFailure, CreateOutcome, Delivery, FailureCounted, LeaseToken,
+    ListFilter, NewAttempt, NewBranch, NewGlobal, NewTrans, Page, ResetCount, StatusUpdate, Store,
+    StoreError, StoredTrans, Unfinished,
 };
 use crate::model::GlobalStatus;
 
@@ -276,5 +276,25 @@ impl Store for GroupCommit {
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
         self.inner.unfinished().await
+    }
+
+    async fn record_attempts(&self, attempts: &[NewAttempt]) -> Result<(), StoreError> {
+        self.inner.record_attempts(attempts).await
+    }
+
+    async fn trim_attempts(&self, gid: &Gid, keep: u32) -> Result<(), StoreError> {
+        self.inner.trim_attempts(gid, keep).await
+    }
+
+    async fn prune_attempts(&self, started_before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_attempts(started_before_ms).await
+    }
+
+    async fn attempts_of(&self, gid: &Gid, limit: u32) -> Result<Vec<AttemptRow>, StoreError> {
+        self.inner.attempts_of(gid, limit).await
+    }
+
+    async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
+        self.inner.status_counts().await
     }
 }

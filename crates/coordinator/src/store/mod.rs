@@ -46,6 +46,7 @@
 //! mix the two on one database.
 
 mod alerts;
+mod attempts;
 mod dialect;
 mod driver;
 mod group_commit;
@@ -62,6 +63,7 @@ use serde::Serialize;
 use crate::model::{BranchStatus, GlobalStatus, Protocol};
 
 pub use alerts::{AlertKey, AlertRow, AlertStatus, BranchFailure, Delivery, FailureCounted, Unfinished};
+pub use attempts::{AttemptResult, AttemptRow, NewAttempt, like_prefix, prefix_range};
 pub use dialect::{Dialect, LimitedUpdate};
 pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
@@ -435,6 +437,9 @@ pub struct BranchChange {
 pub struct ListFilter {
     /// Only this gid.
     pub gid: Option<Gid>,
+    /// Only gids starting with this (not dtm's: the console's filter; a
+    /// range of the `gid` index).
+    pub gid_prefix: Option<String>,
     /// Only rows with `id < position` (the previous page's `next_position`).
     pub position: Option<i64>,
     /// Page size (dtm default 100).
@@ -599,6 +604,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many transactions are unfinished, per status, and the creation
     /// time of the oldest (the gauges of `/api/metrics`).
     async fn unfinished(&self) -> Result<Unfinished, StoreError>;
+
+    /// Records branch calls in `trans_branch_attempt` (one multi-row insert).
+    async fn record_attempts(&self, attempts: &[NewAttempt]) -> Result<(), StoreError>;
+
+    /// Keeps only the newest `keep` recorded attempts of a transaction.
+    async fn trim_attempts(&self, gid: &Gid, keep: u32) -> Result<(), StoreError>;
+
+    /// Deletes the attempts that started before `started_before_ms`
+    /// (milliseconds since the epoch); how many.
+    async fn prune_attempts(&self, started_before_ms: i64) -> Result<u64, StoreError>;
+
+    /// The newest `limit` recorded attempts of a transaction, oldest first.
+    async fn attempts_of(&self, gid: &Gid, limit: u32) -> Result<Vec<AttemptRow>, StoreError>;
+
+    /// How many transactions there are per status, final ones included
+    /// (the console's counts).
+    async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError>;
 }
 
 /// Opens the store named by `url`, creating the tables if needed:

@@ -30,9 +30,9 @@ use dtm_protocol::Gid;
 use super::dialect::{LimitedUpdate, db_later, ddl_statements};
 use super::driver::{Driver, On, Statement};
 use super::{
-    AlertKey, AlertRow, BranchChange, BranchFailure, BranchRow, CreateOutcome, Delivery, FailureCounted,
-    Fence, GlobalRow, LeaseToken, ListFilter, NewBranch, NewGlobal, NewTrans, Page, ResetCount, Schedule,
-    StatusUpdate, Store, StoreError, StoredTrans, Unfinished,
+    AlertKey, AlertRow, AttemptRow, BranchChange, BranchFailure, BranchRow, CreateOutcome, Delivery,
+    FailureCounted, Fence, GlobalRow, LeaseToken, ListFilter, NewAttempt, NewBranch, NewGlobal, NewTrans,
+    Page, ResetCount, Schedule, StatusUpdate, Store, StoreError, StoredTrans, Unfinished,
 };
 use crate::model::{BranchStatus, GlobalStatus};
 
@@ -159,6 +159,15 @@ impl<D: Driver> SqlStore<D> {
             .await?;
         for statement in ddl_statements(D::DDL) {
             D::run(Statement::new(statement), &pool).await?;
+        }
+        if let Some(statement) = D::EXTRA_INDEX {
+            match D::run(Statement::new(statement), &pool).await {
+                // ER_DUP_KEYNAME: the index is there (MySQL has no ADD INDEX IF NOT EXISTS).
+                Err(sqlx::Error::Database(e)) if e.message().contains("Duplicate key name") => {}
+                other => {
+                    other?;
+                }
+            }
         }
         ensure_exact_gids(&pool).await?;
         Ok(SqlStore { pool })
@@ -517,10 +526,30 @@ impl<D: Driver> Store for SqlStore<D> {
         Ok(Some(StoredTrans { global, branches }))
     }
 
+    /// A page is read in two steps, in one statement (a "deferred join"):
+    /// the ids of the page, newest first, found from the narrowest index
+    /// the filters allow (`gid`, `status_id`, the primary key) without
+    /// reading a row, then those 50 rows. Sorting the ids of 100 000
+    /// matches is cheap; sorting 100 000 whole rows is not
+    /// (`crates/coordinator/tests/console_store.rs` times every filter on a
+    /// million rows).
     async fn list(&self, f: &ListFilter) -> Result<Page, StoreError> {
-        let mut q = Statement::new(format!("SELECT {GLOBAL_COLUMNS} FROM trans_global WHERE 1 = 1"));
+        let columns = GLOBAL_COLUMNS.split(", ").map(|c| format!("g.{c}")).collect::<Vec<_>>().join(", ");
+        // `page CROSS JOIN g`: SQLite keeps that order (the 50 ids drive the
+        // lookups); the other engines choose it anyway.
+        let hint = D::list_index_hint(f.status.is_some(), f.gid.is_some() || f.gid_prefix.is_some());
+        let mut q =
+            Statement::new(format!("SELECT {columns} FROM (SELECT id FROM trans_global{hint} WHERE 1 = 1"));
         if let Some(gid) = &f.gid {
             q.push(" AND gid = ").push_bind(gid.as_str());
+        }
+        if let Some((low, high)) = f.gid_prefix.as_deref().and_then(super::prefix_range) {
+            // The range walks the gid index; LIKE keeps it exact where the
+            // column's collation is not byte order (PostgreSQL's default).
+            let gid = D::BYTE_ORDER_GID;
+            q.push(format!(" AND {gid} >= ")).push_bind(low).push(format!(" AND {gid} < ")).push_bind(high);
+            q.push(" AND gid LIKE ").push_bind(super::like_prefix(f.gid_prefix.as_deref().unwrap_or("")));
+            q.push(" ESCAPE '!'");
         }
         if let Some(position) = f.position {
             q.push(" AND id < ").push_bind(position);
@@ -541,6 +570,7 @@ impl<D: Driver> Store for SqlStore<D> {
         }
         let limit = limit_of(f.limit);
         q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        q.push(") page CROSS JOIN trans_global g WHERE g.id = page.id ORDER BY g.id DESC");
         let rows = D::fetch_all(q, &self.pool).await?;
         let transactions = rows.iter().map(D::global_row).collect::<Result<Vec<_>, _>>()?;
         let next_position = match transactions.last() {
@@ -764,6 +794,26 @@ impl<D: Driver> Store for SqlStore<D> {
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
         self.unfinished_sql().await
+    }
+
+    async fn record_attempts(&self, attempts: &[NewAttempt]) -> Result<(), StoreError> {
+        self.record_attempts_sql(attempts).await
+    }
+
+    async fn trim_attempts(&self, gid: &Gid, keep: u32) -> Result<(), StoreError> {
+        self.trim_attempts_sql(gid, keep).await
+    }
+
+    async fn prune_attempts(&self, started_before_ms: i64) -> Result<u64, StoreError> {
+        self.prune_attempts_sql(started_before_ms).await
+    }
+
+    async fn attempts_of(&self, gid: &Gid, limit: u32) -> Result<Vec<AttemptRow>, StoreError> {
+        self.attempts_of_sql(gid, limit).await
+    }
+
+    async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
+        self.status_counts_sql().await
     }
 }
 

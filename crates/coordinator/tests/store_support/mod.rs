@@ -139,4 +139,23 @@ impl Store for Intercepted {
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
         self.inner.unfinished().await
     }
+    async fn record_attempts(&self, attempts: &[coordinator::store::NewAttempt]) -> Result<(), StoreError> {
+        self.inner.record_attempts(attempts).await
+    }
+    async fn trim_attempts(&self, gid: &Gid, keep: u32) -> Result<(), StoreError> {
+        self.inner.trim_attempts(gid, keep).await
+    }
+    async fn prune_attempts(&self, started_before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.prune_attempts(started_before_ms).await
+    }
+    async fn attempts_of(
+        &self,
+        gid: &Gid,
+        limit: u32,
+    ) -> Result<Vec<coordinator::store::AttemptRow>, StoreError> {
+        self.inner.attempts_of(gid, limit).await
+    }
+    async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
+        self.inner.status_counts().await
+    }
 }
