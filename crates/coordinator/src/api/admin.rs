@@ -318,8 +318,7 @@ async fn retry(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let gid = body.gid()?;
-    let by = who(peer.as_ref().map(|Extension(p)| p), &headers, &state);
+    let (gid, by) = action_request(&state, peer.as_ref(), &headers, &body)?;
     let outcome = state.engine.retry_now(&gid).await;
     tracing::info!(%gid, by, ok = outcome.is_ok(), "console: retry now");
     outcome.map_err(admin_error)?;
@@ -333,12 +332,24 @@ async fn force_stop(
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
-    let gid = body.gid()?;
-    let by = who(peer.as_ref().map(|Extension(p)| p), &headers, &state);
+    let (gid, by) = action_request(&state, peer.as_ref(), &headers, &body)?;
     let outcome = state.engine.force_stop(&gid).await;
+    // A warning, not info: the branches that succeeded stay in force.
     tracing::warn!(%gid, by, ok = outcome.is_ok(), "console: force stop (failed without compensation)");
     outcome.map_err(admin_error)?;
     Ok(success())
+}
+
+/// What every console action starts with: the gid it names and who asked
+/// (for the log line each action writes).
+fn action_request(
+    state: &HttpState,
+    peer: Option<&Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    body: &JsonObject,
+) -> Result<(Gid, String), ApiError> {
+    let gid = body.gid()?;
+    Ok((gid, who(peer.map(|Extension(p)| p), headers, state)))
 }
 
 /// An engine error on an admin route: like dtm's routes, except that an
