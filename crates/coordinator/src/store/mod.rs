@@ -50,6 +50,7 @@ mod attempts;
 mod dialect;
 mod driver;
 mod group_commit;
+mod kv;
 mod sql;
 
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub use attempts::{AttemptResult, AttemptRow, NewAttempt, like_prefix, prefix_ra
 pub use dialect::{Dialect, LimitedUpdate};
 pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
+pub use kv::{KvPage, KvRow, KvStore};
 pub use sql::{MySqlStore, PostgresStore, SqlStore, SqliteStore};
 
 /// A storage failure. Internal: logged, answered with 500.
@@ -621,6 +623,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many transactions there are per status, final ones included
     /// (the console's counts).
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError>;
+
+    /// dtm's `kv` table (message topics), in the same database.
+    fn kv(&self) -> &dyn KvStore;
 }
 
 /// Opens the store named by `url`, creating the tables if needed:

@@ -815,6 +815,10 @@ impl<D: Driver> Store for SqlStore<D> {
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
         self.status_counts_sql().await
     }
+
+    fn kv(&self) -> &dyn super::KvStore {
+        self
+    }
 }
 
 #[cfg(test)]
