@@ -138,6 +138,13 @@ async fn topics_contract(url: &str) {
     assert!(engine.scan_kv("other", None, 10).await.unwrap().kv.is_empty());
     let all: Vec<String> = engine.query_kv("topics", None).await.unwrap().into_iter().map(|r| r.k).collect();
     assert_eq!(all, ["t1", "t2", "t3", "t4", "t5"]);
+
+    // Names are exact on every store (MySQL's `kv.k` is utf8mb4_bin): two topics.
+    subscribe(&engine, "Case", &b.url("Upper"), "").await.unwrap();
+    subscribe(&engine, "case", &b.url("Lower"), "").await.unwrap();
+    engine.submit(req(msg("topic-case", &["topic://case"]))).await.unwrap();
+    assert_eq!(b.calls_of("topic-case"), [c("/Lower", "01", "action")]);
+    assert_eq!(subscribers(&engine, "Case").await.0[0].url, b.url("Upper"));
 }
 
 #[tokio::test]
