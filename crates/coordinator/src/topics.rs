@@ -367,6 +367,27 @@ mod tests {
     }
 
     #[test]
+    fn only_message_steps_name_topics() {
+        use crate::model::TransRequestInput;
+        let input = |trans_type: &str, action: &str| TransRequestInput {
+            gid: "g".into(),
+            trans_type: trans_type.into(),
+            steps: vec![BTreeMap::from([
+                ("action".to_string(), action.to_string()),
+                ("compensate".to_string(), String::new()),
+            ])],
+            ..Default::default()
+        };
+        let msg = TransRequest::from_input(input("msg", "topic://paid")).unwrap();
+        assert!(has_topic_steps(&msg));
+        assert!(matches!(&msg.steps[0], Step::Topic { topic } if topic.as_str() == "paid"));
+        for (trans_type, action) in [("saga", "topic://paid"), ("msg", "topic://"), ("msg", "topic://a b")] {
+            let err = TransRequest::from_input(input(trans_type, action)).unwrap_err();
+            assert_eq!(err.field, "steps[0].action", "{trans_type} {action}");
+        }
+    }
+
+    #[test]
     fn several_subscribers_get_numbered_branch_ids() {
         assert_eq!(subscriber_id(0, 0).unwrap().as_str(), "01-01");
         assert_eq!(subscriber_id(11, 1).unwrap().as_str(), "12-02");
