@@ -24,7 +24,10 @@
 //! dies after acknowledging the submit leaves them to whichever coordinator
 //! leases the message next. Later changes of the topic do not change a
 //! message already created. A topic that is unknown or has no subscriber
-//! refuses the message (dtm's "topic not found"), and nothing is stored.
+//! refuses the message (dtm's "topic not found"), and nothing is stored —
+//! as in dtm also when that message was prepared earlier, while the topic
+//! had subscribers: the submit is refused, and the check-back settles the
+//! prepared message with the rows it was prepared with.
 //!
 //! # Reading topics: no cache
 //!
@@ -280,6 +283,16 @@ pub(crate) async fn msg_rows(
             let subscribers = read(kv, topic).await?.map(|t| t.subscribers).unwrap_or_default();
             if subscribers.is_empty() {
                 return Err(EngineError::Conflict(TOPIC_NOT_FOUND.into()));
+            }
+            // Ours were checked at subscribe; a row written by other tools
+            // (dtm on the same database) may hold a URL no pass could call.
+            for subscriber in &subscribers {
+                BranchUrl::parse(&subscriber.url).map_err(|e| {
+                    EngineError::Conflict(format!(
+                        "topic {topic}: subscriber {:?} cannot be called: {e}",
+                        subscriber.url
+                    ))
+                })?;
             }
             topics.insert(topic, subscribers);
         }
