@@ -173,6 +173,23 @@ async fn topic_rpcs_subscribe_unsubscribe_and_delete() {
     coordinator.stop().await.unwrap();
 }
 
+/// The new routes sit behind `AuthToken` like the others.
+#[tokio::test]
+async fn topic_routes_require_the_token_when_one_is_configured() {
+    let coordinator =
+        InProcess::sqlite(|config| config.auth_token = coordinator::config::Secret::new("t0ken")).await;
+    let c = reqwest::Client::new();
+    let query = [("topic", "t"), ("url", "http://127.0.0.1:9/a")];
+    assert_eq!(call(&c, &coordinator.http, "subscribe", &query).await.0, 401);
+    assert_eq!(call(&c, &coordinator.http, "resetCronTime", &[]).await.0, 401);
+    assert_eq!(delete(&c, &format!("{}/api/dtmsvr/topic/t", coordinator.http)).await.0, 401);
+    let url = reqwest::Url::parse_with_params(&format!("{}/api/dtmsvr/subscribe", coordinator.http), query)
+        .unwrap();
+    let answer = c.get(url).bearer_auth("t0ken").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    coordinator.stop().await.unwrap();
+}
+
 /// Two coordinators on one MariaDB, 40 subscribers of one topic at once,
 /// half through each: every subscribe is acknowledged and every subscriber
 /// is in the list (the losers of each version race read again and retry).
