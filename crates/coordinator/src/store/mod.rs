@@ -7,8 +7,9 @@
 //! concurrent sagas share one transaction and one commit.
 //! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
 //! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
-//! dtm's admin UI and scripts can read a database written by us; one table
-//! of our own, `trans_alert`, beside them holds the retry alerts (`alerts.rs`).
+//! dtm's admin UI and scripts can read a database written by us (`kv` holds
+//! dtm's message topics, [`KvStore`], `kv.rs`); one table of our own,
+//! `trans_alert`, beside them holds the retry alerts (`alerts.rs`).
 //!
 //! # Concurrency contract: one pass per transaction
 //!
