@@ -211,7 +211,9 @@ pub async fn run(settings: &Settings, spec: &ModeSpec, cancel: &CancellationToke
 /// Sets `spec` up on fresh databases: everything but the measuring. On an
 /// error, whatever was started is stopped and the databases dropped.
 pub async fn start(settings: &Settings, spec: &ModeSpec) -> anyhow::Result<Running> {
-    let prefix = format!("qob_{}_{}", settings.run_id, spec.name());
+    // A variant runs beside the plain mode, on databases of its own.
+    let variant = if matches!(spec, ModeSpec::Http { variant } if !variant.is_empty()) { "_variant" } else { "" };
+    let prefix = format!("qob_{}_{}{variant}", settings.run_id, spec.name());
     let mut dbs = Databases::open(&settings.server, prefix).await?;
     let mut parts = Parts::default();
     match set_up(settings, spec, &mut dbs, &mut parts).await {

@@ -85,6 +85,52 @@ fn bench_in_turn(server: &str, args: &[&str]) -> (Value, String) {
     (serde_json::from_str(&text).expect("the report is JSON"), stdout.into_owned())
 }
 
+/// `compare --variant`: the plain `http` and the one with the setting,
+/// side by side on databases of their own, with their ratio; and the
+/// setting does reach the coordinator (one it cannot read stops the run).
+#[test]
+fn compare_measures_a_coordinator_setting_beside_the_shipped_one() {
+    let variant = "http quickCreate with ATTEMPTS_RECORD=false";
+    let (comparison, _) = bench_with_output(&[
+        "compare",
+        "--modes",
+        "http",
+        "--variant",
+        "ATTEMPTS_RECORD=false",
+        "--rounds",
+        "2",
+        "--duration",
+        "250ms",
+        "--warmup",
+        "150ms",
+    ]);
+    assert_eq!(comparison["order"], serde_json::json!(["http quickCreate", variant]));
+    for run in comparison["runs"].as_array().expect("runs") {
+        assert_clean(run, &["coordinator", "order-api", "order-srv", "stock-srv"]);
+    }
+    let ratios = comparison["ratios"].as_array().expect("ratios");
+    for measure in ["throughput", "cpu_per_saga"] {
+        let ratio = ratios
+            .iter()
+            .find(|r| r["name"] == "http ATTEMPTS_RECORD=false / http" && r["measure"] == measure)
+            .unwrap_or_else(|| panic!("no {measure} ratio of the variant: {ratios:#?}"));
+        assert_eq!((&ratio["numerator"], &ratio["denominator"]), (&variant.into(), &"http quickCreate".into()));
+        assert_eq!(ratio["rounds"].as_array().map(Vec::len), Some(2), "{ratio:#}");
+    }
+
+    build_services();
+    let server = mariadb().url();
+    let _turn = one_at_a_time();
+    let output = Command::new(bench_tool())
+        .args(["http", "--variant", "ATTEMPTS_RECORD=maybe", "--requests", "5", "--quiet", "--mysql", &server])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run quickorder-bench");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a coordinator setting it cannot read must stop the run:\n{said}");
+    assert!(said.contains("ATTEMPTS_RECORD"), "the coordinator names the setting:\n{said}");
+}
+
 /// What every report must show: sagas, no errors, and the readings.
 fn assert_clean(report: &Value, processes: &[&str]) {
     let label = report["label"].as_str().unwrap_or("?");
