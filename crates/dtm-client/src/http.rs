@@ -112,6 +112,28 @@ impl HttpDtm {
         self.post("registerBranch", branch.to_http_json()?, None).await
     }
 
+    /// `POST /prepareWorkflow`: stores a workflow (or finds it) and returns its progress.
+    pub async fn prepare_workflow(
+        &self,
+        request: &TransRequest,
+    ) -> Result<crate::workflow::PreparedWorkflow, ClientError> {
+        let post = self
+            .client
+            .post(format!("{}/prepareWorkflow", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.to_http_json()?);
+        let response = post.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        // Status only: the answer is data (a rollback reason may contain FAILURE).
+        if status != 200
+            && let Some(err) = ClientError::from_http(status, &body)
+        {
+            return Err(err);
+        }
+        crate::workflow::PreparedWorkflow::from_http_json(&body)
+    }
+
     /// The caller for branch calls made by the application.
     pub(crate) fn branches(&self) -> &BranchCaller {
         &self.branches

@@ -1,7 +1,7 @@
 //! dtm's gRPC API (`/dtmgimp.Dtm/…`, tonic), as dtm's gRPC SDKs call it.
 //!
-//! `NewGid`, `Submit`, `Prepare`, `Abort` and `RegisterBranch` are
-//! implemented; `PrepareWorkflow` and the topic RPCs answer `Unimplemented`
+//! `NewGid`, `Submit`, `Prepare`, `Abort`, `RegisterBranch` and
+//! `PrepareWorkflow` are implemented; the topic RPCs answer `Unimplemented`
 //! with a message saying so.
 //!
 //! Mapping of a `DtmRequest` (dtm's `dtmgpb/dtmgimp.proto`): `Steps` is a JSON *string* holding the
@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::dtmgimp::dtm_server::Dtm;
-use proto::dtmgimp::{DtmBranchRequest, DtmGidReply, DtmProgressesReply, DtmRequest, DtmTopicRequest};
+use proto::dtmgimp::{
+    DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest,
+    DtmTransaction,
+};
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -159,9 +162,14 @@ impl Dtm for DtmService {
 
     async fn prepare_workflow(
         &self,
-        _request: Request<DtmRequest>,
+        request: Request<DtmRequest>,
     ) -> Result<Response<DtmProgressesReply>, Status> {
-        Err(Status::unimplemented("workflow transactions are not supported by this coordinator"))
+        let (span, request) = traced("prepareWorkflow", request);
+        self.serve(
+            "prepareworkflow",
+            async { Ok(progresses_reply(self.engine.prepare_workflow(request?).await?)) }.instrument(span),
+        )
+        .await
     }
 
     async fn subscribe(&self, _request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
@@ -174,6 +182,31 @@ impl Dtm for DtmService {
 
     async fn delete_topic(&self, _request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
         Err(Status::unimplemented("message topics are not supported by this coordinator"))
+    }
+}
+
+/// `PrepareWorkflow`'s reply. dtm leaves `Result` empty here (its HTTP
+/// reply has it); we fill it, so that a workflow resumed after it finished
+/// returns its result over gRPC too.
+fn progresses_reply(progress: crate::engine::workflow::WorkflowProgress) -> DtmProgressesReply {
+    let t = progress.transaction;
+    DtmProgressesReply {
+        transaction: Some(DtmTransaction {
+            gid: t.gid.to_string(),
+            status: t.status.as_str().to_string(),
+            rollback_reason: t.rollback_reason,
+            result: t.result,
+        }),
+        progresses: progress
+            .progresses
+            .into_iter()
+            .map(|b| DtmProgress {
+                status: b.status.as_str().to_string(),
+                bin_data: b.bin_data,
+                branch_id: b.branch_id.to_string(),
+                op: b.op.as_str().to_string(),
+            })
+            .collect(),
     }
 }
 

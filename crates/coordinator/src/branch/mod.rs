@@ -20,6 +20,7 @@
 //! URL reach hosts nobody named.
 
 mod channels;
+mod workflow;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -179,6 +180,17 @@ impl BranchCaller {
     ) -> BranchResult {
         let mut url = url.clone();
         call.call.append_query(&mut url);
+        self.send_http(url, call, traceparent).await
+    }
+
+    /// Sends an HTTP branch call to `url`, whose query already carries the
+    /// dtm values (the workflow callback writes its own, `workflow.rs`).
+    async fn send_http(
+        &self,
+        url: url::Url,
+        call: &BranchRequest<'_>,
+        traceparent: Option<&TraceContext>,
+    ) -> BranchResult {
         // dtm's rule: POST when there is a body, GET otherwise.
         let mut request = if call.payload.is_empty() {
             self.http.get(url)
