@@ -669,6 +669,9 @@ impl RegisterBranchRequest {
 fn workflow_progress(op: &str, status: &str) -> Result<RegisteredUrls, InvalidInput> {
     let op: dtm_protocol::Op =
         op.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("op", e.to_string()))?;
+    if !matches!(op, dtm_protocol::Op::Action | dtm_protocol::Op::Commit | dtm_protocol::Op::Rollback) {
+        return Err(invalid("op", format!("a workflow records action, commit or rollback, not {op}")));
+    }
     let status: BranchStatus =
         status.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("status", e.to_string()))?;
     if status == BranchStatus::Prepared {
