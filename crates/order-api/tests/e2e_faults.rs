@@ -9,10 +9,28 @@ use std::time::Duration;
 use e2e_common::System;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_saga_completes_when_one_of_two_stock_instances_is_killed() {
-    let mut system = tokio::task::spawn_blocking(|| {
+/// Both tests in both modes: `mod saga` and `mod workflow` (a workflow
+/// interrupted by the fault is resumed through order-api's callback).
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod saga {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("saga").await })*
+        }
+        mod workflow {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("workflow").await })*
+        }
+    };
+}
+
+in_both_modes!(
+    every_saga_completes_when_one_of_two_stock_instances_is_killed,
+    a_saga_started_while_order_srv_is_down_completes_once_it_is_up
+);
+
+async fn every_saga_completes_when_one_of_two_stock_instances_is_killed(mode: &'static str) {
+    let mut system = tokio::task::spawn_blocking(move || {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_order_srv();
         system.start_stock_srv();
         system.start_stock_srv();
@@ -60,10 +78,10 @@ async fn every_saga_completes_when_one_of_two_stock_instances_is_killed() {
     assert!(orders.iter().all(|o| o.1 == 0), "{orders:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_saga_started_while_order_srv_is_down_completes_once_it_is_up() {
-    let mut system = tokio::task::spawn_blocking(|| {
+async fn a_saga_started_while_order_srv_is_down_completes_once_it_is_up(mode: &'static str) {
+    let mut system = tokio::task::spawn_blocking(move || {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_stock_srv();
         system.start_order_api();
         system

@@ -197,7 +197,9 @@ impl Wf {
                     payload: &payload,
                     call: ctx.call(),
                     headers: &options.branch_headers,
-                    timeout: options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
+                    // The workflow's `request_timeout` bounds the coordinator's
+                    // callback (a whole run), not one step.
+                    timeout: DEFAULT_BRANCH_TIMEOUT,
                 };
                 dtm.branches().call(&request).await
             })
