@@ -122,16 +122,7 @@ impl HttpDtm {
             .post(format!("{}/prepareWorkflow", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(request.to_http_json()?);
-        let response = post.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
-        // Status only: the answer is data (a rollback reason may contain FAILURE).
-        if status != 200
-            && let Some(err) = ClientError::from_http(status, &body)
-        {
-            return Err(err);
-        }
-        crate::workflow::PreparedWorkflow::from_http_json(&body)
+        crate::workflow::PreparedWorkflow::from_http_json(&self.fetch(post).await?)
     }
 
     /// The caller for branch calls made by the application.
@@ -162,18 +153,24 @@ impl HttpDtm {
     /// `GET /query?gid=…`: the transaction and its branches.
     pub async fn query(&self, gid: &Gid) -> Result<QueryResult, ClientError> {
         let get = self.client.get(format!("{}/query", self.base)).query(&[("gid", gid.as_str())]);
-        let response = get.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        serde_json::from_str(&self.fetch(get).await?)
+            .map_err(|err| ClientError::Other(format!("unreadable query reply: {err}")))
+    }
+
+    /// Sends a request whose answer is data (`query`, `prepareWorkflow`)
+    /// and returns its body. Judged by the status only: a rollback reason
+    /// in the data may well contain the word FAILURE (dtm's body rule is
+    /// for results).
+    async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
+        let response = request.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
-        // Status only: the answer is data, and a rollback reason may well
-        // contain the word FAILURE (dtm's body rule is for results).
         if status != 200
             && let Some(err) = ClientError::from_http(status, &body)
         {
             return Err(err);
         }
-        serde_json::from_str(&body)
-            .map_err(|err| ClientError::Other(format!("unreadable query reply: {err}")))
+        Ok(body)
     }
 
     /// Sends, reads the body, and applies dtm's result rules.

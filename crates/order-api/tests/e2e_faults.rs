@@ -1,26 +1,17 @@
 //! End to end, real processes, with failures: a stock-srv instance killed
 //! in the middle of a run, and order-srv down when a saga starts. Every saga
-//! still completes: the coordinator retries until the branch answers.
+//! still completes: the coordinator retries until the branch answers. The
+//! same in workflow mode (`mod workflow`): an order interrupted by the
+//! fault is resumed through order-api's callback, its recorded steps
+//! replayed.
 
+#[macro_use]
 mod e2e_common;
 
 use std::time::Duration;
 
 use e2e_common::System;
 use serde_json::json;
-
-/// Both tests in both modes: `mod saga` and `mod workflow` (a workflow
-/// interrupted by the fault is resumed through order-api's callback).
-macro_rules! in_both_modes {
-    ($($test:ident),* $(,)?) => {
-        mod saga {
-            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("saga").await })*
-        }
-        mod workflow {
-            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("workflow").await })*
-        }
-    };
-}
 
 in_both_modes!(
     every_saga_completes_when_one_of_two_stock_instances_is_killed,

@@ -3,6 +3,7 @@
 //! `TransMode: workflow`, as a dtm workflow — bad inputs, and go-zero's etcd
 //! registration format.
 
+#[macro_use]
 mod e2e_common;
 
 use e2e_common::System;
@@ -18,18 +19,6 @@ async fn system() -> System {
 
 async fn system_in(mode: &'static str) -> System {
     tokio::task::spawn_blocking(move || System::start_in(mode)).await.expect("system starts")
-}
-
-/// The walkthroughs in both modes: `mod saga` and `mod workflow`.
-macro_rules! in_both_modes {
-    ($($test:ident),* $(,)?) => {
-        mod saga {
-            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("saga").await })*
-        }
-        mod workflow {
-            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("workflow").await })*
-        }
-    };
 }
 
 in_both_modes!(

@@ -162,13 +162,7 @@ impl BranchCaller {
             }
             BranchTarget::Empty => BranchResult::Success,
         };
-        let (outcome, ok) = match &result {
-            BranchResult::Success => ("success", true),
-            BranchResult::Failure(_) => ("failure", true),
-            BranchResult::Ongoing => ("ongoing", true),
-            BranchResult::Retry(_) => ("error", false),
-        };
-        service_kit::trace::record_outcome(&span, outcome, ok);
+        record_outcome(&span, &result);
         result
     }
 
@@ -301,6 +295,18 @@ impl BranchCaller {
             Err(_) => BranchResult::Retry(format!("no reply within {:?}", call.timeout)),
         }
     }
+}
+
+/// Writes a call's outcome on its span: an answer (even FAILURE) is a
+/// call that worked; only a transport problem is an error.
+fn record_outcome(span: &tracing::Span, result: &BranchResult) {
+    let (outcome, ok) = match result {
+        BranchResult::Success => ("success", true),
+        BranchResult::Failure(_) => ("failure", true),
+        BranchResult::Ongoing => ("ongoing", true),
+        BranchResult::Retry(_) => ("error", false),
+    };
+    service_kit::trace::record_outcome(span, outcome, ok);
 }
 
 /// Why a reply body could not be read whole.

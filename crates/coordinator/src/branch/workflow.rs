@@ -73,13 +73,7 @@ impl BranchCaller {
                 self.call_grpc(target, &grpc, traceparent.as_ref()).instrument(span.clone()).await
             }
         };
-        let (outcome, ok) = match &result {
-            BranchResult::Success => ("success", true),
-            BranchResult::Failure(_) => ("failure", true),
-            BranchResult::Ongoing => ("ongoing", true),
-            BranchResult::Retry(_) => ("error", false),
-        };
-        service_kit::trace::record_outcome(&span, outcome, ok);
+        super::record_outcome(&span, &result);
         result
     }
 }

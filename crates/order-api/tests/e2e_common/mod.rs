@@ -23,6 +23,20 @@ use etcd_client::{Client, GetOptions};
 use harness::{Etcd, GuardedProcess, MariaDb, ReadyLine, SystemSlot};
 use serde_json::Value;
 
+/// Declares each test `fn name(mode: &'static str)` twice, in `mod saga`
+/// and `mod workflow` (order-api's `TransMode`).
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod saga {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("saga").await })*
+        }
+        mod workflow {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("workflow").await })*
+        }
+    };
+}
+
 /// Where the workspace lives (for `etc/` and `cargo build`).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
