@@ -333,3 +333,65 @@ impl WfBranch {
         wf.recorded(&id, Op::Action, f).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use discovery::ChannelCache;
+
+    use super::*;
+
+    fn recorded(id: &str, op: Op, status: BranchStatus, data: &[u8]) -> Progress {
+        Progress { branch_id: BranchId::new(id).unwrap(), op, status, data: data.to_vec() }
+    }
+
+    /// A run whose every step is recorded never calls the coordinator (it
+    /// is unreachable here) nor runs a step again.
+    #[tokio::test(start_paused = true)]
+    async fn recorded_steps_are_replayed_not_run_and_recorded_rollbacks_are_skipped() {
+        let dtm = DtmClient::new("http://127.0.0.1:1/api/dtmsvr", ChannelCache::new()).unwrap();
+        let wf = Wf::new(
+            Gid::new("g1").unwrap(),
+            dtm,
+            TransOptions::default(),
+            vec![
+                recorded("01", Op::Action, BranchStatus::Succeed, b"r1"),
+                recorded("02", Op::Action, BranchStatus::Failed, b"out of stock"),
+                recorded("02", Op::Rollback, BranchStatus::Succeed, b""),
+                recorded("01", Op::Rollback, BranchStatus::Succeed, b""),
+            ],
+        );
+        let ran = Arc::new(AtomicUsize::new(0));
+        let step = |ran: Arc<AtomicUsize>| {
+            move |_ctx: BranchCtx| async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(b"fresh".to_vec())
+            }
+        };
+        let undo = |ran: Arc<AtomicUsize>| {
+            move |_ctx: BranchCtx| async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        let first = wf.branch().unwrap().on_rollback(undo(ran.clone())).action(step(ran.clone())).await;
+        assert_eq!(first.unwrap(), b"r1");
+        let second = wf.branch().unwrap().on_rollback(undo(ran.clone())).action(step(ran.clone())).await;
+        assert!(matches!(&second, Err(ClientError::Failure(m)) if m == "out of stock"), "{second:?}");
+        wf.phase2(true).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "nothing ran again");
+        let steps = wf.recorded_steps();
+        assert_eq!(steps.get(&("02".into(), "action".into())), Some(&false));
+        assert_eq!(steps.len(), 4);
+    }
+
+    /// Step ids follow the order the code reaches the steps: `01`, `02`, …
+    #[tokio::test(start_paused = true)]
+    async fn steps_get_consecutive_branch_ids() {
+        let dtm = DtmClient::new("http://127.0.0.1:1/api/dtmsvr", ChannelCache::new()).unwrap();
+        let wf = Wf::new(Gid::new("g2").unwrap(), dtm, TransOptions::default(), Vec::new());
+        let ids: Vec<String> = (0..3).map(|_| wf.branch().unwrap().id().to_string()).collect();
+        assert_eq!(ids, ["01", "02", "03"]);
+    }
+}
