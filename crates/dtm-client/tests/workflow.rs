@@ -269,3 +269,46 @@ async fn tcc_steps_confirm_newest_first_on_success() {
     );
     assert_eq!(coordinator.status(gid.as_str()).await, Some(TransStatus::Succeed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_workflow_is_resumed_through_the_grpc_callback() {
+    let coordinator = InProcess::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = effects_db(&dir).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!("{}/workflow.Workflow/Execute", listener.local_addr().unwrap());
+    let gid = Gid::random();
+
+    // Interrupted after step 2, as above; this time over dtm's gRPC API.
+    let first = Workflows::new(coordinator.grpc_client(), callback.clone());
+    register(&first, pool.clone(), Some(Arc::new(Notify::new())));
+    let run = tokio::spawn({
+        let (first, gid) = (first.clone(), gid.clone());
+        async move { first.execute("order", &gid, b"ok").await }
+    });
+    harness::wait_until("steps 1 and 2 recorded", Duration::from_secs(10), async || {
+        match coordinator.branches(gid.as_str()).await.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} progresses")),
+        }
+    })
+    .await;
+    run.abort();
+    let _ = run.await;
+
+    let second = Workflows::new(coordinator.grpc_client(), callback);
+    register(&second, pool.clone(), None);
+    let service = second.grpc_service();
+    let _server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    assert_eq!(coordinator.wait_final(gid.as_str(), Duration::from_secs(30)).await, TransStatus::Succeed);
+    assert_eq!(
+        effects(&pool, gid.as_str()).await,
+        pairs(&[("01", "action"), ("02", "action"), ("03", "action")]),
+        "each step executed exactly once"
+    );
+}

@@ -42,11 +42,14 @@
 //!
 //! Any other error (a branch or the coordinator unreachable) stops the run
 //! without a submit: the workflow stays `prepared`, and the coordinator
-//! calls the callback ([`Workflows::router`]) until a run finishes it. In
+//! calls the callback ([`Workflows::router`] over HTTP, or
+//! [`Workflows::grpc_service`], dtm's `workflow.Workflow/Execute`) until a
+//! run finishes it. In
 //! one process a gid runs at most once at a time; a callback arriving
 //! while it runs is answered ONGOING (425).
 
 mod context;
+mod grpc;
 mod progress;
 
 use std::collections::{HashMap, HashSet};
@@ -61,6 +64,7 @@ use base64::Engine as _;
 use dtm_protocol::{Gid, GlobalStatus, TransType};
 
 pub use context::{BranchCtx, StepResult, Wf, WfBranch};
+pub use grpc::WorkflowService;
 pub use progress::{PreparedWorkflow, Progress};
 
 use crate::{ClientError, DtmClient, TransOptions, TransRequest};
