@@ -212,7 +212,8 @@ pub async fn run(settings: &Settings, spec: &ModeSpec, cancel: &CancellationToke
 /// error, whatever was started is stopped and the databases dropped.
 pub async fn start(settings: &Settings, spec: &ModeSpec) -> anyhow::Result<Running> {
     // A variant runs beside the plain mode, on databases of its own.
-    let variant = if matches!(spec, ModeSpec::Http { variant } if !variant.is_empty()) { "_variant" } else { "" };
+    let variant =
+        if matches!(spec, ModeSpec::Http { variant } if !variant.is_empty()) { "_variant" } else { "" };
     let prefix = format!("qob_{}_{}{variant}", settings.run_id, spec.name());
     let mut dbs = Databases::open(&settings.server, prefix).await?;
     let mut parts = Parts::default();

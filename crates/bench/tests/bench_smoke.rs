@@ -114,7 +114,10 @@ fn compare_measures_a_coordinator_setting_beside_the_shipped_one() {
             .iter()
             .find(|r| r["name"] == "http ATTEMPTS_RECORD=false / http" && r["measure"] == measure)
             .unwrap_or_else(|| panic!("no {measure} ratio of the variant: {ratios:#?}"));
-        assert_eq!((&ratio["numerator"], &ratio["denominator"]), (&variant.into(), &"http quickCreate".into()));
+        assert_eq!(
+            (&ratio["numerator"], &ratio["denominator"]),
+            (&variant.into(), &"http quickCreate".into())
+        );
         assert_eq!(ratio["rounds"].as_array().map(Vec::len), Some(2), "{ratio:#}");
     }
 
@@ -122,7 +125,16 @@ fn compare_measures_a_coordinator_setting_beside_the_shipped_one() {
     let server = mariadb().url();
     let _turn = one_at_a_time();
     let output = Command::new(bench_tool())
-        .args(["http", "--variant", "ATTEMPTS_RECORD=maybe", "--requests", "5", "--quiet", "--mysql", &server])
+        .args([
+            "http",
+            "--variant",
+            "ATTEMPTS_RECORD=maybe",
+            "--requests",
+            "5",
+            "--quiet",
+            "--mysql",
+            &server,
+        ])
         .env_remove("RUST_LOG")
         .output()
         .expect("run quickorder-bench");

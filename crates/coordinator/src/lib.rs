@@ -1,5 +1,5 @@
-//! A dtm-compatible transaction coordinator: sagas, TCC and 2-phase messages
-//! (XA and workflow are not processed yet).
+//! A dtm-compatible transaction coordinator: sagas, TCC, 2-phase messages
+//! and workflows (XA is not processed yet).
 //!
 //! Clients speak dtm's protocol to it — the HTTP API under `/api/dtmsvr`
 //! and the gRPC service `dtmgimp.Dtm` — so dtm's SDKs, and the demo's
@@ -9,7 +9,7 @@
 //!   ([`model::TransRequest::from_input`] is the single validation path);
 //! * [`engine`] — the [`Engine`] facade the APIs call, the per-type
 //!   processing rules (saga: [`engine::saga`]; TCC and messages in one
-//!   sequence module), retry timing
+//!   sequence module; workflows: [`engine::workflow`]), retry timing
 //!   ([`engine::retry`]) and the recovery poller;
 //! * [`store`] — durable state behind the [`store::Store`] trait, with
 //!   MySQL/MariaDB, PostgreSQL and SQLite implementations over dtm's own

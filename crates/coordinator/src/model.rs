@@ -640,6 +640,14 @@ pub enum RegisteredUrls {
         /// Phase-2 URL.
         url: BranchUrl,
     },
+    /// Workflow: no URL, one progress row with the op and final status the
+    /// SDK recorded (`crate::engine::workflow`).
+    Workflow {
+        /// `action`, `commit` or `rollback`.
+        op: dtm_protocol::Op,
+        /// `succeed` or `failed`.
+        status: BranchStatus,
+    },
 }
 
 impl RegisterBranchRequest {
@@ -659,6 +667,7 @@ impl RegisterBranchRequest {
         let urls = match trans_type {
             TransType::Tcc => RegisteredUrls::Tcc { confirm: url("confirm")?, cancel: url("cancel")? },
             TransType::Xa => RegisteredUrls::Xa { url: url("url")? },
+            TransType::Workflow => workflow_progress(get("op"), get("status"))?,
             other => return Err(invalid("trans_type", format!("cannot register a branch of a {other}"))),
         };
         let data = payload.unwrap_or_else(|| get("data").as_bytes().to_vec());
@@ -667,6 +676,22 @@ impl RegisterBranchRequest {
         }
         Ok(RegisterBranchRequest { gid, trans_type, branch_id, data, urls })
     }
+}
+
+/// A workflow progress's `op` and `status` (dtm's workflow SDK records
+/// `action`, `commit` and `rollback` steps as `succeed` or `failed`).
+fn workflow_progress(op: &str, status: &str) -> Result<RegisteredUrls, InvalidInput> {
+    let op: dtm_protocol::Op =
+        op.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("op", e.to_string()))?;
+    if !matches!(op, dtm_protocol::Op::Action | dtm_protocol::Op::Commit | dtm_protocol::Op::Rollback) {
+        return Err(invalid("op", format!("a workflow records action, commit or rollback, not {op}")));
+    }
+    let status: BranchStatus =
+        status.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("status", e.to_string()))?;
+    if status == BranchStatus::Prepared {
+        return Err(invalid("status", "a workflow progress is succeed or failed"));
+    }
+    Ok(RegisteredUrls::Workflow { op, status })
 }
 
 #[cfg(test)]

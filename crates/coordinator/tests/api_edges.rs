@@ -422,8 +422,9 @@ async fn grpc_api_submits_sagas_and_maps_outcomes_to_dtms_codes() {
     duplicate.trans_options = None;
     assert_eq!(dtm.submit(duplicate).await.unwrap_err().code(), Code::Aborted, "final saga refuses submit");
 
+    // Workflows are served (engine_workflow.rs); a request without a gid is refused.
     let status = dtm.prepare_workflow(DtmRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::InvalidArgument);
 
     let channel =
         tonic::transport::Endpoint::from_shared(coordinator.grpc.clone()).unwrap().connect().await.unwrap();

@@ -119,6 +119,18 @@ impl DtmClient {
         }
     }
 
+    /// `prepareWorkflow`: stores a workflow as `prepared` (or finds it
+    /// stored) and returns it with its recorded progress ([`crate::workflow`]).
+    pub async fn prepare_workflow(
+        &self,
+        request: &TransRequest,
+    ) -> Result<crate::workflow::PreparedWorkflow, ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.prepare_workflow(request).await,
+            DtmClient::Http(dtm) => dtm.prepare_workflow(request).await,
+        }
+    }
+
     /// Calls the application makes to branches (try, check-back).
     pub(crate) fn branches(&self) -> &BranchCaller {
         match self {

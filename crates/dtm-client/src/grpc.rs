@@ -105,6 +105,16 @@ impl GrpcDtm {
         self.call(client.delete_topic(self.request(topic_request(topic, "", "")))).await
     }
 
+    /// `PrepareWorkflow`: stores a workflow (or finds it) and returns its progress.
+    pub async fn prepare_workflow(
+        &self,
+        request: &TransRequest,
+    ) -> Result<crate::workflow::PreparedWorkflow, ClientError> {
+        let mut client = self.client().await?;
+        let reply = self.call(client.prepare_workflow(self.trans_request(request))).await?;
+        crate::workflow::PreparedWorkflow::from_grpc(reply)
+    }
+
     /// The caller for branch calls made by the application.
     pub(crate) fn branches(&self) -> &BranchCaller {
         &self.branches

@@ -113,6 +113,19 @@ impl HttpDtm {
         self.post("registerBranch", branch.to_http_json()?, None).await
     }
 
+    /// `POST /prepareWorkflow`: stores a workflow (or finds it) and returns its progress.
+    pub async fn prepare_workflow(
+        &self,
+        request: &TransRequest,
+    ) -> Result<crate::workflow::PreparedWorkflow, ClientError> {
+        let post = self
+            .client
+            .post(format!("{}/prepareWorkflow", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.to_http_json()?);
+        crate::workflow::PreparedWorkflow::from_http_json(&self.fetch(post).await?)
+    }
+
     /// The caller for branch calls made by the application.
     pub(crate) fn branches(&self) -> &BranchCaller {
         &self.branches
@@ -179,16 +192,23 @@ impl HttpDtm {
         self.get_data("scanKV", &[("cat", cat), ("position", position), ("limit", &limit)]).await
     }
 
-    /// A `GET` whose answer is data: judged by the status only, since the
-    /// data may well contain the word FAILURE (a rollback reason, a
-    /// remark; dtm's body rule is for results).
+    /// A `GET` whose answer is data, decoded.
     async fn get_data<T: serde::de::DeserializeOwned>(
         &self,
         route: &str,
         query: &[(&str, &str)],
     ) -> Result<T, ClientError> {
         let get = self.client.get(format!("{}/{route}", self.base)).query(query);
-        let response = get.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
+        serde_json::from_str(&self.fetch(get).await?)
+            .map_err(|err| ClientError::Other(format!("unreadable {route} reply: {err}")))
+    }
+
+    /// Sends a request whose answer is data (`query`, `prepareWorkflow`,
+    /// the KV routes) and returns its body. Judged by the status only: the
+    /// data may well contain the word FAILURE (a rollback reason, a remark;
+    /// dtm's body rule is for results).
+    async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
+        let response = request.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
         if status != 200
@@ -196,8 +216,7 @@ impl HttpDtm {
         {
             return Err(err);
         }
-        serde_json::from_str(&body)
-            .map_err(|err| ClientError::Other(format!("unreadable {route} reply: {err}")))
+        Ok(body)
     }
 
     /// Sends, reads the body, and applies dtm's result rules.

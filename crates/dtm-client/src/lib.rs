@@ -31,6 +31,9 @@
 //!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay;
 //!   a step may go to every subscriber of a topic ([`Msg::add_topic_json`],
 //!   [`DtmClient::subscribe`]).
+//! * [`workflow`] runs dtm's workflow mode: a registered async function
+//!   whose saga, TCC (and, with the `xa` module, XA) steps are recorded by
+//!   the coordinator and replayed, never re-run, when a crash resumes it.
 //!
 //! Every transaction type works over both APIs; what differs is only the
 //! payload encoding (protobuf bytes for gRPC branches, JSON for HTTP ones).
@@ -161,6 +164,7 @@ pub mod query;
 pub mod saga;
 pub mod tcc;
 pub mod trans;
+pub mod workflow;
 
 pub use branch::{BranchIdGen, TccBranch};
 pub use client::{DEFAULT_TIMEOUT, DtmClient};

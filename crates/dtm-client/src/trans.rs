@@ -69,6 +69,8 @@ pub struct TransRequest {
     pub query_prepared: String,
     /// Reason recorded by `abort` (empty otherwise).
     pub rollback_reason: String,
+    /// A workflow's submit: `status`, `rollback_reason`, `result` (dtm's `ReqExtra`).
+    pub req_extra: BTreeMap<String, String>,
     /// The caller's W3C trace context, sent beside the request as the
     /// `traceparent`/`tracestate` header (HTTP) or metadata (gRPC), not in
     /// dtm's body: the coordinator stores it with the transaction and
@@ -105,6 +107,8 @@ struct HttpBody<'a> {
     protocol: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     rollback_reason: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    req_extra: &'a BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -128,6 +132,7 @@ impl TransRequest {
             concurrent: false,
             query_prepared: String::new(),
             rollback_reason: String::new(),
+            req_extra: BTreeMap::new(),
             trace: None,
         }
     }
@@ -152,7 +157,7 @@ impl TransRequest {
             query_prepared: self.query_prepared.clone(),
             // Go marshals a nil step list as "null"; we always have a list.
             steps: serde_json::to_string(&self.steps).unwrap_or_else(|_| "[]".to_string()),
-            req_extra: Default::default(),
+            req_extra: self.req_extra.clone().into_iter().collect(),
             rollback_reason: self.rollback_reason.clone(),
         }
     }
@@ -189,6 +194,7 @@ impl TransRequest {
             query_prepared: &self.query_prepared,
             protocol: "",
             rollback_reason: &self.rollback_reason,
+            req_extra: &self.req_extra,
         };
         serde_json::to_string(&body).map_err(|err| ClientError::InvalidArgument(err.to_string()))
     }
@@ -221,6 +227,28 @@ impl RegisterBranch {
             urls: BTreeMap::from([
                 ("confirm".to_string(), confirm.to_string()),
                 ("cancel".to_string(), cancel.to_string()),
+            ]),
+        }
+    }
+
+    /// A workflow progress (dtm's workflow `registerBranch`): step
+    /// `branch_id`'s `op` ended with `status` (`succeed`/`failed`) and
+    /// `data` (its result, or the failure's message).
+    pub fn workflow_progress(
+        gid: Gid,
+        branch_id: BranchId,
+        op: dtm_protocol::Op,
+        status: dtm_protocol::BranchStatus,
+        data: Vec<u8>,
+    ) -> RegisterBranch {
+        RegisterBranch {
+            gid,
+            trans_type: TransType::Workflow,
+            branch_id,
+            data,
+            urls: BTreeMap::from([
+                ("op".to_string(), op.as_str().to_string()),
+                ("status".to_string(), status.as_str().to_string()),
             ]),
         }
     }

@@ -32,6 +32,19 @@ fn default_submit_wait_ms() -> u64 {
     3000
 }
 
+/// How `quickCreate` runs its two steps (`TransMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransMode {
+    /// A saga submitted to the coordinator, which calls the branches (the article's).
+    #[default]
+    Saga,
+    /// dtm's workflow mode: order-api calls the branches itself, each
+    /// step recorded by the coordinator, which resumes an interrupted
+    /// order through order-api's callback (`crate::workflow`).
+    Workflow,
+}
+
 /// The whole file. Unknown keys are errors (a typo must not silently fall
 /// back to a default).
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +117,14 @@ pub struct Config {
     /// `<this>/deduct`, `<this>/deductRollback`.
     #[serde(default)]
     pub stock_http_url: Option<String>,
+    /// `saga` (default) or `workflow`: how `quickCreate` runs.
+    #[serde(default)]
+    pub trans_mode: TransMode,
+    /// Where the coordinator calls back to resume an interrupted workflow
+    /// (`TransMode: workflow`). Absent: `http://<Host>:<bound port>/api/workflow/resume`,
+    /// with `127.0.0.1` for a `Host` of `0.0.0.0` (a coordinator on this machine).
+    #[serde(default)]
+    pub workflow_callback_url: Option<String>,
     /// go-zero's `Prometheus` block: the metrics listener (`Host`, `Port`,
     /// `Path`); absent or with an empty `Host`: none.
     #[serde(default)]
@@ -129,7 +150,11 @@ impl Config {
         if self.dtm_timeout == 0 {
             return Err(("DtmTimeout".into(), "must be positive".into()));
         }
-        for (key, url) in [("OrderHttpUrl", &self.order_http_url), ("StockHttpUrl", &self.stock_http_url)] {
+        for (key, url) in [
+            ("OrderHttpUrl", &self.order_http_url),
+            ("StockHttpUrl", &self.stock_http_url),
+            ("WorkflowCallbackUrl", &self.workflow_callback_url),
+        ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
@@ -206,6 +231,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.validate().unwrap_err().0, "StockHttpUrl");
+    }
+
+    #[test]
+    fn the_saga_is_the_default_and_workflow_the_switch() {
+        assert_eq!(parse(DEMO).unwrap().trans_mode, TransMode::Saga);
+        let config = parse(&format!("{DEMO}TransMode: workflow\n")).unwrap();
+        assert_eq!(config.trans_mode, TransMode::Workflow);
+        assert!(parse(&format!("{DEMO}TransMode: xa\n")).is_err());
+        let config = parse(&format!("{DEMO}WorkflowCallbackUrl: localhost:1/x\n")).unwrap();
+        assert_eq!(config.validate().unwrap_err().0, "WorkflowCallbackUrl");
     }
 
     #[test]

@@ -35,6 +35,7 @@
 //! | [`svc`] | `internal/svc/serviceContext.go` |
 //! | [`types`] | `internal/types/types.go` |
 //! | [`error`] | `httpx.Error` + an error handler |
+//! | [`workflow`] | the quick order as a dtm workflow (`TransMode: workflow`) |
 
 pub mod config;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod handler;
 pub mod logic;
 pub mod svc;
 pub mod types;
+pub mod workflow;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,6 +101,10 @@ pub async fn build(config: Config) -> Result<Server, StartError> {
     let listener = TcpListener::bind(&addr).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     let (max_connections, drain_timeout) = (svc.config.max_conns, svc.config.request_timeout());
+    if let Some(workflows) = &svc.workflows {
+        workflows.set_callback(workflow::callback_url(&svc.config, local_addr));
+    }
+    let callback = svc.workflows.as_ref().map(|w| w.router(workflow::CALLBACK_PATH));
     let metrics = svc.metrics.clone();
     let metrics_server = match &svc.config.prometheus {
         Some(conf) => MetricsServer::bind(conf, &metrics).await?,
@@ -107,7 +113,10 @@ pub async fn build(config: Config) -> Result<Server, StartError> {
     Ok(Server {
         listener,
         local_addr,
-        app: metrics.instrument_http(handler::routes(svc)),
+        app: metrics.instrument_http(match callback {
+            Some(callback) => handler::routes(svc).merge(callback),
+            None => handler::routes(svc),
+        }),
         max_connections,
         drain_timeout,
         on_ready: None,

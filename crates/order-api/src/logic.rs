@@ -24,11 +24,79 @@ use proto::stock::{
     DEDUCT_HTTP, DEDUCT_PATH, DEDUCT_ROLLBACK_HTTP, DEDUCT_ROLLBACK_PATH, DeductBody, DeductReq,
 };
 
+use prost::Message as _;
 use tracing::Instrument;
 
+use crate::config::TransMode;
 use crate::error::ApiError;
 use crate::svc::ServiceContext;
 use crate::types::{BranchView, OrderStatus, QuickCreateReq, QuickCreateResp, SagaView};
+
+/// Where the two steps' branches are: the gRPC prefixes from the
+/// `RpcClientConf`s, and the HTTP bases when `OrderHttpUrl`/`StockHttpUrl`
+/// are set. The saga and the workflow build their steps from it alike.
+#[derive(Debug, Clone)]
+pub struct BranchBases {
+    /// `etcd://127.0.0.1:2379/order.rpc` (or an endpoint): order branch URL prefix.
+    pub order_rpc: String,
+    /// The same for stock-srv.
+    pub stock_rpc: String,
+    /// `OrderHttpUrl` without a trailing `/`: when set, the order step
+    /// goes to order-srv's HTTP branches instead.
+    pub order_http: Option<String>,
+    /// `StockHttpUrl`, the same for the stock step.
+    pub stock_http: Option<String>,
+}
+
+/// One step of the quick order: its action, its compensation, and the
+/// payload both receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderStep {
+    /// Forward branch URL.
+    pub action: String,
+    /// Undo branch URL.
+    pub compensate: String,
+    /// Protobuf (gRPC URLs) or JSON (HTTP URLs).
+    pub payload: Vec<u8>,
+}
+
+impl BranchBases {
+    /// Step 1 creates the order, step 2 deducts the stock. Each over gRPC
+    /// (protobuf payload) or, when its HTTP URL is configured, over dtm's
+    /// HTTP branch protocol (JSON payload; the paths and bodies order-srv
+    /// and stock-srv serve, from `proto`). Writing a body of integers
+    /// cannot fail; the error is passed on all the same.
+    pub fn steps(&self, req: &QuickCreateReq) -> Result<[OrderStep; 2], serde_json::Error> {
+        let create = CreateReq { user_id: req.user_id, goods_id: req.goods_id, num: req.num };
+        let deduct = DeductReq { goods_id: req.goods_id, num: req.num };
+        let (order, stock) = (&self.order_rpc, &self.stock_rpc);
+        let order_step = match &self.order_http {
+            Some(base) => OrderStep {
+                action: format!("{base}{CREATE_HTTP}"),
+                compensate: format!("{base}{CREATE_ROLLBACK_HTTP}"),
+                payload: serde_json::to_vec(&CreateBody::from(&create))?,
+            },
+            None => OrderStep {
+                action: format!("{order}{CREATE_PATH}"),
+                compensate: format!("{order}{CREATE_ROLLBACK_PATH}"),
+                payload: create.encode_to_vec(),
+            },
+        };
+        let stock_step = match &self.stock_http {
+            Some(base) => OrderStep {
+                action: format!("{base}{DEDUCT_HTTP}"),
+                compensate: format!("{base}{DEDUCT_ROLLBACK_HTTP}"),
+                payload: serde_json::to_vec(&DeductBody::from(&deduct))?,
+            },
+            None => OrderStep {
+                action: format!("{stock}{DEDUCT_PATH}"),
+                compensate: format!("{stock}{DEDUCT_ROLLBACK_PATH}"),
+                payload: deduct.encode_to_vec(),
+            },
+        };
+        Ok([order_step, stock_step])
+    }
+}
 
 /// Creates the order and deducts the stock in one saga; returns the HTTP
 /// status with the answer: 200 succeed, 409 failed, 202 submitted.
@@ -46,34 +114,15 @@ pub async fn quick_create(
     let gid = Gid::random();
     tracing::Span::current().record("gid", gid.as_str());
 
-    let create = CreateReq { user_id: req.user_id, goods_id: req.goods_id, num: req.num };
-    let deduct = DeductReq { goods_id: req.goods_id, num: req.num };
-    let (order, stock) = (&svc.order_rpc, &svc.stock_rpc);
-    // Each step over gRPC (protobuf payload) or, when its HTTP URL is
-    // configured, over dtm's HTTP branch protocol (JSON payload; the paths
-    // and bodies order-srv and stock-srv serve, from `proto`). Writing a
-    // body of integers cannot fail; the error is mapped all the same.
-    let saga = Saga::new(gid.clone());
-    let saga = match &svc.order_http {
-        Some(base) => saga
-            .add_json(
-                format!("{base}{CREATE_HTTP}"),
-                format!("{base}{CREATE_ROLLBACK_HTTP}"),
-                &CreateBody::from(&create),
-            )
-            .map_err(|err| ApiError::bad_body(err.to_string()))?,
-        None => saga.add(format!("{order}{CREATE_PATH}"), format!("{order}{CREATE_ROLLBACK_PATH}"), &create),
-    };
-    let saga = match &svc.stock_http {
-        Some(base) => saga
-            .add_json(
-                format!("{base}{DEDUCT_HTTP}"),
-                format!("{base}{DEDUCT_ROLLBACK_HTTP}"),
-                &DeductBody::from(&deduct),
-            )
-            .map_err(|err| ApiError::bad_body(err.to_string()))?,
-        None => saga.add(format!("{stock}{DEDUCT_PATH}"), format!("{stock}{DEDUCT_ROLLBACK_PATH}"), &deduct),
-    };
+    if svc.config.trans_mode == TransMode::Workflow {
+        return crate::workflow::quick_create(svc, &gid, &req).await;
+    }
+    let saga = svc
+        .branches
+        .steps(&req)
+        .map_err(|err| ApiError::bad_body(err.to_string()))?
+        .into_iter()
+        .fold(Saga::new(gid.clone()), |saga, step| saga.add_raw(step.action, step.compensate, step.payload));
     // The coordinator call is a client span; the coordinator continues the
     // trace from it (and stores it, for the retries).
     let submit_span = tracing::info_span!(
@@ -148,7 +197,10 @@ fn submit_outcome(submitted: &Result<Result<(), ClientError>, tokio::time::error
 /// answer is 503 *with the gid*: the saga may still be stored a moment
 /// later, so the client should look it up before ordering again, or it may
 /// order twice.
-async fn settle_unknown(svc: &ServiceContext, gid: &Gid) -> Result<(StatusCode, QuickCreateResp), ApiError> {
+pub(crate) async fn settle_unknown(
+    svc: &ServiceContext,
+    gid: &Gid,
+) -> Result<(StatusCode, QuickCreateResp), ApiError> {
     let resp = |status| QuickCreateResp { gid: gid.as_str().to_string(), status, reason: None };
     match query(svc, gid).await {
         Ok(view) => match view.status.as_str() {
@@ -230,7 +282,7 @@ fn status_name(status: TransStatus) -> &'static str {
 /// What the client is told about a rollback. The stock branch can only say
 /// `FAILURE` (dtm's protocol has no room for details), and the only business
 /// failure in this saga is the stock's.
-fn failure_reason(coordinator_says: &str) -> String {
+pub(crate) fn failure_reason(coordinator_says: &str) -> String {
     if coordinator_says.trim().is_empty() || coordinator_says.contains(dtm_protocol::FAILURE) {
         "insufficient stock or unknown goods".to_string()
     } else {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use discovery::ChannelCache;
 use dtm_client::{ClientError, DtmClient};
 
-use crate::config::{Config, branch_base};
+use crate::config::{Config, TransMode, branch_base};
+use crate::logic::BranchBases;
 
 /// Shared by all requests; cheap to clone.
 #[derive(Debug, Clone)]
@@ -22,15 +23,11 @@ pub struct ServiceContext {
     pub dtm: DtmClient,
     /// The coordinator's HTTP API, for queries (dtm has no gRPC query).
     pub dtm_query: Option<DtmClient>,
-    /// `etcd://127.0.0.1:2379/order.rpc` (or an endpoint): order branch URL prefix.
-    pub order_rpc: String,
-    /// The same for stock-srv.
-    pub stock_rpc: String,
-    /// `OrderHttpUrl` without a trailing `/`: when set, the order step
-    /// goes to order-srv's HTTP branches instead.
-    pub order_http: Option<String>,
-    /// `StockHttpUrl`, the same for the stock step.
-    pub stock_http: Option<String>,
+    /// Where the two steps' branches are.
+    pub branches: BranchBases,
+    /// `TransMode: workflow`: the quick order as a workflow, and its
+    /// callback (`crate::workflow`); `None` in saga mode.
+    pub workflows: Option<dtm_client::workflow::Workflows>,
     /// This service's metrics: its HTTP requests (`http_server_*`) and its
     /// calls to the coordinator (`dtm_client_*`).
     pub metrics: service_kit::Metrics,
@@ -75,14 +72,15 @@ impl ServiceContext {
         let stock_rpc = base("StockRpcConf", &config.stock_rpc_conf)?;
         let http = |url: &Option<String>| url.as_deref().map(|u| u.trim_end_matches('/').to_string());
         let (order_http, stock_http) = (http(&config.order_http_url), http(&config.stock_http_url));
+        let branches = BranchBases { order_rpc, stock_rpc, order_http, stock_http };
+        let workflows = (config.trans_mode == TransMode::Workflow)
+            .then(|| crate::workflow::workflows(&dtm, &branches, &config));
         Ok(ServiceContext {
             config: Arc::new(config),
             dtm,
             dtm_query,
-            order_rpc,
-            stock_rpc,
-            order_http,
-            stock_http,
+            branches,
+            workflows,
             metrics: service_kit::Metrics::new(),
         })
     }

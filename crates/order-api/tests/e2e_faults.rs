@@ -1,7 +1,11 @@
 //! End to end, real processes, with failures: a stock-srv instance killed
 //! in the middle of a run, and order-srv down when a saga starts. Every saga
-//! still completes: the coordinator retries until the branch answers.
+//! still completes: the coordinator retries until the branch answers. The
+//! same in workflow mode (`mod workflow`): an order interrupted by the
+//! fault is resumed through order-api's callback, its recorded steps
+//! replayed.
 
+#[macro_use]
 mod e2e_common;
 
 use std::time::Duration;
@@ -9,10 +13,15 @@ use std::time::Duration;
 use e2e_common::System;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_saga_completes_when_one_of_two_stock_instances_is_killed() {
-    let mut system = tokio::task::spawn_blocking(|| {
+in_both_modes!(
+    every_saga_completes_when_one_of_two_stock_instances_is_killed,
+    a_saga_started_while_order_srv_is_down_completes_once_it_is_up
+);
+
+async fn every_saga_completes_when_one_of_two_stock_instances_is_killed(mode: &'static str) {
+    let mut system = tokio::task::spawn_blocking(move || {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_order_srv();
         system.start_stock_srv();
         system.start_stock_srv();
@@ -60,10 +69,10 @@ async fn every_saga_completes_when_one_of_two_stock_instances_is_killed() {
     assert!(orders.iter().all(|o| o.1 == 0), "{orders:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_saga_started_while_order_srv_is_down_completes_once_it_is_up() {
-    let mut system = tokio::task::spawn_blocking(|| {
+async fn a_saga_started_while_order_srv_is_down_completes_once_it_is_up(mode: &'static str) {
+    let mut system = tokio::task::spawn_blocking(move || {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_stock_srv();
         system.start_order_api();
         system

@@ -1,7 +1,9 @@
 //! End to end, real processes: the article's two walkthroughs (a successful
-//! quick order; one with too little stock), bad inputs, and go-zero's etcd
+//! quick order; one with too little stock) — as a saga and, with
+//! `TransMode: workflow`, as a dtm workflow — bad inputs, and go-zero's etcd
 //! registration format.
 
+#[macro_use]
 mod e2e_common;
 
 use e2e_common::System;
@@ -12,12 +14,20 @@ fn row(branch: &str, op: &str, reason: &str) -> (String, String, String) {
 }
 
 async fn system() -> System {
-    tokio::task::spawn_blocking(System::start).await.expect("system starts")
+    system_in("saga").await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_successful_order_creates_the_order_and_deducts_the_stock() {
-    let system = system().await;
+async fn system_in(mode: &'static str) -> System {
+    tokio::task::spawn_blocking(move || System::start_in(mode)).await.expect("system starts")
+}
+
+in_both_modes!(
+    a_successful_order_creates_the_order_and_deducts_the_stock,
+    insufficient_stock_rolls_the_order_back
+);
+
+async fn a_successful_order_creates_the_order_and_deducts_the_stock(mode: &'static str) {
+    let system = system_in(mode).await;
     assert_eq!(system.stock(1).await, Some(100));
 
     let (status, answer) = system.quick_create(&json!({"userId": 1, "goodsId": 1, "num": 1})).await;
@@ -47,16 +57,21 @@ async fn a_successful_order_creates_the_order_and_deducts_the_stock() {
         reqwest::get(format!("{}/order/status/{gid}", system.api())).await.unwrap().json().await.unwrap();
     assert_eq!(view["status"], "succeed", "{view}");
     let branches = view["branches"].as_array().unwrap();
-    assert_eq!(branches.len(), 4, "{view}");
-    assert!(
-        branches.iter().any(|b| b["url"].as_str().unwrap().ends_with("/order.rpc/pb.order/create")),
-        "branch URLs are go-zero etcd targets: {view}"
-    );
+    if mode == "saga" {
+        assert_eq!(branches.len(), 4, "{view}");
+        assert!(
+            branches.iter().any(|b| b["url"].as_str().unwrap().ends_with("/order.rpc/pb.order/create")),
+            "branch URLs are go-zero etcd targets: {view}"
+        );
+    } else {
+        // A workflow's rows are the progress order-api recorded: two actions.
+        let steps: Vec<_> = branches.iter().map(|b| (b["branchId"].clone(), b["op"].clone())).collect();
+        assert_eq!(steps, [(json!("01"), json!("action")), (json!("02"), json!("action"))], "{view}");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn insufficient_stock_rolls_the_order_back() {
-    let system = system().await;
+async fn insufficient_stock_rolls_the_order_back(mode: &'static str) {
+    let system = system_in(mode).await;
     let (status, answer) = system.quick_create(&json!({"userId": 1, "goodsId": 1, "num": 101})).await;
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["status"], "failed");
@@ -67,14 +82,16 @@ async fn insufficient_stock_rolls_the_order_back() {
     assert_eq!(system.orders().await, vec![(gid.clone(), -1, 1, 1, 101)], "the order exists, rolled back");
     // The article's four rows: the order's action + compensation; the
     // stock's null compensation (action row written by the compensation) +
-    // compensation. The failed deduction left no row.
+    // compensation. The failed deduction left no row. A workflow's undo op
+    // is `rollback`.
+    let undo = if mode == "saga" { "compensate" } else { "rollback" };
     assert_eq!(
         system.barrier_rows(&gid).await,
         vec![
             row("01", "action", "action"),
-            row("01", "compensate", "compensate"),
-            row("02", "action", "compensate"),
-            row("02", "compensate", "compensate"),
+            row("01", undo, undo),
+            row("02", "action", undo),
+            row("02", undo, undo),
         ]
     );
 }

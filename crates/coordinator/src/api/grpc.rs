@@ -1,9 +1,8 @@
 //! dtm's gRPC API (`/dtmgimp.Dtm/…`, tonic), as dtm's gRPC SDKs call it.
 //!
-//! `NewGid`, `Submit`, `Prepare`, `Abort`, `RegisterBranch` and the topic
-//! RPCs (`Subscribe`, `Unsubscribe`, `DeleteTopic`: [`crate::topics`]) are
-//! implemented; `PrepareWorkflow` answers `Unimplemented` with a message
-//! saying so.
+//! `NewGid`, `Submit`, `Prepare`, `Abort`, `RegisterBranch`,
+//! `PrepareWorkflow` and the topic RPCs (`Subscribe`, `Unsubscribe`,
+//! `DeleteTopic`: [`crate::topics`]) are implemented.
 //!
 //! Mapping of a `DtmRequest` (dtm's `dtmgpb/dtmgimp.proto`): `Steps` is a JSON *string* holding the
 //! same array of maps as the HTTP API; `BinPayloads` are raw bytes (the
@@ -20,7 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::dtmgimp::dtm_server::Dtm;
-use proto::dtmgimp::{DtmBranchRequest, DtmGidReply, DtmProgressesReply, DtmRequest, DtmTopicRequest};
+use proto::dtmgimp::{
+    DtmBranchRequest, DtmGidReply, DtmProgress, DtmProgressesReply, DtmRequest, DtmTopicRequest,
+    DtmTransaction,
+};
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -161,9 +163,14 @@ impl Dtm for DtmService {
 
     async fn prepare_workflow(
         &self,
-        _request: Request<DtmRequest>,
+        request: Request<DtmRequest>,
     ) -> Result<Response<DtmProgressesReply>, Status> {
-        Err(Status::unimplemented("workflow transactions are not supported by this coordinator"))
+        let (span, request) = traced("prepareWorkflow", request);
+        self.serve(
+            "prepareworkflow",
+            async { Ok(progresses_reply(self.engine.prepare_workflow(request?).await?)) }.instrument(span),
+        )
+        .await
     }
 
     async fn subscribe(&self, request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
@@ -186,6 +193,31 @@ impl Dtm for DtmService {
         let r = request.into_inner();
         self.serve("deletetopic", async { self.engine.delete_topic(&topic_of("Topic", &r.topic)?).await })
             .await
+    }
+}
+
+/// `PrepareWorkflow`'s reply. dtm leaves `Result` empty here (its HTTP
+/// reply has it); we fill it, so that a workflow resumed after it finished
+/// returns its result over gRPC too.
+fn progresses_reply(progress: crate::engine::workflow::WorkflowProgress) -> DtmProgressesReply {
+    let t = progress.transaction;
+    DtmProgressesReply {
+        transaction: Some(DtmTransaction {
+            gid: t.gid.to_string(),
+            status: t.status.as_str().to_string(),
+            rollback_reason: t.rollback_reason,
+            result: t.result,
+        }),
+        progresses: progress
+            .progresses
+            .into_iter()
+            .map(|b| DtmProgress {
+                status: b.status.as_str().to_string(),
+                bin_data: b.bin_data,
+                branch_id: b.branch_id.to_string(),
+                op: b.op.as_str().to_string(),
+            })
+            .collect(),
     }
 }
 

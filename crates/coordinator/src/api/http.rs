@@ -86,6 +86,7 @@ pub fn router(state: HttpState, limits: HttpLimits) -> Router {
         // Old SDKs used one route per type; same handler.
         .route("/registerTccBranch", post(register_branch))
         .route("/registerXaBranch", post(register_branch))
+        .route("/prepareWorkflow", post(prepare_workflow))
         .route("/query", get(query))
         .route("/all", get(all))
         .route("/forceStop", post(force_stop))
@@ -312,6 +313,19 @@ async fn register_branch(State(state): State<HttpState>, body: JsonObject) -> Ap
     Ok(success())
 }
 
+/// `POST /api/dtmsvr/prepareWorkflow` → `{"transaction":…,"progresses":[…]}`:
+/// the workflow (stored now or before) and the steps it has recorded.
+async fn prepare_workflow(State(state): State<HttpState>, headers: HeaderMap, body: JsonObject) -> ApiResult {
+    let (span, request) = traced("prepareWorkflow", &headers, body);
+    let progress = state
+        .engine
+        .prepare_workflow(request?)
+        .instrument(span)
+        .await
+        .map_err(ApiError::engine("prepareworkflow"))?;
+    Ok(Json(progress).into_response())
+}
+
 /// Query string of `query`.
 #[derive(Debug, Deserialize)]
 struct GidQuery {
@@ -491,6 +505,7 @@ fn api_name(path: &str) -> &'static str {
         "registerbranch",
         "registertccbranch",
         "registerxabranch",
+        "prepareworkflow",
         "query",
         "all",
         "forcestop",

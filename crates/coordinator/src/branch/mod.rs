@@ -20,6 +20,7 @@
 //! URL reach hosts nobody named.
 
 mod channels;
+mod workflow;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -161,13 +162,7 @@ impl BranchCaller {
             }
             BranchTarget::Empty => BranchResult::Success,
         };
-        let (outcome, ok) = match &result {
-            BranchResult::Success => ("success", true),
-            BranchResult::Failure(_) => ("failure", true),
-            BranchResult::Ongoing => ("ongoing", true),
-            BranchResult::Retry(_) => ("error", false),
-        };
-        service_kit::trace::record_outcome(&span, outcome, ok);
+        record_outcome(&span, &result);
         result
     }
 
@@ -179,6 +174,17 @@ impl BranchCaller {
     ) -> BranchResult {
         let mut url = url.clone();
         call.call.append_query(&mut url);
+        self.send_http(url, call, traceparent).await
+    }
+
+    /// Sends an HTTP branch call to `url`, whose query already carries the
+    /// dtm values (the workflow callback writes its own, `workflow.rs`).
+    async fn send_http(
+        &self,
+        url: url::Url,
+        call: &BranchRequest<'_>,
+        traceparent: Option<&TraceContext>,
+    ) -> BranchResult {
         // dtm's rule: POST when there is a body, GET otherwise.
         let mut request = if call.payload.is_empty() {
             self.http.get(url)
@@ -289,6 +295,18 @@ impl BranchCaller {
             Err(_) => BranchResult::Retry(format!("no reply within {:?}", call.timeout)),
         }
     }
+}
+
+/// Writes a call's outcome on its span: an answer (even FAILURE) is a
+/// call that worked; only a transport problem is an error.
+fn record_outcome(span: &tracing::Span, result: &BranchResult) {
+    let (outcome, ok) = match result {
+        BranchResult::Success => ("success", true),
+        BranchResult::Failure(_) => ("failure", true),
+        BranchResult::Ongoing => ("ongoing", true),
+        BranchResult::Retry(_) => ("error", false),
+    };
+    service_kit::trace::record_outcome(span, outcome, ok);
 }
 
 /// Why a reply body could not be read whole.

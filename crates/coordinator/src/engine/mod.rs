@@ -52,6 +52,7 @@ pub mod retry;
 pub mod saga;
 mod sequence;
 mod settings;
+pub mod workflow;
 
 mod error;
 
@@ -363,6 +364,9 @@ impl Engine {
     /// `wait_result`, in which case the answer is `Ok` (succeed),
     /// `Failure(reason)` (failed, or rolling back), or `Ongoing` (still going forward).
     pub async fn submit(&self, request: TransRequest) -> Result<(), EngineError> {
+        if request.trans_type == TransType::Workflow {
+            return self.submit_workflow(request).await;
+        }
         self.check_processable(&request)?;
         let now = store::now();
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
@@ -754,6 +758,9 @@ impl Engine {
     /// `confirm` rows to a transaction that is still `prepared` (checked in
     /// the same database transaction that stores them).
     pub async fn register_branch(&self, request: RegisterBranchRequest) -> Result<(), EngineError> {
+        if let RegisteredUrls::Workflow { .. } = request.urls {
+            return self.register_progress(request).await;
+        }
         let RegisteredUrls::Tcc { confirm, cancel } = &request.urls else {
             return Err(unsupported(request.trans_type));
         };

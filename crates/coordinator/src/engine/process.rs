@@ -16,8 +16,8 @@
 //!
 //! What to do next depends on the transaction type; [`Work`] is the one
 //! place that matches on it: sagas here (rules in [`super::saga`]), TCC and
-//! 2-phase messages in [`super::sequence`]. XA and workflow are not
-//! processed yet.
+//! 2-phase messages in [`super::sequence`], workflows in
+//! [`super::workflow`]. XA is not processed yet.
 
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use super::saga::{Ordering, StepState};
 use super::sequence::SequenceWork;
+use super::workflow::WorkflowWork;
 use crate::branch::BranchRequest;
 use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
@@ -48,6 +49,8 @@ pub(crate) enum Work {
     Saga(SagaWork),
     /// TCC or 2-phase message: a list of ops to deliver.
     Sequence(SequenceWork),
+    /// A workflow: its callback to call ([`super::workflow`]).
+    Workflow(WorkflowWork),
 }
 
 impl Work {
@@ -148,6 +151,10 @@ impl Work {
                 global: g,
                 branches: t.branches,
             })?)),
+            TransType::Workflow => Ok(Work::Workflow(WorkflowWork::from_stored(StoredTrans {
+                global: g,
+                branches: t.branches,
+            })?)),
             other => Err(format!("{other} transactions are not processed by this coordinator yet")),
         }
     }
@@ -157,6 +164,7 @@ impl Work {
         match self {
             Work::Saga(w) => &w.spec.gid,
             Work::Sequence(w) => w.gid(),
+            Work::Workflow(w) => w.gid(),
         }
     }
 
@@ -165,6 +173,7 @@ impl Work {
         match self {
             Work::Saga(w) => w.spec.options.trace.as_ref(),
             Work::Sequence(w) => w.options().trace.as_ref(),
+            Work::Workflow(w) => w.options().trace.as_ref(),
         }
     }
 
@@ -173,6 +182,7 @@ impl Work {
         match self {
             Work::Saga(w) => core.call_timeout(&w.spec.options),
             Work::Sequence(w) => core.call_timeout(w.options()),
+            Work::Workflow(w) => core.call_timeout(w.options()),
         }
     }
 
@@ -181,6 +191,7 @@ impl Work {
         match self {
             Work::Saga(w) => w.run(core, lease).await,
             Work::Sequence(w) => w.run(core, lease).await,
+            Work::Workflow(w) => w.run(core, lease).await,
         }
     }
 }

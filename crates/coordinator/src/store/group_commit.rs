@@ -199,6 +199,25 @@ impl Store for GroupCommit {
         self.inner.add_branches(gid, expected, branches, now).await
     }
 
+    async fn add_progress(
+        &self,
+        gid: &Gid,
+        progress: &NewBranch,
+        status: crate::model::BranchStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.add_progress(gid, progress, status, now).await
+    }
+
+    async fn finish_workflow(
+        &self,
+        gid: &Gid,
+        outcome: &super::WorkflowOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.finish_workflow(gid, outcome, now).await
+    }
+
     async fn lease_due(
         &self,
         owner: &LeaseToken,

@@ -53,6 +53,7 @@ mod driver;
 mod group_commit;
 mod kv;
 mod sql;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,7 @@ pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
 pub use kv::{KvPage, KvRow, KvStore};
 pub use sql::{MySqlStore, PostgresStore, SqlStore, SqliteStore};
+pub use workflow::WorkflowOutcome;
 
 /// A storage failure. Internal: logged, answered with 500.
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +519,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         gid: &Gid,
         expected: GlobalStatus,
         branches: &[NewBranch],
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records one step of a workflow (dtm's workflow `registerBranch`): a
+    /// branch row with the given final `status`, inserted only while the
+    /// workflow is `prepared` (checked under the global row's lock). `false`
+    /// if it is not; [`StoreError::Duplicate`] if that (branch, op) is recorded.
+    async fn add_progress(
+        &self,
+        gid: &Gid,
+        progress: &NewBranch,
+        status: BranchStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// A workflow's submit: `prepared` → `outcome.status` with its reason
+    /// and result, the lease cleared, in one conditional write (the
+    /// application's decision, whoever holds the lease). `false` if it is
+    /// not `prepared` (absent, or decided already).
+    async fn finish_workflow(
+        &self,
+        gid: &Gid,
+        outcome: &WorkflowOutcome,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 

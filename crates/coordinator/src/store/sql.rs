@@ -627,6 +627,25 @@ impl<D: Driver> Store for SqlStore<D> {
         Ok(true)
     }
 
+    async fn add_progress(
+        &self,
+        gid: &Gid,
+        progress: &NewBranch,
+        status: BranchStatus,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.add_progress_sql(gid, progress, status, now).await
+    }
+
+    async fn finish_workflow(
+        &self,
+        gid: &Gid,
+        outcome: &super::WorkflowOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.finish_workflow_sql(gid, outcome, now).await
+    }
+
     async fn lease_due(
         &self,
         owner: &LeaseToken,

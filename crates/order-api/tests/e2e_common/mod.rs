@@ -23,6 +23,20 @@ use etcd_client::{Client, GetOptions};
 use harness::{Etcd, GuardedProcess, MariaDb, ReadyLine, SystemSlot};
 use serde_json::Value;
 
+/// Declares each test `fn name(mode: &'static str)` twice, in `mod saga`
+/// and `mod workflow` (order-api's `TransMode`).
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    ($($test:ident),* $(,)?) => {
+        mod saga {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("saga").await })*
+        }
+        mod workflow {
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { super::$test("workflow").await })*
+        }
+    };
+}
+
 /// Where the workspace lives (for `etc/` and `cargo build`).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
@@ -148,6 +162,8 @@ pub struct System {
     /// Environment every process of this system gets on top of its own
     /// (e.g. `OTEL_ENDPOINT`, `LOG_ENCODING`).
     pub extra_env: Vec<(String, String)>,
+    /// order-api's `TransMode` (`TRANS_MODE`): `saga` or `workflow`.
+    pub trans_mode: &'static str,
 }
 
 impl System {
@@ -181,6 +197,7 @@ impl System {
             order_api: None,
             order_srv_port: 0,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            trans_mode: "saga",
         };
         system.start_coordinator();
         system
@@ -188,7 +205,13 @@ impl System {
 
     /// Everything: infrastructure, order-srv, one stock-srv, order-api.
     pub fn start() -> System {
+        System::start_in("saga")
+    }
+
+    /// [`System::start`] with order-api in `TransMode` `mode`.
+    pub fn start_in(mode: &'static str) -> System {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_order_srv();
         system.start_stock_srv();
         system.start_order_api();
@@ -312,6 +335,7 @@ impl System {
             "DTM_HTTP_SERVER".into(),
             format!("http://127.0.0.1:{}/api/dtmsvr", self.coordinator_http),
         ));
+        env.push(("TRANS_MODE".into(), self.trans_mode.into()));
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = self.dir.path().join("order-api.log");
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_order-api"));
