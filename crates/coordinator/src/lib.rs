@@ -1,5 +1,5 @@
-//! A dtm-compatible transaction coordinator: sagas, TCC and 2-phase messages
-//! (XA and workflow are not processed yet).
+//! A dtm-compatible transaction coordinator: sagas, TCC, XA and 2-phase
+//! messages (workflow is not processed yet).
 //!
 //! Clients speak dtm's protocol to it — the HTTP API under `/api/dtmsvr`
 //! and the gRPC service `dtmgimp.Dtm` — so dtm's SDKs, and the demo's

@@ -52,6 +52,7 @@ pub mod retry;
 pub mod saga;
 mod sequence;
 mod settings;
+mod xa;
 
 mod error;
 
@@ -258,7 +259,7 @@ impl Engine {
 
     /// Refuses what this coordinator cannot process, before anything is stored.
     fn check_processable(&self, request: &TransRequest) -> Result<(), EngineError> {
-        if !matches!(request.trans_type, TransType::Saga | TransType::Tcc | TransType::Msg) {
+        if !matches!(request.trans_type, TransType::Saga | TransType::Tcc | TransType::Msg | TransType::Xa) {
             return Err(unsupported(request.trans_type));
         }
         if request.protocol == Protocol::JsonRpc {
@@ -664,9 +665,9 @@ impl Engine {
         Ok(end?)
     }
 
-    /// dtm `abort`: a prepared 2-phase message becomes `failed`; a TCC that
-    /// is prepared (or already aborting) becomes `aborting` and its cancels
-    /// run. Anything else — sagas included — is a 409, as in dtm. With
+    /// dtm `abort`: a prepared 2-phase message becomes `failed`; a TCC or
+    /// XA that is prepared (or already aborting) becomes `aborting` and its
+    /// cancels / rollbacks run. Anything else — sagas included — is a 409, as in dtm. With
     /// `wait_result`, `Ok` means rolled back, `Ongoing` still rolling back.
     pub async fn abort(&self, request: TransRequest) -> Result<(), EngineError> {
         let store = &self.inner.core.store;
@@ -704,7 +705,7 @@ impl Engine {
                     None => Err(EngineError::NotFound),
                 }
             }
-            (TransType::Tcc, GlobalStatus::Prepared) if request.trans_type == TransType::Tcc => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared) if request.trans_type == global.trans_type => {
                 let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&global));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Aborting),
@@ -733,14 +734,14 @@ impl Engine {
                 let end = self.run_or_spawn(work, lease, wait).await?;
                 abort_answer(end.map(Outcome::Pass).as_ref())
             }
-            (TransType::Tcc, GlobalStatus::Aborting) if request.trans_type == TransType::Tcc => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Aborting) if request.trans_type == global.trans_type => {
                 self.join_abort(&request.gid, wait).await
             }
             _ => Err(refuse(&global)),
         }
     }
 
-    /// An abort of a TCC that is already rolling back.
+    /// An abort of a TCC or XA that is already rolling back.
     async fn join_abort(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
         if !wait {
             return Ok(());
@@ -749,23 +750,30 @@ impl Engine {
         abort_answer(Some(&outcome))
     }
 
-    /// dtm `registerBranch` for TCC: adds the branch's `cancel` and
-    /// `confirm` rows to a transaction that is still `prepared` (checked in
-    /// the same database transaction that stores them).
+    /// dtm `registerBranch`: adds a TCC branch's `cancel` and `confirm`
+    /// rows, or an XA branch's `rollback` and `commit` rows, to a
+    /// transaction that is still `prepared` (checked in the same database
+    /// transaction that stores them).
     pub async fn register_branch(&self, request: RegisterBranchRequest) -> Result<(), EngineError> {
-        let RegisteredUrls::Tcc { confirm, cancel } = &request.urls else {
-            return Err(unsupported(request.trans_type));
+        let caller = &self.inner.core.caller;
+        let rows = match &request.urls {
+            RegisteredUrls::Tcc { confirm, cancel } => {
+                for (name, url) in [("confirm", confirm), ("cancel", cancel)] {
+                    caller.supports(url).map_err(|m| EngineError::invalid(name, m))?;
+                }
+                let row = |op, url: &crate::model::BranchUrl| store::NewBranch {
+                    url: url.as_str().to_string(),
+                    bin_data: request.data.clone(),
+                    branch_id: request.branch_id.clone(),
+                    op,
+                };
+                [row(dtm_protocol::Op::Cancel, cancel), row(dtm_protocol::Op::Confirm, confirm)]
+            }
+            RegisteredUrls::Xa { url } => {
+                caller.supports(url).map_err(|m| EngineError::invalid("url", m))?;
+                xa::registered_rows(&request, url)
+            }
         };
-        for (name, url) in [("confirm", confirm), ("cancel", cancel)] {
-            self.inner.core.caller.supports(url).map_err(|m| EngineError::invalid(name, m))?;
-        }
-        let row = |op, url: &crate::model::BranchUrl| store::NewBranch {
-            url: url.as_str().to_string(),
-            bin_data: request.data.clone(),
-            branch_id: request.branch_id.clone(),
-            op,
-        };
-        let rows = [row(dtm_protocol::Op::Cancel, cancel), row(dtm_protocol::Op::Confirm, confirm)];
         let store = &self.inner.core.store;
         match store.add_branches(&request.gid, GlobalStatus::Prepared, &rows, store::now()).await {
             Ok(true) => Ok(()),

@@ -15,9 +15,9 @@
 //! once that decision has committed, never taken from the pass's memory.
 //!
 //! What to do next depends on the transaction type; [`Work`] is the one
-//! place that matches on it: sagas here (rules in [`super::saga`]), TCC and
-//! 2-phase messages in [`super::sequence`]. XA and workflow are not
-//! processed yet.
+//! place that matches on it: sagas here (rules in [`super::saga`]), TCC,
+//! XA and 2-phase messages in [`super::sequence`] (XA's own rules in
+//! [`super::xa`]). Workflow is not processed yet.
 
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ use crate::store::{
 pub(crate) enum Work {
     /// A saga.
     Saga(SagaWork),
-    /// TCC or 2-phase message: a list of ops to deliver.
+    /// TCC, XA or 2-phase message: a list of ops to deliver.
     Sequence(SequenceWork),
 }
 
@@ -144,7 +144,7 @@ impl Work {
                     Some(state),
                 )))
             }
-            TransType::Tcc | TransType::Msg => Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
+            TransType::Tcc | TransType::Msg | TransType::Xa => Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
                 global: g,
                 branches: t.branches,
             })?)),
