@@ -90,6 +90,9 @@ pub(crate) struct BranchRequest<'a> {
     pub call: BranchCall,
     /// The transaction's `branch_headers`.
     pub headers: &'a BTreeMap<String, String>,
+    /// Values beyond the dtm four, as query parameters (HTTP) or `dtm-`
+    /// metadata (gRPC): an XA action's `phase2_url`.
+    pub extra: &'a [(&'static str, &'a str)],
     /// Deadline of the call.
     pub timeout: Duration,
 }
@@ -138,7 +141,7 @@ impl BranchCaller {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(r.payload.to_vec())
         };
-        builder = builder.query(&r.call.query_pairs()).timeout(r.timeout);
+        builder = builder.query(&r.call.query_pairs()).query(r.extra).timeout(r.timeout);
         for (name, value) in r.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -165,6 +168,14 @@ impl BranchCaller {
         r.call
             .insert_metadata(request.metadata_mut(), headers)
             .map_err(|err: MetadataError| ClientError::InvalidArgument(err.to_string()))?;
+        for (name, value) in r.extra {
+            let key = tonic::metadata::MetadataKey::from_bytes(format!("dtm-{name}").as_bytes())
+                .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
+            let value = value
+                .parse()
+                .map_err(|_| ClientError::InvalidArgument(format!("{name} is not valid gRPC metadata")))?;
+            request.metadata_mut().insert(key, value);
+        }
         let mut grpc = tonic::client::Grpc::new(channel);
         let call = async {
             grpc.ready().await.map_err(|err| tonic::Status::unavailable(format!("connecting: {err}")))?;

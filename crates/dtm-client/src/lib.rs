@@ -26,7 +26,12 @@
 //! * [`Msg`] sends a 2-phase message: plain `submit`, or `prepare` + local
 //!   transaction + `submit`/`abort` ([`Msg::do_and_submit_db`], dtm's
 //!   `DoAndSubmitDB`, on MySQL, PostgreSQL or SQLite through
-//!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay.
+//!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay;
+//! * [`Xa`] runs an XA global transaction (prepare, the action calls with
+//!   their `phase2_url`, submit/abort), and [`XaDb`] is a branch's side on
+//!   MySQL/MariaDB or PostgreSQL: the local XA transaction, phase-2
+//!   commit/rollback, and the recovery of prepared transactions (module
+//!   [`xa`] explains the reasoning).
 //!
 //! Every transaction type works over both APIs; what differs is only the
 //! payload encoding (protobuf bytes for gRPC branches, JSON for HTTP ones).
@@ -156,6 +161,7 @@ pub mod query;
 pub mod saga;
 pub mod tcc;
 pub mod trans;
+pub mod xa;
 
 pub use branch::{BranchIdGen, TccBranch};
 pub use client::{DEFAULT_TIMEOUT, DtmClient};
@@ -167,3 +173,4 @@ pub use query::{Branch, BranchStatus, QueryResult, TransStatus, Transaction};
 pub use saga::Saga;
 pub use tcc::{DEFAULT_BRANCH_TIMEOUT, Tcc};
 pub use trans::{RegisterBranch, TransOptions, TransRequest};
+pub use xa::{Xa, XaBranch, XaDatabase, XaDb, XaLocal, Xid};

@@ -211,6 +211,7 @@ impl Tcc {
             call: BranchCall::new(self.gid.clone(), TransType::Tcc, branch_id, Op::Try)
                 .with_dtm(self.dtm.address()),
             headers: &self.options.branch_headers,
+            extra: &[],
             timeout: self.options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
         };
         self.dtm.branches().call(&call).await
