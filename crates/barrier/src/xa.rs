@@ -84,7 +84,10 @@ impl XaBarrier {
 
     /// Inside the local XA transaction, before the business SQL: inserts
     /// the row with reason `action` and says whether to go on.
-    pub async fn action<DB: BarrierDatabase>(&self, conn: &mut DB::Connection) -> Result<XaAction, sqlx::Error> {
+    pub async fn action<DB: BarrierDatabase>(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<XaAction, sqlx::Error> {
         let table = self.table_for::<DB>();
         if DB::insert_row(conn, &DB::insert_ignore_sql(&table), &self.row(Op::Action)).await? == 1 {
             return Ok(XaAction::Fresh);
@@ -102,7 +105,10 @@ impl XaBarrier {
     /// so that a local transaction arriving later finds it and gives up. A
     /// row already there (the local transaction's own, committed or rolled
     /// back by now) is left as it is.
-    pub async fn rolled_back<DB: BarrierDatabase>(&self, conn: &mut DB::Connection) -> Result<(), sqlx::Error> {
+    pub async fn rolled_back<DB: BarrierDatabase>(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> Result<(), sqlx::Error> {
         let table = self.table_for::<DB>();
         DB::insert_row(conn, &DB::insert_ignore_sql(&table), &self.row(Op::Rollback)).await?;
         Ok(())

@@ -316,7 +316,7 @@ async fn invalid_requests_are_refused_before_anything_is_stored() {
     let db = harness::sqlite_database();
     let (engine, b) = (engine(&db.url).await, Branches::start().await);
     let mut input = saga("bad-1", &two_steps(&b));
-    input.trans_type = "xa".into();
+    input.trans_type = "workflow".into();
     input.steps.clear();
     input.payloads.clear();
     let err = engine.submit(req(input)).await.unwrap_err();

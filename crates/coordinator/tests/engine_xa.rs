@@ -7,6 +7,7 @@
 //! are the harness's recording server (the branches' own XA transactions
 //! are `dtm-client`'s, tested in `crates/dtm-client/tests/xa.rs`).
 
+#[macro_use]
 mod engine_support;
 
 use std::collections::BTreeMap;
@@ -78,14 +79,14 @@ async fn submit_commits_every_branch_in_registration_order(world: World) {
 
     assert_eq!(b.calls_of("xa-1"), [c("/Xa01", "01", "commit"), c("/Xa02", "02", "commit")]);
     for call in b.calls() {
-        assert_eq!((call.method.as_str(), call.param("trans_type").as_str(), call.body.len()), ("POST", "xa", 0));
+        assert_eq!(
+            (call.method.as_str(), call.param("trans_type").as_str(), call.body.len()),
+            ("POST", "xa", 0)
+        );
     }
     let detail = engine.query(&"xa-1".parse().unwrap()).await.unwrap().unwrap();
-    let rows: Vec<(String, Op, String)> = detail
-        .branches
-        .iter()
-        .map(|r| (r.branch_id.to_string(), r.op, r.status.to_string()))
-        .collect();
+    let rows: Vec<(String, Op, String)> =
+        detail.branches.iter().map(|r| (r.branch_id.to_string(), r.op, r.status.to_string())).collect();
     assert_eq!(
         rows,
         [
@@ -191,20 +192,6 @@ async fn commits_land_after_the_coordinator_dies_between_submit_and_commit(world
     assert_eq!(world.branches.calls_of("xa-4"), [c("/Xa01", "01", "commit"), c("/Xa02", "02", "commit")]);
     two.shutdown().await;
     poller.await.unwrap();
-}
-
-macro_rules! on_every_store {
-    ($($test:ident),* $(,)?) => {
-        mod mysql {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::mysql_database().await).await).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::postgres_database().await).await).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::sqlite_database()).await).await })*
-        }
-    };
 }
 
 on_every_store!(

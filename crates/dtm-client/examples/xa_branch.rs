@@ -83,44 +83,39 @@ async fn branch(
             serde_json::from_slice(&body).map_err(|e| BranchError::InvalidArgument(e.to_string()))?
         };
         let (gid, branch_id) = (branch.gid.to_string(), branch.branch_id.to_string());
-        let refuse = || Err(BranchError::failure(format!("account {account} refuses")));
-        match &app.db {
-            Db::MySql(xa) => {
-                let _ = xa
-                    .handle(&branch, &app.dtm, async |conn: &mut sqlx::MySqlConnection| {
-                        if body.fail {
-                            return refuse();
-                        }
-                        sqlx::query("INSERT INTO xa_effect (gid, branch_id, account, amount) VALUES (?, ?, ?, ?)")
-                            .bind(&gid)
-                            .bind(&branch_id)
-                            .bind(&account)
-                            .bind(body.amount)
-                            .execute(conn)
-                            .await?;
-                        Ok(())
-                    })
-                    .await?;
-            }
-            Db::Postgres(xa) => {
-                let _ = xa
-                    .handle(&branch, &app.dtm, async |conn: &mut sqlx::PgConnection| {
-                        if body.fail {
-                            return refuse();
-                        }
-                        sqlx::query("INSERT INTO xa_effect (gid, branch_id, account, amount) VALUES ($1, $2, $3, $4)")
-                            .bind(&gid)
-                            .bind(&branch_id)
-                            .bind(&account)
-                            .bind(body.amount)
-                            .execute(conn)
-                            .await?;
-                        Ok(())
-                    })
-                    .await?;
-            }
+        // The same handler on either engine; only the connection type and
+        // the placeholders differ.
+        macro_rules! handle {
+            ($xa:expr, $conn:ty, $insert:literal) => {
+                $xa.handle(&branch, &app.dtm, async |conn: &mut $conn| {
+                    if body.fail {
+                        return Err(BranchError::failure(format!("account {account} refuses")));
+                    }
+                    sqlx::query($insert)
+                        .bind(&gid)
+                        .bind(&branch_id)
+                        .bind(&account)
+                        .bind(body.amount)
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+                .await
+                .map(drop)
+            };
         }
-        Ok::<(), BranchError>(())
+        match &app.db {
+            Db::MySql(xa) => handle!(
+                xa,
+                sqlx::MySqlConnection,
+                "INSERT INTO xa_effect (gid, branch_id, account, amount) VALUES (?, ?, ?, ?)"
+            ),
+            Db::Postgres(xa) => handle!(
+                xa,
+                sqlx::PgConnection,
+                "INSERT INTO xa_effect (gid, branch_id, account, amount) VALUES ($1, $2, $3, $4)"
+            ),
+        }
     }
     .await;
     match answer {
@@ -138,7 +133,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = open(db_url).await?;
     let dtm = DtmClient::new(dtm_url, discovery::ChannelCache::new())?;
     let app = App { db, dtm };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?))).await?;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?))).await?;
     let addr = listener.local_addr()?;
     println!("ready xa-branch pid={} http={addr}", std::process::id());
     let router = Router::new().route("/xa/{account}", post(branch)).with_state(app);

@@ -150,6 +150,51 @@
 //! .await
 //! # }
 //! ```
+//!
+//! # XA: the same transfer as two-phase commit
+//!
+//! Each branch does its SQL in a local XA transaction and prepares it;
+//! the coordinator commits them all after `submit`, or rolls them back.
+//! The application's side:
+//!
+//! ```no_run
+//! use discovery::ChannelCache;
+//! use dtm_client::{ClientError, DtmClient, Xa};
+//! use serde_json::json;
+//!
+//! # async fn transfer() -> Result<(), ClientError> {
+//! let dtm = DtmClient::new("http://127.0.0.1:36789/api/dtmsvr", ChannelCache::new())?;
+//! let busi = "http://127.0.0.1:8081/api/busi";
+//! Xa::new(dtm.clone(), dtm.new_gid().await?)
+//!     .run(async |xa| {
+//!         xa.call_branch_json(&json!({"amount": -30}), &format!("{busi}/TransOutXa")).await?;
+//!         xa.call_branch_json(&json!({"amount": 30}), &format!("{busi}/TransInXa")).await?;
+//!         Ok(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! A branch's handler serves `action`, `commit` and `rollback` on one URL:
+//!
+//! ```no_run
+//! use barrier::BranchError;
+//! use dtm_client::{DtmClient, XaBranch, XaDb};
+//!
+//! # async fn trans_out_xa(xa: &XaDb<sqlx::MySql>, dtm: &DtmClient, query: &str) -> Result<(), BranchError> {
+//! let branch = XaBranch::from_query(query)?;
+//! let _ = xa
+//!     .handle(&branch, dtm, async |conn: &mut sqlx::MySqlConnection| {
+//!         sqlx::query("update account set balance = balance - 30 where id = 1").execute(conn).await?;
+//!         Ok(())
+//!     })
+//!     .await?;
+//! Ok(())
+//! # }
+//! ```
+//!
+//! and `xa.clone().spawn_recovery(dtm, Duration::from_secs(60))` keeps
+//! prepared transactions from outliving their global transaction.
 
 pub mod branch;
 pub mod client;
@@ -161,6 +206,7 @@ pub mod query;
 pub mod saga;
 pub mod tcc;
 pub mod trans;
+mod two_phase;
 pub mod xa;
 
 pub use branch::{BranchIdGen, TccBranch};

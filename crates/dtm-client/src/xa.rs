@@ -82,13 +82,11 @@ use serde::Serialize;
 use sqlx::{ConnectOptions, Connection, Pool};
 
 use crate::branch::{BranchIdGen, BranchRequest};
+use crate::two_phase::{self, TwoPhase};
 use crate::{ClientError, DtmClient, RegisterBranch, TransOptions, TransRequest, TransStatus};
 
 /// The query parameter (HTTP) or `dtm-` metadata (gRPC) naming the phase-2 URL.
 pub const PHASE2_URL: &str = "phase2_url";
-
-/// dtm's `rollback_reason` column is 1024 bytes wide.
-const MAX_REASON_BYTES: usize = 1000;
 
 /// MySQL's limit on the gtrid part of an xid.
 const MAX_XID_BYTES: usize = 64;
@@ -107,6 +105,23 @@ pub struct Xa {
     ids: Mutex<BranchIdGen>,
 }
 
+two_phase::option_setters!(Xa, "commits/rollbacks", "action");
+
+impl TwoPhase for Xa {
+    fn prepare(&self) -> impl Future<Output = Result<(), ClientError>> {
+        Xa::prepare(self)
+    }
+    fn submit(&self) -> impl Future<Output = Result<(), ClientError>> {
+        Xa::submit(self)
+    }
+    fn abort(&self, reason: &str) -> impl Future<Output = Result<(), ClientError>> {
+        Xa::abort(self, reason)
+    }
+    fn gid(&self) -> &Gid {
+        &self.gid
+    }
+}
+
 impl Xa {
     /// A new global transaction `gid` at `dtm` (not prepared yet).
     pub fn new(dtm: DtmClient, gid: Gid) -> Xa {
@@ -116,32 +131,6 @@ impl Xa {
     /// The global transaction id.
     pub fn gid(&self) -> &Gid {
         &self.gid
-    }
-
-    /// submit/abort return after the commits/rollbacks ran once.
-    pub fn wait_result(mut self, wait: bool) -> Xa {
-        self.options.wait_result = wait;
-        self
-    }
-
-    /// Roll the transaction back if it is still `prepared` this long after
-    /// `prepare` (server default: 35 s).
-    pub fn timeout_to_fail(mut self, timeout: Duration) -> Xa {
-        self.options.timeout_to_fail = Some(timeout);
-        self
-    }
-
-    /// Deadline of every branch call: the actions made here and the
-    /// coordinator's commit/rollback calls.
-    pub fn request_timeout(mut self, timeout: Duration) -> Xa {
-        self.options.request_timeout = Some(timeout);
-        self
-    }
-
-    /// Base retry interval of the commits/rollbacks.
-    pub fn retry_interval(mut self, interval: Duration) -> Xa {
-        self.options.retry_interval = Some(interval);
-        self
     }
 
     /// What prepare, submit and abort send.
@@ -165,7 +154,7 @@ impl Xa {
     /// recorded as the rollback reason.
     pub async fn abort(&self, reason: &str) -> Result<(), ClientError> {
         let mut request = self.request();
-        request.rollback_reason = truncate(reason, MAX_REASON_BYTES).to_string();
+        request.rollback_reason = two_phase::truncate(reason, two_phase::MAX_REASON_BYTES).to_string();
         self.dtm.abort_request(&request).await
     }
 
@@ -179,7 +168,12 @@ impl Xa {
 
     /// Calls the gRPC branch `url` (`host:port/pkg.Svc/Method`) with `req`,
     /// op `action`, and `phase2_url` (`dtm-phase2_url`) = `phase2_url`.
-    pub async fn call_branch<Req, Resp>(&self, req: &Req, url: &str, phase2_url: &str) -> Result<Resp, ClientError>
+    pub async fn call_branch<Req, Resp>(
+        &self,
+        req: &Req,
+        url: &str,
+        phase2_url: &str,
+    ) -> Result<Resp, ClientError>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
@@ -191,7 +185,12 @@ impl Xa {
 
     /// The action call with an already encoded payload, for any transport.
     /// FAILURE (409 / `Aborted`) is [`ClientError::Failure`].
-    pub async fn call_branch_raw(&self, payload: &[u8], url: &str, phase2_url: &str) -> Result<Vec<u8>, ClientError> {
+    pub async fn call_branch_raw(
+        &self,
+        payload: &[u8],
+        url: &str,
+        phase2_url: &str,
+    ) -> Result<Vec<u8>, ClientError> {
         let branch_id = self.ids.lock().unwrap_or_else(PoisonError::into_inner).next_id()?;
         let call = BranchRequest {
             url,
@@ -209,33 +208,12 @@ impl Xa {
     /// branches), then submit if it returned `Ok`, or abort with its error
     /// as the rollback reason (dtm's `XaGlobalTransaction`). A failed abort
     /// is logged: the transaction's timeout rolls it back instead.
-    pub async fn run<T>(self, body: impl AsyncFnOnce(&Xa) -> Result<T, ClientError>) -> Result<T, ClientError> {
-        self.prepare().await?;
-        match body(&self).await {
-            Ok(value) => {
-                self.submit().await?;
-                Ok(value)
-            }
-            Err(err) => {
-                if let Err(abort) = self.abort(&err.to_string()).await {
-                    tracing::warn!(gid = %self.gid, %abort, "abort failed; the timeout will roll the branches back");
-                }
-                Err(err)
-            }
-        }
+    pub async fn run<T>(
+        self,
+        body: impl AsyncFnOnce(&Xa) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        two_phase::run(self, body).await
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes, on a char boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// An XA transaction id: dtm's `<gid>-<branch_id>`, checked to be usable as
@@ -363,24 +341,26 @@ pub trait XaDatabase: BarrierDatabase {
 
     /// The xids of the prepared transactions the database holds (MySQL: the
     /// whole server's; PostgreSQL: this database's).
-    fn prepared(conn: &mut Self::Connection) -> impl Future<Output = Result<Vec<Xid>, sqlx::Error>> + Send + '_;
+    fn prepared(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Vec<Xid>, sqlx::Error>> + Send + '_;
 
     /// Bounds how long the next statements of the open transaction on
     /// `conn` wait for a row lock (PostgreSQL waits forever by default;
     /// MySQL has `innodb_lock_wait_timeout`).
-    fn bound_lock_wait(conn: &mut Self::Connection) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
+    fn bound_lock_wait(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
 }
 
 /// Runs one statement over the text protocol (XA statements cannot be
 /// prepared), on either engine's connection.
 macro_rules! exec {
-    ($conn:expr, $sql:expr) => {
-        {
-            // A plain string has no arguments: sqlx sends it as a simple query.
-            let sql: &str = &$sql;
-            sqlx::Executor::execute(&mut *$conn, sql).await.map(drop)
-        }
-    };
+    ($conn:expr, $sql:expr) => {{
+        // A plain string has no arguments: sqlx sends it as a simple query.
+        let sql: &str = &$sql;
+        sqlx::Executor::execute(&mut *$conn, sql).await.map(drop)
+    }};
 }
 
 /// The database's own code of an error (MySQL's error number as text,
@@ -577,7 +557,10 @@ impl<DB: XaDatabase> XaDb<DB> {
         busi: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, BranchError>,
     ) -> Result<XaLocal<T>, BranchError> {
         if branch.op != Op::Action {
-            return Err(BranchError::InvalidArgument(format!("an XA local transaction has op action, not {}", branch.op)));
+            return Err(BranchError::InvalidArgument(format!(
+                "an XA local transaction has op action, not {}",
+                branch.op
+            )));
         }
         let phase2_url = branch
             .phase2_url
@@ -600,7 +583,9 @@ impl<DB: XaDatabase> XaDb<DB> {
             let value = busi(&mut conn).await?;
             let registration = RegisterBranch::xa(branch.gid.clone(), branch.branch_id.clone(), phase2_url);
             dtm.register_branch(&registration).await.map_err(|err| match err {
-                ClientError::Failure(reason) => BranchError::failure(format!("registerBranch refused: {reason}")),
+                ClientError::Failure(reason) => {
+                    BranchError::failure(format!("registerBranch refused: {reason}"))
+                }
                 other => BranchError::retry(other),
             })?;
             Ok(Some(value))
@@ -611,7 +596,9 @@ impl<DB: XaDatabase> XaDb<DB> {
                 Ok(()) => Ok(XaLocal::Prepared(value)),
                 Err(err) => Err(err.into()),
             },
-            Ok(None) => DB::abandon(&mut conn, &xid).await.map(|()| XaLocal::Duplicate).map_err(BranchError::from),
+            Ok(None) => {
+                DB::abandon(&mut conn, &xid).await.map(|()| XaLocal::Duplicate).map_err(BranchError::from)
+            }
             Err(err) => {
                 if let Err(rollback) = DB::abandon(&mut conn, &xid).await {
                     tracing::warn!(%xid, error = %rollback, "rolling back an XA local transaction failed; closing its session does");
@@ -634,7 +621,11 @@ impl<DB: XaDatabase> XaDb<DB> {
         let commit = match branch.op {
             Op::Commit => true,
             Op::Rollback => false,
-            other => return Err(BranchError::InvalidArgument(format!("XA phase 2 is commit or rollback, not {other}"))),
+            other => {
+                return Err(BranchError::InvalidArgument(format!(
+                    "XA phase 2 is commit or rollback, not {other}"
+                )));
+            }
         };
         self.finish(&branch.gid, &branch.branch_id, commit).await
     }
@@ -716,7 +707,9 @@ impl<DB: XaDatabase> XaDb<DB> {
                             match recovery {
                                 Recovery::Committed(xid) => tracing::info!(%xid, "XA recovery committed"),
                                 Recovery::RolledBack(xid) => tracing::info!(%xid, "XA recovery rolled back"),
-                                Recovery::Left(xid, why) => tracing::debug!(%xid, %why, "XA recovery left it prepared"),
+                                Recovery::Left(xid, why) => {
+                                    tracing::debug!(%xid, %why, "XA recovery left it prepared")
+                                }
                             }
                         }
                     }
@@ -741,9 +734,15 @@ mod tests {
         assert_eq!((g.as_str(), b.as_str()), ("g-1-x", "02"));
         assert!(Xid("nodash".into()).parts().is_none());
         let long = Gid::new("a".repeat(62)).unwrap();
-        assert!(matches!(Xid::new(&long, &BranchId::new("01").unwrap()), Err(BranchError::InvalidArgument(_))));
+        assert!(matches!(
+            Xid::new(&long, &BranchId::new("01").unwrap()),
+            Err(BranchError::InvalidArgument(_))
+        ));
         let quote = Gid::new("a'b").unwrap();
-        assert!(matches!(Xid::new(&quote, &BranchId::new("01").unwrap()), Err(BranchError::InvalidArgument(_))));
+        assert!(matches!(
+            Xid::new(&quote, &BranchId::new("01").unwrap()),
+            Err(BranchError::InvalidArgument(_))
+        ));
     }
 
     #[test]

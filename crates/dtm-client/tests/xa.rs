@@ -194,10 +194,7 @@ async fn success_commits_both_branches(w: World) {
         .await
         .expect("committed");
     assert_eq!(w.dtm.status(g.as_str()).await, Some(TransStatus::Succeed));
-    assert_eq!(
-        w.db.effects(&g).await,
-        [("01".into(), "out".into(), -30), ("02".into(), "in".into(), 30)]
-    );
+    assert_eq!(w.db.effects(&g).await, [("01".into(), "out".into(), -30), ("02".into(), "in".into(), 30)]);
     assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
     assert_eq!(
         w.dtm.branches(g.as_str()).await,
@@ -239,7 +236,10 @@ async fn failure_rolls_back_the_prepared_branch(w: World) {
     assert_eq!(w.db.barrier_rows(&g).await, [("01".into(), "action".into(), "rollback".into())]);
     assert_eq!(
         w.dtm.branches(g.as_str()).await,
-        [("01".into(), "rollback".into(), "succeed".into()), ("01".into(), "commit".into(), "prepared".into())]
+        [
+            ("01".into(), "rollback".into(), "succeed".into()),
+            ("01".into(), "commit".into(), "prepared".into())
+        ]
     );
     // A duplicate rollback, and one for a branch that never prepared: success, nothing else.
     assert_eq!(w.phase_two(&g, "01", "rollback").await, 200);
@@ -296,7 +296,10 @@ async fn recovery_finishes_prepared_branches_of_decided_transactions(mut w: Worl
     xa.prepare().await.unwrap();
     xa.call_branch_json(&json!({"amount": -1}), &w.branches.url("out")).await.unwrap();
     let undecided = w.db.recover(&dtm, &stopped).await;
-    assert!(matches!(undecided.as_slice(), [Recovery::Left(_, why)] if why.contains("still prepared")), "{undecided:?}");
+    assert!(
+        matches!(undecided.as_slice(), [Recovery::Left(_, why)] if why.contains("still prepared")),
+        "{undecided:?}"
+    );
     let force = reqwest::Client::new()
         .post(format!("{}/forceStop", w.dtm.http))
         .json(&json!({"gid": stopped.as_str()}))
@@ -324,12 +327,35 @@ async fn recovery_finishes_prepared_branches_of_decided_transactions(mut w: Worl
     assert_eq!(w.db.effects(&submitted).await.len(), 1);
 }
 
+/// The application on the gRPC API (`Prepare`, `Submit` with trans_type
+/// `xa`); the branch registers over HTTP; same outcome.
+async fn the_grpc_api_drives_the_same_flow(w: World) {
+    let g = gid();
+    Xa::new(w.dtm.grpc_client(), g.clone())
+        .wait_result(true)
+        .run(async |xa| {
+            xa.call_branch_json(&json!({"amount": 5}), &w.branches.url("out")).await?;
+            Ok(())
+        })
+        .await
+        .expect("committed");
+    assert_eq!(w.dtm.status(g.as_str()).await, Some(TransStatus::Succeed));
+    assert_eq!(w.db.effects(&g).await, [("01".into(), "out".into(), 5)]);
+    assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
+}
+
 /// dtm's old SDKs register XA branches at `registerXaBranch`.
 async fn the_old_register_xa_branch_route_is_accepted(w: World) {
     let g = gid();
     w.xa(&g).prepare().await.unwrap();
-    let body = json!({"gid": g.as_str(), "trans_type": "xa", "branch_id": "01", "url": w.branches.url("out")});
-    let answer = reqwest::Client::new().post(format!("{}/registerXaBranch", w.dtm.http)).json(&body).send().await.unwrap();
+    let body =
+        json!({"gid": g.as_str(), "trans_type": "xa", "branch_id": "01", "url": w.branches.url("out")});
+    let answer = reqwest::Client::new()
+        .post(format!("{}/registerXaBranch", w.dtm.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status().as_u16(), 200);
     w.xa(&g).abort("by hand").await.unwrap();
     assert_eq!(w.dtm.wait_final(g.as_str(), FINAL_WITHIN).await, TransStatus::Failed);
@@ -356,4 +382,5 @@ on_both_databases!(
     a_rollback_before_the_local_transaction_blocks_it,
     recovery_finishes_prepared_branches_of_decided_transactions,
     the_old_register_xa_branch_route_is_accepted,
+    the_grpc_api_drives_the_same_flow,
 );

@@ -705,7 +705,9 @@ impl Engine {
                     None => Err(EngineError::NotFound),
                 }
             }
-            (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared) if request.trans_type == global.trans_type => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared)
+                if request.trans_type == global.trans_type =>
+            {
                 let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&global));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Aborting),
@@ -734,7 +736,9 @@ impl Engine {
                 let end = self.run_or_spawn(work, lease, wait).await?;
                 abort_answer(end.map(Outcome::Pass).as_ref())
             }
-            (TransType::Tcc | TransType::Xa, GlobalStatus::Aborting) if request.trans_type == global.trans_type => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Aborting)
+                if request.trans_type == global.trans_type =>
+            {
                 self.join_abort(&request.gid, wait).await
             }
             _ => Err(refuse(&global)),

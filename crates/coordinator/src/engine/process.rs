@@ -144,10 +144,12 @@ impl Work {
                     Some(state),
                 )))
             }
-            TransType::Tcc | TransType::Msg | TransType::Xa => Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
-                global: g,
-                branches: t.branches,
-            })?)),
+            TransType::Tcc | TransType::Msg | TransType::Xa => {
+                Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
+                    global: g,
+                    branches: t.branches,
+                })?))
+            }
             other => Err(format!("{other} transactions are not processed by this coordinator yet")),
         }
     }
