@@ -756,6 +756,20 @@ mod tests {
         let commit = XaBranch::from_query("gid=g1&trans_type=xa&branch_id=01&op=commit").unwrap();
         assert_eq!((commit.op, commit.phase2_url), (Op::Commit, None));
         assert_eq!(XaBranch::from_query("gid=g1&op=commit"), Err(ProtocolError::Missing("branch_id")));
+
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (key, value) in [
+            ("dtm-gid", "g2"),
+            ("dtm-trans_type", "xa"),
+            ("dtm-branch_id", "02"),
+            ("dtm-op", "action"),
+            ("dtm-phase2_url", "127.0.0.1:9/pb.busi/Xa"),
+        ] {
+            metadata.insert(key, value.parse().unwrap());
+        }
+        let grpc = XaBranch::from_grpc(&metadata).unwrap();
+        assert_eq!((grpc.gid.as_str(), grpc.branch_id.as_str(), grpc.op), ("g2", "02", Op::Action));
+        assert_eq!(grpc.phase2_url.as_deref(), Some("127.0.0.1:9/pb.busi/Xa"));
     }
 
     #[test]

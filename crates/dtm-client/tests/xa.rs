@@ -270,6 +270,25 @@ async fn a_branch_service_killed_between_prepare_and_commit(mut w: World) {
     assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
 }
 
+/// The coordinator stops abruptly after the submit, before any commit
+/// landed (the branch service is down, so the commit is still pending);
+/// a new coordinator on the same store, once the service is back, commits.
+async fn the_coordinator_stopped_between_submit_and_commit(mut w: World) {
+    let g = gid();
+    let xa = w.xa(&g);
+    xa.prepare().await.unwrap();
+    xa.call_branch_json(&json!({"amount": 11}), &w.branches.url("out")).await.unwrap();
+    w.branches.kill();
+    xa.submit().await.expect("submitted");
+    w.dtm.restart().await;
+    assert_eq!(w.dtm.status(g.as_str()).await, Some(TransStatus::Submitted));
+    assert_eq!(w.db.prepared(&g).await, [xid(&g, "01").to_string()]);
+    tokio::task::block_in_place(|| w.branches.spawn());
+    assert_eq!(w.dtm.wait_final(g.as_str(), FINAL_WITHIN).await, TransStatus::Succeed);
+    assert_eq!(w.db.effects(&g).await, [("01".into(), "out".into(), 11)]);
+    assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
+}
+
 /// A rollback that overtakes its action (the application gave up on a slow
 /// call): null rollback, and the late action then refuses to prepare.
 async fn a_rollback_before_the_local_transaction_blocks_it(w: World) {
@@ -383,4 +402,5 @@ on_both_databases!(
     recovery_finishes_prepared_branches_of_decided_transactions,
     the_old_register_xa_branch_route_is_accepted,
     the_grpc_api_drives_the_same_flow,
+    the_coordinator_stopped_between_submit_and_commit,
 );
