@@ -70,7 +70,12 @@
 //! the xid is written into the SQL as a literal (XA statements take no
 //! parameters), so a gid whose xid is longer or contains `'` or `\` is
 //! refused with [`BranchError::InvalidArgument`]. PostgreSQL needs
-//! `max_prepared_transactions > 0`.
+//! `max_prepared_transactions > 0`. On MySQL 8, `XA RECOVER` (recovery,
+//! and the check after an unknown xid) needs the `XA_RECOVER_ADMIN`
+//! privilege; MariaDB lets any user list the prepared transactions.
+//! MariaDB keeps a prepared transaction across the end of its session and
+//! across restarts from 10.5 on (MDEV-742); older versions roll it back when
+//! the session that prepared it ends, which defeats XA.
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
