@@ -363,6 +363,40 @@ async fn the_grpc_api_drives_the_same_flow(w: World) {
     assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
 }
 
+/// Sixteen XA transactions at once through the same branch service, every
+/// third one refused by its second branch: each ends all-or-nothing, and no
+/// local transaction stays prepared (no lock left, no deadlock between them).
+async fn concurrent_transactions_each_commit_or_roll_back_whole(w: World) {
+    let runs = (0..16).map(|k| {
+        let (w, g) = (&w, gid());
+        async move {
+            let fail = k % 3 == 2;
+            let outcome = w
+                .xa(&g)
+                .wait_result(true)
+                .run(async |xa| {
+                    xa.call_branch_json(&json!({"amount": -k}), &w.branches.url("out")).await?;
+                    xa.call_branch_json(&json!({"amount": k, "fail": fail}), &w.branches.url("in")).await?;
+                    Ok(())
+                })
+                .await;
+            (g, fail, outcome)
+        }
+    });
+    for (g, fail, outcome) in futures::future::join_all(runs).await {
+        let end = w.dtm.wait_final(g.as_str(), FINAL_WITHIN).await;
+        let rows = w.db.effects(&g).await;
+        if fail {
+            assert!(matches!(outcome, Err(ClientError::Failure(_))), "{g}: {outcome:?}");
+            assert_eq!((end, rows.len()), (TransStatus::Failed, 0), "{g}");
+        } else {
+            assert!(outcome.is_ok(), "{g}: {outcome:?}");
+            assert_eq!((end, rows.len()), (TransStatus::Succeed, 2), "{g}");
+        }
+        assert_eq!(w.db.prepared(&g).await, Vec::<String>::new(), "{g}");
+    }
+}
+
 /// dtm's old SDKs register XA branches at `registerXaBranch`.
 async fn the_old_register_xa_branch_route_is_accepted(w: World) {
     let g = gid();
@@ -403,4 +437,5 @@ on_both_databases!(
     the_old_register_xa_branch_route_is_accepted,
     the_grpc_api_drives_the_same_flow,
     the_coordinator_stopped_between_submit_and_commit,
+    concurrent_transactions_each_commit_or_roll_back_whole,
 );
