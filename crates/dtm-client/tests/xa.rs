@@ -306,8 +306,9 @@ async fn a_rollback_before_the_local_transaction_blocks_it(w: World) {
 }
 
 /// Recovery finishes what the coordinator will not or cannot: a branch of a
-/// force-stopped transaction (no rollback is ever sent) is rolled back; a
-/// branch of a submitted transaction whose service is down is committed.
+/// force-stopped transaction (no rollback is ever sent) is rolled back by
+/// the periodic task; a branch of a submitted transaction whose service is
+/// down is committed by one round.
 async fn recovery_finishes_prepared_branches_of_decided_transactions(mut w: World) {
     let dtm = w.dtm.http_client();
     let stopped = gid();
@@ -327,9 +328,15 @@ async fn recovery_finishes_prepared_branches_of_decided_transactions(mut w: Worl
         .unwrap();
     assert_eq!(force.status().as_u16(), 200);
     assert_eq!(w.db.prepared(&stopped).await, [xid(&stopped, "01").to_string()], "left holding locks");
-    assert_eq!(w.db.recover(&dtm, &stopped).await, [Recovery::RolledBack(xid(&stopped, "01"))]);
-    assert_eq!(w.db.prepared(&stopped).await, Vec::<String>::new());
+    // The periodic task does what one round does.
+    let task = on_db!(w.db.clone(), xa => xa.spawn_recovery(dtm.clone(), Duration::from_millis(200)));
+    harness::wait_until("recovery rolled it back", FINAL_WITHIN, async || {
+        if w.db.prepared(&stopped).await.is_empty() { Ok(()) } else { Err("still prepared".to_string()) }
+    })
+    .await;
+    task.abort();
     assert_eq!(w.db.effects(&stopped).await, Vec::<(String, String, i64)>::new());
+    assert_eq!(w.db.barrier_rows(&stopped).await, [("01".into(), "action".into(), "rollback".into())]);
 
     let submitted = gid();
     let xa = w.xa(&submitted);
