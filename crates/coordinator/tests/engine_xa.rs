@@ -20,7 +20,7 @@ use coordinator::engine::{Checkpoint, PassCheckpoint};
 use coordinator::model::{RegisterBranchRequest, TransRequestInput};
 use coordinator::{Engine, EngineError, EngineHooks, GlobalStatus};
 use dtm_protocol::{Gid, Op};
-use engine_support::{Branches, Reply, c, fast_settings, req, status, wait_final};
+use engine_support::{Branches, Reply, Transport, c, fast_settings, req, status, wait_final};
 
 const FINAL_WITHIN: Duration = Duration::from_secs(20);
 
@@ -102,6 +102,25 @@ async fn submit_commits_every_branch_in_registration_order(world: World) {
         matches!(&late, Err(EngineError::Conflict(m)) if m == "no trans with gid: xa-1 status: prepared found"),
         "{late:?}"
     );
+}
+
+/// A gRPC phase-2 URL gets its `commit` as a gRPC call with dtm's metadata.
+async fn a_grpc_branch_is_committed_over_grpc(world: World) {
+    let engine = world.engine(EngineHooks::default()).await;
+    engine.prepare(req(xa("xa-g"))).await.expect("prepared");
+    let map = BTreeMap::from([
+        ("gid".to_string(), "xa-g".to_string()),
+        ("trans_type".to_string(), "xa".to_string()),
+        ("branch_id".to_string(), "01".to_string()),
+        ("url".to_string(), format!("{}/pb.busi/Xa", world.branches.grpc)),
+    ]);
+    engine.register_branch(RegisterBranchRequest::from_map(&map, None).unwrap()).await.expect("registered");
+    let mut submit = xa("xa-g");
+    submit.wait_result = true;
+    engine.submit(req(submit)).await.expect("committed");
+    assert_eq!(world.branches.calls_of("xa-g"), [c("/pb.busi/Xa", "01", "commit")]);
+    let call = world.branches.calls().into_iter().find(|call| call.param("gid") == "xa-g").unwrap();
+    assert_eq!((call.transport, call.param("trans_type").as_str()), (Transport::Grpc, "xa"));
 }
 
 /// Abort: every `rollback`, a failing one retried (FAILURE too: a
@@ -196,6 +215,7 @@ async fn commits_land_after_the_coordinator_dies_between_submit_and_commit(world
 
 on_every_store!(
     submit_commits_every_branch_in_registration_order,
+    a_grpc_branch_is_committed_over_grpc,
     abort_rolls_back_every_branch_and_retries_until_done,
     a_prepared_xa_that_times_out_is_rolled_back,
     commits_land_after_the_coordinator_dies_between_submit_and_commit,
