@@ -147,7 +147,8 @@ struct World {
     dtm: InProcess,
     db: Db,
     branches: BranchService,
-    _database: TestDatabase,
+    /// The branch service's database (dropped with the test's server).
+    database: TestDatabase,
     _dir: tempfile::TempDir,
 }
 
@@ -160,7 +161,7 @@ impl World {
             tokio::task::spawn_blocking(move || BranchService::start(&url, &http, &path)).await.unwrap()
         };
         let db = Db::open(&database).await;
-        World { dtm, db, branches, _database: database, _dir: dir }
+        World { dtm, db, branches, database, _dir: dir }
     }
 
     fn xa(&self, gid: &Gid) -> Xa {
@@ -420,6 +421,39 @@ async fn the_old_register_xa_branch_route_is_accepted(w: World) {
     w.xa(&g).abort("by hand").await.unwrap();
     assert_eq!(w.dtm.wait_final(g.as_str(), FINAL_WITHIN).await, TransStatus::Failed);
     assert_eq!(w.db.barrier_rows(&g).await, [("01".into(), "action".into(), "rollback".into())]);
+}
+
+/// MariaDB answers `XAER_NOTA` to `XA COMMIT` of a transaction that is
+/// prepared but still attached to the session that prepared it; dtm's SDK
+/// would call that done. Ours answers "retry" while `XA RECOVER` lists the
+/// xid, and commits once the session has let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_commit_waits_for_the_session_that_prepared() {
+    use sqlx::{Connection, Executor};
+    let w = World::new(harness::mysql_database().await).await;
+    let g = gid();
+    let xid = xid(&g, "01");
+    let mut session = sqlx::MySqlConnection::connect(&w.database.url).await.unwrap();
+    for sql in [
+        format!("XA START '{xid}'"),
+        format!("INSERT INTO xa_effect (gid, branch_id, account, amount) VALUES ('{g}', '01', 'out', 3)"),
+        format!("XA END '{xid}'"),
+        format!("XA PREPARE '{xid}'"),
+    ] {
+        session.execute(sql.as_str()).await.unwrap();
+    }
+    assert_eq!(w.phase_two(&g, "01", "commit").await, 503, "prepared, not committed: retry");
+    assert_eq!(w.db.prepared(&g).await, [xid.to_string()]);
+    session.close().await.unwrap();
+    harness::wait_until("the commit lands", FINAL_WITHIN, async || {
+        match w.phase_two(&g, "01", "commit").await {
+            200 => Ok(()),
+            other => Err(format!("HTTP {other}")),
+        }
+    })
+    .await;
+    assert_eq!(w.db.effects(&g).await, [("01".into(), "out".into(), 3)]);
+    assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
 }
 
 macro_rules! on_both_databases {
