@@ -147,7 +147,7 @@ struct World {
     dtm: InProcess,
     db: Db,
     branches: BranchService,
-    /// The branch service's database (dropped with the test's server).
+    /// The branch service's database.
     database: TestDatabase,
     _dir: tempfile::TempDir,
 }

@@ -299,7 +299,7 @@ impl SequenceWork {
         }
     }
 
-    /// Calls the due `op` rows: TCC in reverse registration order, msg in
+    /// Calls the due `op` rows: TCC in reverse registration order, XA and msg in
     /// order, one at a time (stopping at the first that does not succeed),
     /// or msg all at once with `concurrent`.
     /// `Ok((.., true))` if the lease was lost on the way (nothing more may be written).

@@ -17,8 +17,9 @@
 //!    `ROLLBACK PREPARED`). A FAILURE of a phase-2 call is retried like an
 //!    error: a prepared transaction can always be finished.
 //!
-//! Everything after step 1 is what TCC does with other op names, so the
-//! passes are [`super::sequence`]'s, under the same lease and fencing; this
+//! Everything after step 1 is what TCC does, with other op names and in
+//! registration order (TCC goes newest first), so the passes are
+//! [`super::sequence`]'s, under the same lease and fencing; this
 //! module holds what is XA's own: the two rows `registerBranch` stores and
 //! which op each global status calls for.
 
