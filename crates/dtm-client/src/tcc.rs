@@ -30,7 +30,7 @@ use dtm_protocol::{BranchCall, Gid, Op, TransType};
 use serde::Serialize;
 
 use crate::branch::{BranchIdGen, BranchRequest, TccBranch};
-use crate::two_phase::{self, TwoPhase};
+use crate::two_phase;
 use crate::{ClientError, DtmClient, RegisterBranch, TransOptions, TransRequest};
 
 /// Deadline of a try call when the transaction sets no `request_timeout`
@@ -58,22 +58,7 @@ pub struct Tcc {
     nested: bool,
 }
 
-two_phase::option_setters!(Tcc, "confirms/cancels", "try");
-
-impl TwoPhase for Tcc {
-    fn prepare(&self) -> impl Future<Output = Result<(), ClientError>> {
-        Tcc::prepare(self)
-    }
-    fn submit(&self) -> impl Future<Output = Result<(), ClientError>> {
-        Tcc::submit(self)
-    }
-    fn abort(&self, reason: &str) -> impl Future<Output = Result<(), ClientError>> {
-        Tcc::abort(self, reason)
-    }
-    fn gid(&self) -> &Gid {
-        &self.gid
-    }
-}
+two_phase::two_phase_type!(Tcc, "confirms/cancels", "try");
 
 impl Tcc {
     /// A new global transaction `gid` at `dtm` (not prepared yet).

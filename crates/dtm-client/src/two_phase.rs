@@ -57,11 +57,27 @@ pub(crate) fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// The option setters of a two-phase transaction type with an `options:
-/// TransOptions` field; `$phase2` names what the coordinator calls in
-/// phase 2, for the docs.
-macro_rules! option_setters {
+/// For a two-phase transaction type with fields `gid` and `options:
+/// TransOptions` and inherent `prepare`, `submit` and `abort`: its option
+/// setters and its [`TwoPhase`] impl. `$phase2` names what the coordinator
+/// calls in phase 2 and `$first` the application's calls, for the docs.
+macro_rules! two_phase_type {
     ($type:ident, $phase2:literal, $first:literal) => {
+        impl $crate::two_phase::TwoPhase for $type {
+            fn prepare(&self) -> impl Future<Output = Result<(), $crate::ClientError>> {
+                $type::prepare(self)
+            }
+            fn submit(&self) -> impl Future<Output = Result<(), $crate::ClientError>> {
+                $type::submit(self)
+            }
+            fn abort(&self, reason: &str) -> impl Future<Output = Result<(), $crate::ClientError>> {
+                $type::abort(self, reason)
+            }
+            fn gid(&self) -> &dtm_protocol::Gid {
+                &self.gid
+            }
+        }
+
         impl $type {
             #[doc = concat!("submit/abort return after the ", $phase2, " ran once.")]
             pub fn wait_result(mut self, wait: bool) -> $type {
@@ -97,7 +113,7 @@ macro_rules! option_setters {
     };
 }
 
-pub(crate) use option_setters;
+pub(crate) use two_phase_type;
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,7 @@ use serde::Serialize;
 use sqlx::{ConnectOptions, Connection, Pool};
 
 use crate::branch::{BranchIdGen, BranchRequest};
-use crate::two_phase::{self, TwoPhase};
+use crate::two_phase;
 use crate::{ClientError, DtmClient, RegisterBranch, TransOptions, TransRequest, TransStatus};
 
 /// The query parameter (HTTP) or `dtm-` metadata (gRPC) naming the phase-2 URL.
@@ -110,22 +110,7 @@ pub struct Xa {
     ids: Mutex<BranchIdGen>,
 }
 
-two_phase::option_setters!(Xa, "commits/rollbacks", "action");
-
-impl TwoPhase for Xa {
-    fn prepare(&self) -> impl Future<Output = Result<(), ClientError>> {
-        Xa::prepare(self)
-    }
-    fn submit(&self) -> impl Future<Output = Result<(), ClientError>> {
-        Xa::submit(self)
-    }
-    fn abort(&self, reason: &str) -> impl Future<Output = Result<(), ClientError>> {
-        Xa::abort(self, reason)
-    }
-    fn gid(&self) -> &Gid {
-        &self.gid
-    }
-}
+two_phase::two_phase_type!(Xa, "commits/rollbacks", "action");
 
 impl Xa {
     /// A new global transaction `gid` at `dtm` (not prepared yet).
