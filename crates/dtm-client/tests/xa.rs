@@ -1,13 +1,15 @@
 //! XA end to end, on real MariaDB and PostgreSQL: the application's [`Xa`]
 //! in this test, our coordinator in process (HTTP API), and the branch
-//! service `examples/xa_branch.rs` as a separate process whose local XA
-//! transactions live in the database — so that it can be SIGKILLed between
-//! `XA PREPARE` and the coordinator's commit. After each scenario the test
+//! service of [`xa_service`] as a separate process (this test binary, run
+//! again as the service) whose local XA transactions live in the database —
+//! so that it can be SIGKILLed between `XA PREPARE` and the coordinator's
+//! commit. After each scenario the test
 //! reads what the database holds: the business rows, the barrier rows, and
 //! the prepared transactions (`XA RECOVER`, `pg_prepared_xacts`) — none may
 //! be left holding locks.
 
 mod support;
+mod xa_service;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -101,8 +103,10 @@ impl Db {
 
 /// The branch service process.
 struct BranchService {
+    /// This test binary, which serves when [`xa_service::SERVE`] is set.
     binary: PathBuf,
-    args: Vec<String>,
+    /// `<database url> <dtm url>`; the port is added at each start.
+    config: String,
     log: PathBuf,
     process: Option<GuardedProcess>,
     /// The port it serves on, kept across restarts (phase-2 URLs name it).
@@ -111,10 +115,9 @@ struct BranchService {
 
 impl BranchService {
     fn start(db_url: &str, dtm: &str, dir: &std::path::Path) -> BranchService {
-        let binary = harness::example_binary("dtm-client", "xa_branch");
         let mut service = BranchService {
-            binary,
-            args: vec![db_url.to_string(), dtm.to_string()],
+            binary: std::env::current_exe().expect("the test binary"),
+            config: format!("{db_url} {dtm}"),
             log: dir.join("xa_branch.log"),
             process: None,
             port: 0,
@@ -124,9 +127,15 @@ impl BranchService {
     }
 
     fn spawn(&mut self) {
-        let mut args = self.args.clone();
-        args.push(self.port.to_string());
-        let process = GuardedProcess::spawn(&self.binary.display().to_string(), &args, &self.log, None);
+        // `env` sets the variable for the child only, then becomes it (same pid).
+        let args = vec![
+            format!("{}={} {}", xa_service::SERVE, self.config, self.port),
+            self.binary.display().to_string(),
+            "branch_service_process".to_string(),
+            "--exact".to_string(),
+            "--nocapture".to_string(),
+        ];
+        let process = GuardedProcess::spawn("env", &args, &self.log, None);
         self.port = process.wait_ready("xa-branch", Duration::from_secs(60)).port("http");
         self.process = Some(process);
     }
@@ -454,6 +463,36 @@ async fn mariadb_a_commit_waits_for_the_session_that_prepared() {
     .await;
     assert_eq!(w.db.effects(&g).await, [("01".into(), "out".into(), 3)]);
     assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
+}
+
+/// With [`xa_service::SERVE`] set (by [`BranchService`]), this test is the
+/// branch service process and serves until killed. Run as a test, it checks
+/// that service on MariaDB: a call without dtm's values is a 400 naming
+/// what is missing; phase 2 of a branch that never ran is a success, and a
+/// rollback leaves the row that stops a late local transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_service_process() {
+    if let Ok(config) = std::env::var(xa_service::SERVE) {
+        xa_service::serve(&config).await.expect("the branch service serves");
+        return;
+    }
+    let database = harness::mysql_database().await;
+    let router = xa_service::router(&database.url, "http://127.0.0.1:1/api/dtmsvr").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/xa/out", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let missing = client.post(&url).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 400);
+    assert!(missing.text().await.unwrap().contains("gid"));
+    let g = gid();
+    for op in ["commit", "rollback"] {
+        let call = [("gid", g.as_str()), ("trans_type", "xa"), ("branch_id", "01"), ("op", op)];
+        assert_eq!(client.post(&url).query(&call).send().await.unwrap().status().as_u16(), 200, "{op}");
+    }
+    let db = Db::open(&database).await;
+    assert_eq!(db.barrier_rows(&g).await, [("01".into(), "action".into(), "rollback".into())]);
+    server.abort();
 }
 
 macro_rules! on_both_databases {

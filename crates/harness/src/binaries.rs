@@ -47,37 +47,6 @@ pub fn service_binaries() -> PathBuf {
     dir
 }
 
-/// Builds example `example` of `package` (once per test process and
-/// example) and returns its path, `target/<profile>/examples/<example>`:
-/// for a test that runs a small server of its own crate as a process it
-/// can SIGKILL (cargo builds examples with `cargo test`, not for one
-/// `--test` target).
-pub fn example_binary(package: &str, example: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let key = format!("{package}/{example}");
-    if !built.contains(&key) {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command.current_dir(workspace).args(["build", "-p", package, "--example", example]);
-        without_package_env(&mut command);
-        if dir.file_name().is_some_and(|name| name == "release") {
-            command.arg("--release");
-        }
-        let output = command.output().unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
-        assert!(
-            output.status.success(),
-            "cannot build example {example} of {package}; run `cargo build -p {package} --example {example}`:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        built.push(key);
-    }
-    dir.join("examples").join(example)
-}
-
 /// Removes from `command` the variables cargo sets for the running test
 /// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …), so that the nested `cargo
 /// build` sees the environment a user's cargo would. Build scripts declare

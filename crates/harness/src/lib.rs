@@ -51,7 +51,7 @@ mod process;
 mod running;
 mod slots;
 
-pub use binaries::{Binaries, SERVICE_PACKAGES, example_binary, service_binaries};
+pub use binaries::{Binaries, SERVICE_PACKAGES, service_binaries};
 pub use database::{
     Backend, TestDatabase, mysql_database, mysql_database_on, postgres_database, sqlite_database,
 };

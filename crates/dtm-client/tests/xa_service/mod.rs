@@ -1,16 +1,14 @@
-//! A small XA branch service over HTTP, as a process of its own: what
-//! `tests/xa.rs` SIGKILLs between `XA PREPARE` and the coordinator's commit.
+//! The XA branch service of `tests/xa.rs`: one HTTP handler for dtm's
+//! three XA ops ([`dtm_client::XaDb::handle`]) on MariaDB or PostgreSQL.
+//! `action` inserts `(gid, branch_id, account, amount)` into `xa_effect`
+//! inside the local XA transaction (body `{"amount":N}`; `{"fail":true}`
+//! answers FAILURE instead); `commit`/`rollback` finish it.
 //!
-//! ```text
-//! xa_branch <database url> <dtm HTTP url> <port, 0 = any>
-//! ```
-//!
-//! `mysql://…` or `postgres://…`. Serves `POST /xa/{account}` for all three
-//! ops of dtm's XA protocol ([`dtm_client::XaDb::handle`]): `action`
-//! inserts `(gid, branch_id, account, amount)` into `xa_effect` inside the
-//! local XA transaction (body `{"amount":N}`; `{"fail":true}` answers
-//! FAILURE instead), `commit`/`rollback` finish it. Prints `ready xa-branch
-//! pid=… http=127.0.0.1:port` once it serves.
+//! The tests run it as a process of its own, to SIGKILL it between `XA
+//! PREPARE` and the coordinator's commit: the test binary itself, started
+//! again with [`SERVE`] set, runs only the test `branch_service_process`,
+//! which then serves until killed ([`serve`]) and prints `ready xa-branch
+//! pid=… http=127.0.0.1:port` once it does.
 
 use std::net::SocketAddr;
 
@@ -124,20 +122,27 @@ async fn branch(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, db_url, dtm_url, port] = args.as_slice() else {
-        return Err("usage: xa_branch <database url> <dtm HTTP url> <port>".into());
-    };
+/// `<database url> <dtm HTTP url> <port>`: when set, this test binary is
+/// the branch service.
+pub const SERVE: &str = "XA_BRANCH_SERVICE";
+
+/// The service's routes on `db_url`, registering branches at `dtm_url`.
+pub async fn router(db_url: &str, dtm_url: &str) -> Result<Router, Box<dyn std::error::Error>> {
     let db = open(db_url).await?;
     let dtm = DtmClient::new(dtm_url, discovery::ChannelCache::new())?;
-    let app = App { db, dtm };
+    Ok(Router::new().route("/xa/{account}", post(branch)).with_state(App { db, dtm }))
+}
+
+/// Serves as [`SERVE`] says, until the process is killed.
+pub async fn serve(config: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let [db_url, dtm_url, port] = config.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(format!("{SERVE} must be '<database url> <dtm url> <port>', not {config:?}").into());
+    };
+    let router = router(db_url, dtm_url).await?;
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?))).await?;
     let addr = listener.local_addr()?;
     println!("ready xa-branch pid={} http={addr}", std::process::id());
-    let router = Router::new().route("/xa/{account}", post(branch)).with_state(app);
     axum::serve(listener, router).await?;
     Ok(())
 }
