@@ -5,9 +5,11 @@
 //! coordinator's `rollback` may reach the branch *before* its local
 //! transaction does (the application gave up on a slow call, or the
 //! transaction timed out). `XA ROLLBACK` of an xid that does not exist yet
-//! does nothing, so without a marker the late local transaction would
-//! prepare, and then nothing would ever commit or roll it back: a prepared
-//! transaction holding its locks forever ("hanging").
+//! does nothing; a local transaction that prepared after it would hold its
+//! locks until someone finishes it ("hanging"). What stops it: its
+//! `registerBranch`, which comes before `PREPARE`, is refused once the
+//! global transaction is no longer `prepared` — and, checked first, before
+//! any business SQL, a row the rollback leaves behind.
 //!
 //! Both sides therefore write the same row, `(gid, branch_id, action, 01)`:
 //!
