@@ -7,8 +7,10 @@
 -- collation. With the default (case-insensitive) one, a saga `abc` submitted
 -- after a saga `AbC` is "the same gid" and is refused, never run. gids are
 -- exact byte strings everywhere else (gRPC metadata, the barrier), so here
--- too. Tables created by dtm's file or an older version of this one are
--- migrated at start (`MySqlStore::open`, `ALTER TABLE … MODIFY gid …`).
+-- too. So are topic names (`kv.k`): `topic://Orders` and `topic://orders` are
+-- two topics, as on PostgreSQL and SQLite. Tables created by dtm's file or an
+-- older version of this one are migrated at start (`MySqlStore::open`,
+-- `ALTER TABLE … MODIFY gid …`).
 CREATE TABLE IF NOT EXISTS trans_global (
   id bigint(22) NOT NULL AUTO_INCREMENT,
   gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL COMMENT 'global transaction id',
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS trans_branch_op (
 CREATE TABLE IF NOT EXISTS kv (
   id bigint(22) NOT NULL AUTO_INCREMENT,
   cat varchar(45) NOT NULL,
-  k varchar(128) NOT NULL,
+  k varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   v TEXT,
   version bigint(22) DEFAULT 1,
   create_time datetime DEFAULT NULL,

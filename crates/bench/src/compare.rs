@@ -32,7 +32,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::modes::{self, ModeSpec, Running, Settings};
+use super::modes::{self, ModeSpec, Running, Settings, VARIANT_MARK};
 use super::report::{self, Report, markdown_table, percent};
 use super::stats::{Spread, steal_gap_flagged, steal_gap_pp};
 
@@ -380,7 +380,10 @@ impl Comparison {
             })
             .collect();
 
-        let label_of = |mode: &str| modes.iter().find(|m| m.mode == mode).map(|m| m.label.clone());
+        // The plain run of a mode, not a `--variant` of it.
+        let label_of = |mode: &str| {
+            modes.iter().find(|m| m.mode == mode && !is_variant(&m.label)).map(|m| m.label.clone())
+        };
         let peers: Vec<&ModeSummary> = modes.iter().filter(|m| m.mode == "peer").collect();
         let mut pairs: Vec<(String, String, Vec<Measure>)> = Vec::new();
         let mut pair = |a: Option<String>, b: Option<String>, measures: Vec<Measure>| {
@@ -392,6 +395,9 @@ impl Comparison {
         pair(label_of("http"), label_of("direct"), both.clone());
         pair(label_of("saga"), label_of("direct"), both.clone());
         pair(label_of("direct"), label_of("db"), vec![Measure::Throughput]);
+        for variant in modes.iter().filter(|m| is_variant(&m.label)) {
+            pair(Some(variant.label.clone()), label_of(&variant.mode), both.clone());
+        }
         if let [ours, theirs, ..] = peers.as_slice() {
             // Their CPU only counts when their process was accounted
             // (`--peer-pid`): mariadbd and the bench alone would flatter them.
@@ -746,8 +752,21 @@ fn targets(modes: &[ModeSummary], ratios: &[Ratio]) -> Vec<TargetResult> {
 
 /// A run label's short name in a ratio: its first word (`http`,
 /// `direct`), or the whole label for a peer (`peer ours`).
-fn short(label: &str) -> &str {
-    if label.starts_with("peer ") { label } else { label.split_whitespace().next().unwrap_or(label) }
+/// A run's name in a ratio: `http`, `peer dtmrs`, `http ATTEMPTS_RECORD=false`.
+fn short(label: &str) -> String {
+    let mode = label.split_whitespace().next().unwrap_or(label);
+    if label.starts_with("peer ") {
+        label.to_string()
+    } else if let Some((_, settings)) = label.split_once(VARIANT_MARK) {
+        format!("{mode} {settings}")
+    } else {
+        mode.to_string()
+    }
+}
+
+/// A `--variant` run (its label carries the settings).
+fn is_variant(label: &str) -> bool {
+    label.contains(VARIANT_MARK)
 }
 
 /// The CPU table's column for a process: the bench's runs share one.
@@ -863,6 +882,35 @@ mod tests {
             ],
             METHOD,
         )
+    }
+
+    #[test]
+    fn a_variant_is_compared_with_the_plain_run_of_its_mode() {
+        let http = |label: &str, round, rate, coordinator| {
+            run(label, round, rate, &[("coordinator", coordinator), ("mariadbd", 1.0)], 0.3)
+        };
+        let variant = "http quickCreate with ATTEMPTS_RECORD=false";
+        let comparison = Comparison::new(
+            vec![
+                run("direct grpc", 1, 800.0, &[("mariadbd", 1.0)], 0.3),
+                http("http quickCreate", 1, 400.0, 0.5),
+                http(variant, 1, 440.0, 0.4),
+                http(variant, 2, 400.0, 0.45),
+                http("http quickCreate", 2, 400.0, 0.5),
+                run("direct grpc", 2, 800.0, &[("mariadbd", 1.0)], 0.3),
+            ],
+            Method { rounds: 2, max_steal_gap_pp: 5.0 },
+        );
+        let ratio = comparison
+            .ratio("http ATTEMPTS_RECORD=false / http", Measure::Throughput)
+            .expect("variant / plain, sagas/s");
+        assert_eq!((ratio.numerator.as_str(), ratio.denominator.as_str()), (variant, "http quickCreate"));
+        assert_eq!(ratio.rounds.iter().map(|r| r.value).collect::<Vec<_>>(), [1.1, 1.0]);
+        let cpu = comparison.ratio("http ATTEMPTS_RECORD=false / http", Measure::CpuPerSaga).expect("CPU");
+        assert_eq!(cpu.rounds.iter().map(|r| r.value).collect::<Vec<_>>(), [0.933, 0.967]);
+        // The targets stay on the plain run.
+        let plain = comparison.ratio("http / direct", Measure::Throughput).expect("http / direct");
+        assert_eq!(plain.numerator, "http quickCreate");
     }
 
     #[test]

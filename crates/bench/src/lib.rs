@@ -53,7 +53,7 @@ use self::branches::{Transport, Work};
 use self::compare::Method;
 use self::load::Limit;
 use self::modes::{Api, ModeSpec, Settings};
-use self::system::{Launcher, Server};
+use self::system::{Launcher, Server, Setting};
 use harness::parse_duration;
 
 /// Which measurement.
@@ -94,6 +94,17 @@ pub struct BenchArgs {
     /// targets measure.
     #[arg(long, value_name = "POINTS", default_value_t = stats::DEFAULT_MAX_STEAL_GAP_PP)]
     pub max_steal_gap: f64,
+    /// compare: only these modes (comma-separated: `--modes direct,http`),
+    /// in the usual order. [default: db,direct,http,saga,peer]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
+    pub modes: Vec<Mode>,
+    /// http/compare: a coordinator setting, as the environment variable of
+    /// its key in `etc/coordinator.yaml` (`--variant ATTEMPTS_RECORD=false`;
+    /// repeat for several). `http` runs with it; `compare` runs `http`
+    /// twice per round, without and with it, side by side, and gives their
+    /// ratios: what the setting costs, measured like the other ratios.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = Setting::parse)]
+    pub variant: Vec<Setting>,
     /// Concurrent clients (closed loop: each waits for its answer).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -185,6 +196,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.max_steal_gap.is_nan() || args.max_steal_gap < 0.0 {
         bail!("--max-steal-gap must be a number of percentage points, 0 or more");
     }
+    if args.mode != Mode::Compare && !args.modes.is_empty() {
+        bail!("--modes is for compare; the other modes are one mode each");
+    }
+    if args.modes.contains(&Mode::Compare) {
+        bail!("--modes lists the modes compare runs: db, direct, http, saga, peer");
+    }
+    if !args.variant.is_empty() && !matches!(args.mode, Mode::Http | Mode::Compare) {
+        bail!("--variant changes the coordinator of http (and of http's second run in compare)");
+    }
+    if args.mode == Mode::Compare && !args.variant.is_empty() && !compares(&args, Mode::Http) {
+        bail!("--variant is measured beside http: add http to --modes");
+    }
     if args.mode == Mode::Peer && args.peer_url.is_some() {
         bail!("peer takes --dtm URL; --peer-url is for compare");
     }
@@ -245,7 +268,7 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
         Mode::Db => vec![ModeSpec::Db],
         Mode::Direct => vec![ModeSpec::Direct],
         Mode::Saga => vec![ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work }],
-        Mode::Http => vec![ModeSpec::Http],
+        Mode::Http => vec![ModeSpec::Http { variant: args.variant.clone() }],
         Mode::Peer => match &args.dtm {
             Some(url) => {
                 vec![ModeSpec::Peer { dtm: Some(url.clone()), pid: args.peer_pid, name: peer_name() }]
@@ -260,19 +283,41 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
             // The members of each ratio's pair next to each other (http and
             // saga beside direct, direct beside db, the peers together): the
             // closer in time, the closer their conditions.
-            let mut specs = vec![
-                ModeSpec::Db,
-                ModeSpec::Direct,
-                ModeSpec::Http,
-                ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work },
-                ours(),
-            ];
-            if let Some(url) = &args.peer_url {
-                specs.push(ModeSpec::Peer { dtm: Some(url.clone()), pid: args.peer_pid, name: peer_name() });
+            // A variant runs right after the plain `http` it is compared with.
+            let mut specs = Vec::new();
+            if compares(args, Mode::Db) {
+                specs.push(ModeSpec::Db);
+            }
+            if compares(args, Mode::Direct) {
+                specs.push(ModeSpec::Direct);
+            }
+            if compares(args, Mode::Http) {
+                specs.push(ModeSpec::Http { variant: Vec::new() });
+                if !args.variant.is_empty() {
+                    specs.push(ModeSpec::Http { variant: args.variant.clone() });
+                }
+            }
+            if compares(args, Mode::Saga) {
+                specs.push(ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work });
+            }
+            if compares(args, Mode::Peer) {
+                specs.push(ours());
+                if let Some(url) = &args.peer_url {
+                    specs.push(ModeSpec::Peer {
+                        dtm: Some(url.clone()),
+                        pid: args.peer_pid,
+                        name: peer_name(),
+                    });
+                }
             }
             specs
         }
     }
+}
+
+/// Whether `compare` runs `mode` (every mode when `--modes` is not given).
+fn compares(args: &BenchArgs, mode: Mode) -> bool {
+    args.modes.is_empty() || args.modes.contains(&mode)
 }
 
 /// Runs every spec (compare: in rounds), prints each report as it comes,
@@ -343,6 +388,53 @@ mod tests {
         let cli = Cli::parse_from(["bench", "saga", "--api", "http", "--branches", "http", "--work", "none"]);
         assert_eq!(specs(&cli.bench)[0].label(), "saga api=http branches=http work=none");
         assert!(Cli::try_parse_from(["bench", "db", "--duration", "5s", "--requests", "10"]).is_err());
+    }
+
+    #[test]
+    fn compare_runs_a_variant_beside_plain_http() {
+        let cli = Cli::parse_from([
+            "bench",
+            "compare",
+            "--modes",
+            "http,direct",
+            "--variant",
+            "ATTEMPTS_RECORD=false",
+            "--variant",
+            "ATTEMPTS_PER_TRANSACTION=8",
+        ]);
+        let names: Vec<String> = specs(&cli.bench).iter().map(ModeSpec::label).collect();
+        assert_eq!(
+            names,
+            [
+                "direct grpc work=sql",
+                "http quickCreate",
+                "http quickCreate with ATTEMPTS_RECORD=false ATTEMPTS_PER_TRANSACTION=8"
+            ]
+        );
+        let cli = Cli::parse_from(["bench", "http", "--variant", "ATTEMPTS_RECORD=false"]);
+        assert_eq!(specs(&cli.bench)[0].label(), "http quickCreate with ATTEMPTS_RECORD=false");
+    }
+
+    #[tokio::test]
+    async fn modes_and_variants_are_refused_where_they_mean_nothing() {
+        let refused = |argv: &[&str]| {
+            let mut full = vec!["bench"];
+            full.extend_from_slice(argv);
+            Cli::parse_from(full).bench
+        };
+        for (argv, says) in [
+            (&["http", "--modes", "db"][..], "--modes is for compare"),
+            (&["compare", "--modes", "compare"][..], "--modes lists the modes"),
+            (&["saga", "--variant", "A=1"][..], "--variant changes the coordinator"),
+            (&["compare", "--modes", "db", "--variant", "A=1"][..], "add http to --modes"),
+        ] {
+            let err = run(refused(argv)).await.expect_err("refused");
+            assert!(err.to_string().contains(says), "{argv:?}: {err}");
+        }
+        for bad in ["ATTEMPTS_RECORD", "attempts_record=false", "=1", "A B=1"] {
+            let err = Cli::try_parse_from(["bench", "http", "--variant", bad]).expect_err(bad);
+            assert!(err.to_string().contains("coordinator setting"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::dbstat::Monitor;
 use super::load::{self, Limit, Op, OpError, Plan};
 use super::procstat::{self, Watched};
 use super::report::{Inputs, Readings, Report};
-use super::system::{BranchService, CoordinatorProcess, Databases, Launcher, Server, Service};
+use super::system::{BranchService, CoordinatorProcess, Databases, Launcher, Server, Service, Setting};
 
 /// The coordinator API a `saga` client submits through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +61,13 @@ pub enum ModeSpec {
         work: Work,
     },
     /// The user's path through order-api.
-    Http,
+    Http {
+        /// Settings given to the coordinator as environment variables
+        /// (`ATTEMPTS_RECORD=false`): empty for the shipped configuration;
+        /// `compare --variant` runs a second `http` with them, to measure
+        /// what one setting costs beside the run without it.
+        variant: Vec<Setting>,
+    },
     /// Empty-branch HTTP sagas against any dtm-compatible coordinator.
     Peer {
         /// Its `…/api/dtmsvr` URL; `None` starts ours.
@@ -80,7 +86,7 @@ impl ModeSpec {
             ModeSpec::Db => "db",
             ModeSpec::Direct => "direct",
             ModeSpec::Saga { .. } => "saga",
-            ModeSpec::Http => "http",
+            ModeSpec::Http { .. } => "http",
             ModeSpec::Peer { .. } => "peer",
         }
     }
@@ -96,11 +102,19 @@ impl ModeSpec {
                 format!("{branches:?}").to_lowercase(),
                 format!("{work:?}").to_lowercase()
             ),
-            ModeSpec::Http => "http quickCreate".into(),
+            ModeSpec::Http { variant } if variant.is_empty() => "http quickCreate".into(),
+            ModeSpec::Http { variant } => {
+                let settings: Vec<String> = variant.iter().map(Setting::to_string).collect();
+                format!("http quickCreate{VARIANT_MARK}{}", settings.join(" "))
+            }
             ModeSpec::Peer { name, .. } => format!("peer {name}"),
         }
     }
 }
+
+/// Between a mode's label and its variant's settings:
+/// `http quickCreate with ATTEMPTS_RECORD=false`.
+pub const VARIANT_MARK: &str = " with ";
 
 /// What every mode shares.
 pub struct Settings {
@@ -324,7 +338,7 @@ async fn set_up(
         ModeSpec::Db => db(settings, dbs).await?,
         ModeSpec::Direct => direct(settings, dbs, parts).await?,
         ModeSpec::Saga { api, branches, work } => saga(settings, dbs, parts, *api, *branches, *work).await?,
-        ModeSpec::Http => http(settings, dbs, parts).await?,
+        ModeSpec::Http { variant } => http(settings, dbs, parts, variant).await?,
         ModeSpec::Peer { dtm, pid, name } => peer(settings, dbs, parts, dtm.as_deref(), *pid, name).await?,
     };
 
@@ -377,7 +391,7 @@ pub fn connections_needed(specs: &[ModeSpec], clients: usize) -> u64 {
             ModeSpec::Direct => 2 * POOL,
             ModeSpec::Saga { work: Work::Sql, .. } => 3 * POOL,
             ModeSpec::Saga { work: Work::None, .. } => POOL,
-            ModeSpec::Http => 3 * POOL,
+            ModeSpec::Http { .. } => 3 * POOL,
             ModeSpec::Peer { dtm: None, .. } => POOL,
             ModeSpec::Peer { dtm: Some(_), .. } => 0,
         })
@@ -521,9 +535,15 @@ fn client_error(err: &ClientError) -> OpError {
 
 /// Our coordinator on a fresh store database, which first gets
 /// `--store-history` finished sagas when asked.
-async fn our_coordinator(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<CoordinatorProcess> {
+/// Our coordinator on a fresh store, with `variant`'s settings on top of
+/// the shipped configuration.
+async fn our_coordinator(
+    settings: &Settings,
+    dbs: &mut Databases,
+    variant: &[Setting],
+) -> anyhow::Result<CoordinatorProcess> {
     let store = dbs.create_store("dtm").await?;
-    let coordinator = settings.launcher.coordinator(&settings.server, &store).await?;
+    let coordinator = settings.launcher.coordinator(&settings.server, &store, variant).await?;
     if settings.store_history > 0 {
         dbs.fill_store(&store, settings.store_history).await?;
     }
@@ -538,7 +558,7 @@ async fn saga(
     transport: Transport,
     work: Work,
 ) -> anyhow::Result<Prepared> {
-    let coordinator = our_coordinator(settings, dbs).await?;
+    let coordinator = our_coordinator(settings, dbs, &[]).await?;
     let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
     let address = match api {
         Api::Grpc => coordinator.grpc.to_string(),
@@ -595,7 +615,7 @@ async fn peer(
             url.trim_end_matches('/').to_string()
         }
         None => {
-            let coordinator = our_coordinator(settings, dbs).await?;
+            let coordinator = our_coordinator(settings, dbs, &[]).await?;
             watched.push(Watched::new("coordinator", coordinator.service.pid));
             let base = coordinator.http_base();
             parts.services.push(coordinator.service);
@@ -651,8 +671,13 @@ async fn peer(
 
 // ---- http -------------------------------------------------------------
 
-async fn http(settings: &Settings, dbs: &mut Databases, parts: &mut Parts) -> anyhow::Result<Prepared> {
-    let coordinator = our_coordinator(settings, dbs).await?;
+async fn http(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    variant: &[Setting],
+) -> anyhow::Result<Prepared> {
+    let coordinator = our_coordinator(settings, dbs, variant).await?;
     let (dtm_grpc, dtm_http) = (coordinator.grpc, coordinator.http_base());
     parts.services.push(coordinator.service);
     let (order_addr, stock_addr) = branch_services(settings, dbs, parts).await?;

@@ -384,6 +384,39 @@ pub struct Launcher {
     pub log_level: String,
 }
 
+/// One coordinator setting, as the environment variable that overrides it
+/// in `etc/coordinator.yaml` (`AttemptsRecord` → `ATTEMPTS_RECORD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The variable: capitals, digits and `_`.
+    pub key: String,
+    /// Its value, as the coordinator's config loader reads it.
+    pub value: String,
+}
+
+impl Setting {
+    /// `KEY=VALUE`.
+    pub fn parse(text: &str) -> Result<Setting, String> {
+        let (key, value) = text.split_once('=').ok_or_else(|| {
+            format!("a coordinator setting as KEY=VALUE (ATTEMPTS_RECORD=false), not {text:?}")
+        })?;
+        let valid_key =
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !valid_key {
+            return Err(format!(
+                "{key:?} is not a coordinator setting's variable (capitals, digits and _, e.g. ATTEMPTS_RECORD)"
+            ));
+        }
+        Ok(Setting { key: key.to_string(), value: value.to_string() })
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
 /// A running coordinator.
 pub struct CoordinatorProcess {
     /// The process.
@@ -429,8 +462,13 @@ impl Launcher {
 
     /// The coordinator on `etc/coordinator.yaml` with a MySQL store in
     /// database `store_db` (created by the caller; the coordinator makes
-    /// its tables).
-    pub async fn coordinator(&self, server: &Server, store_db: &str) -> anyhow::Result<CoordinatorProcess> {
+    /// its tables), and `variant`'s settings on top.
+    pub async fn coordinator(
+        &self,
+        server: &Server,
+        store_db: &str,
+        variant: &[Setting],
+    ) -> anyhow::Result<CoordinatorProcess> {
         let config = self.write_config(shipped::COORDINATOR.file, shipped::COORDINATOR.text)?;
         let mut env = vec![
             ("LISTEN_HOST".into(), "127.0.0.1".into()),
@@ -440,6 +478,7 @@ impl Launcher {
             ("MICRO_SERVICE_DRIVER".into(), "default".into()),
         ];
         env.extend(server.store_env(store_db));
+        env.extend(variant.iter().map(|s| (s.key.clone(), s.value.clone())));
         let service = self.spawn("coordinator", &config, env)?;
         let ready = service.wait_ready().await?;
         Ok(CoordinatorProcess {

@@ -18,6 +18,9 @@
 //!   pass-through, pooled connections);
 //! * [`alert`] — dtm's retry alerts (`AlertRetryLimit`, `AlertWebHook`):
 //!   counted in the store, delivered at least once, off the branch path;
+//! * [`topics`] — dtm's message topics: subscribe/unsubscribe in the `kv`
+//!   table under optimistic concurrency, `topic://name` message steps
+//!   expanded into one branch per subscriber;
 //! * [`trace`] — W3C trace context: read from the creating request, kept
 //!   in dtm's `ext_data` column, continued by every branch call;
 //! * `config`, `api`, `metrics`, `server` — configuration, the two APIs,
@@ -40,6 +43,7 @@ pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod topics;
 pub mod trace;
 
 pub use engine::{Engine, EngineError, EngineHooks, EngineObserver, EngineSettings, TransDetail};

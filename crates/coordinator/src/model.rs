@@ -199,6 +199,13 @@ pub enum Step {
         /// The action to deliver.
         action: BranchUrl,
     },
+    /// A 2-phase message step whose action is `topic://name`: one `action`
+    /// row per subscriber of the topic when the message is created
+    /// (`crate::topics`).
+    Topic {
+        /// The topic to deliver to.
+        topic: dtm_protocol::Topic,
+    },
 }
 
 /// Per-transaction options (dtm's `TransOptions`, `dtmcli/dtmimp/trans_base.go`). `None` = use the server default.
@@ -488,7 +495,14 @@ fn steps_of(trans_type: TransType, steps: &[BTreeMap<String, String>]) -> Result
                 action: step_url(s, i, "action")?,
                 compensate: step_url(s, i, "compensate")?,
             }),
-            TransType::Msg => Ok(Step::Msg { action: step_url(s, i, "action")? }),
+            TransType::Msg => {
+                match dtm_protocol::Topic::from_action(s.get("action").map_or("", String::as_str)) {
+                    Some(topic) => Ok(Step::Topic {
+                        topic: topic.map_err(|e| invalid(&format!("steps[{i}].action"), e.to_string()))?,
+                    }),
+                    None => Ok(Step::Msg { action: step_url(s, i, "action")? }),
+                }
+            }
             other => Err(invalid("steps", format!("{other} transactions take no steps"))),
         })
         .collect()

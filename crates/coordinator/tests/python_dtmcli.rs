@@ -4,11 +4,16 @@
 //! A virtualenv with the pinned package is created once under
 //! `target/tmp/` and reused by later runs (first run: a few seconds of
 //! pip; then none). The Python side is a script written by this test: it
-//! runs a sequential saga, TCC (with a nested branch) and 2-phase messages
+//! runs a sequential saga, TCC (with a nested branch) and 2-phase messages (one to a topic)
 //! the way `dtmcli`'s README shows, against recording HTTP branches served
 //! by this test. The test then checks, per transaction, the sequence of
 //! branch calls, the query parameters and body each call received, and the
 //! final state from `/api/dtmsvr/query`.
+//!
+//! `dtmcli` 1.7.7.0 has no topic or KV calls (no `subscribe`,
+//! `unsubscribe`, `deleteTopic`, `queryKV`): the topic scenario subscribes
+//! through the HTTP route and sends `dtmcli`'s own `Msg` with a
+//! `topic://` action, which is what its API covers.
 //!
 //! `dtmcli`'s concurrent saga is not exercised: its `build_custom_options`
 //! reads attributes that do not exist (`self.orders`), so it cannot submit.
@@ -112,7 +117,23 @@ def msg_run():
     m.submit()
     out["delay"] = gid
 
-{"saga": saga_run, "tcc": tcc_run, "msg": msg_run}[scenario]()
+def topic_run():
+    # dtmcli 1.7.7.0 has no subscribe call: subscribe through dtm's HTTP
+    # route, then send dtmcli's own Msg with a topic:// action.
+    import requests
+    for name in ["ShipA", "ShipB"]:
+        utils.check_result(requests.get(dtm + "/subscribe",
+            params={"topic": "py-orders", "url": busi + "/" + name, "remark": name}))
+    gid = utils.gen_gid(dtm)
+    msg.Msg(dtm, gid).add(body, "topic://py-orders").submit()
+    out["topic"] = gid
+    gid = utils.gen_gid(dtm)
+    try:
+        msg.Msg(dtm, gid).add(body, "topic://nobody").submit()
+    except utils.DTMFailureError:
+        out["unknown_topic_raised"] = "DTMFailureError"
+
+{"saga": saga_run, "tcc": tcc_run, "msg": msg_run, "topic": topic_run}[scenario]()
 print(json.dumps(out))
 "#;
 
@@ -456,4 +477,14 @@ async fn python_messages_submit_abort_check_back_and_delay() {
         - run.out["delay_submitted_at"].as_f64().unwrap();
     // Creation time is kept in whole seconds: up to 1 s early at most.
     assert!(waited >= 1.0, "delivered {waited:.2} s after the submit, before its 2 s delay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_message_to_a_topic_reaches_every_subscriber() {
+    let run = Run::scenario("topic").await;
+    let gid = run.gid("topic");
+    assert_eq!(run.wait_final(&gid).await["transaction"]["status"], "succeed");
+    assert_eq!(run.branches.sequence(&gid), [c("/ShipA", "01-01", "action"), c("/ShipB", "01-02", "action")]);
+    run.check_params(&gid, "msg");
+    assert_eq!(run.out["unknown_topic_raised"], "DTMFailureError", "dtm's \"topic not found\" is a FAILURE");
 }

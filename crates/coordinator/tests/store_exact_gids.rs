@@ -20,14 +20,19 @@ fn old_ddl_statements() -> Vec<String> {
 }
 
 async fn gid_collation(pool: &MySqlPool, table: &str) -> String {
+    collation(pool, table, "gid").await
+}
+
+async fn collation(pool: &MySqlPool, table: &str, column: &str) -> String {
     sqlx::query_scalar(
         "SELECT CAST(COLLATION_NAME AS CHAR) FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = 'gid'",
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
     )
     .bind(table)
+    .bind(column)
     .fetch_one(pool)
     .await
-    .expect("gid collation")
+    .expect("collation")
 }
 
 async fn status(c: &reqwest::Client, base: &str, gid: &str) -> Value {
@@ -81,6 +86,7 @@ async fn old_case_insensitive_tables_are_migrated_by_concurrent_starts() {
         sqlx::query(&statement).execute(&pool).await.unwrap();
     }
     assert!(!gid_collation(&pool, "trans_global").await.ends_with("_bin"));
+    assert!(!collation(&pool, "kv", "k").await.ends_with("_bin"));
     // A finished saga from before the upgrade, and the bug itself: its gid in
     // another case is "the same" gid.
     let insert = "INSERT INTO trans_global (gid, trans_type, status, query_prepared, protocol, options, \
@@ -98,6 +104,7 @@ async fn old_case_insensitive_tables_are_migrated_by_concurrent_starts() {
     );
     assert_eq!(gid_collation(&pool, "trans_global").await, "utf8mb4_bin");
     assert_eq!(gid_collation(&pool, "trans_branch_op").await, "utf8mb4_bin");
+    assert_eq!(collation(&pool, "kv", "k").await, "utf8mb4_bin", "topic names are exact too");
     // A third start finds nothing to do.
     let third = InProcess::start(fast_config(store)).await;
     third.stop().await.expect("clean shutdown");

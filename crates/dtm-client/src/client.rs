@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use discovery::ChannelCache;
-use dtm_protocol::Gid;
+use dtm_protocol::{Gid, Topic};
 
 use crate::branch::BranchCaller;
-use crate::{ClientError, GrpcDtm, HttpDtm, QueryResult, RegisterBranch, Saga, TransRequest};
+use crate::{ClientError, GrpcDtm, HttpDtm, KvPage, KvRows, QueryResult, RegisterBranch, Saga, TransRequest};
 
 /// Default deadline of one call to dtm. Generous because a `wait_result`
 /// submit returns only after dtm has called every branch once.
@@ -130,10 +130,54 @@ impl DtmClient {
     /// The transaction and its branches. dtm has no gRPC query, so this
     /// needs an HTTP client ([`ClientError::InvalidArgument`] otherwise).
     pub async fn query(&self, gid: &Gid) -> Result<QueryResult, ClientError> {
+        self.http_only("query")?.query(gid).await
+    }
+
+    /// Subscribes `url` (an HTTP or gRPC branch URL) to `topic`: every
+    /// message sent to the topic from now on reaches it
+    /// ([`crate::Msg::add_topic_json`]). dtm answers FAILURE ("this url
+    /// exists") for a URL already subscribed.
+    pub async fn subscribe(&self, topic: &Topic, url: &str, remark: &str) -> Result<(), ClientError> {
         match self {
-            DtmClient::Http(dtm) => dtm.query(gid).await,
+            DtmClient::Grpc(dtm) => dtm.subscribe(topic, url, remark).await,
+            DtmClient::Http(dtm) => dtm.subscribe(topic, url, remark).await,
+        }
+    }
+
+    /// Removes `url` from `topic`'s subscribers.
+    pub async fn unsubscribe(&self, topic: &Topic, url: &str) -> Result<(), ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.unsubscribe(topic, url).await,
+            DtmClient::Http(dtm) => dtm.unsubscribe(topic, url).await,
+        }
+    }
+
+    /// Deletes `topic` with its subscribers (messages already sent keep theirs).
+    pub async fn delete_topic(&self, topic: &Topic) -> Result<(), ClientError> {
+        match self {
+            DtmClient::Grpc(dtm) => dtm.delete_topic(topic).await,
+            DtmClient::Http(dtm) => dtm.delete_topic(topic).await,
+        }
+    }
+
+    /// dtm's `queryKV` (HTTP only, like `query`): the row of `key` in
+    /// `cat`, or all of `cat`. A topic's subscribers: `query_kv("topics",
+    /// Some(name))`, then [`crate::KvRow::subscribers`].
+    pub async fn query_kv(&self, cat: &str, key: Option<&str>) -> Result<KvRows, ClientError> {
+        self.http_only("queryKV")?.query_kv(cat, key).await
+    }
+
+    /// dtm's `scanKV` (HTTP only): one page of `cat`, newest first.
+    pub async fn scan_kv(&self, cat: &str, position: &str, limit: u32) -> Result<KvPage, ClientError> {
+        self.http_only("scanKV")?.scan_kv(cat, position, limit).await
+    }
+
+    /// The HTTP client, for what dtm offers over HTTP only.
+    fn http_only(&self, api: &str) -> Result<&HttpDtm, ClientError> {
+        match self {
+            DtmClient::Http(dtm) => Ok(dtm),
             DtmClient::Grpc(dtm) => Err(ClientError::InvalidArgument(format!(
-                "dtm has no gRPC query API; use its HTTP address instead of {}",
+                "dtm has no gRPC {api} API; use its HTTP address instead of {}",
                 dtm.address()
             ))),
         }

@@ -4,7 +4,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use discovery::ChannelCache;
-use dtm_protocol::Gid;
+use dtm_protocol::{Gid, Topic};
+use proto::dtmgimp::DtmTopicRequest;
 use proto::dtmgimp::dtm_client::DtmClient as RawDtmClient;
 use tonic::transport::Channel;
 
@@ -86,6 +87,24 @@ impl GrpcDtm {
         self.call(client.register_branch(self.request(branch.to_grpc()))).await
     }
 
+    /// `Subscribe`: `url` receives every message sent to `topic` from now on.
+    pub async fn subscribe(&self, topic: &Topic, url: &str, remark: &str) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.subscribe(self.request(topic_request(topic, url, remark)))).await
+    }
+
+    /// `Unsubscribe`.
+    pub async fn unsubscribe(&self, topic: &Topic, url: &str) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.unsubscribe(self.request(topic_request(topic, url, "")))).await
+    }
+
+    /// `DeleteTopic`.
+    pub async fn delete_topic(&self, topic: &Topic) -> Result<(), ClientError> {
+        let mut client = self.client().await?;
+        self.call(client.delete_topic(self.request(topic_request(topic, "", "")))).await
+    }
+
     /// The caller for branch calls made by the application.
     pub(crate) fn branches(&self) -> &BranchCaller {
         &self.branches
@@ -130,4 +149,9 @@ impl GrpcDtm {
             ))),
         }
     }
+}
+
+/// dtm's `DtmTopicRequest`.
+fn topic_request(topic: &Topic, url: &str, remark: &str) -> DtmTopicRequest {
+    DtmTopicRequest { topic: topic.as_str().to_string(), url: url.to_string(), remark: remark.to_string() }
 }

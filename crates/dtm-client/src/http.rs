@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use dtm_protocol::Gid;
+use dtm_protocol::{Gid, Topic};
 use serde::Deserialize;
 
 use crate::branch::BranchCaller;
+use crate::kv::{KvPage, KvRows};
 use crate::{ClientError, QueryResult, RegisterBranch, TransRequest};
 
 /// A client of dtm's HTTP port, e.g. `http://127.0.0.1:36789/api/dtmsvr`.
@@ -139,19 +140,64 @@ impl HttpDtm {
 
     /// `GET /query?gid=…`: the transaction and its branches.
     pub async fn query(&self, gid: &Gid) -> Result<QueryResult, ClientError> {
-        let get = self.client.get(format!("{}/query", self.base)).query(&[("gid", gid.as_str())]);
+        self.get_data("query", &[("gid", gid.as_str())]).await
+    }
+
+    /// `GET /subscribe?topic=…&url=…&remark=…`: `url` (an HTTP or gRPC
+    /// branch URL) receives every message sent to `topic` from now on.
+    pub async fn subscribe(&self, topic: &Topic, url: &str, remark: &str) -> Result<(), ClientError> {
+        let query = [("topic", topic.as_str()), ("url", url), ("remark", remark)];
+        self.send(self.client.get(format!("{}/subscribe", self.base)).query(&query)).await.map(drop)
+    }
+
+    /// `GET /unsubscribe?topic=…&url=…`.
+    pub async fn unsubscribe(&self, topic: &Topic, url: &str) -> Result<(), ClientError> {
+        let query = [("topic", topic.as_str()), ("url", url)];
+        self.send(self.client.get(format!("{}/unsubscribe", self.base)).query(&query)).await.map(drop)
+    }
+
+    /// `DELETE /topic/{topic}`.
+    pub async fn delete_topic(&self, topic: &Topic) -> Result<(), ClientError> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|err| ClientError::InvalidArgument(format!("dtm address {:?}: {err}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::InvalidArgument(format!("dtm address {:?} has no path", self.base)))?
+            .push("topic")
+            .push(topic.as_str());
+        self.send(self.client.delete(url)).await.map(drop)
+    }
+
+    /// `GET /queryKV?cat=…&key=…`: the row of `key`, or all of `cat`.
+    pub async fn query_kv(&self, cat: &str, key: Option<&str>) -> Result<KvRows, ClientError> {
+        self.get_data("queryKV", &[("cat", cat), ("key", key.unwrap_or_default())]).await
+    }
+
+    /// `GET /scanKV?cat=…&position=…&limit=…`: one page of `cat`, newest
+    /// first; pass the page's `next_position` for the next one.
+    pub async fn scan_kv(&self, cat: &str, position: &str, limit: u32) -> Result<KvPage, ClientError> {
+        let limit = limit.to_string();
+        self.get_data("scanKV", &[("cat", cat), ("position", position), ("limit", &limit)]).await
+    }
+
+    /// A `GET` whose answer is data: judged by the status only, since the
+    /// data may well contain the word FAILURE (a rollback reason, a
+    /// remark; dtm's body rule is for results).
+    async fn get_data<T: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let get = self.client.get(format!("{}/{route}", self.base)).query(query);
         let response = get.send().await.map_err(|err| ClientError::from_reqwest(&err))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|err| ClientError::from_reqwest(&err))?;
-        // Status only: the answer is data, and a rollback reason may well
-        // contain the word FAILURE (dtm's body rule is for results).
         if status != 200
             && let Some(err) = ClientError::from_http(status, &body)
         {
             return Err(err);
         }
         serde_json::from_str(&body)
-            .map_err(|err| ClientError::Other(format!("unreadable query reply: {err}")))
+            .map_err(|err| ClientError::Other(format!("unreadable {route} reply: {err}")))
     }
 
     /// Sends, reads the body, and applies dtm's result rules.

@@ -13,7 +13,9 @@
 //! * [`DtmClient`] talks to dtm over gRPC ([`GrpcDtm`], `host:port` or
 //!   `etcd://…/dtmservice` resolved through [`discovery`]) or HTTP
 //!   ([`HttpDtm`], `http://host:36789/api/dtmsvr`): `new_gid`, `submit`,
-//!   `prepare`, `abort`, `registerBranch`, and over HTTP `query`;
+//!   `prepare`, `abort`, `registerBranch`, message topics (`subscribe`,
+//!   `unsubscribe`, `delete_topic`), and over HTTP `query`, `query_kv`,
+//!   `scan_kv` ([`kv`]);
 //! * [`ClientError`] sorts every outcome into what a caller acts on:
 //!   `Failure` (rolled back → HTTP 409), `Unavailable` (→ 503), ….
 //!
@@ -27,6 +29,8 @@
 //!   transaction + `submit`/`abort` ([`Msg::do_and_submit_db`], dtm's
 //!   `DoAndSubmitDB`, on MySQL, PostgreSQL or SQLite through
 //!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay;
+//!   a step may go to every subscriber of a topic ([`Msg::add_topic_json`],
+//!   [`DtmClient::subscribe`]);
 //! * [`Xa`] runs an XA global transaction (prepare, the action calls with
 //!   their `phase2_url`, submit/abort), and [`XaDb`] is a branch's side on
 //!   MySQL/MariaDB or PostgreSQL: the local XA transaction, phase-2
@@ -201,6 +205,7 @@ pub mod client;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod kv;
 pub mod msg;
 pub mod query;
 pub mod saga;
@@ -214,6 +219,7 @@ pub use client::{DEFAULT_TIMEOUT, DtmClient};
 pub use error::ClientError;
 pub use grpc::GrpcDtm;
 pub use http::HttpDtm;
+pub use kv::{KvPage, KvRow, KvRows};
 pub use msg::{Msg, MsgError};
 pub use query::{Branch, BranchStatus, QueryResult, TransStatus, Transaction};
 pub use saga::Saga;

@@ -19,11 +19,13 @@
 //!   commit).
 //!
 //! [`Msg::delay`] postpones the actions (`custom_data {"delay":N}`).
+//! [`Msg::add_topic_json`] (and [`Msg::add_topic`]) send a step to every
+//! subscriber of a topic ([`DtmClient::subscribe`]).
 
 use std::time::Duration;
 
 use barrier::{BarrierDatabase, BarrierTable, BranchError, MsgBarrier, MsgLocal};
-use dtm_protocol::{BranchCall, BranchId, Gid, Op, TransType};
+use dtm_protocol::{BranchCall, BranchId, Gid, Op, Topic, TransType};
 use serde::Serialize;
 use sqlx::Pool;
 
@@ -98,6 +100,20 @@ impl Msg {
         let body =
             serde_json::to_vec(payload).map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
         Ok(self.add_raw(action, body))
+    }
+
+    /// Adds a step that goes to every subscriber of `topic` (the action
+    /// `topic://name`), receiving `payload` protobuf-encoded (gRPC
+    /// subscribers). The coordinator makes one branch per subscriber when
+    /// the message is created, and refuses it if the topic has none.
+    pub fn add_topic(self, topic: &Topic, payload: &impl prost::Message) -> Msg {
+        self.add_raw(topic.target(), payload.encode_to_vec())
+    }
+
+    /// Adds a step that goes to every subscriber of `topic`, receiving
+    /// `payload` as its JSON body (HTTP subscribers).
+    pub fn add_topic_json(self, topic: &Topic, payload: &impl Serialize) -> Result<Msg, ClientError> {
+        self.add_json(topic.target(), payload)
     }
 
     /// Adds an action with an already encoded payload.

@@ -20,7 +20,9 @@
 //! * [`codec`] — [`RawCodec`], the gRPC codec that sends a stored protobuf
 //!   payload verbatim (dtm's `dtm_raw`);
 //! * [`trace`] — [`TraceContext`], the W3C `traceparent`/`tracestate` that
-//!   rides beside dtm's values on the submit and on every branch call.
+//!   rides beside dtm's values on the submit and on every branch call;
+//! * [`topic`] — [`Topic`] and [`Subscriber`]: message topics (`topic://name`
+//!   steps) and who subscribed to them.
 //!
 //! Nothing here touches a database or a network: the crate sits at the
 //! bottom of the workspace, and `barrier`, `dtm-client`, the coordinator,
@@ -30,11 +32,13 @@ pub mod call;
 pub mod codec;
 pub mod gid;
 pub mod result;
+pub mod topic;
 pub mod trace;
 pub mod types;
 
 pub use call::{BranchCall, Field, MetadataError, Received};
 pub use codec::RawCodec;
 pub use result::{BranchResult, FAILURE, ONGOING, SUCCESS};
+pub use topic::{MSG_TOPIC_PREFIX, Subscriber, TOPICS_CAT, Topic};
 pub use trace::TraceContext;
 pub use types::{BranchId, BranchStatus, Gid, GlobalStatus, Op, Protocol, ProtocolError, TransType};

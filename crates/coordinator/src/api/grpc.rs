@@ -1,8 +1,9 @@
 //! dtm's gRPC API (`/dtmgimp.Dtm/…`, tonic), as dtm's gRPC SDKs call it.
 //!
-//! `NewGid`, `Submit`, `Prepare`, `Abort` and `RegisterBranch` are
-//! implemented; `PrepareWorkflow` and the topic RPCs answer `Unimplemented`
-//! with a message saying so.
+//! `NewGid`, `Submit`, `Prepare`, `Abort`, `RegisterBranch` and the topic
+//! RPCs (`Subscribe`, `Unsubscribe`, `DeleteTopic`: [`crate::topics`]) are
+//! implemented; `PrepareWorkflow` answers `Unimplemented` with a message
+//! saying so.
 //!
 //! Mapping of a `DtmRequest` (dtm's `dtmgpb/dtmgimp.proto`): `Steps` is a JSON *string* holding the
 //! same array of maps as the HTTP API; `BinPayloads` are raw bytes (the
@@ -29,6 +30,7 @@ use crate::config::Secret;
 use crate::engine::{Engine, EngineError};
 use crate::metrics::{ApiKind, Metrics};
 use crate::model::{Protocol, RegisterBranchRequest, TransRequest, TransRequestInput};
+use crate::topics::{Subscription, topic_of};
 
 /// The `dtmgimp.Dtm` service.
 #[derive(Clone)]
@@ -164,16 +166,26 @@ impl Dtm for DtmService {
         Err(Status::unimplemented("workflow transactions are not supported by this coordinator"))
     }
 
-    async fn subscribe(&self, _request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented("message topics are not supported by this coordinator"))
+    async fn subscribe(&self, request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.serve("subscribe", async {
+            self.engine.subscribe(Subscription::from_input(&r.topic, &r.url, &r.remark)?).await
+        })
+        .await
     }
 
-    async fn unsubscribe(&self, _request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented("message topics are not supported by this coordinator"))
+    async fn unsubscribe(&self, request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.serve("unsubscribe", async {
+            self.engine.unsubscribe(&topic_of("Topic", &r.topic)?, &r.url).await
+        })
+        .await
     }
 
-    async fn delete_topic(&self, _request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented("message topics are not supported by this coordinator"))
+    async fn delete_topic(&self, request: Request<DtmTopicRequest>) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.serve("deletetopic", async { self.engine.delete_topic(&topic_of("Topic", &r.topic)?).await })
+            .await
     }
 }
 

@@ -91,6 +91,7 @@ pub fn router(state: HttpState, limits: HttpLimits) -> Router {
         .route("/forceStop", post(force_stop))
         .route("/resetNextCronTime", post(reset_next_cron_time))
         .route("/version", get(version))
+        .merge(super::kv::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
     let admin =
         super::admin::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_bearer));
@@ -495,9 +496,17 @@ fn api_name(path: &str) -> &'static str {
         "forcestop",
         "resetnextcrontime",
         "version",
+        "subscribe",
+        "unsubscribe",
+        "scankv",
+        "querykv",
+        "resetcrontime",
         "ping",
         "metrics",
     ];
+    if path.ends_with("/topic/{topicName}") {
+        return "deletetopic";
+    }
     let last = path.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
     NAMES.iter().find(|name| **name == last).copied().unwrap_or("other")
 }
@@ -527,6 +536,8 @@ mod tests {
         assert_eq!(api_name("/api/dtmsvr/newGid"), "newgid");
         assert_eq!(api_name("/api/ping"), "ping");
         assert_eq!(api_name("/wp-admin/x"), "other");
+        assert_eq!(api_name("/api/dtmsvr/topic/{topicName}"), "deletetopic");
+        assert_eq!(api_name("/api/dtmsvr/scanKV"), "scankv");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! * [`http`] — dtm's JSON API under `/api/dtmsvr/…` (axum), plus
 //!   `/api/ping` and `/api/metrics`;
 //! * [`admin`] — the console's JSON API under `/api/admin/…` (ours);
+//! * `kv` — dtm's topic, KV and `resetCronTime` routes, merged into the
+//!   HTTP API;
 //! * [`grpc`] — dtm's `dtmgimp.Dtm` service (tonic), with gRPC health and
 //!   reflection.
 //!
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod grpc;
 pub mod http;
+mod kv;
 
 use crate::engine::EngineError;
 

@@ -272,6 +272,8 @@ impl Engine {
             let urls = match step {
                 Step::Saga { action, compensate } => vec![("action", action), ("compensate", compensate)],
                 Step::Msg { action } => vec![("action", action)],
+                // Subscribers were checked when they subscribed.
+                Step::Topic { .. } => vec![],
             };
             for (name, url) in urls {
                 caller.supports(url).map_err(|m| EngineError::invalid(format!("steps[{i}].{name}"), m))?;
@@ -327,25 +329,19 @@ impl Engine {
     }
 
     /// The branch rows a request creates: saga compensate+action per step,
-    /// msg one action per step, TCC none (branches register themselves).
-    fn branch_rows(request: &TransRequest) -> Vec<store::NewBranch> {
+    /// msg one action per step (one per subscriber of a `topic://` step:
+    /// [`crate::topics::msg_rows`]), TCC none (branches register themselves).
+    async fn branch_rows(&self, request: &TransRequest) -> Result<Vec<store::NewBranch>, EngineError> {
         match request.trans_type {
-            TransType::Saga => saga::branch_rows(request),
-            _ => request
-                .steps
-                .iter()
-                .enumerate()
-                .filter_map(|(k, step)| match step {
-                    Step::Msg { action } => Some(store::NewBranch {
-                        url: action.as_str().to_string(),
-                        bin_data: request.payloads.get(k).cloned().unwrap_or_default(),
-                        branch_id: dtm_protocol::BranchId::nth(k),
-                        op: dtm_protocol::Op::Action,
-                    }),
-                    Step::Saga { .. } => None,
-                })
-                .collect(),
+            TransType::Saga => Ok(saga::branch_rows(request)),
+            _ => crate::topics::msg_rows(self.inner.core.store.kv(), request).await,
         }
+    }
+
+    /// Whether this coordinator can call `url` at all (an `etcd://` URL
+    /// needs the resolver); topic subscribers are checked when they subscribe.
+    pub fn can_call(&self, url: &crate::model::BranchUrl) -> Result<(), String> {
+        self.inner.core.caller.supports(url)
     }
 
     /// dtm `prepare`: stores the transaction as `prepared` (idempotent).
@@ -354,7 +350,7 @@ impl Engine {
         let now = store::now();
         let interval = retry::base_interval(&request.options, self.inner.core.settings.retry_interval);
         let global = self.new_global(&request, GlobalStatus::Prepared, now, interval, None);
-        match self.inner.core.store.create(&global, &Self::branch_rows(&request)).await? {
+        match self.inner.core.store.create(&global, &self.branch_rows(&request).await?).await? {
             CreateOutcome::Created => Ok(()),
             CreateOutcome::Exists(row) if row.status == GlobalStatus::Prepared => Ok(()),
             CreateOutcome::Exists(row) => {
@@ -380,7 +376,7 @@ impl Engine {
         if hand_over {
             (global.owner, global.lease) = (None, Duration::ZERO);
         }
-        let branches = Self::branch_rows(&request);
+        let branches = self.branch_rows(&request).await?;
         match self.inner.core.store.create(&global, &branches).await? {
             CreateOutcome::Exists(_) if !branches.is_empty() => {
                 // dtm accepts a re-submitted gid and silently keeps the first
@@ -388,13 +384,18 @@ impl Engine {
                 // then be told "SUCCESS" for work that never runs. Same
                 // steps: an idempotent retry. Other steps: refused.
                 let stored = self.inner.core.store.find(&request.gid).await?.ok_or(EngineError::NotFound)?;
-                let same = stored.branches.len() == branches.len()
-                    && stored.branches.iter().zip(&branches).all(|(old, new)| {
-                        old.url == new.url
-                            && old.bin_data == new.bin_data
-                            && old.branch_id == new.branch_id
-                            && old.op == new.op
-                    });
+                let same = if crate::topics::has_topic_steps(&request) {
+                    // Its topics' subscribers may have changed since.
+                    crate::topics::same_steps(&request, &stored.branches)
+                } else {
+                    stored.branches.len() == branches.len()
+                        && stored.branches.iter().zip(&branches).all(|(old, new)| {
+                            old.url == new.url
+                                && old.bin_data == new.bin_data
+                                && old.branch_id == new.branch_id
+                                && old.op == new.op
+                        })
+                };
                 if !same {
                     return Err(EngineError::Conflict(format!(
                         "gid {} was already submitted with other steps",

@@ -72,7 +72,7 @@ impl Work {
                             compensate: compensate.clone(),
                             payload: request.payloads.get(k).cloned().unwrap_or_default(),
                         }),
-                        Step::Msg { .. } => None,
+                        Step::Msg { .. } | Step::Topic { .. } => None,
                     })
                     .collect();
                 Some(Work::Saga(SagaWork::new(

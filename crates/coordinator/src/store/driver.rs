@@ -29,6 +29,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::alerts::{AlertKey, AlertRow};
 use super::dialect::Dialect;
+use super::kv::KvRow;
 use super::{BranchRow, GlobalRow, StoreError};
 
 /// A value bound to a placeholder: one of the column types of dtm's tables.
@@ -227,6 +228,9 @@ pub trait Driver: Dialect {
     /// Reads a `trans_alert` row (all of `ALERT_COLUMNS`, `alerts.rs`).
     fn alert_row(row: &Self::Row) -> Result<AlertRow, StoreError>;
 
+    /// Reads a `kv` row (all of `KV_COLUMNS`, `kv.rs`).
+    fn kv_row(row: &Self::Row) -> Result<KvRow, StoreError>;
+
     /// Reads `(status, n, oldest)` of the unfinished-transactions summary.
     fn status_count(row: &Self::Row) -> Result<(String, i64, Option<DateTime<Utc>>), StoreError>;
 
@@ -384,6 +388,18 @@ where
         )
     }
 
+    fn kv_row(row: &D::Row) -> Result<KvRow, StoreError> {
+        Ok(KvRow {
+            id: row.try_get("id")?,
+            create_time: row.try_get("create_time")?,
+            update_time: row.try_get("update_time")?,
+            cat: D::text_column(row, "cat")?,
+            k: exact_text::<D>(row, "k")?,
+            v: D::text_column(row, "v")?,
+            version: row.try_get::<Option<i64>, _>("version")?.unwrap_or(1),
+        })
+    }
+
     fn status_count(row: &D::Row) -> Result<(String, i64, Option<DateTime<Utc>>), StoreError> {
         Ok((D::text_column(row, "status")?, row.try_get("n")?, row.try_get("oldest")?))
     }
@@ -409,14 +425,25 @@ where
     for<'r> Vec<u8>: Decode<'r, D> + Type<D>,
     &'static str: ColumnIndex<D::Row>,
 {
-    let text = match row.try_get::<String, _>("gid") {
-        Ok(text) => text,
+    Gid::from_storage(exact_text::<D>(row, "gid")?).map_err(|e| corrupt("gid", e))
+}
+
+/// A text column that has a binary collation on MySQL (the gids, `kv.k`),
+/// which sqlx reports as `VARBINARY`: read as text, or else as UTF-8 bytes.
+fn exact_text<D>(row: &D::Row, column: &'static str) -> Result<String, StoreError>
+where
+    D: Database,
+    for<'r> String: Decode<'r, D> + Type<D>,
+    for<'r> Vec<u8>: Decode<'r, D> + Type<D>,
+    &'static str: ColumnIndex<D::Row>,
+{
+    match row.try_get::<String, _>(column) {
+        Ok(text) => Ok(text),
         Err(sqlx::Error::ColumnDecode { .. }) => {
-            String::from_utf8(row.try_get::<Vec<u8>, _>("gid")?).map_err(|e| corrupt("gid", e))?
+            String::from_utf8(row.try_get::<Vec<u8>, _>(column)?).map_err(|e| corrupt(column, e))
         }
-        Err(e) => return Err(e.into()),
-    };
-    Gid::from_storage(text).map_err(|e| corrupt("gid", e))
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -297,4 +297,8 @@ impl Store for GroupCommit {
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
         self.inner.status_counts().await
     }
+
+    fn kv(&self) -> &dyn super::KvStore {
+        self.inner.kv()
+    }
 }

@@ -7,8 +7,9 @@
 //! concurrent sagas share one transaction and one commit.
 //! The tables are exactly dtm's `trans_global`, `trans_branch_op` and `kv`
 //! (`sql/<engine>/coordinator.sql`, applied idempotently by [`open`]), so
-//! dtm's admin UI and scripts can read a database written by us; one table
-//! of our own, `trans_alert`, beside them holds the retry alerts (`alerts.rs`).
+//! dtm's admin UI and scripts can read a database written by us (`kv` holds
+//! dtm's message topics, [`KvStore`], `kv.rs`); one table of our own,
+//! `trans_alert`, beside them holds the retry alerts (`alerts.rs`).
 //!
 //! # Concurrency contract: one pass per transaction
 //!
@@ -50,6 +51,7 @@ mod attempts;
 mod dialect;
 mod driver;
 mod group_commit;
+mod kv;
 mod sql;
 
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub use attempts::{AttemptResult, AttemptRow, NewAttempt, like_prefix, prefix_ra
 pub use dialect::{Dialect, LimitedUpdate};
 pub use driver::{Driver, On, Separated, Statement, Value};
 pub use group_commit::GroupCommit;
+pub use kv::{KvPage, KvRow, KvStore};
 pub use sql::{MySqlStore, PostgresStore, SqlStore, SqliteStore};
 
 /// A storage failure. Internal: logged, answered with 500.
@@ -621,6 +624,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many transactions there are per status, final ones included
     /// (the console's counts).
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError>;
+
+    /// dtm's `kv` table (message topics), in the same database.
+    fn kv(&self) -> &dyn KvStore;
 }
 
 /// Opens the store named by `url`, creating the tables if needed:

@@ -46,14 +46,15 @@ const GLOBAL_COLUMNS: &str = "id, gid, trans_type, status, query_prepared, proto
 const BRANCH_COLUMNS: &str =
     "id, gid, url, bin_data, branch_id, op, status, finish_time, rollback_time, create_time, update_time";
 
-/// The gid columns that must compare as exact byte strings, as
-/// `sql/mysql/coordinator.sql` declares them. Tables created by dtm's DDL or
-/// an older version of ours have the table's case-insensitive collation:
-/// saga `abc` would be refused as a duplicate of saga `AbC`. [`open`]
-/// converts them (MySQL only; see `barrier::schema::ensure_exact_columns`).
+/// The gid columns (and topic names, `kv.k`) that must compare as exact
+/// byte strings, as `sql/mysql/coordinator.sql` declares them. Tables
+/// created by dtm's DDL or an older version of ours have the table's
+/// case-insensitive collation: saga `abc` would be refused as a duplicate of
+/// saga `AbC`, and `topic://orders` would reach the subscribers of `Orders`.
+/// [`open`] converts them (MySQL only; see `barrier::schema::ensure_exact_columns`).
 ///
 /// [`open`]: SqlStore::open
-const EXACT_GID_COLUMNS: [(&str, barrier::schema::ExactColumn); 2] = [
+const EXACT_GID_COLUMNS: [(&str, barrier::schema::ExactColumn); 3] = [
     (
         "trans_global",
         barrier::schema::ExactColumn {
@@ -67,6 +68,13 @@ const EXACT_GID_COLUMNS: [(&str, barrier::schema::ExactColumn); 2] = [
         barrier::schema::ExactColumn {
             name: "gid",
             mysql_definition: "gid varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+        },
+    ),
+    (
+        "kv",
+        barrier::schema::ExactColumn {
+            name: "k",
+            mysql_definition: "k varchar(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
         },
     ),
 ];
@@ -814,6 +822,10 @@ impl<D: Driver> Store for SqlStore<D> {
 
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
         self.status_counts_sql().await
+    }
+
+    fn kv(&self) -> &dyn super::KvStore {
+        self
     }
 }
 

@@ -158,4 +158,7 @@ impl Store for Intercepted {
     async fn status_counts(&self) -> Result<Vec<(GlobalStatus, u64)>, StoreError> {
         self.inner.status_counts().await
     }
+    fn kv(&self) -> &dyn coordinator::store::KvStore {
+        self.inner.kv()
+    }
 }
