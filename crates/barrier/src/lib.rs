@@ -101,6 +101,9 @@
 //! * [`result`] — [`BranchError`]: what a handler returns, answered over gRPC and HTTP.
 //! * [`barrier`](mod@barrier) — [`BranchBarrier`], [`Outcome`], [`Skipped`].
 //! * [`msg`] — the 2-phase message's local transaction and QueryPrepared check-back.
+//! * [`xa`] — the two rows an XA branch writes so that a late local
+//!   transaction cannot prepare after its rollback (the XA SQL itself is
+//!   `dtm-client`'s `xa` module).
 //! * [`database`] — [`BarrierDatabase`]: what differs between MySQL, PostgreSQL and SQLite.
 //! * [`table`] — [`BarrierTable`], the validated table name.
 //! * [`schema`] — the barrier table's DDL, the functions that apply DDL
@@ -113,9 +116,11 @@ pub mod msg;
 pub mod result;
 pub mod schema;
 pub mod table;
+pub mod xa;
 
 pub use barrier::{BranchBarrier, Outcome, Skipped};
 pub use database::BarrierDatabase;
 pub use msg::{MsgBarrier, MsgLocal};
 pub use result::BranchError;
 pub use table::BarrierTable;
+pub use xa::{XaAction, XaBarrier};

@@ -1,5 +1,5 @@
-//! A dtm-compatible transaction coordinator: sagas, TCC, 2-phase messages
-//! and workflows (XA is not processed yet).
+//! A dtm-compatible transaction coordinator: sagas, TCC, XA, 2-phase
+//! messages and workflows.
 //!
 //! Clients speak dtm's protocol to it — the HTTP API under `/api/dtmsvr`
 //! and the gRPC service `dtmgimp.Dtm` — so dtm's SDKs, and the demo's

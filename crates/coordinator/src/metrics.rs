@@ -187,6 +187,8 @@ impl Metrics {
             (TransType::Saga, Op::Compensate),
             (TransType::Tcc, Op::Confirm),
             (TransType::Tcc, Op::Cancel),
+            (TransType::Xa, Op::Commit),
+            (TransType::Xa, Op::Rollback),
             (TransType::Msg, Op::Action),
             (TransType::Msg, Op::Msg),
         ] {

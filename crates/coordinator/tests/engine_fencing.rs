@@ -8,6 +8,7 @@
 //! table — not only the final status. Every test runs with the
 //! coordinator's store on MariaDB, PostgreSQL and SQLite.
 
+#[macro_use]
 mod engine_support;
 mod store_support;
 
@@ -347,20 +348,6 @@ async fn an_abort_whose_reply_was_lost_is_judged_by_the_store(world: World) {
     engine.prepare(req(msg.clone())).await.expect("prepared");
     assert!(engine.abort(req(msg)).await.is_ok(), "the message is failed, as asked");
     assert_eq!(status(&engine, "lost-msg").await, GlobalStatus::Failed);
-}
-
-macro_rules! on_every_store {
-    ($($test:ident),* $(,)?) => {
-        mod mariadb {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::mysql_database().await).await).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::postgres_database().await).await).await })*
-        }
-        mod sqlite {
-            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::sqlite_database()).await).await })*
-        }
-    };
 }
 
 on_every_store!(

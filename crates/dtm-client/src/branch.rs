@@ -1,15 +1,16 @@
-//! Calls the application itself makes to branches: TCC *try* ops and the
-//! 2-phase message's own check-back (dtm's `TransRequestBranch`).
+//! Calls the application itself makes to branches: TCC *try* ops, XA
+//! *actions* and the 2-phase message's own check-back (dtm's
+//! `TransRequestBranch`).
 //!
-//! In a saga or a message, only the coordinator calls branches. In TCC the
-//! application (the "AP") calls every Try itself, and `DoAndSubmit` may ask
+//! In a saga or a message, only the coordinator calls branches. In TCC and
+//! XA the application (the "AP") calls every Try / action itself, and `DoAndSubmit` may ask
 //! its own QueryPrepared handler. These calls carry the same protocol values
 //! as the coordinator's — `gid`, `trans_type`, `branch_id`, `op` — plus
 //! `dtm`, the coordinator's address, so that a branch can act as a sub-AP
 //! (nested TCC, [`crate::TccBranch`]):
 //!
 //! * HTTP (`http(s)://…`): query parameters, JSON body, POST (GET when
-//!   there is no body, like the check-back), the transaction's
+//!   there is no body, like the check-back, except in an XA), the transaction's
 //!   `branch_headers` as headers;
 //! * gRPC (`host:port/pkg.Svc/Method`, `etcd://hosts/key/pkg.Svc/Method`):
 //!   `dtm-` metadata, the protobuf bytes as the message ([`RawCodec`]).
@@ -90,6 +91,9 @@ pub(crate) struct BranchRequest<'a> {
     pub call: BranchCall,
     /// The transaction's `branch_headers`.
     pub headers: &'a BTreeMap<String, String>,
+    /// Values beyond the dtm four, as query parameters (HTTP) or `dtm-`
+    /// metadata (gRPC): an XA action's `phase2_url`.
+    pub extra: &'a [(&'static str, &'a str)],
     /// Deadline of the call.
     pub timeout: Duration,
 }
@@ -130,7 +134,8 @@ impl BranchCaller {
     }
 
     async fn call_http(&self, r: &BranchRequest<'_>) -> Result<Vec<u8>, ClientError> {
-        let mut builder = if r.payload.is_empty() {
+        // dtm's rule: POST when there is a body or the transaction is an XA.
+        let mut builder = if r.payload.is_empty() && r.call.trans_type != dtm_protocol::TransType::Xa {
             self.http.get(r.url)
         } else {
             self.http
@@ -138,7 +143,7 @@ impl BranchCaller {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(r.payload.to_vec())
         };
-        builder = builder.query(&r.call.query_pairs()).timeout(r.timeout);
+        builder = builder.query(&r.call.query_pairs()).query(r.extra).timeout(r.timeout);
         for (name, value) in r.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -165,6 +170,14 @@ impl BranchCaller {
         r.call
             .insert_metadata(request.metadata_mut(), headers)
             .map_err(|err: MetadataError| ClientError::InvalidArgument(err.to_string()))?;
+        for (name, value) in r.extra {
+            let key = tonic::metadata::MetadataKey::from_bytes(format!("dtm-{name}").as_bytes())
+                .map_err(|err| ClientError::InvalidArgument(err.to_string()))?;
+            let value = value
+                .parse()
+                .map_err(|_| ClientError::InvalidArgument(format!("{name} is not valid gRPC metadata")))?;
+            request.metadata_mut().insert(key, value);
+        }
         let mut grpc = tonic::client::Grpc::new(channel);
         let call = async {
             grpc.ready().await.map_err(|err| tonic::Status::unavailable(format!("connecting: {err}")))?;

@@ -30,10 +30,15 @@
 //!   `DoAndSubmitDB`, on MySQL, PostgreSQL or SQLite through
 //!   [`barrier::MsgBarrier`]), with a check-back URL and an optional delay;
 //!   a step may go to every subscriber of a topic ([`Msg::add_topic_json`],
-//!   [`DtmClient::subscribe`]).
+//!   [`DtmClient::subscribe`]);
+//! * [`Xa`] runs an XA global transaction (prepare, the action calls with
+//!   their `phase2_url`, submit/abort), and [`XaDb`] is a branch's side on
+//!   MySQL/MariaDB or PostgreSQL: the local XA transaction, phase-2
+//!   commit/rollback, and the recovery of prepared transactions (module
+//!   [`xa`] explains the reasoning);
 //! * [`workflow`] runs dtm's workflow mode: a registered async function
-//!   whose saga, TCC (and, with the `xa` module, XA) steps are recorded by
-//!   the coordinator and replayed, never re-run, when a crash resumes it.
+//!   whose saga and TCC steps are recorded by the coordinator and
+//!   replayed, never re-run, when a crash resumes it.
 //!
 //! Every transaction type works over both APIs; what differs is only the
 //! payload encoding (protobuf bytes for gRPC branches, JSON for HTTP ones).
@@ -152,6 +157,51 @@
 //! .await
 //! # }
 //! ```
+//!
+//! # XA: the same transfer as two-phase commit
+//!
+//! Each branch does its SQL in a local XA transaction and prepares it;
+//! the coordinator commits them all after `submit`, or rolls them back.
+//! The application's side:
+//!
+//! ```no_run
+//! use discovery::ChannelCache;
+//! use dtm_client::{ClientError, DtmClient, Xa};
+//! use serde_json::json;
+//!
+//! # async fn transfer() -> Result<(), ClientError> {
+//! let dtm = DtmClient::new("http://127.0.0.1:36789/api/dtmsvr", ChannelCache::new())?;
+//! let busi = "http://127.0.0.1:8081/api/busi";
+//! Xa::new(dtm.clone(), dtm.new_gid().await?)
+//!     .run(async |xa| {
+//!         xa.call_branch_json(&json!({"amount": -30}), &format!("{busi}/TransOutXa")).await?;
+//!         xa.call_branch_json(&json!({"amount": 30}), &format!("{busi}/TransInXa")).await?;
+//!         Ok(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! A branch's handler serves `action`, `commit` and `rollback` on one URL:
+//!
+//! ```no_run
+//! use barrier::BranchError;
+//! use dtm_client::{DtmClient, XaBranch, XaDb};
+//!
+//! # async fn trans_out_xa(xa: &XaDb<sqlx::MySql>, dtm: &DtmClient, query: &str) -> Result<(), BranchError> {
+//! let branch = XaBranch::from_query(query)?;
+//! let _ = xa
+//!     .handle(&branch, dtm, async |conn: &mut sqlx::MySqlConnection| {
+//!         sqlx::query("update account set balance = balance - 30 where id = 1").execute(conn).await?;
+//!         Ok(())
+//!     })
+//!     .await?;
+//! Ok(())
+//! # }
+//! ```
+//!
+//! and `xa.clone().spawn_recovery(dtm, Duration::from_secs(60))` keeps
+//! prepared transactions from outliving their global transaction.
 
 pub mod branch;
 pub mod client;
@@ -164,7 +214,9 @@ pub mod query;
 pub mod saga;
 pub mod tcc;
 pub mod trans;
+mod two_phase;
 pub mod workflow;
+pub mod xa;
 
 pub use branch::{BranchIdGen, TccBranch};
 pub use client::{DEFAULT_TIMEOUT, DtmClient};
@@ -177,3 +229,4 @@ pub use query::{Branch, BranchStatus, QueryResult, TransStatus, Transaction};
 pub use saga::Saga;
 pub use tcc::{DEFAULT_BRANCH_TIMEOUT, Tcc};
 pub use trans::{RegisterBranch, TransOptions, TransRequest};
+pub use xa::{Xa, XaBranch, XaDatabase, XaDb, XaLocal, Xid};

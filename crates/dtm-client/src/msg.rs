@@ -286,6 +286,7 @@ impl Msg {
             call: BranchCall::new(self.gid.clone(), TransType::Msg, BranchId::msg(), Op::Msg)
                 .with_dtm(dtm.address()),
             headers: &self.options.branch_headers,
+            extra: &[],
             timeout: self.options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
         };
         dtm.branches().call(&call).await.map(drop)

@@ -30,15 +30,12 @@ use dtm_protocol::{BranchCall, Gid, Op, TransType};
 use serde::Serialize;
 
 use crate::branch::{BranchIdGen, BranchRequest, TccBranch};
+use crate::two_phase;
 use crate::{ClientError, DtmClient, RegisterBranch, TransOptions, TransRequest};
 
 /// Deadline of a try call when the transaction sets no `request_timeout`
 /// (dtm's default branch timeout).
 pub const DEFAULT_BRANCH_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// dtm's `rollback_reason` column is 1024 bytes wide; longer reasons would
-/// make the abort itself be refused.
-const MAX_REASON_BYTES: usize = 1000;
 
 /// A TCC global transaction, or — from [`Tcc::from_branch`] — the part of
 /// one that a branch registers as a nested sub-transaction.
@@ -60,6 +57,8 @@ pub struct Tcc {
     /// application prepares and submits.
     nested: bool,
 }
+
+two_phase::two_phase_type!(Tcc, "confirms/cancels", "try");
 
 impl Tcc {
     /// A new global transaction `gid` at `dtm` (not prepared yet).
@@ -90,39 +89,6 @@ impl Tcc {
         &self.dtm
     }
 
-    /// See [`TransOptions::wait_result`]: submit/abort return after the
-    /// confirms/cancels ran once.
-    pub fn wait_result(mut self, wait: bool) -> Tcc {
-        self.options.wait_result = wait;
-        self
-    }
-
-    /// Cancel the transaction if it is still `prepared` this long after
-    /// `prepare` (server default: 35 s).
-    pub fn timeout_to_fail(mut self, timeout: Duration) -> Tcc {
-        self.options.timeout_to_fail = Some(timeout);
-        self
-    }
-
-    /// Deadline of every branch call: the try calls made here and the
-    /// coordinator's confirm/cancel calls.
-    pub fn request_timeout(mut self, timeout: Duration) -> Tcc {
-        self.options.request_timeout = Some(timeout);
-        self
-    }
-
-    /// Base retry interval of confirms/cancels.
-    pub fn retry_interval(mut self, interval: Duration) -> Tcc {
-        self.options.retry_interval = Some(interval);
-        self
-    }
-
-    /// A header (HTTP) or metadata entry (gRPC) on every branch call.
-    pub fn branch_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Tcc {
-        self.options.branch_headers.insert(name.into(), value.into());
-        self
-    }
-
     /// What prepare, submit and abort send.
     pub fn request(&self) -> TransRequest {
         let mut request = TransRequest::new(self.gid.clone(), TransType::Tcc);
@@ -147,7 +113,7 @@ impl Tcc {
     pub async fn abort(&self, reason: &str) -> Result<(), ClientError> {
         self.top_level("abort")?;
         let mut request = self.request();
-        request.rollback_reason = truncate(reason, MAX_REASON_BYTES).to_string();
+        request.rollback_reason = two_phase::truncate(reason, two_phase::MAX_REASON_BYTES).to_string();
         self.dtm.abort_request(&request).await
     }
 
@@ -211,6 +177,7 @@ impl Tcc {
             call: BranchCall::new(self.gid.clone(), TransType::Tcc, branch_id, Op::Try)
                 .with_dtm(self.dtm.address()),
             headers: &self.options.branch_headers,
+            extra: &[],
             timeout: self.options.request_timeout.unwrap_or(DEFAULT_BRANCH_TIMEOUT),
         };
         self.dtm.branches().call(&call).await
@@ -229,19 +196,7 @@ impl Tcc {
         body: impl AsyncFnOnce(&Tcc) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         self.top_level("run")?;
-        self.prepare().await?;
-        match body(&self).await {
-            Ok(value) => {
-                self.submit().await?;
-                Ok(value)
-            }
-            Err(err) => {
-                if let Err(abort) = self.abort(&err.to_string()).await {
-                    tracing::warn!(gid = %self.gid, %abort, "abort failed; the timeout will cancel the branches");
-                }
-                Err(err)
-            }
-        }
+        two_phase::run(self, body).await
     }
 
     fn top_level(&self, what: &str) -> Result<(), ClientError> {
@@ -253,18 +208,6 @@ impl Tcc {
         }
         Ok(())
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes, on a char boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -299,11 +242,5 @@ mod tests {
         assert!(matches!(nested.abort("x").await, Err(ClientError::InvalidArgument(_))));
         let run = nested.run(async |_| Ok(())).await;
         assert!(matches!(run, Err(ClientError::InvalidArgument(_))));
-    }
-
-    #[test]
-    fn reasons_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("abc", 10), "abc");
-        assert_eq!(truncate("aé", 2), "a");
     }
 }

@@ -201,18 +201,18 @@ impl TransRequest {
 }
 
 /// A `registerBranch` call: a TCC branch's phase-2 URLs and the payload
-/// dtm sends them.
+/// dtm sends them, or an XA branch's phase-2 URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterBranch {
     /// The prepared global transaction.
     pub gid: Gid,
-    /// `tcc`.
+    /// `tcc` or `xa`.
     pub trans_type: TransType,
     /// The new branch's id (`01`, `0101`, …).
     pub branch_id: BranchId,
     /// Body of the confirm/cancel calls: JSON (HTTP) or protobuf (gRPC).
     pub data: Vec<u8>,
-    /// `confirm` and `cancel` URLs (dtm's `Data` map).
+    /// `confirm` and `cancel` URLs, or XA's `url` (dtm's `Data` map).
     pub urls: BTreeMap<String, String>,
 }
 
@@ -250,6 +250,18 @@ impl RegisterBranch {
                 ("op".to_string(), op.as_str().to_string()),
                 ("status".to_string(), status.as_str().to_string()),
             ]),
+        }
+    }
+
+    /// An XA branch registration (dtm's `XaLocalTransaction`): the URL the
+    /// coordinator calls with op `commit` or `rollback`, no payload.
+    pub fn xa(gid: Gid, branch_id: BranchId, phase2_url: &str) -> RegisterBranch {
+        RegisterBranch {
+            gid,
+            trans_type: TransType::Xa,
+            branch_id,
+            data: Vec::new(),
+            urls: BTreeMap::from([("url".to_string(), phase2_url.to_string())]),
         }
     }
 

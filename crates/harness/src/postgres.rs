@@ -65,6 +65,9 @@ impl Postgres {
                 "listen_addresses=127.0.0.1".to_string(),
                 "-c".to_string(),
                 "max_connections=500".to_string(),
+                // XA branches prepare their local transactions (dtm-client's xa tests).
+                "-c".to_string(),
+                "max_prepared_transactions=100".to_string(),
             ];
             let process = GuardedProcess::spawn_owning(&postgres, &args, &log, run_as, dir.path());
             // Its own log says when *it* accepts sessions (the port opens

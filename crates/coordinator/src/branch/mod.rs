@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dtm_protocol::{BranchCall, BranchResult, RawCodec, TraceContext};
+use dtm_protocol::{BranchCall, BranchResult, RawCodec, TraceContext, TransType};
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
@@ -185,8 +185,9 @@ impl BranchCaller {
         call: &BranchRequest<'_>,
         traceparent: Option<&TraceContext>,
     ) -> BranchResult {
-        // dtm's rule: POST when there is a body, GET otherwise.
-        let mut request = if call.payload.is_empty() {
+        // dtm's rule: POST when there is a body or the transaction is an
+        // XA (its phase-2 calls have none), GET otherwise.
+        let mut request = if call.payload.is_empty() && call.call.trans_type != TransType::Xa {
             self.http.get(url)
         } else {
             self.http

@@ -53,6 +53,7 @@ pub mod saga;
 mod sequence;
 mod settings;
 pub mod workflow;
+mod xa;
 
 mod error;
 
@@ -259,8 +260,10 @@ impl Engine {
 
     /// Refuses what this coordinator cannot process, before anything is stored.
     fn check_processable(&self, request: &TransRequest) -> Result<(), EngineError> {
-        if !matches!(request.trans_type, TransType::Saga | TransType::Tcc | TransType::Msg) {
-            return Err(unsupported(request.trans_type));
+        if request.trans_type == TransType::Workflow {
+            // Its SDK starts it with `prepareWorkflow` and ends it with a
+            // `submit` that says how it ended (`submit_workflow`).
+            return Err(EngineError::invalid("trans_type", "a workflow is started with prepareWorkflow"));
         }
         if request.protocol == Protocol::JsonRpc {
             return Err(EngineError::invalid("protocol", "json-rpc branches are not supported"));
@@ -669,9 +672,9 @@ impl Engine {
         Ok(end?)
     }
 
-    /// dtm `abort`: a prepared 2-phase message becomes `failed`; a TCC that
-    /// is prepared (or already aborting) becomes `aborting` and its cancels
-    /// run. Anything else — sagas included — is a 409, as in dtm. With
+    /// dtm `abort`: a prepared 2-phase message becomes `failed`; a TCC or
+    /// XA that is prepared (or already aborting) becomes `aborting` and its
+    /// cancels / rollbacks run. Anything else — sagas included — is a 409, as in dtm. With
     /// `wait_result`, `Ok` means rolled back, `Ongoing` still rolling back.
     pub async fn abort(&self, request: TransRequest) -> Result<(), EngineError> {
         let store = &self.inner.core.store;
@@ -709,7 +712,9 @@ impl Engine {
                     None => Err(EngineError::NotFound),
                 }
             }
-            (TransType::Tcc, GlobalStatus::Prepared) if request.trans_type == TransType::Tcc => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Prepared)
+                if request.trans_type == global.trans_type =>
+            {
                 let lease = Lease::new(LeaseToken::random(), self.stored_lease_length(&global));
                 let change = GlobalChange {
                     status: Some(GlobalStatus::Aborting),
@@ -738,14 +743,16 @@ impl Engine {
                 let end = self.run_or_spawn(work, lease, wait).await?;
                 abort_answer(end.map(Outcome::Pass).as_ref())
             }
-            (TransType::Tcc, GlobalStatus::Aborting) if request.trans_type == TransType::Tcc => {
+            (TransType::Tcc | TransType::Xa, GlobalStatus::Aborting)
+                if request.trans_type == global.trans_type =>
+            {
                 self.join_abort(&request.gid, wait).await
             }
             _ => Err(refuse(&global)),
         }
     }
 
-    /// An abort of a TCC that is already rolling back.
+    /// An abort of a TCC or XA that is already rolling back.
     async fn join_abort(&self, gid: &Gid, wait: bool) -> Result<(), EngineError> {
         if !wait {
             return Ok(());
@@ -754,26 +761,32 @@ impl Engine {
         abort_answer(Some(&outcome))
     }
 
-    /// dtm `registerBranch` for TCC: adds the branch's `cancel` and
-    /// `confirm` rows to a transaction that is still `prepared` (checked in
-    /// the same database transaction that stores them).
+    /// dtm `registerBranch`: adds a TCC branch's `cancel` and `confirm`
+    /// rows, or an XA branch's `rollback` and `commit` rows, to a
+    /// transaction that is still `prepared` (checked in the same database
+    /// transaction that stores them).
     pub async fn register_branch(&self, request: RegisterBranchRequest) -> Result<(), EngineError> {
-        if let RegisteredUrls::Workflow { .. } = request.urls {
-            return self.register_progress(request).await;
-        }
-        let RegisteredUrls::Tcc { confirm, cancel } = &request.urls else {
-            return Err(unsupported(request.trans_type));
+        let caller = &self.inner.core.caller;
+        let rows = match &request.urls {
+            // A workflow's progress is one row of its own, no URL.
+            RegisteredUrls::Workflow { .. } => return self.register_progress(request).await,
+            RegisteredUrls::Tcc { confirm, cancel } => {
+                for (name, url) in [("confirm", confirm), ("cancel", cancel)] {
+                    caller.supports(url).map_err(|m| EngineError::invalid(name, m))?;
+                }
+                let row = |op, url: &crate::model::BranchUrl| store::NewBranch {
+                    url: url.as_str().to_string(),
+                    bin_data: request.data.clone(),
+                    branch_id: request.branch_id.clone(),
+                    op,
+                };
+                [row(dtm_protocol::Op::Cancel, cancel), row(dtm_protocol::Op::Confirm, confirm)]
+            }
+            RegisteredUrls::Xa { url } => {
+                caller.supports(url).map_err(|m| EngineError::invalid("url", m))?;
+                xa::registered_rows(&request, url)
+            }
         };
-        for (name, url) in [("confirm", confirm), ("cancel", cancel)] {
-            self.inner.core.caller.supports(url).map_err(|m| EngineError::invalid(name, m))?;
-        }
-        let row = |op, url: &crate::model::BranchUrl| store::NewBranch {
-            url: url.as_str().to_string(),
-            bin_data: request.data.clone(),
-            branch_id: request.branch_id.clone(),
-            op,
-        };
-        let rows = [row(dtm_protocol::Op::Cancel, cancel), row(dtm_protocol::Op::Confirm, confirm)];
         let store = &self.inner.core.store;
         match store.add_branches(&request.gid, GlobalStatus::Prepared, &rows, store::now()).await {
             Ok(true) => Ok(()),
@@ -1001,13 +1014,6 @@ fn abort_answer(outcome: Option<&Outcome>) -> Result<(), EngineError> {
         | Some(Outcome::Stored(GlobalStatus::Failed, _)) => Ok(()),
         Some(_) => Err(EngineError::Ongoing),
     }
-}
-
-fn unsupported(trans_type: TransType) -> EngineError {
-    EngineError::invalid(
-        "trans_type",
-        format!("{trans_type} transactions are not supported by this coordinator yet"),
-    )
 }
 
 fn failure_text(reason: String) -> String {

@@ -15,9 +15,9 @@
 //! once that decision has committed, never taken from the pass's memory.
 //!
 //! What to do next depends on the transaction type; [`Work`] is the one
-//! place that matches on it: sagas here (rules in [`super::saga`]), TCC and
-//! 2-phase messages in [`super::sequence`], workflows in
-//! [`super::workflow`]. XA is not processed yet.
+//! place that matches on it: sagas here (rules in [`super::saga`]), TCC,
+//! XA and 2-phase messages in [`super::sequence`] (XA's own rules in
+//! [`super::xa`]), workflows in [`super::workflow`].
 
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ use crate::store::{
 pub(crate) enum Work {
     /// A saga.
     Saga(SagaWork),
-    /// TCC or 2-phase message: a list of ops to deliver.
+    /// TCC, XA or 2-phase message: a list of ops to deliver.
     Sequence(SequenceWork),
     /// A workflow: its callback to call ([`super::workflow`]).
     Workflow(WorkflowWork),
@@ -147,15 +147,16 @@ impl Work {
                     Some(state),
                 )))
             }
-            TransType::Tcc | TransType::Msg => Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
-                global: g,
-                branches: t.branches,
-            })?)),
+            TransType::Tcc | TransType::Msg | TransType::Xa => {
+                Ok(Work::Sequence(SequenceWork::from_stored(StoredTrans {
+                    global: g,
+                    branches: t.branches,
+                })?))
+            }
             TransType::Workflow => Ok(Work::Workflow(WorkflowWork::from_stored(StoredTrans {
                 global: g,
                 branches: t.branches,
             })?)),
-            other => Err(format!("{other} transactions are not processed by this coordinator yet")),
         }
     }
 

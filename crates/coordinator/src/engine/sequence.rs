@@ -13,6 +13,8 @@
 //!   retried. A message still `prepared` after its timeout is decided by
 //!   asking the application's `query_prepared` URL (branch `00`, op `msg`):
 //!   SUCCESS submits it, FAILURE fails it.
+//! * **XA** — TCC's life with ops `commit` and `rollback`, called in
+//!   registration order (dtm's `trans_type_xa.go`); see [`super::xa`].
 
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ pub(crate) struct OpRow {
     status: BranchStatus,
 }
 
-/// A TCC or msg transaction loaded for a pass.
+/// A TCC, XA or msg transaction loaded for a pass.
 pub(crate) struct SequenceWork {
     trans_type: TransType,
     gid: Gid,
@@ -110,7 +112,7 @@ impl SequenceWork {
         &self.options
     }
 
-    /// Prepared TCC/msg time out after their own `timeout_to_fail`, else the server's.
+    /// Prepared TCC/XA/msg time out after their own `timeout_to_fail`, else the server's.
     fn timed_out(&self, core: &Core, now: DateTime<Utc>) -> Option<Duration> {
         let limit = self.options.timeout_to_fail.unwrap_or(core.settings.timeout_to_fail);
         let age = (now - self.create_time).to_std().unwrap_or_default();
@@ -258,6 +260,10 @@ impl SequenceWork {
             (TransType::Msg, GlobalStatus::Submitted) => (Op::Action, GlobalStatus::Succeed),
             (TransType::Tcc, GlobalStatus::Submitted) => (Op::Confirm, GlobalStatus::Succeed),
             (TransType::Tcc, GlobalStatus::Aborting) => (Op::Cancel, GlobalStatus::Failed),
+            (TransType::Xa, status) => match super::xa::phase_two(status) {
+                Some(phase_two) => phase_two,
+                None => return Ok(PassEnd::Finished(status, self.rollback_reason)),
+            },
             (_, status) => return Ok(PassEnd::Finished(status, self.rollback_reason)),
         };
         if let Some(delay) = self.delay {
@@ -293,7 +299,7 @@ impl SequenceWork {
         }
     }
 
-    /// Calls the due `op` rows: TCC in reverse registration order, msg in
+    /// Calls the due `op` rows: TCC in reverse registration order, XA and msg in
     /// order, one at a time (stopping at the first that does not succeed),
     /// or msg all at once with `concurrent`.
     /// `Ok((.., true))` if the lease was lost on the way (nothing more may be written).

@@ -108,6 +108,24 @@ async fn effect(pool: &sqlx::MySqlPool, call: &Call) -> Result<(), BranchError> 
     Ok(())
 }
 
+/// Runs each test `fn(World)` once per store — MariaDB, PostgreSQL and
+/// SQLite — as `mariadb::<test>`, `postgres::<test>`, `sqlite::<test>`;
+/// the test binary defines `World::new(harness::TestDatabase)`.
+#[allow(unused_macros)]
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod mariadb {
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::mysql_database().await).await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::postgres_database().await).await).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $test() { super::$test(super::World::new(harness::sqlite_database()).await).await })*
+        }
+    };
+}
+
 /// Settings with short intervals so that retries happen within a second or two.
 pub fn fast_settings() -> EngineSettings {
     EngineSettings {

@@ -200,6 +200,7 @@ impl Wf {
                     // The workflow's `request_timeout` bounds the coordinator's
                     // callback (a whole run), not one step.
                     timeout: DEFAULT_BRANCH_TIMEOUT,
+                    extra: &[],
                 };
                 dtm.branches().call(&request).await
             })

@@ -19,9 +19,17 @@ pub struct InProcess {
     pub http: String,
     /// `127.0.0.1:port` (gRPC).
     pub grpc: String,
+    /// The coordinator running now (replaced by [`InProcess::restart`]).
+    running: Running,
+    /// Holds the SQLite store, which outlives restarts.
+    dir: tempfile::TempDir,
+}
+
+/// One coordinator: its serving task and how to stop it.
+struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), coordinator::server::ServerError>>,
-    _dir: tempfile::TempDir,
+    engine: coordinator::Engine,
 }
 
 impl InProcess {
@@ -30,13 +38,29 @@ impl InProcess {
     pub async fn start() -> InProcess {
         harness::init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
+        let (http, grpc, running) = InProcess::run_on(dir.path()).await;
+        InProcess { http, grpc, running, dir }
+    }
+
+    /// Stops the coordinator the way a killed process stops — passes cut
+    /// where they are, leases not released, no drain — and starts a new one
+    /// on the same store (new ports).
+    pub async fn restart(&mut self) {
+        self.running.engine.abandon();
+        self.running.task.abort();
+        let (http, grpc, running) = InProcess::run_on(self.dir.path()).await;
+        (self.http, self.grpc, self.running) = (http, grpc, running);
+    }
+
+    /// A coordinator on the SQLite store in `dir`, on a task.
+    async fn run_on(dir: &std::path::Path) -> (String, String, Running) {
         let config = Config {
             listen_host: "127.0.0.1".into(),
             http_port: 0,
             grpc_port: 0,
             store: StoreConfig {
                 driver: StoreDriver::Sqlite,
-                db: dir.path().join("coordinator.db").display().to_string(),
+                db: dir.join("coordinator.db").display().to_string(),
                 ..StoreConfig::default()
             },
             retry_interval: 1,
@@ -49,11 +73,12 @@ impl InProcess {
         let coordinator = Coordinator::build(config).await.expect("build coordinator");
         let http = format!("http://{}/api/dtmsvr", coordinator.http_addr());
         let grpc = coordinator.grpc_addr().to_string();
+        let engine = coordinator.engine().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(coordinator.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        InProcess { http, grpc, stop: Some(stop), task, _dir: dir }
+        (http, grpc, Running { stop: Some(stop), task, engine })
     }
 
     /// A client of the HTTP API.
@@ -98,9 +123,9 @@ impl InProcess {
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        if let Some(stop) = self.running.stop.take() {
             let _ = stop.send(());
         }
-        self.task.abort();
+        self.running.task.abort();
     }
 }
