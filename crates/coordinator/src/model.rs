@@ -643,7 +643,7 @@ pub enum RegisteredUrls {
     /// Workflow: no URL, one progress row with the op and final status the
     /// SDK recorded (`crate::engine::workflow`).
     Workflow {
-        /// `action`, `commit` or `rollback`.
+        /// `action`, `commit`, `rollback` or `business`.
         op: dtm_protocol::Op,
         /// `succeed` or `failed`.
         status: BranchStatus,
@@ -679,12 +679,17 @@ impl RegisterBranchRequest {
 }
 
 /// A workflow progress's `op` and `status` (dtm's workflow SDK records
-/// `action`, `commit` and `rollback` steps as `succeed` or `failed`).
+/// `action`, `commit` and `rollback` steps, and an XA step's `business`,
+/// as `succeed` or `failed`).
 fn workflow_progress(op: &str, status: &str) -> Result<RegisteredUrls, InvalidInput> {
     let op: dtm_protocol::Op =
         op.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("op", e.to_string()))?;
-    if !matches!(op, dtm_protocol::Op::Action | dtm_protocol::Op::Commit | dtm_protocol::Op::Rollback) {
-        return Err(invalid("op", format!("a workflow records action, commit or rollback, not {op}")));
+    use dtm_protocol::Op;
+    if !matches!(op, Op::Action | Op::Commit | Op::Rollback | Op::Business) {
+        return Err(invalid(
+            "op",
+            format!("a workflow records action, commit, rollback or business, not {op}"),
+        ));
     }
     let status: BranchStatus =
         status.parse().map_err(|e: dtm_protocol::ProtocolError| invalid("status", e.to_string()))?;
@@ -856,5 +861,34 @@ mod tests {
             "req_extra":null,"custom_data":"","wait_result":false,"concurrent":false}"#;
         let req = TransRequest::from_input(serde_json::from_str(go).unwrap()).unwrap();
         assert!(req.steps.is_empty() && req.options.branch_headers.is_empty());
+    }
+
+    /// Workflow progress ops are dtm's four (`business`: an XA step's
+    /// local transaction); anything else names the field.
+    #[test]
+    fn workflow_progress_accepts_dtms_ops() {
+        use dtm_protocol::Op;
+        let register = |op: &str, status: &str| {
+            let map = BTreeMap::from([
+                ("gid".to_string(), "w1".to_string()),
+                ("trans_type".to_string(), "workflow".to_string()),
+                ("branch_id".to_string(), "02".to_string()),
+                ("op".to_string(), op.to_string()),
+                ("status".to_string(), status.to_string()),
+            ]);
+            RegisterBranchRequest::from_map(&map, None)
+        };
+        for op in [Op::Action, Op::Commit, Op::Rollback, Op::Business] {
+            let req = register(op.as_str(), "succeed").unwrap();
+            assert!(
+                matches!(req.urls, RegisteredUrls::Workflow { op: o, status: BranchStatus::Succeed } if o == op)
+            );
+        }
+        assert!(matches!(
+            register("business", "failed").unwrap().urls,
+            RegisteredUrls::Workflow { op: Op::Business, status: BranchStatus::Failed }
+        ));
+        assert_eq!(field_of(register("compensate", "succeed").unwrap_err()), "op");
+        assert_eq!(field_of(register("business", "prepared").unwrap_err()), "status");
     }
 }

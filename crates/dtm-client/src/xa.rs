@@ -36,6 +36,11 @@
 //!   rollback the barrier row with reason `rollback` is written, so a local
 //!   transaction that arrives later gives up instead of preparing.
 //!
+//! A workflow's XA step ([`crate::workflow::Wf::xa_step`], dtm's `DoXa`)
+//! runs the same local transaction in the workflow's own process, with the
+//! progress op `business` in place of the `xa` registration, and the same
+//! phase 2 as its `on_commit` / `on_rollback`.
+//!
 //! # No prepared transaction left behind ([`XaDb::recover`])
 //!
 //! A prepared transaction holds its row locks until someone commits or
@@ -459,6 +464,15 @@ impl XaDatabase for sqlx::Postgres {
     }
 }
 
+/// A refused registration is a FAILURE (the global transaction is no
+/// longer `prepared`); anything else is retried.
+pub(crate) fn registration_error(err: ClientError) -> BranchError {
+    match err {
+        ClientError::Failure(reason) => BranchError::failure(format!("registerBranch refused: {reason}")),
+        other => BranchError::retry(other),
+    }
+}
+
 /// What the local transaction of an `action` call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "Duplicate means the business code did not run"]
@@ -556,28 +570,41 @@ impl<DB: XaDatabase> XaDb<DB> {
             .phase2_url
             .as_deref()
             .ok_or_else(|| BranchError::InvalidArgument(format!("{PHASE2_URL} is missing")))?;
-        let xid = branch.xid()?;
+        let registration = RegisterBranch::xa(branch.gid.clone(), branch.branch_id.clone(), phase2_url);
+        self.prepare_local(&branch.gid, &branch.branch_id, busi, async |_| {
+            dtm.register_branch(&registration).await.map_err(registration_error)
+        })
+        .await
+    }
+
+    /// The local XA transaction `<gid>-<branch_id>`, shared by XA branches
+    /// and workflow XA steps (`crate::workflow`): on a connection of its
+    /// own, the barrier row, `busi`, then `register` (told what `busi`
+    /// returned; it tells the coordinator about the transaction), then
+    /// prepare and close the session. Any error rolls the local
+    /// transaction back.
+    pub(crate) async fn prepare_local<T>(
+        &self,
+        gid: &Gid,
+        branch_id: &BranchId,
+        busi: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, BranchError>,
+        register: impl AsyncFnOnce(&T) -> Result<(), BranchError>,
+    ) -> Result<XaLocal<T>, BranchError> {
+        let xid = Xid::new(gid, branch_id)?;
         let mut conn = self.pool.connect_options().connect().await?;
         DB::start(&mut conn, &xid).await?;
         let ran = async {
-            match self.barrier(&branch.gid, &branch.branch_id).action::<DB>(&mut conn).await? {
+            match self.barrier(gid, branch_id).action::<DB>(&mut conn).await? {
                 XaAction::Fresh => {}
                 XaAction::Duplicate => return Ok(None),
                 XaAction::RolledBack => {
                     return Err(BranchError::failure(format!(
-                        "branch {} of {} was rolled back before its local transaction ran",
-                        branch.branch_id, branch.gid
+                        "branch {branch_id} of {gid} was rolled back before its local transaction ran"
                     )));
                 }
             }
             let value = busi(&mut conn).await?;
-            let registration = RegisterBranch::xa(branch.gid.clone(), branch.branch_id.clone(), phase2_url);
-            dtm.register_branch(&registration).await.map_err(|err| match err {
-                ClientError::Failure(reason) => {
-                    BranchError::failure(format!("registerBranch refused: {reason}"))
-                }
-                other => BranchError::retry(other),
-            })?;
+            register(&value).await?;
             Ok(Some(value))
         }
         .await;
@@ -620,7 +647,14 @@ impl<DB: XaDatabase> XaDb<DB> {
         self.finish(&branch.gid, &branch.branch_id, commit).await
     }
 
-    async fn finish(&self, gid: &Gid, branch_id: &BranchId, commit: bool) -> Result<(), BranchError> {
+    /// Commits (`commit`) or rolls back the prepared transaction of branch
+    /// `branch_id` of `gid`, idempotent; also a workflow XA step's phase 2.
+    pub(crate) async fn finish(
+        &self,
+        gid: &Gid,
+        branch_id: &BranchId,
+        commit: bool,
+    ) -> Result<(), BranchError> {
         let xid = Xid::new(gid, branch_id)?;
         let mut conn = self.pool.acquire().await?;
         if DB::finish(&mut conn, &xid, commit).await? == Finished::Unknown

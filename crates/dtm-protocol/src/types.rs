@@ -238,6 +238,9 @@ string_enum! {
         Rollback = "rollback",
         /// A 2-phase message's local transaction and its check-back (branch `00`).
         Msg = "msg",
+        /// A workflow XA step's local transaction, recorded before its
+        /// `XA PREPARE` (dtm's `client/workflow/imp.go`, `doXa`).
+        Business = "business",
     }
 }
 

@@ -31,16 +31,10 @@
 //!
 //! # XA steps
 //!
-//! dtm's `wf.NewBranch().DoXa(db, fn)` runs `fn` in a local XA transaction
-//! that is prepared (`XA PREPARE`) before the step's progress is recorded,
-//! and registers `XA COMMIT` / `XA ROLLBACK` of that xid as the step's
-//! `on_commit` / `on_rollback`. Here that is a [`WfBranch`] with both
-//! phase-2 functions set and an action that prepares the local transaction
-//! — nothing more is needed from this module: an XA helper (the `xa`
-//! module's local-transaction functions) builds those three closures and
-//! calls [`WfBranch::on_commit`], [`WfBranch::on_rollback`] and
-//! [`WfBranch::action`]. dtm records the prepared business as op
-//! `business`, which our coordinator does not accept yet (see the README).
+//! dtm's `wf.NewBranch().DoXa(db, fn)` is [`Wf::xa_step`] (the `xa`
+//! module beside this one): a [`WfBranch`] whose `on_commit` /
+//! `on_rollback` are `XA COMMIT` / `XA ROLLBACK` of its xid and whose
+//! action prepares the local transaction, recording op `business` inside it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -144,6 +138,16 @@ impl Wf {
     /// The workflow's gid.
     pub fn gid(&self) -> &Gid {
         &self.gid
+    }
+
+    /// The coordinator.
+    pub(super) fn dtm(&self) -> &DtmClient {
+        &self.dtm
+    }
+
+    /// The recorded outcome of `op` of step `id`, if any.
+    pub(super) fn recorded_result(&self, id: &BranchId, op: Op) -> Option<StepResult> {
+        self.state().recorded.get(&(id.clone(), op)).map(Recorded::result)
     }
 
     /// The next step (branch `01`, `02`, …).

@@ -51,6 +51,7 @@
 mod context;
 mod grpc;
 mod progress;
+mod xa;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
