@@ -4,7 +4,7 @@
 //! dtm's Go SDK (`client/workflow/workflow.go`, `imp.go`) writes a step as
 //! `wf.NewBranch().OnRollback(undo).Do(action)`; here it is
 //!
-//! ```ignore
+//! ```text
 //! let reply = wf.branch()?.on_rollback(undo).action(do_it).await?;
 //! ```
 //!

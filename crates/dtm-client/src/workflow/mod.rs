@@ -11,7 +11,7 @@
 //! let dtm = DtmClient::new("http://127.0.0.1:36789/api/dtmsvr", discovery::ChannelCache::new())?;
 //! // Where the coordinator calls back to resume an interrupted workflow
 //! // (`Workflows::router` serves it).
-//! let workflows = Workflows::new(dtm, "http://127.0.0.1:8081/api/workflow/resume");
+//! let workflows = Workflows::new(dtm.clone(), "http://127.0.0.1:8081/api/workflow/resume");
 //! workflows.register("transfer", async |wf, input| {
 //!     let busi = "http://127.0.0.1:8082/api/busi";
 //!     wf.saga_step(&format!("{busi}/TransOut"), &format!("{busi}/TransOutRevert"), input.clone()).await?;
@@ -34,7 +34,7 @@
 //!    progress it recorded before. One already finished returns its stored
 //!    result (or failure) without running anything;
 //! 2. the function runs on a fresh [`Wf`] holding that progress: recorded
-//!    steps are replayed, the others run and are recorded ([`context`]);
+//!    steps are replayed, the others run and are recorded (`context.rs`);
 //! 3. the function returned `Ok` → the steps' `on_commit`s run, newest
 //!    first; it returned [`ClientError::Failure`] → their `on_rollback`s;
 //!    each recorded too;
@@ -145,7 +145,7 @@ impl Workflows {
 
     /// Registers `f` under `name` (replacing an earlier one). `f` receives
     /// the run's context and the input; it must reach its steps in the
-    /// same order on every run ([`context`]).
+    /// same order on every run (`context.rs`).
     pub fn register<F, Fut>(&self, name: &str, f: F)
     where
         F: Fn(Wf, Vec<u8>) -> Fut + Send + Sync + 'static,
