@@ -588,6 +588,32 @@ async fn our_coordinator(
     Ok(coordinator)
 }
 
+/// Our coordinator, for a client of `api`: its address on that API, and
+/// the process to account for.
+async fn coordinator_at(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    api: Api,
+) -> anyhow::Result<(String, Vec<Watched>)> {
+    let coordinator = our_coordinator(settings, dbs, &[]).await?;
+    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
+    let address = match api {
+        Api::Grpc => coordinator.grpc.to_string(),
+        Api::Http => coordinator.http_base(),
+    };
+    parts.services.push(coordinator.service);
+    Ok((address, watched))
+}
+
+/// Fresh order and stock databases for the branches built into the bench.
+async fn branch_databases(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<BranchDbs> {
+    Ok(BranchDbs {
+        order: settings.server.database_url(&dbs.create("order").await?),
+        stock: settings.server.database_url(&dbs.create("stock").await?),
+    })
+}
+
 async fn saga(
     settings: &Settings,
     dbs: &mut Databases,
@@ -596,18 +622,9 @@ async fn saga(
     transport: Transport,
     work: Work,
 ) -> anyhow::Result<Prepared> {
-    let coordinator = our_coordinator(settings, dbs, &[]).await?;
-    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
-    let address = match api {
-        Api::Grpc => coordinator.grpc.to_string(),
-        Api::Http => coordinator.http_base(),
-    };
-    parts.services.push(coordinator.service);
+    let (address, watched) = coordinator_at(settings, dbs, parts, api).await?;
     let branch_dbs = match work {
-        Work::Sql => Some(BranchDbs {
-            order: settings.server.database_url(&dbs.create("order").await?),
-            stock: settings.server.database_url(&dbs.create("stock").await?),
-        }),
+        Work::Sql => Some(branch_databases(settings, dbs).await?),
         Work::None => None,
     };
     let servers = BranchServers::start(transport, work, branch_dbs.as_ref()).await?;
@@ -753,17 +770,8 @@ async fn xa(
     parts: &mut Parts,
     api: Api,
 ) -> anyhow::Result<Prepared> {
-    let coordinator = our_coordinator(settings, dbs, &[]).await?;
-    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
-    let address = match api {
-        Api::Grpc => coordinator.grpc.to_string(),
-        Api::Http => coordinator.http_base(),
-    };
-    parts.services.push(coordinator.service);
-    let branch_dbs = BranchDbs {
-        order: settings.server.database_url(&dbs.create("order").await?),
-        stock: settings.server.database_url(&dbs.create("stock").await?),
-    };
+    let (address, watched) = coordinator_at(settings, dbs, parts, api).await?;
+    let branch_dbs = branch_databases(settings, dbs).await?;
     let client = DtmClient::with_timeout(&address, discovery::ChannelCache::new(), Duration::from_secs(15))?;
     let server = XaBranchServer::start(&branch_dbs, client.clone()).await?;
     let (order_url, stock_url) = (

@@ -100,15 +100,26 @@ impl XaBranchServer {
     }
 }
 
-/// The dtm values of one call; a bad one is a 400.
-fn branch_of(query: Option<&str>) -> Result<XaBranch, (StatusCode, String)> {
-    XaBranch::from_query(query.unwrap_or_default()).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))
+/// One call to a branch, read.
+enum Call<B> {
+    /// `action`, with its JSON body.
+    Action(XaBranch, B),
+    /// `commit` or `rollback` from the coordinator (which sends no body to read).
+    PhaseTwo(XaBranch),
 }
 
-/// An action's JSON body; a bad one is a 400. (Phase 2 has no body to read:
-/// the coordinator's `commit` / `rollback` calls carry none.)
-fn body_of<B: serde::de::DeserializeOwned>(body: &[u8]) -> Result<B, (StatusCode, String)> {
-    serde_json::from_slice(body).map_err(|err| (StatusCode::BAD_REQUEST, err.to_string()))
+/// The dtm values of one call and, for an action, its body; a bad one is a 400.
+fn call_of<B: serde::de::DeserializeOwned>(
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Call<B>, (StatusCode, String)> {
+    let bad = |text: String| (StatusCode::BAD_REQUEST, text);
+    let branch = XaBranch::from_query(query.unwrap_or_default()).map_err(|err| bad(err.to_string()))?;
+    if branch.op != Op::Action {
+        return Ok(Call::PhaseTwo(branch));
+    }
+    let body = serde_json::from_slice(body).map_err(|err| bad(err.to_string()))?;
+    Ok(Call::Action(branch, body))
 }
 
 fn reply(result: Result<(), BranchError>) -> Response {
@@ -121,15 +132,9 @@ fn reply(result: Result<(), BranchError>) -> Response {
 /// `action`: the order row in the local XA transaction; `commit` /
 /// `rollback`: phase 2.
 async fn order_branch(State(s): State<Arc<XaState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let branch = match branch_of(query.as_deref()) {
-        Ok(branch) => branch,
-        Err(bad) => return bad.into_response(),
-    };
-    if branch.op != Op::Action {
-        return reply(s.order.phase_two(&branch).await);
-    }
-    let req = match body_of::<CreateBody>(&body) {
-        Ok(body) => CreateReq::from(body),
+    let (branch, req) = match call_of::<CreateBody>(query.as_deref(), &body) {
+        Ok(Call::Action(branch, body)) => (branch, CreateReq::from(body)),
+        Ok(Call::PhaseTwo(branch)) => return reply(s.order.phase_two(&branch).await),
         Err(bad) => return bad.into_response(),
     };
     let gid = branch.gid.to_string();
@@ -148,15 +153,9 @@ async fn order_branch(State(s): State<Arc<XaState>>, RawQuery(query): RawQuery, 
 /// `action`: the deduction in the local XA transaction (not enough stock
 /// is the branch's FAILURE, as in stock-srv); `commit` / `rollback`: phase 2.
 async fn stock_branch(State(s): State<Arc<XaState>>, RawQuery(query): RawQuery, body: Bytes) -> Response {
-    let branch = match branch_of(query.as_deref()) {
-        Ok(branch) => branch,
-        Err(bad) => return bad.into_response(),
-    };
-    if branch.op != Op::Action {
-        return reply(s.stock.phase_two(&branch).await);
-    }
-    let req = match body_of::<DeductBody>(&body) {
-        Ok(body) => DeductReq::from(body),
+    let (branch, req) = match call_of::<DeductBody>(query.as_deref(), &body) {
+        Ok(Call::Action(branch, body)) => (branch, DeductReq::from(body)),
+        Ok(Call::PhaseTwo(branch)) => return reply(s.stock.phase_two(&branch).await),
         Err(bad) => return bad.into_response(),
     };
     let result = s
