@@ -219,6 +219,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.mode == Mode::Compare && !args.variant.is_empty() && !compares(&args, Mode::Http) {
         bail!("--variant is measured beside http: add http to --modes");
     }
+    if args.mode == Mode::Compare && args.modes.contains(&Mode::Xa) && args.work == Work::None {
+        // xa / saga compares the same branch work; xa's always does the SQL.
+        bail!("xa is compared with saga doing the same SQL: drop --work none, or xa from --modes");
+    }
     if args.mode == Mode::Peer && args.peer_url.is_some() {
         bail!("peer takes --dtm URL; --peer-url is for compare");
     }
@@ -448,6 +452,7 @@ mod tests {
             (&["compare", "--modes", "compare"][..], "--modes lists the modes"),
             (&["saga", "--variant", "A=1"][..], "--variant changes the coordinator"),
             (&["compare", "--modes", "db", "--variant", "A=1"][..], "add http to --modes"),
+            (&["compare", "--modes", "saga,xa", "--work", "none"][..], "drop --work none"),
         ] {
             let err = run(refused(argv)).await.expect_err("refused");
             assert!(err.to_string().contains(says), "{argv:?}: {err}");
