@@ -290,7 +290,7 @@ impl Stock for NoWork {
 }
 
 /// What every successful HTTP branch answers (`{"dtm_result":"SUCCESS"}`).
-fn success_body() -> String {
+pub(crate) fn success_body() -> String {
     format!(r#"{{"dtm_result":"{SUCCESS}"}}"#)
 }
 
@@ -324,7 +324,8 @@ struct SqlState {
     finals: Arc<FinalWatch>,
 }
 
-async fn mysql_pool(url: &str) -> anyhow::Result<sqlx::MySqlPool> {
+/// A pool on a branch database, opened the way the services open theirs.
+pub(crate) async fn mysql_pool(url: &str) -> anyhow::Result<sqlx::MySqlPool> {
     // go-zero's pool size (64), the services' own connect path: database
     // and `dtm_barrier.barrier` created when missing.
     let conf = DbConf { data_source: url.parse()?, max_open_conns: 64 };

@@ -395,6 +395,11 @@ impl Comparison {
         pair(label_of("http"), label_of("direct"), both.clone());
         pair(label_of("saga"), label_of("direct"), both.clone());
         pair(label_of("direct"), label_of("db"), vec![Measure::Throughput]);
+        // What the other transaction modes cost against the saga doing the
+        // same work: a workflow against the quick order's saga, XA's
+        // two-phase commit against compensation.
+        pair(label_of("workflow"), label_of("http"), both.clone());
+        pair(label_of("xa"), label_of("saga"), both.clone());
         for variant in modes.iter().filter(|m| is_variant(&m.label)) {
             pair(Some(variant.label.clone()), label_of(&variant.mode), both.clone());
         }
@@ -911,6 +916,51 @@ mod tests {
         // The targets stay on the plain run.
         let plain = comparison.ratio("http / direct", Measure::Throughput).expect("http / direct");
         assert_eq!(plain.numerator, "http quickCreate");
+    }
+
+    /// `workflow` is measured against `http` (the quick order as a saga),
+    /// `xa` against `saga` (the same branch work by compensation), in
+    /// both measures; neither touches the ratios against `direct`.
+    #[test]
+    fn workflow_and_xa_are_compared_with_their_saga() {
+        let mode = |label: &str, round, rate, coordinator| {
+            run(label, round, rate, &[("coordinator", coordinator), ("mariadbd", 1.0)], 0.3)
+        };
+        let (saga, xa) = ("saga api=grpc branches=grpc work=sql", "xa api=grpc branches=http work=sql");
+        let comparison = Comparison::new(
+            vec![
+                mode("http quickCreate", 1, 400.0, 0.5),
+                mode("workflow quickCreate", 1, 300.0, 1.0),
+                mode(saga, 1, 500.0, 0.5),
+                mode(xa, 1, 100.0, 1.5),
+                mode(xa, 2, 120.0, 1.0),
+                mode(saga, 2, 400.0, 0.5),
+                mode("workflow quickCreate", 2, 200.0, 0.5),
+                mode("http quickCreate", 2, 400.0, 0.5),
+            ],
+            Method { rounds: 2, max_steal_gap_pp: 5.0 },
+        );
+        let values = |name: &str, measure| {
+            let ratio = comparison.ratio(name, measure).unwrap_or_else(|| panic!("no {name} {measure:?}"));
+            (
+                ratio.numerator.clone(),
+                ratio.denominator.clone(),
+                ratio.rounds.iter().map(|r| r.value).collect(),
+            )
+        };
+        let pair = |a: &str, b: &str, rounds: Vec<f64>| (a.to_string(), b.to_string(), rounds);
+        assert_eq!(
+            values("workflow / http", Measure::Throughput),
+            pair("workflow quickCreate", "http quickCreate", vec![0.75, 0.5])
+        );
+        // CPU per saga: (1.0 + 1.0) / (0.5 + 1.0), then (0.5 + 1.0) / (0.5 + 1.0).
+        assert_eq!(
+            values("workflow / http", Measure::CpuPerSaga),
+            pair("workflow quickCreate", "http quickCreate", vec![1.333, 1.0])
+        );
+        assert_eq!(values("xa / saga", Measure::Throughput), pair(xa, saga, vec![0.2, 0.3]));
+        assert_eq!(values("xa / saga", Measure::CpuPerSaga), pair(xa, saga, vec![1.667, 1.333]));
+        assert!(comparison.ratio("xa / direct", Measure::Throughput).is_none(), "no direct run, no ratio");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! quickorder-bench direct                               # the same two branch calls, no coordinator
 //! quickorder-bench db                                   # single-row insert commits: the database's limit
 //! quickorder-bench peer   --dtm http://127.0.0.1:36789/api/dtmsvr --peer-pid 1234 --peer-name dtmrs
-//! quickorder-bench compare --peer-url http://…/api/dtmsvr  # all of the above, 3 rounds, with ratios
+//! quickorder-bench workflow                             # quickCreate with order-api in TRANS_MODE=workflow
+//! quickorder-bench xa                                   # the saga's SQL under two-phase commit (XA on MariaDB)
+//! quickorder-bench compare --peer-url http://…/api/dtmsvr  # db … peer, 3 rounds, with ratios
+//! quickorder-bench compare --modes saga,xa,http,workflow   # what 2PC and a workflow cost (opt-in)
 //! ```
 //!
 //! Answers are measured side by side in one sitting, because the machines
@@ -31,7 +34,8 @@
 //! * the coordinator's RSS at the start and end of the window.
 //!
 //! `--json FILE` writes the same as JSON. The branch servers of the `saga`
-//! and `peer` modes run inside the bench process ([`branches`]).
+//! and `peer` modes run inside the bench process ([`branches`]), and so do
+//! the XA branches of the `xa` mode ([`xa_branches`]).
 
 pub mod branches;
 pub mod compare;
@@ -42,6 +46,7 @@ pub mod procstat;
 pub mod report;
 pub mod stats;
 pub mod system;
+pub mod xa_branches;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,8 +74,13 @@ pub enum Mode {
     Db,
     /// Empty-branch HTTP sagas against a dtm-compatible coordinator.
     Peer,
-    /// db, direct, http, saga and peer, in rounds of alternating order,
-    /// with medians and ratios.
+    /// `http` with order-api running the quick order as a dtm workflow.
+    Workflow,
+    /// XA global transactions doing `saga --work sql`'s branch work under
+    /// two-phase commit, branch servers in the bench.
+    Xa,
+    /// db, direct, http, saga and peer (workflow and xa when `--modes`
+    /// names them), in rounds of alternating order, with medians and ratios.
     Compare,
 }
 
@@ -95,7 +105,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "POINTS", default_value_t = stats::DEFAULT_MAX_STEAL_GAP_PP)]
     pub max_steal_gap: f64,
     /// compare: only these modes (comma-separated: `--modes direct,http`),
-    /// in the usual order. [default: db,direct,http,saga,peer]
+    /// in the usual order. `workflow` and `xa` run only when named here
+    /// (`--modes saga,xa,http,workflow`). [default: db,direct,http,saga,peer]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
     pub modes: Vec<Mode>,
     /// http/compare: a coordinator setting, as the environment variable of
@@ -133,7 +144,7 @@ pub struct BenchArgs {
     /// scripts/bench.sh puts into BENCHMARKS.md).
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
-    /// saga: the coordinator API to submit through.
+    /// saga/xa: the coordinator API to submit through.
     #[arg(long, value_enum, default_value = "grpc")]
     pub api: Api,
     /// saga: how the coordinator calls the built-in branches.
@@ -200,13 +211,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--modes is for compare; the other modes are one mode each");
     }
     if args.modes.contains(&Mode::Compare) {
-        bail!("--modes lists the modes compare runs: db, direct, http, saga, peer");
+        bail!("--modes lists the modes compare runs: db, direct, http, workflow, saga, xa, peer");
     }
     if !args.variant.is_empty() && !matches!(args.mode, Mode::Http | Mode::Compare) {
         bail!("--variant changes the coordinator of http (and of http's second run in compare)");
     }
     if args.mode == Mode::Compare && !args.variant.is_empty() && !compares(&args, Mode::Http) {
         bail!("--variant is measured beside http: add http to --modes");
+    }
+    if args.mode == Mode::Compare && args.modes.contains(&Mode::Xa) && args.work == Work::None {
+        // xa / saga compares the same branch work; xa's always does the SQL.
+        bail!("xa is compared with saga doing the same SQL: drop --work none, or xa from --modes");
     }
     if args.mode == Mode::Peer && args.peer_url.is_some() {
         bail!("peer takes --dtm URL; --peer-url is for compare");
@@ -269,6 +284,8 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
         Mode::Direct => vec![ModeSpec::Direct],
         Mode::Saga => vec![ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work }],
         Mode::Http => vec![ModeSpec::Http { variant: args.variant.clone() }],
+        Mode::Workflow => vec![ModeSpec::Workflow],
+        Mode::Xa => vec![ModeSpec::Xa { api: args.api }],
         Mode::Peer => match &args.dtm {
             Some(url) => {
                 vec![ModeSpec::Peer { dtm: Some(url.clone()), pid: args.peer_pid, name: peer_name() }]
@@ -283,7 +300,8 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
             // The members of each ratio's pair next to each other (http and
             // saga beside direct, direct beside db, the peers together): the
             // closer in time, the closer their conditions.
-            // A variant runs right after the plain `http` it is compared with.
+            // A variant runs right after the plain `http` it is compared with,
+            // `workflow` after `http`, `xa` after `saga`.
             let mut specs = Vec::new();
             if compares(args, Mode::Db) {
                 specs.push(ModeSpec::Db);
@@ -297,8 +315,14 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
                     specs.push(ModeSpec::Http { variant: args.variant.clone() });
                 }
             }
+            if args.modes.contains(&Mode::Workflow) {
+                specs.push(ModeSpec::Workflow);
+            }
             if compares(args, Mode::Saga) {
                 specs.push(ModeSpec::Saga { api: args.api, branches: args.branches, work: args.work });
+            }
+            if args.modes.contains(&Mode::Xa) {
+                specs.push(ModeSpec::Xa { api: args.api });
             }
             if compares(args, Mode::Peer) {
                 specs.push(ours());
@@ -315,7 +339,8 @@ fn specs(args: &BenchArgs) -> Vec<ModeSpec> {
     }
 }
 
-/// Whether `compare` runs `mode` (every mode when `--modes` is not given).
+/// Whether `compare` runs `mode` (every mode when `--modes` is not given;
+/// `workflow` and `xa` only when named, see [`specs`]).
 fn compares(args: &BenchArgs, mode: Mode) -> bool {
     args.modes.is_empty() || args.modes.contains(&mode)
 }
@@ -427,6 +452,7 @@ mod tests {
             (&["compare", "--modes", "compare"][..], "--modes lists the modes"),
             (&["saga", "--variant", "A=1"][..], "--variant changes the coordinator"),
             (&["compare", "--modes", "db", "--variant", "A=1"][..], "add http to --modes"),
+            (&["compare", "--modes", "saga,xa", "--work", "none"][..], "drop --work none"),
         ] {
             let err = run(refused(argv)).await.expect_err("refused");
             assert!(err.to_string().contains(says), "{argv:?}: {err}");
@@ -435,6 +461,43 @@ mod tests {
             let err = Cli::try_parse_from(["bench", "http", "--variant", bad]).expect_err(bad);
             assert!(err.to_string().contains("coordinator setting"), "{bad}: {err}");
         }
+    }
+
+    /// `workflow` and `xa` run only when `--modes` names them, each right
+    /// after the saga it is compared with; alone, each is one spec.
+    #[test]
+    fn workflow_and_xa_are_opt_in_beside_their_saga() {
+        let labels = |argv: &[&str]| {
+            let mut full = vec!["bench"];
+            full.extend_from_slice(argv);
+            specs(&Cli::parse_from(full).bench).iter().map(ModeSpec::label).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels(&["compare", "--modes", "xa,workflow,saga,http"]),
+            [
+                "http quickCreate",
+                "workflow quickCreate",
+                "saga api=grpc branches=grpc work=sql",
+                "xa api=grpc branches=http work=sql"
+            ]
+        );
+        let default = labels(&["compare"]);
+        assert!(!default.iter().any(|l| l.starts_with("workflow") || l.starts_with("xa")), "{default:?}");
+        assert_eq!(labels(&["workflow"]), ["workflow quickCreate"]);
+        assert_eq!(labels(&["xa", "--api", "http"]), ["xa api=http branches=http work=sql"]);
+    }
+
+    /// workflow starts what http starts; xa's branches also open a session
+    /// of their own per local transaction, up to one per client and branch.
+    #[test]
+    fn connections_needed_counts_the_new_modes_pools() {
+        let http = modes::connections_needed(&[ModeSpec::Http { variant: Vec::new() }], 16);
+        assert_eq!(modes::connections_needed(&[ModeSpec::Workflow], 16), http);
+        assert_eq!(http, 3 * 64 + 16 + 16);
+        let xa = modes::connections_needed(&[ModeSpec::Xa { api: Api::Grpc }], 16);
+        assert_eq!(xa, 3 * 64 + 2 * 16 + 16 + 16);
+        let both = modes::connections_needed(&[ModeSpec::Workflow, ModeSpec::Xa { api: Api::Http }], 16);
+        assert_eq!(both, 3 * 64 + (3 * 64 + 2 * 16) + 16 + 2 * 16);
     }
 
     #[test]

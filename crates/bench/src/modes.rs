@@ -8,6 +8,8 @@
 //! | `saga` | coordinator | a 2-step saga with `wait_result`, over the coordinator's gRPC or HTTP API, branches in the bench process |
 //! | `http` | coordinator, order-srv, stock-srv, order-api | `POST /order/quickCreate` (order-api submits with `wait_result`) |
 //! | `peer` | coordinator (or none: `--dtm URL`) | an empty-branch HTTP saga, timed until its last action reached the branch server |
+//! | `workflow` | as `http`, order-api with `TRANS_MODE=workflow` | `POST /order/quickCreate`, run by order-api as a dtm workflow (it calls the branches, the coordinator records each step) |
+//! | `xa` | coordinator | a 2-branch XA global transaction (prepare, two HTTP branch calls, submit with `wait_result`), the branches' barrier + SQL inside `XA START … PREPARE` on MariaDB in the bench process ([`super::xa_branches`]), phase 2 by the coordinator |
 //!
 //! The frame: fresh databases and the processes ([`start`]), then per
 //! measurement ([`Running::measure`]) a short warm-up (not measured:
@@ -21,12 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dtm_client::{ClientError, DtmClient};
+use dtm_client::{ClientError, DtmClient, Xa};
 use dtm_protocol::{BranchCall, BranchId, Gid, Op as BranchOp, TransType};
 use futures::FutureExt;
-use proto::order::{CreateReq, OrderClient};
-use proto::stock::{DeductReq, StockClient};
+use proto::order::{CreateBody, CreateReq, OrderClient};
+use proto::stock::{DeductBody, DeductReq, StockClient};
 use tokio_util::sync::CancellationToken;
+
+use order_api::config::TransMode;
 
 use super::branches::{BranchDbs, BranchServers, Transport, Work};
 use super::dbstat::Monitor;
@@ -34,6 +38,7 @@ use super::load::{self, Limit, Op, OpError, Plan};
 use super::procstat::{self, Watched};
 use super::report::{Inputs, Readings, Report};
 use super::system::{BranchService, CoordinatorProcess, Databases, Launcher, Server, Service, Setting};
+use super::xa_branches::{self, XaBranchServer};
 
 /// The coordinator API a `saga` client submits through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +73,17 @@ pub enum ModeSpec {
         /// what one setting costs beside the run without it.
         variant: Vec<Setting>,
     },
+    /// The user's path with order-api running the quick order as a dtm
+    /// workflow: what the workflow costs against `http`'s saga.
+    Workflow,
+    /// XA global transactions straight to the coordinator, doing the
+    /// `saga --work sql` branches' work under two-phase commit: what 2PC
+    /// costs against `saga`'s compensation.
+    Xa {
+        /// The coordinator API the application side uses (the branches
+        /// are HTTP: `--api http --branches http` makes `saga` the same).
+        api: Api,
+    },
     /// Empty-branch HTTP sagas against any dtm-compatible coordinator.
     Peer {
         /// Its `…/api/dtmsvr` URL; `None` starts ours.
@@ -87,6 +103,8 @@ impl ModeSpec {
             ModeSpec::Direct => "direct",
             ModeSpec::Saga { .. } => "saga",
             ModeSpec::Http { .. } => "http",
+            ModeSpec::Workflow => "workflow",
+            ModeSpec::Xa { .. } => "xa",
             ModeSpec::Peer { .. } => "peer",
         }
     }
@@ -106,6 +124,10 @@ impl ModeSpec {
             ModeSpec::Http { variant } => {
                 let settings: Vec<String> = variant.iter().map(Setting::to_string).collect();
                 format!("http quickCreate{VARIANT_MARK}{}", settings.join(" "))
+            }
+            ModeSpec::Workflow => "workflow quickCreate".into(),
+            ModeSpec::Xa { api } => {
+                format!("xa api={} branches=http work=sql", format!("{api:?}").to_lowercase())
             }
             ModeSpec::Peer { name, .. } => format!("peer {name}"),
         }
@@ -149,6 +171,8 @@ struct Parts {
     services: Vec<Service>,
     /// The built-in branch servers.
     branches: Option<BranchServers>,
+    /// The built-in XA branch server (`xa`).
+    xa_branches: Option<XaBranchServer>,
 }
 
 impl Parts {
@@ -157,10 +181,15 @@ impl Parts {
         for service in self.services.into_iter().rev() {
             service.stop().await;
         }
-        match self.branches {
+        let xa = match self.xa_branches {
+            Some(server) => server.stop().await,
+            None => Ok(()),
+        };
+        let saga = match self.branches {
             Some(branches) => branches.stop().await,
             None => Ok(()),
-        }
+        };
+        xa.and(saga)
     }
 }
 
@@ -341,7 +370,9 @@ async fn set_up(
         ModeSpec::Db => db(settings, dbs).await?,
         ModeSpec::Direct => direct(settings, dbs, parts).await?,
         ModeSpec::Saga { api, branches, work } => saga(settings, dbs, parts, *api, *branches, *work).await?,
-        ModeSpec::Http { variant } => http(settings, dbs, parts, variant).await?,
+        ModeSpec::Http { variant } => http(settings, dbs, parts, variant, TransMode::Saga).await?,
+        ModeSpec::Workflow => http(settings, dbs, parts, &[], TransMode::Workflow).await?,
+        ModeSpec::Xa { api } => xa(settings, dbs, parts, *api).await?,
         ModeSpec::Peer { dtm, pid, name } => peer(settings, dbs, parts, dtm.as_deref(), *pid, name).await?,
     };
 
@@ -351,7 +382,7 @@ async fn set_up(
     if let Some(pid) = monitor.server_pid().await {
         watched.push(Watched::new("mariadbd", pid));
     }
-    let bench_name = if matches!(spec, ModeSpec::Saga { .. } | ModeSpec::Peer { .. }) {
+    let bench_name = if matches!(spec, ModeSpec::Saga { .. } | ModeSpec::Peer { .. } | ModeSpec::Xa { .. }) {
         "bench (+branches)"
     } else {
         "bench"
@@ -394,7 +425,11 @@ pub fn connections_needed(specs: &[ModeSpec], clients: usize) -> u64 {
             ModeSpec::Direct => 2 * POOL,
             ModeSpec::Saga { work: Work::Sql, .. } => 3 * POOL,
             ModeSpec::Saga { work: Work::None, .. } => POOL,
-            ModeSpec::Http { .. } => 3 * POOL,
+            ModeSpec::Http { .. } | ModeSpec::Workflow => 3 * POOL,
+            // The coordinator's pool, the branches' two, and the session
+            // each branch's local transaction opens of its own (at most one
+            // per client and branch at a time).
+            ModeSpec::Xa { .. } => 3 * POOL + 2 * clients,
             ModeSpec::Peer { dtm: None, .. } => POOL,
             ModeSpec::Peer { dtm: Some(_), .. } => 0,
         })
@@ -553,6 +588,32 @@ async fn our_coordinator(
     Ok(coordinator)
 }
 
+/// Our coordinator, for a client of `api`: its address on that API, and
+/// the process to account for.
+async fn coordinator_at(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    api: Api,
+) -> anyhow::Result<(String, Vec<Watched>)> {
+    let coordinator = our_coordinator(settings, dbs, &[]).await?;
+    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
+    let address = match api {
+        Api::Grpc => coordinator.grpc.to_string(),
+        Api::Http => coordinator.http_base(),
+    };
+    parts.services.push(coordinator.service);
+    Ok((address, watched))
+}
+
+/// Fresh order and stock databases for the branches built into the bench.
+async fn branch_databases(settings: &Settings, dbs: &mut Databases) -> anyhow::Result<BranchDbs> {
+    Ok(BranchDbs {
+        order: settings.server.database_url(&dbs.create("order").await?),
+        stock: settings.server.database_url(&dbs.create("stock").await?),
+    })
+}
+
 async fn saga(
     settings: &Settings,
     dbs: &mut Databases,
@@ -561,18 +622,9 @@ async fn saga(
     transport: Transport,
     work: Work,
 ) -> anyhow::Result<Prepared> {
-    let coordinator = our_coordinator(settings, dbs, &[]).await?;
-    let watched = vec![Watched::new("coordinator", coordinator.service.pid)];
-    let address = match api {
-        Api::Grpc => coordinator.grpc.to_string(),
-        Api::Http => coordinator.http_base(),
-    };
-    parts.services.push(coordinator.service);
+    let (address, watched) = coordinator_at(settings, dbs, parts, api).await?;
     let branch_dbs = match work {
-        Work::Sql => Some(BranchDbs {
-            order: settings.server.database_url(&dbs.create("order").await?),
-            stock: settings.server.database_url(&dbs.create("stock").await?),
-        }),
+        Work::Sql => Some(branch_databases(settings, dbs).await?),
         Work::None => None,
     };
     let servers = BranchServers::start(transport, work, branch_dbs.as_ref()).await?;
@@ -679,12 +731,14 @@ async fn http(
     dbs: &mut Databases,
     parts: &mut Parts,
     variant: &[Setting],
+    trans_mode: TransMode,
 ) -> anyhow::Result<Prepared> {
     let coordinator = our_coordinator(settings, dbs, variant).await?;
     let (dtm_grpc, dtm_http) = (coordinator.grpc, coordinator.http_base());
     parts.services.push(coordinator.service);
     let (order_addr, stock_addr) = branch_services(settings, dbs, parts).await?;
-    let (api, api_addr) = settings.launcher.order_api(dtm_grpc, &dtm_http, order_addr, stock_addr).await?;
+    let (api, api_addr) =
+        settings.launcher.order_api(dtm_grpc, &dtm_http, order_addr, stock_addr, trans_mode).await?;
     parts.services.push(api);
     let watched = parts.services.iter().map(|s| Watched::new(s.name, s.pid)).collect();
 
@@ -706,4 +760,53 @@ async fn http(
         .boxed()
     });
     Ok(Prepared { op, watched, notes: vec![service_note(settings)] })
+}
+
+// ---- xa ---------------------------------------------------------------
+
+async fn xa(
+    settings: &Settings,
+    dbs: &mut Databases,
+    parts: &mut Parts,
+    api: Api,
+) -> anyhow::Result<Prepared> {
+    let (address, watched) = coordinator_at(settings, dbs, parts, api).await?;
+    let branch_dbs = branch_databases(settings, dbs).await?;
+    let client = DtmClient::with_timeout(&address, discovery::ChannelCache::new(), Duration::from_secs(15))?;
+    let server = XaBranchServer::start(&branch_dbs, client.clone()).await?;
+    let (order_url, stock_url) = (
+        format!("{}{}", server.base, xa_branches::ORDER_PATH),
+        format!("{}{}", server.base, xa_branches::STOCK_PATH),
+    );
+    parts.xa_branches = Some(server);
+    let stock_db = format!("{}_stock", dbs.prefix());
+    dbs.raise_stock(&stock_db).await?;
+
+    let gid = gids(dbs.prefix());
+    let (order_url, stock_url) = (Arc::new(order_url), Arc::new(stock_url));
+    let op: Op = Arc::new(move || {
+        let (client, order_url, stock_url) = (client.clone(), Arc::clone(&order_url), Arc::clone(&stock_url));
+        let gid = Gid::new(gid());
+        async move {
+            let gid = gid.map_err(|err| OpError::new("bad_gid", err))?;
+            let create = CreateBody::from(&CreateReq { user_id: 1, goods_id: 1, num: 1 });
+            let deduct = DeductBody::from(&DeductReq { goods_id: 1, num: 1 });
+            Xa::new(client, gid)
+                .wait_result(true)
+                .run(async |xa: &Xa| {
+                    xa.call_branch_json(&create, &order_url).await?;
+                    xa.call_branch_json(&deduct, &stock_url).await?;
+                    Ok(())
+                })
+                .await
+                .map_err(|err| client_error(&err))
+        }
+        .boxed()
+    });
+    let notes = vec![
+        "the XA branch server runs inside the bench process: its CPU includes it".to_string(),
+        "every order deducts the same stock row, whose lock an XA branch holds until phase 2".to_string(),
+        service_note(settings),
+    ];
+    Ok(Prepared { op, watched, notes })
 }

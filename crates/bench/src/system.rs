@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use harness::{Binaries, GuardedProcess, ReadyLine};
+use order_api::config::TransMode;
 use service_kit::shipped::{self, replace_block};
 use sqlx::ConnectOptions;
 
@@ -512,13 +513,15 @@ impl Launcher {
 
     /// order-api on `etc/order-api.yaml`, pointed at the coordinator
     /// (`dtm_grpc`, `dtm_http` = its `…/api/dtmsvr`) and at the two
-    /// services by address.
+    /// services by address, running the quick order as `trans_mode` says
+    /// (`TransMode`, set through its `TRANS_MODE` variable).
     pub async fn order_api(
         &self,
         dtm_grpc: SocketAddr,
         dtm_http: &str,
         order: SocketAddr,
         stock: SocketAddr,
+        trans_mode: TransMode,
     ) -> anyhow::Result<(Service, SocketAddr)> {
         let yaml = replace_block(
             shipped::ORDER_API.text,
@@ -535,10 +538,19 @@ impl Launcher {
             ("ORDER_API_LISTEN_PORT".into(), "0".into()),
             ("DTM_SERVER".into(), dtm_grpc.to_string()),
             ("DTM_HTTP_SERVER".into(), dtm_http.to_string()),
+            ("TRANS_MODE".into(), trans_mode_value(trans_mode).into()),
         ];
         let service = self.spawn("order-api", &config, env)?;
         let addr = ready_addr(&service.wait_ready().await?, "http")?;
         Ok((service, addr))
+    }
+}
+
+/// `TransMode`'s value in `etc/order-api.yaml` (its serde name).
+fn trans_mode_value(mode: TransMode) -> &'static str {
+    match mode {
+        TransMode::Saga => "saga",
+        TransMode::Workflow => "workflow",
     }
 }
 

@@ -1,6 +1,7 @@
 //! CI smoke test of `quickorder-bench`: every mode runs briefly at low
-//! concurrency (`compare` runs them all, three short rounds; the variants
-//! it does not cover have a test each) against a private MariaDB, as a
+//! concurrency (`compare` runs them all, three short rounds; the opt-in
+//! modes `workflow` and `xa` and the variants it does not cover have a test
+//! each) against a private MariaDB, as a
 //! user runs it (the `quickorder-bench` binary, the service binaries next
 //! to it), and must produce a JSON report with sagas and without errors.
 //!
@@ -322,4 +323,77 @@ fn compare_runs_every_mode_in_rounds_and_prints_ratios() {
     assert!(targets.iter().any(|t| t.starts_with("coordinator CPU per saga in peer ours")), "{targets:?}");
     assert!(stdout.contains("ratios (median of the rounds' pairs"), "{stdout}");
     assert!(stdout.contains("CPU ms per saga"), "{stdout}");
+}
+
+/// The XA transactions prepared on `server` and not finished (`XA RECOVER`
+/// lists the whole server's).
+fn prepared_xa(server: &str) -> usize {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut conn = sqlx::MySqlConnection::connect(server).await.expect("connect");
+        // XA statements cannot be prepared: a plain string goes as a simple query.
+        let rows = sqlx::Executor::fetch_all(&mut conn, "XA RECOVER").await.expect("XA RECOVER");
+        rows.len()
+    })
+}
+
+/// `compare --modes saga,xa,http,workflow`: the opt-in modes beside the
+/// saga each is compared with, one short round — every run clean, the
+/// processes each mode starts accounted for, both ratios in both
+/// measures — and no XA transaction left prepared once the bench is done.
+#[test]
+fn compare_measures_xa_against_saga_and_workflow_against_http() {
+    let (comparison, stdout) = bench_with_output(&[
+        "compare",
+        "--modes",
+        "saga,xa,http,workflow",
+        "--rounds",
+        "1",
+        "--duration",
+        "400ms",
+    ]);
+    let (saga, xa) = ("saga api=grpc branches=grpc work=sql", "xa api=grpc branches=http work=sql");
+    assert_eq!(
+        comparison["order"],
+        serde_json::json!(["http quickCreate", "workflow quickCreate", saga, xa])
+    );
+    for run in comparison["runs"].as_array().expect("runs") {
+        match run["label"].as_str().unwrap_or("?") {
+            "http quickCreate" | "workflow quickCreate" => {
+                assert_clean(run, &["coordinator", "order-api", "order-srv", "stock-srv"]);
+            }
+            // The branch servers of saga and xa run in the bench process.
+            _ => assert_clean(run, &["coordinator", "bench (+branches)"]),
+        }
+    }
+    let ratios = comparison["ratios"].as_array().expect("ratios");
+    for (name, numerator, denominator) in
+        [("workflow / http", "workflow quickCreate", "http quickCreate"), ("xa / saga", xa, saga)]
+    {
+        for measure in ["throughput", "cpu_per_saga"] {
+            let ratio = ratios
+                .iter()
+                .find(|r| r["name"] == name && r["measure"] == measure)
+                .unwrap_or_else(|| panic!("no {measure} ratio {name}: {ratios:#?}"));
+            assert_eq!(
+                (&ratio["numerator"], &ratio["denominator"]),
+                (&numerator.into(), &denominator.into())
+            );
+            assert!(ratio["median"].as_f64().unwrap_or(0.0) > 0.0, "{ratio:#}");
+        }
+        assert!(stdout.contains(name), "{name} not printed:\n{stdout}");
+    }
+    assert_eq!(prepared_xa(&mariadb().url()), 0, "XA transactions left prepared after the bench");
+}
+
+/// `xa` alone, over the coordinator's HTTP API: every global transaction
+/// committed, nothing left prepared.
+#[test]
+fn xa_mode_over_http_leaves_nothing_prepared() {
+    let report = bench(&["xa", "--api", "http", "--requests", "30"]);
+    assert_eq!(report["label"], "xa api=http branches=http work=sql");
+    assert_eq!(report["sagas"], 30);
+    assert_clean(&report, &["coordinator", "bench (+branches)"]);
+    assert_eq!(prepared_xa(&mariadb().url()), 0, "XA transactions left prepared after the bench");
 }
