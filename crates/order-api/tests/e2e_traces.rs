@@ -184,6 +184,15 @@ async fn quick_create(system: &System, body: &Value, traceparent: Option<String>
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Whether the coordinator's server span (its `submit`) has arrived. With
+/// `wait_result` it ends after the pass and every branch call, and a batch
+/// exporter sends spans in the order they end: once it is here, so is
+/// everything the coordinator did for the request. (Each process exports
+/// on its own: the branches' spans may well arrive first.)
+fn coordinator_exported(spans: &[Span]) -> bool {
+    spans.iter().any(|s| s.service == "coordinator" && s.kind == 2)
+}
+
 /// The span tree of a trace, one line per span: service, name, duration.
 fn tree(spans: &[Span]) -> String {
     fn walk(spans: &[Span], parent: &str, depth: usize, out: &mut String) {
@@ -320,6 +329,7 @@ async fn one_quick_order_is_one_trace_across_the_four_services() {
             ["INSERT order", "UPDATE stock", "POST /order/quickCreate"]
                 .iter()
                 .all(|name| spans.iter().any(|s| s.name == *name))
+                && coordinator_exported(spans)
         })
         .await;
     let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
@@ -379,6 +389,7 @@ async fn a_compensated_order_shows_its_compensations_in_the_same_trace() {
                 .iter()
                 .all(|name| spans.iter().any(|s| s.name == *name))
                 && spans.iter().filter(|s| s.service == "stock.rpc" && s.kind == 2).count() == 2
+                && coordinator_exported(spans)
         })
         .await;
     println!("compensated order {gid}, trace {trace_id}:\n{}", tree(&spans));
@@ -454,16 +465,24 @@ async fn a_retry_after_a_coordinator_restart_continues_the_stored_trace() {
     .unwrap();
     assert_eq!(system.wait_final(&gid, Duration::from_secs(60)).await, "succeed");
 
-    let spans = receiver
-        .wait_for(CLIENT_TRACE, "stock-srv's deduction", |spans| {
-            spans.iter().any(|s| s.name == "UPDATE stock")
-        })
-        .await;
-    let done = one(&spans, "successful 02/action call", |s| {
+    // Each process exports in its own batches: stock-srv's spans may arrive
+    // before the restarted coordinator's, and the call's span before the
+    // pass around it (which ends later): wait for all three.
+    let succeeded = |s: &Span| {
         s.service == "coordinator"
             && s.attributes.get("branch_id").map(String::as_str) == Some("02")
             && s.attributes.get("outcome").map(String::as_str) == Some("success")
-    });
+    };
+    let spans = receiver
+        .wait_for(CLIENT_TRACE, "stock-srv's deduction and the coordinator's pass that called it", |spans| {
+            spans.iter().any(|s| s.name == "UPDATE stock")
+                && spans
+                    .iter()
+                    .filter(|s| succeeded(s))
+                    .any(|call| spans.iter().any(|p| p.span_id == call.parent))
+        })
+        .await;
+    let done = one(&spans, "successful 02/action call", succeeded);
     // The restarted coordinator's retry pass hangs under the stored submit span.
     check_pass(&spans, done, &api);
     branch_server(&spans, done, "stock.rpc", "UPDATE stock");
@@ -505,6 +524,7 @@ async fn http_branches_are_traced_like_grpc_ones() {
     let spans = receiver
         .wait_for(CLIENT_TRACE, "the two HTTP branches' SQL", |spans| {
             ["INSERT order", "UPDATE stock"].iter().all(|name| spans.iter().any(|s| s.name == *name))
+                && coordinator_exported(spans)
         })
         .await;
     let api = check_entry(&spans, &gid, CLIENT_SPAN);
