@@ -75,8 +75,8 @@ async fn subscribe(
     query: Result<Query<TopicQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = params(query)?;
-    let subscription = Subscription::from_input(&q.topic, &q.url, &q.remark)
-        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let subscription =
+        Subscription::from_input(&q.topic, &q.url, &q.remark).map_err(ApiError::engine("subscribe"))?;
     state.engine.subscribe(subscription).await.map_err(ApiError::engine("subscribe"))?;
     Ok(success())
 }
@@ -87,14 +87,14 @@ async fn unsubscribe(
     query: Result<Query<TopicQuery>, QueryRejection>,
 ) -> ApiResult {
     let q = params(query)?;
-    let topic = topic_of("topic", &q.topic).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let topic = topic_of("topic", &q.topic).map_err(ApiError::engine("unsubscribe"))?;
     state.engine.unsubscribe(&topic, &q.url).await.map_err(ApiError::engine("unsubscribe"))?;
     Ok(success())
 }
 
 /// `DELETE /api/dtmsvr/topic/{topicName}`.
 async fn delete_topic(State(state): State<HttpState>, Path(name): Path<String>) -> ApiResult {
-    let topic = topic_of("topicName", &name).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let topic = topic_of("topicName", &name).map_err(ApiError::engine("deletetopic"))?;
     state.engine.delete_topic(&topic).await.map_err(ApiError::engine("deletetopic"))?;
     Ok(success())
 }
