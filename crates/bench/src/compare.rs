@@ -757,7 +757,7 @@ fn targets(modes: &[ModeSummary], ratios: &[Ratio]) -> Vec<TargetResult> {
 
 /// A run label's short name in a ratio: its first word (`http`,
 /// `direct`), or the whole label for a peer (`peer ours`).
-/// A run's name in a ratio: `http`, `peer dtmrs`, `http ATTEMPTS_RECORD=false`.
+/// A run's name in a ratio: `http`, `peer dtmrs`, `http ATTEMPTS_RECORD=off`.
 fn short(label: &str) -> String {
     let mode = label.split_whitespace().next().unwrap_or(label);
     if label.starts_with("peer ") {
@@ -894,7 +894,7 @@ mod tests {
         let http = |label: &str, round, rate, coordinator| {
             run(label, round, rate, &[("coordinator", coordinator), ("mariadbd", 1.0)], 0.3)
         };
-        let variant = "http quickCreate with ATTEMPTS_RECORD=false";
+        let variant = "http quickCreate with ATTEMPTS_RECORD=off";
         let comparison = Comparison::new(
             vec![
                 run("direct grpc", 1, 800.0, &[("mariadbd", 1.0)], 0.3),
@@ -907,11 +907,11 @@ mod tests {
             Method { rounds: 2, max_steal_gap_pp: 5.0 },
         );
         let ratio = comparison
-            .ratio("http ATTEMPTS_RECORD=false / http", Measure::Throughput)
+            .ratio("http ATTEMPTS_RECORD=off / http", Measure::Throughput)
             .expect("variant / plain, sagas/s");
         assert_eq!((ratio.numerator.as_str(), ratio.denominator.as_str()), (variant, "http quickCreate"));
         assert_eq!(ratio.rounds.iter().map(|r| r.value).collect::<Vec<_>>(), [1.1, 1.0]);
-        let cpu = comparison.ratio("http ATTEMPTS_RECORD=false / http", Measure::CpuPerSaga).expect("CPU");
+        let cpu = comparison.ratio("http ATTEMPTS_RECORD=off / http", Measure::CpuPerSaga).expect("CPU");
         assert_eq!(cpu.rounds.iter().map(|r| r.value).collect::<Vec<_>>(), [0.933, 0.967]);
         // The targets stay on the plain run.
         let plain = comparison.ratio("http / direct", Measure::Throughput).expect("http / direct");

@@ -110,7 +110,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', value_name = "MODES")]
     pub modes: Vec<Mode>,
     /// http/compare: a coordinator setting, as the environment variable of
-    /// its key in `etc/coordinator.yaml` (`--variant ATTEMPTS_RECORD=false`;
+    /// its key in `etc/coordinator.yaml` (`--variant ATTEMPTS_RECORD=off`;
     /// repeat for several). `http` runs with it; `compare` runs `http`
     /// twice per round, without and with it, side by side, and gives their
     /// ratios: what the setting costs, measured like the other ratios.
@@ -423,7 +423,7 @@ mod tests {
             "--modes",
             "http,direct",
             "--variant",
-            "ATTEMPTS_RECORD=false",
+            "ATTEMPTS_RECORD=off",
             "--variant",
             "ATTEMPTS_PER_TRANSACTION=8",
         ]);
@@ -433,11 +433,11 @@ mod tests {
             [
                 "direct grpc work=sql",
                 "http quickCreate",
-                "http quickCreate with ATTEMPTS_RECORD=false ATTEMPTS_PER_TRANSACTION=8"
+                "http quickCreate with ATTEMPTS_RECORD=off ATTEMPTS_PER_TRANSACTION=8"
             ]
         );
-        let cli = Cli::parse_from(["bench", "http", "--variant", "ATTEMPTS_RECORD=false"]);
-        assert_eq!(specs(&cli.bench)[0].label(), "http quickCreate with ATTEMPTS_RECORD=false");
+        let cli = Cli::parse_from(["bench", "http", "--variant", "ATTEMPTS_RECORD=off"]);
+        assert_eq!(specs(&cli.bench)[0].label(), "http quickCreate with ATTEMPTS_RECORD=off");
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ pub enum ModeSpec {
     /// The user's path through order-api.
     Http {
         /// Settings given to the coordinator as environment variables
-        /// (`ATTEMPTS_RECORD=false`): empty for the shipped configuration;
+        /// (`ATTEMPTS_RECORD=off`): empty for the shipped configuration;
         /// `compare --variant` runs a second `http` with them, to measure
         /// what one setting costs beside the run without it.
         variant: Vec<Setting>,
@@ -135,7 +135,7 @@ impl ModeSpec {
 }
 
 /// Between a mode's label and its variant's settings:
-/// `http quickCreate with ATTEMPTS_RECORD=false`.
+/// `http quickCreate with ATTEMPTS_RECORD=off`.
 pub const VARIANT_MARK: &str = " with ";
 
 /// What every mode shares.

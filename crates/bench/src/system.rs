@@ -399,7 +399,7 @@ impl Setting {
     /// `KEY=VALUE`.
     pub fn parse(text: &str) -> Result<Setting, String> {
         let (key, value) = text.split_once('=').ok_or_else(|| {
-            format!("a coordinator setting as KEY=VALUE (ATTEMPTS_RECORD=false), not {text:?}")
+            format!("a coordinator setting as KEY=VALUE (ATTEMPTS_RECORD=off), not {text:?}")
         })?;
         let valid_key =
             !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');

@@ -91,13 +91,13 @@ fn bench_in_turn(server: &str, args: &[&str]) -> (Value, String) {
 /// setting does reach the coordinator (one it cannot read stops the run).
 #[test]
 fn compare_measures_a_coordinator_setting_beside_the_shipped_one() {
-    let variant = "http quickCreate with ATTEMPTS_RECORD=false";
+    let variant = "http quickCreate with ATTEMPTS_RECORD=off";
     let (comparison, _) = bench_with_output(&[
         "compare",
         "--modes",
         "http",
         "--variant",
-        "ATTEMPTS_RECORD=false",
+        "ATTEMPTS_RECORD=off",
         "--rounds",
         "2",
         "--duration",
@@ -113,7 +113,7 @@ fn compare_measures_a_coordinator_setting_beside_the_shipped_one() {
     for measure in ["throughput", "cpu_per_saga"] {
         let ratio = ratios
             .iter()
-            .find(|r| r["name"] == "http ATTEMPTS_RECORD=false / http" && r["measure"] == measure)
+            .find(|r| r["name"] == "http ATTEMPTS_RECORD=off / http" && r["measure"] == measure)
             .unwrap_or_else(|| panic!("no {measure} ratio of the variant: {ratios:#?}"));
         assert_eq!(
             (&ratio["numerator"], &ratio["denominator"]),

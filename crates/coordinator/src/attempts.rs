@@ -1,27 +1,40 @@
-//! Recording every branch call for the console's timeline, off the saga's
+//! Recording branch calls for the console's timeline, off the saga's
 //! path.
 //!
-//! A pass hands each call's outcome to [`Attempts::record`], which only
-//! `try_send`s it into a bounded queue: when the queue is full (a database
-//! that stalls, a storm of failing sagas) the attempt is dropped and
-//! counted (`dtm_branch_attempts_dropped_total`), and the saga goes on. It
-//! never waits for the store, exactly like the retry alerts' counting
-//! (`crate::alert`). A task drains the queue in batches — one multi-row
-//! INSERT per batch, whatever the load — and keeps the table bounded: the
-//! newest `max_per_transaction` attempts of each transaction (up to twice
-//! that between two trims), none older than `max_age`.
+//! A pass records through its [`PassAttempts`], which hands each call's
+//! outcome to a bounded queue with `try_send`: when the queue is full (a
+//! database that stalls, a storm of failing sagas) the attempt is dropped
+//! and counted (`dtm_branch_attempts_dropped_total`), and the saga goes
+//! on. It never waits for the store, exactly like the retry alerts'
+//! counting (`crate::alert`). A task drains the queue in batches — one
+//! multi-row INSERT per batch, whatever the load — and keeps the table
+//! bounded: the newest `max_per_transaction` attempts of each transaction
+//! (up to twice that between two trims), none older than `max_age`.
 //!
-//! The timeline is therefore best effort by design: what it shows happened,
-//! but under overload or at a crash a few calls may be missing. The
-//! transaction's state itself (`trans_global`, `trans_branch_op`) never
-//! depends on it.
+//! Which calls are worth a row is [`AttemptsRecord`]'s choice. By default
+//! (`troubled`) a transaction that succeeds in the pass its client's
+//! request started, every call succeeding at once, writes none: its
+//! `trans_branch_op` rows already say each op succeeded and when, and
+//! recording them would cost every quick order two rows more in the
+//! coordinator's database (measured: about 7 % of a quick order's CPU, in
+//! BENCHMARKS.md). Everything else — a call that did not succeed, the
+//! successes before it in the same pass, every call of a later pass
+//! (retries, recovery after a crash, a retry-now from the console) — is
+//! recorded, so the timeline of a transaction that had any trouble is
+//! complete. `all` records every call; `off` none.
+//!
+//! The timeline is best effort by design: what it shows happened, but
+//! under overload or at a crash a few calls may be missing (the successes
+//! a pass was holding back die with it). The transaction's state itself
+//! (`trans_global`, `trans_branch_op`) never depends on it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dtm_protocol::{BranchId, BranchResult, Gid, Op};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,12 +42,68 @@ use crate::engine::EngineObserver;
 use crate::model::MAX_TEXT_COLUMN;
 use crate::store::{AttemptResult, NewAttempt, Store};
 
+/// Which branch calls are recorded (`AttemptsRecord` in the coordinator's
+/// YAML; `true` and `false` are read as `all` and `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttemptsRecord {
+    /// Every call.
+    All,
+    /// Every call of a transaction that had any trouble; nothing of one
+    /// that succeeded in its first pass with every call succeeding at once.
+    #[default]
+    Troubled,
+    /// None: the timeline stays empty.
+    Off,
+}
+
+impl AttemptsRecord {
+    /// The YAML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptsRecord::All => "all",
+            AttemptsRecord::Troubled => "troubled",
+            AttemptsRecord::Off => "off",
+        }
+    }
+}
+
+impl Serialize for AttemptsRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptsRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A YAML boolean (the setting was one before `troubled` existed)
+        /// or a word; an environment variable always arrives as a word.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Flag(true) => Ok(AttemptsRecord::All),
+            Raw::Flag(false) => Ok(AttemptsRecord::Off),
+            Raw::Word(word) => match word.as_str() {
+                "all" | "true" => Ok(AttemptsRecord::All),
+                "troubled" => Ok(AttemptsRecord::Troubled),
+                "off" | "false" => Ok(AttemptsRecord::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "{other:?} is not one of all, troubled, off (or true, false)"
+                ))),
+            },
+        }
+    }
+}
+
 /// Whether and how much to record (`AttemptsRecord`,
 /// `AttemptsPerTransaction`, `AttemptsMaxAge` in the coordinator's YAML).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptSettings {
-    /// Record at all. Off: nothing is queued, the timeline stays empty.
-    pub enabled: bool,
+    /// Which calls: all, those of troubled transactions, or none.
+    pub record: AttemptsRecord,
     /// About the newest this many attempts of one transaction are kept (at
     /// most twice as many between two trims): a branch retried for a week
     /// does not fill the table.
@@ -46,11 +115,23 @@ pub struct AttemptSettings {
 impl Default for AttemptSettings {
     fn default() -> Self {
         AttemptSettings {
-            enabled: true,
+            record: AttemptsRecord::default(),
             max_per_transaction: 100,
             max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
+}
+
+/// Why a pass runs, which decides whether its clean calls are worth a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOrigin {
+    /// Right after a client's decision (submit, abort): the pass a
+    /// transaction without trouble is finished by.
+    Decision,
+    /// Over a transaction found in the store (due for a retry, left by a
+    /// crashed coordinator, a resubmit taking over, retry-now): it had
+    /// trouble, or it would not be here.
+    Resumed,
 }
 
 /// Attempts waiting for the writer. Beyond it they are dropped, not waited for.
@@ -73,6 +154,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub struct Attempts {
     /// The writer's queue; `None` when recording is off.
     queue: Option<mpsc::Sender<NewAttempt>>,
+    /// Which calls are recorded.
+    record: AttemptsRecord,
     /// Where a dropped attempt is counted (the metric).
     observer: Option<Arc<dyn EngineObserver>>,
     /// Dropped attempts, for tests and logs (the metric has the same count).
@@ -100,16 +183,28 @@ impl Attempts {
         observer: Arc<dyn EngineObserver>,
         kill: CancellationToken,
     ) -> Attempts {
-        if !settings.enabled {
+        if settings.record == AttemptsRecord::Off {
             return Attempts::off();
         }
         let (queue, attempts) = mpsc::channel(QUEUE);
         tokio::spawn(write(store, settings.clone(), attempts, kill));
-        Attempts { queue: Some(queue), observer: Some(observer), dropped: Arc::default() }
+        Attempts {
+            queue: Some(queue),
+            record: settings.record,
+            observer: Some(observer),
+            dropped: Arc::default(),
+        }
+    }
+
+    /// The recorder of one pass over `gid`.
+    pub(crate) fn for_pass(&self, gid: &Gid, origin: PassOrigin) -> PassAttempts<'_> {
+        let hold =
+            self.queue.is_some() && self.record == AttemptsRecord::Troubled && origin == PassOrigin::Decision;
+        PassAttempts { attempts: self, gid: gid.clone(), held: Mutex::new(hold.then(Vec::new)) }
     }
 
     /// Queues one branch call's outcome; never waits.
-    pub fn record(
+    fn send(
         &self,
         gid: &Gid,
         branch_id: &BranchId,
@@ -145,6 +240,72 @@ impl Attempts {
     /// Attempts dropped so far because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A success a pass holds back until it knows whether the transaction had
+/// trouble.
+#[derive(Debug)]
+struct HeldSuccess {
+    branch_id: BranchId,
+    op: Op,
+    started: SystemTime,
+    latency: Duration,
+}
+
+/// One pass's recorder: sends each call to the writer, or — in a
+/// [`PassOrigin::Decision`] pass under [`AttemptsRecord::Troubled`] —
+/// holds successes back until the first call that does not succeed (then
+/// they and everything after it are sent) or the pass's end (then they
+/// are sent unless the pass made the transaction `succeed`).
+pub(crate) struct PassAttempts<'a> {
+    /// The engine's recording handle.
+    attempts: &'a Attempts,
+    /// The transaction the pass is over.
+    gid: Gid,
+    /// Successes held back; `None` once (or if) every call is sent as it ends.
+    held: Mutex<Option<Vec<HeldSuccess>>>,
+}
+
+impl PassAttempts<'_> {
+    /// Records one branch call's outcome; never waits.
+    pub(crate) fn record(
+        &self,
+        branch_id: &BranchId,
+        op: Op,
+        result: &BranchResult,
+        started: SystemTime,
+        latency: Duration,
+    ) {
+        let earlier = {
+            // Calls of one pass end one at a time on its task; the lock is
+            // never contended and never held across an await.
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            match held.as_mut() {
+                Some(list) if *result == BranchResult::Success => {
+                    list.push(HeldSuccess { branch_id: branch_id.clone(), op, started, latency });
+                    return;
+                }
+                _ => held.take(),
+            }
+        };
+        self.send_held(earlier);
+        self.attempts.send(&self.gid, branch_id, op, result, started, latency);
+    }
+
+    /// The pass is over: the held successes are sent unless it made the
+    /// transaction `succeed` (a killed pass sends nothing more).
+    pub(crate) fn pass_ended(self, succeeded: bool) {
+        if !succeeded {
+            let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).take();
+            self.send_held(held);
+        }
+    }
+
+    fn send_held(&self, held: Option<Vec<HeldSuccess>>) {
+        for h in held.into_iter().flatten() {
+            self.attempts.send(&self.gid, &h.branch_id, h.op, &BranchResult::Success, h.started, h.latency);
+        }
     }
 }
 
@@ -251,24 +412,118 @@ mod tests {
         let (queue, _stalled) = mpsc::channel(2);
         let observer = Arc::new(Drops::default());
         let observer_dyn: Arc<dyn EngineObserver> = observer.clone();
-        let attempts = Attempts { queue: Some(queue), observer: Some(observer_dyn), dropped: Arc::default() };
+        let attempts = Attempts {
+            queue: Some(queue),
+            record: AttemptsRecord::All,
+            observer: Some(observer_dyn),
+            dropped: Arc::default(),
+        };
         let gid = Gid::new("g").unwrap();
         let started = std::time::Instant::now();
         for _ in 0..10 {
             let result = BranchResult::Retry("HTTP 500".into());
-            attempts.record(&gid, &BranchId::nth(0), Op::Action, &result, SystemTime::now(), Duration::ZERO);
+            attempts.send(&gid, &BranchId::nth(0), Op::Action, &result, SystemTime::now(), Duration::ZERO);
         }
         assert!(started.elapsed() < Duration::from_secs(1), "record never waits");
         assert_eq!(attempts.dropped(), 8);
         assert_eq!(observer.0.load(Ordering::Relaxed), 8, "each drop reaches the metric");
-        Attempts::off().record(
-            &gid,
+        Attempts::off().for_pass(&gid, PassOrigin::Resumed).record(
             &BranchId::nth(0),
             Op::Action,
-            &BranchResult::Success,
+            &BranchResult::Retry("HTTP 500".into()),
             SystemTime::now(),
             Duration::ZERO,
         );
+    }
+
+    /// A recording handle whose queue the test reads.
+    fn recording(record: AttemptsRecord) -> (Attempts, mpsc::Receiver<NewAttempt>) {
+        let (queue, sent) = mpsc::channel(64);
+        (Attempts { queue: Some(queue), record, observer: None, dropped: Arc::default() }, sent)
+    }
+
+    /// What reached the writer, as (branch, op, result).
+    fn sent(queue: &mut mpsc::Receiver<NewAttempt>) -> Vec<(String, Op, AttemptResult)> {
+        std::iter::from_fn(|| queue.try_recv().ok())
+            .map(|a| (a.branch_id.as_str().to_string(), a.op, a.result))
+            .collect()
+    }
+
+    fn call(pass: &PassAttempts<'_>, branch: usize, op: Op, result: BranchResult) {
+        pass.record(&BranchId::nth(branch), op, &result, SystemTime::now(), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn a_decision_pass_that_succeeds_cleanly_writes_nothing_under_troubled() {
+        let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
+        let gid = Gid::new("clean").unwrap();
+        let pass = attempts.for_pass(&gid, PassOrigin::Decision);
+        call(&pass, 0, Op::Action, BranchResult::Success);
+        call(&pass, 1, Op::Action, BranchResult::Success);
+        pass.pass_ended(true);
+        assert!(sent(&mut queue).is_empty(), "a quick order without trouble costs no row");
+    }
+
+    #[test]
+    fn the_first_call_in_trouble_sends_the_successes_held_before_it() {
+        let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
+        let gid = Gid::new("troubled").unwrap();
+        let pass = attempts.for_pass(&gid, PassOrigin::Decision);
+        call(&pass, 0, Op::Action, BranchResult::Success);
+        assert!(sent(&mut queue).is_empty(), "held while the pass is clean");
+        call(&pass, 1, Op::Action, BranchResult::Failure("out of stock".into()));
+        call(&pass, 0, Op::Compensate, BranchResult::Success);
+        pass.pass_ended(false);
+        assert_eq!(
+            sent(&mut queue),
+            [
+                ("01".into(), Op::Action, AttemptResult::Success),
+                ("02".into(), Op::Action, AttemptResult::Failure),
+                ("01".into(), Op::Compensate, AttemptResult::Success),
+            ],
+            "the timeline of a troubled transaction is complete, in call order"
+        );
+    }
+
+    #[test]
+    fn held_successes_are_sent_when_the_pass_ends_without_success() {
+        // A pass that lost its lease, or a rollback every call of which
+        // succeeded (a TCC abort): still worth the timeline.
+        let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
+        let gid = Gid::new("rolled-back").unwrap();
+        let pass = attempts.for_pass(&gid, PassOrigin::Decision);
+        call(&pass, 0, Op::Cancel, BranchResult::Success);
+        pass.pass_ended(false);
+        assert_eq!(sent(&mut queue), [("01".into(), Op::Cancel, AttemptResult::Success)]);
+    }
+
+    #[test]
+    fn a_resumed_pass_or_all_sends_every_call_at_once() {
+        for (record, origin) in
+            [(AttemptsRecord::Troubled, PassOrigin::Resumed), (AttemptsRecord::All, PassOrigin::Decision)]
+        {
+            let (attempts, mut queue) = recording(record);
+            let gid = Gid::new("retried").unwrap();
+            let pass = attempts.for_pass(&gid, origin);
+            call(&pass, 0, Op::Action, BranchResult::Success);
+            assert_eq!(sent(&mut queue).len(), 1, "{record:?} {origin:?}: sent as it ends");
+            pass.pass_ended(true);
+            assert!(sent(&mut queue).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_setting_reads_words_and_the_old_booleans() {
+        let read = |yaml: &str| serde_yaml_ng::from_str::<AttemptsRecord>(yaml).map_err(|e| e.to_string());
+        assert_eq!(read("all"), Ok(AttemptsRecord::All));
+        assert_eq!(read("troubled"), Ok(AttemptsRecord::Troubled));
+        assert_eq!(read("off"), Ok(AttemptsRecord::Off));
+        assert_eq!(read("true"), Ok(AttemptsRecord::All));
+        assert_eq!(read("false"), Ok(AttemptsRecord::Off));
+        assert_eq!(read("'false'"), Ok(AttemptsRecord::Off), "an environment variable is a string");
+        let refused = read("sometimes").unwrap_err();
+        assert!(refused.contains("all, troubled, off"), "{refused}");
+        assert_eq!(serde_yaml_ng::to_string(&AttemptsRecord::Troubled).unwrap().trim(), "troubled");
     }
 
     #[test]

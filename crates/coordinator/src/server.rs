@@ -300,7 +300,7 @@ fn engine_settings(config: &Config) -> EngineSettings {
             ..AlertSettings::default()
         },
         attempts: AttemptSettings {
-            enabled: config.attempts_record,
+            record: config.attempts_record,
             max_per_transaction: config.attempts_per_transaction,
             max_age: secs(config.attempts_max_age),
         },

@@ -13,7 +13,8 @@
 //!   to `docs/console-*.png` (the README's).
 //! * `console_api_and_headers`: the JSON API the console uses, without a
 //!   browser: bearer auth, 4xx JSON for actions on final transactions, the
-//!   Content-Security-Policy of the pages, dtm's `all` unchanged.
+//!   Content-Security-Policy of the pages, dtm's `all` unchanged, and which
+//!   calls the default `AttemptsRecord: troubled` records.
 
 mod edges_support;
 
@@ -473,5 +474,39 @@ async fn console_api_and_headers() {
     assert_eq!(code, 200);
     assert_eq!(all["transactions"].as_array().map(Vec::len), Some(1));
     assert!(all["next_position"].as_str().is_some_and(|p| !p.is_empty()), "{all}");
+
+    // `troubled` (the default): a saga that succeeded at once wrote no
+    // attempt; one whose first step succeeded before its second failed
+    // shows both calls of that pass, the held success first.
+    let view = |gid: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/api/admin/transaction?gid={gid}"));
+        async move { authed_get(&http, &url).await.1 }
+    };
+    let clean = view("api-ok").await;
+    assert_eq!(clean["recording"], "troubled", "{clean}");
+    assert_eq!(clean["attempts"], json!([]), "a clean saga costs no attempt row: {clean}");
+    let two_steps = json!({
+        "gid": "api-half", "trans_type": "saga",
+        "steps": [{"action": ok, "compensate": undo}, {"action": servers.http_url("never"), "compensate": undo}],
+        "payloads": ["{}", "{}"],
+    });
+    assert_eq!(authed_post(&http, &submit, &two_steps).await.0, 200);
+    let half =
+        harness::wait_until("api-half's first pass is recorded", Duration::from_secs(20), async || {
+            let body = view("api-half").await;
+            if body["attempts"].as_array().map_or(0, Vec::len) >= 2 {
+                Ok(body)
+            } else {
+                Err(body.to_string())
+            }
+        })
+        .await;
+    let calls: Vec<(&str, &str)> = half["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| (a["branch_id"].as_str().unwrap_or("?"), a["result"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(calls[..2], [("01", "success"), ("02", "error")], "{half}");
     coordinator.stop().await.expect("stop");
 }

@@ -269,6 +269,9 @@ impl Vars {
         vars.0.insert("LISTEN_HOST", options.host.to_string());
         vars.0.insert("HTTP_PORT", options.ports.coordinator_http.to_string());
         vars.0.insert("GRPC_PORT", options.ports.coordinator_grpc.to_string());
+        // A learner's first order, trouble or not, shows its branch calls in
+        // the console (servers record only troubled transactions by default).
+        vars.0.insert("ATTEMPTS_RECORD", "all".into());
         if let Some(seconds) = options.retry_interval {
             vars.0.insert("RETRY_INTERVAL", seconds.to_string());
             vars.0.insert("MAX_RETRY_INTERVAL", (seconds * 6).to_string());

@@ -182,8 +182,21 @@ async fn the_console_shows_the_rows_each_saga_left_in_both_services() {
     let page = format!("http://127.0.0.1:{coordinator}/admin/");
     assert_eq!(reqwest::get(&page).await.expect("console").status().as_u16(), 200);
     let url = format!("http://127.0.0.1:{coordinator}/api/admin/transaction?gid={gid}");
-    let view: Value = reqwest::get(&url).await.expect("admin API").json().await.expect("JSON");
+    // The attempts reach the timeline a moment after the answer (written in
+    // batches, off the saga's path). The demo records every call, trouble
+    // or not (servers default to `troubled`).
+    let view: Value =
+        harness::wait_until("the order's calls are recorded", Duration::from_secs(10), async || {
+            let view: Value = reqwest::get(&url).await.expect("admin API").json().await.expect("JSON");
+            if view["attempts"].as_array().is_some_and(|a| a.len() >= 3) {
+                Ok(view)
+            } else {
+                Err(view.to_string())
+            }
+        })
+        .await;
     assert_eq!(view["transaction"]["status"], "failed", "{view}");
+    assert_eq!(view["recording"], "all", "{view}");
     let services = view["services"].as_array().expect("services");
     let names: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["order-srv", "stock-srv"], "{view}");

@@ -252,6 +252,9 @@ struct TransactionView<'a> {
     running: bool,
     branches: Vec<BranchView<'a>>,
     attempts: Vec<AttemptView<'a>>,
+    /// Which calls the coordinator records (`AttemptsRecord`): under
+    /// `troubled` a transaction that succeeded at once has none.
+    recording: crate::attempts::AttemptsRecord,
     /// The rows of this gid in the branch services' databases (barrier and
     /// business), from their admin endpoints; empty when none is configured.
     services: Vec<Value>,
@@ -290,6 +293,7 @@ async fn transaction(
         running: !final_ && !global.owner.is_empty(),
         branches: detail.branches.iter().map(BranchView::of).collect(),
         attempts,
+        recording: state.engine.attempts_recorded(),
         services: state.service_admins.rows_of(&gid).await,
     };
     Ok(Json(view).into_response())

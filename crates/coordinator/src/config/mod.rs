@@ -61,7 +61,7 @@ mod schema;
 
 pub use load::env_var_name;
 pub use schema::{
-    Config, DEFAULT_SQLITE_FILE, GOZERO_DRIVER, MAX_ALERT_RETRY_LIMIT, MicroServiceConfig,
+    AttemptsRecord, Config, DEFAULT_SQLITE_FILE, GOZERO_DRIVER, MAX_ALERT_RETRY_LIMIT, MicroServiceConfig,
     RegistrationTarget, Secret, StoreConfig, StoreDriver,
 };
 

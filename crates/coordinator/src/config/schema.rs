@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+pub use crate::attempts::AttemptsRecord;
 
 /// Passwords and tokens: service-kit's, shared with the services' config
 /// (`Debug` prints `"***"`).
@@ -48,9 +49,11 @@ pub struct Config {
     /// dtm's `AlertWebHook`: an `http(s)://` URL that receives the retry
     /// alerts as JSON POSTs; empty (the default) switches alerts off.
     pub alert_web_hook: String,
-    /// Ours: record every branch call (when, answer, latency) for the
-    /// console's timeline, off the saga's path (`crate::attempts`).
-    pub attempts_record: bool,
+    /// Ours: which branch calls (when, answer, latency) are recorded for
+    /// the console's timeline, off the saga's path: `all`, `troubled` (the
+    /// default: every call of a transaction that had any trouble) or `off`
+    /// (`crate::attempts`).
+    pub attempts_record: AttemptsRecord,
     /// Ours: the newest this many recorded calls of one transaction are kept.
     pub attempts_per_transaction: u32,
     /// Ours: recorded calls older than this many seconds are deleted.
@@ -98,7 +101,7 @@ impl Default for Config {
             micro_service: MicroServiceConfig::default(),
             alert_retry_limit: 3,
             alert_web_hook: String::new(),
-            attempts_record: true,
+            attempts_record: AttemptsRecord::Troubled,
             attempts_per_transaction: 100,
             attempts_max_age: 7 * 24 * 3600,
             service_admin_urls: String::new(),

@@ -301,6 +301,10 @@ function renderTransaction(main, view) {
   main.append(el("table", {}, el("thead", {}, el("tr", {}, ...["branch", "op", "status", "url", "payload", "finished"].map((h) => el("th", { text: h })))), branches));
 
   main.append(el("h2", { text: "Timeline" }));
+  // Why the timeline is empty, in the coordinator's own terms (AttemptsRecord).
+  const unrecorded = (v) => v.recording === "off" ? "no recorded branch call: recording is off (AttemptsRecord: off)"
+    : v.recording === "troubled" && v.transaction.status === "succeed" ? "every branch call succeeded at once: such calls are not recorded (AttemptsRecord: troubled); the ops above show when each finished"
+    : "no recorded branch call yet";
   const attempts = el("tbody", { id: "timeline" });
   for (const a of view.attempts) {
     attempts.append(el("tr", { class: "attempt" },
@@ -314,7 +318,7 @@ function renderTransaction(main, view) {
   if (view.next_retry_time) {
     attempts.append(el("tr", { class: "next" }, el("td", { text: time(view.next_retry_time) }), el("td", { colspan: 5, class: "note", text: view.running ? "a pass holds the transaction until then" : "next retry" })));
   }
-  if (view.attempts.length === 0) attempts.append(el("tr", {}, el("td", { colspan: 6, class: "note", text: "no recorded branch call (recording off, or none yet)" })));
+  if (view.attempts.length === 0) attempts.append(el("tr", {}, el("td", { colspan: 6, class: "note", text: unrecorded(view) })));
   main.append(el("table", {}, el("thead", {}, el("tr", {}, ...["when", "branch", "result", "answer", "latency", "retry"].map((h) => el("th", { text: h })))), attempts));
 
   if (view.services && view.services.length) renderServices(main, view.services);

@@ -79,7 +79,7 @@ use self::lease::Lease;
 use self::pass::{Core, PassEnd};
 use self::process::Work;
 use crate::alert::Alerts;
-use crate::attempts::Attempts;
+use crate::attempts::{Attempts, PassOrigin};
 use crate::branch::{BranchCaller, BranchResolver};
 use crate::model::{GlobalStatus, Protocol, RegisterBranchRequest, RegisteredUrls, Step, TransRequest};
 use crate::store::{
@@ -423,7 +423,7 @@ impl Engine {
                         Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?
                     }
                 };
-                let end = self.run_or_spawn(work, lease, wait).await?;
+                let end = self.run_or_spawn(work, lease, PassOrigin::Decision, wait).await?;
                 self.answer_submit(&request.gid, end).await
             }
         }
@@ -460,7 +460,7 @@ impl Engine {
                     return Ok(());
                 }
                 let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
-                let end = self.run_or_spawn(work, lease, wait).await?;
+                let end = self.run_or_spawn(work, lease, PassOrigin::Decision, wait).await?;
                 self.answer_submit(&request.gid, end).await
             }
             GlobalStatus::Submitted => self.resubmitted(&request.gid, wait).await,
@@ -522,7 +522,7 @@ impl Engine {
                 // Extensions fit the transaction's own request timeout.
                 let extension = lease::length_for(&core.settings, work.call_timeout(core));
                 let lease = Lease::sent_at(token, length, sent).with_length(extension);
-                let end = self.run_or_spawn(work, lease, true).await?;
+                let end = self.run_or_spawn(work, lease, PassOrigin::Resumed, true).await?;
                 Ok(Outcome::Pass(end.unwrap_or(PassEnd::Lost)))
             }
             // Another pass of this process took it meanwhile: wait for it.
@@ -604,12 +604,13 @@ impl Engine {
         &self,
         work: Work,
         lease: Lease,
+        origin: PassOrigin,
         wait: bool,
     ) -> Result<Option<PassEnd>, EngineError> {
         if wait {
             let permit = self.inner.permits.clone().acquire_owned().await;
             // Boxed: a pass's future is large, and the API futures awaiting it stay small.
-            let end = Box::pin(self.run_claimed(work, lease)).await;
+            let end = Box::pin(self.run_claimed(work, lease, origin)).await;
             drop(permit);
             return end.map(Some);
         }
@@ -620,7 +621,7 @@ impl Engine {
         let engine = self.clone();
         self.inner.tracker.spawn(async move {
             let Ok(permit) = engine.inner.permits.clone().acquire_owned().await else { return };
-            engine.guarded_pass(work, lease, permit).await;
+            engine.guarded_pass(work, lease, origin, permit).await;
         });
         Ok(None)
     }
@@ -638,20 +639,25 @@ impl Engine {
     }
 
     /// A pass that ends early if the engine is killed; holds its permit.
-    async fn guarded_pass(&self, work: Work, lease: Lease, permit: OwnedSemaphorePermit) {
+    async fn guarded_pass(&self, work: Work, lease: Lease, origin: PassOrigin, permit: OwnedSemaphorePermit) {
         let kill = self.inner.kill.clone();
         tokio::select! {
             // Checked first: a killed engine must not start a pass.
             biased;
             _ = kill.cancelled() => {}
-            _ = self.run_claimed(work, lease) => {}
+            _ = self.run_claimed(work, lease, origin) => {}
         }
         drop(permit);
     }
 
     /// Runs a pass as the only one on its gid in this process: waits for a
     /// pass already running to end, then runs.
-    async fn run_claimed(&self, work: Work, lease: Lease) -> Result<PassEnd, EngineError> {
+    async fn run_claimed(
+        &self,
+        work: Work,
+        lease: Lease,
+        origin: PassOrigin,
+    ) -> Result<PassEnd, EngineError> {
         let gid = work.gid().clone();
         let mut guard = loop {
             match self.claim(&gid, lease.token()) {
@@ -663,7 +669,10 @@ impl Engine {
         };
         let span = crate::trace::pass_span(&gid, work.trace());
         self.inner.core.checkpoint(&gid, Checkpoint::PassStarted).await;
-        let end = work.run(&self.inner.core, lease).instrument(span.clone()).await;
+        let core = &self.inner.core;
+        let attempts = core.attempts.for_pass(&gid, origin);
+        let end = work.run(core, lease, &attempts).instrument(span.clone()).await;
+        attempts.pass_ended(matches!(end, Ok(PassEnd::Finished(GlobalStatus::Succeed, _))));
         match &end {
             Ok(end) => guard.end = Some(end.clone()),
             // The lease expires and the transaction is picked up again later.
@@ -740,7 +749,7 @@ impl Engine {
                 // (a registerBranch racing it either committed first and is
                 // here, or was refused).
                 let work = Work::from_stored(stored).map_err(|m| EngineError::invalid("gid", m))?;
-                let end = self.run_or_spawn(work, lease, wait).await?;
+                let end = self.run_or_spawn(work, lease, PassOrigin::Decision, wait).await?;
                 abort_answer(end.map(Outcome::Pass).as_ref())
             }
             (TransType::Tcc | TransType::Xa, GlobalStatus::Aborting)
@@ -837,6 +846,11 @@ impl Engine {
                 t.global.status
             ))),
         }
+    }
+
+    /// Which branch calls are recorded (what an empty timeline means).
+    pub fn attempts_recorded(&self) -> crate::attempts::AttemptsRecord {
+        self.inner.core.settings.attempts.record
     }
 
     /// The newest `limit` recorded branch calls of a transaction, oldest
@@ -952,7 +966,9 @@ impl Engine {
                     let extension = lease::length_for(settings, work.call_timeout(&self.inner.core));
                     let lease =
                         Lease::sent_at(token.clone(), settings.lease_duration, sent).with_length(extension);
-                    self.inner.tracker.spawn(async move { engine.guarded_pass(work, lease, permit).await });
+                    self.inner.tracker.spawn(async move {
+                        engine.guarded_pass(work, lease, PassOrigin::Resumed, permit).await
+                    });
                 }
                 Err(reason) => tracing::error!(%gid, %reason, "cannot process stored transaction"),
             }

@@ -34,6 +34,7 @@ use super::retry::{self, PassOutcome};
 use super::saga::{Ordering, StepState};
 use super::sequence::SequenceWork;
 use super::workflow::WorkflowWork;
+use crate::attempts::PassAttempts;
 use crate::branch::BranchRequest;
 use crate::model::{
     BranchStatus, BranchTarget, BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, SagaOrders, Step, TransOptions,
@@ -187,12 +188,17 @@ impl Work {
         }
     }
 
-    /// Runs one pass under `lease`.
-    pub(crate) async fn run(self, core: &Core, lease: Lease) -> Result<PassEnd, StoreError> {
+    /// Runs one pass under `lease`, its branch calls recorded by `attempts`.
+    pub(crate) async fn run(
+        self,
+        core: &Core,
+        lease: Lease,
+        attempts: &PassAttempts<'_>,
+    ) -> Result<PassEnd, StoreError> {
         match self {
-            Work::Saga(w) => w.run(core, lease).await,
-            Work::Sequence(w) => w.run(core, lease).await,
-            Work::Workflow(w) => w.run(core, lease).await,
+            Work::Saga(w) => w.run(core, lease, attempts).await,
+            Work::Sequence(w) => w.run(core, lease, attempts).await,
+            Work::Workflow(w) => w.run(core, lease, attempts).await,
         }
     }
 }
@@ -272,7 +278,13 @@ impl SagaSpec {
     }
 
     /// Calls one branch op of step `k` and reports to the observer.
-    async fn call(&self, core: &Core, k: usize, op: Op) -> (usize, BranchResult) {
+    async fn call(
+        &self,
+        core: &Core,
+        attempts: &PassAttempts<'_>,
+        k: usize,
+        op: Op,
+    ) -> (usize, BranchResult) {
         let step = &self.steps[k];
         let url = if op == Op::Action { &step.action } else { &step.compensate };
         if *url.target() == BranchTarget::Empty {
@@ -295,7 +307,7 @@ impl SagaSpec {
         // A saga's actions run while it is submitted, its compensations while aborting.
         let status = if op == Op::Action { GlobalStatus::Submitted } else { GlobalStatus::Aborting };
         core.alerts.branch_called(&self.gid, TransType::Saga, status, &step.branch_id, op, &result);
-        core.attempts.record(&self.gid, &step.branch_id, op, &result, wall, started.elapsed());
+        attempts.record(&step.branch_id, op, &result, wall, started.elapsed());
         if !matches!(result, BranchResult::Success) {
             tracing::debug!(branch_id = %step.branch_id, %op, ?result, "branch did not succeed");
         }
@@ -386,7 +398,12 @@ impl SagaWork {
         }
     }
 
-    async fn run(mut self, core: &Core, lease: Lease) -> Result<PassEnd, StoreError> {
+    async fn run(
+        mut self,
+        core: &Core,
+        lease: Lease,
+        attempts: &PassAttempts<'_>,
+    ) -> Result<PassEnd, StoreError> {
         let mut pass = Pass { changes: Vec::new(), outcome: PassOutcome::Progress, lease, retries: 0 };
         if self.status == GlobalStatus::Prepared {
             // A prepared saga only moves when it times out (dtm's needProcess).
@@ -401,7 +418,7 @@ impl SagaWork {
             }
         }
         if self.status == GlobalStatus::Submitted {
-            match self.forward(core, &mut pass).await? {
+            match self.forward(core, attempts, &mut pass).await? {
                 Forward::Lost => return Ok(PassEnd::Lost),
                 Forward::Pending => return self.reschedule(core, pass).await,
                 Forward::Done => return self.finish(core, pass, GlobalStatus::Succeed).await,
@@ -413,7 +430,7 @@ impl SagaWork {
             }
         }
         if self.status == GlobalStatus::Aborting {
-            return match self.backward(core, &mut pass).await? {
+            return match self.backward(core, attempts, &mut pass).await? {
                 None => Ok(PassEnd::Lost),
                 Some(true) => self.finish(core, pass, GlobalStatus::Failed).await,
                 Some(false) => self.reschedule(core, pass).await,
@@ -462,7 +479,12 @@ impl SagaWork {
     }
 
     /// Runs actions until all succeeded, one failed, or none can proceed.
-    async fn forward(&mut self, core: &Core, pass: &mut Pass) -> Result<Forward, StoreError> {
+    async fn forward(
+        &mut self,
+        core: &Core,
+        attempts: &PassAttempts<'_>,
+        pass: &mut Pass,
+    ) -> Result<Forward, StoreError> {
         let spec = &self.spec;
         let state = &mut self.state;
         let n = spec.steps.len();
@@ -486,7 +508,7 @@ impl SagaWork {
                         return Ok(Forward::Lost);
                     }
                     busy[k] = true;
-                    calls.push(spec.call(core, k, Op::Action));
+                    calls.push(spec.call(core, attempts, k, Op::Action));
                 }
             }
             let Some((k, result)) = calls.next().await else { break };
@@ -526,7 +548,7 @@ impl SagaWork {
                                 return Ok(Forward::Lost);
                             }
                             busy[k] = true;
-                            calls.push(spec.call(core, k, Op::Action));
+                            calls.push(spec.call(core, attempts, k, Op::Action));
                             continue;
                         }
                     }
@@ -550,7 +572,12 @@ impl SagaWork {
 
     /// Runs the compensations that are due. `Some(true)`: rolled back
     /// completely; `Some(false)`: some must be retried; `None`: lost the lease race.
-    async fn backward(&mut self, core: &Core, pass: &mut Pass) -> Result<Option<bool>, StoreError> {
+    async fn backward(
+        &mut self,
+        core: &Core,
+        attempts: &PassAttempts<'_>,
+        pass: &mut Pass,
+    ) -> Result<Option<bool>, StoreError> {
         let spec = &self.spec;
         let state = &mut self.state;
         let n = spec.steps.len();
@@ -566,7 +593,7 @@ impl SagaWork {
                     return Ok(None);
                 }
                 busy[k] = true;
-                calls.push(spec.call(core, k, Op::Compensate));
+                calls.push(spec.call(core, attempts, k, Op::Compensate));
             }
             let Some((k, result)) = calls.next().await else { break };
             busy[k] = false;

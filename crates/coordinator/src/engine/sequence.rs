@@ -28,6 +28,7 @@ use super::checkpoint::Checkpoint;
 use super::lease::Lease;
 use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
+use crate::attempts::PassAttempts;
 use crate::branch::BranchRequest;
 use crate::model::{BranchStatus, BranchTarget, BranchUrl, GlobalStatus, TransOptions};
 use crate::store::{
@@ -122,6 +123,7 @@ impl SequenceWork {
     async fn call(
         &self,
         core: &Core,
+        attempts: &PassAttempts<'_>,
         url: &BranchUrl,
         payload: &[u8],
         branch_id: &BranchId,
@@ -145,7 +147,7 @@ impl SequenceWork {
             .await;
         core.observer.branch_called(self.trans_type, branch_id, op, &result, started.elapsed());
         core.alerts.branch_called(&self.gid, self.trans_type, self.status, branch_id, op, &result);
-        core.attempts.record(&self.gid, branch_id, op, &result, wall, started.elapsed());
+        attempts.record(branch_id, op, &result, wall, started.elapsed());
         result
     }
 
@@ -204,7 +206,12 @@ impl SequenceWork {
     }
 
     /// Runs one pass.
-    pub(crate) async fn run(mut self, core: &Core, mut lease: Lease) -> Result<PassEnd, StoreError> {
+    pub(crate) async fn run(
+        mut self,
+        core: &Core,
+        mut lease: Lease,
+        attempts: &PassAttempts<'_>,
+    ) -> Result<PassEnd, StoreError> {
         if self.status == GlobalStatus::Prepared {
             let Some(limit) = self.timed_out(core, store::now()) else {
                 return Ok(PassEnd::Pending(self.status, self.rollback_reason));
@@ -214,7 +221,7 @@ impl SequenceWork {
                     if !self.before_call(core, &mut lease, &BranchId::msg(), Op::Msg).await? {
                         return Ok(PassEnd::Lost);
                     }
-                    match self.check_back(core).await {
+                    match self.check_back(core, attempts).await {
                         BranchResult::Success => {
                             let hold = Schedule::Hold(lease.length());
                             let submitted = Some(GlobalStatus::Submitted);
@@ -278,7 +285,7 @@ impl SequenceWork {
                 };
             }
         }
-        let (changes, outcome, lost) = self.deliver(core, &mut lease, op).await?;
+        let (changes, outcome, lost) = self.deliver(core, attempts, &mut lease, op).await?;
         if lost {
             return Ok(PassEnd::Lost);
         }
@@ -290,11 +297,11 @@ impl SequenceWork {
     }
 
     /// msg: asks the application whether its local transaction committed.
-    async fn check_back(&self, core: &Core) -> BranchResult {
+    async fn check_back(&self, core: &Core, attempts: &PassAttempts<'_>) -> BranchResult {
         match BranchUrl::parse(&self.query_prepared) {
             // An empty URL answers SUCCESS without a call, as in dtm: a
             // message prepared without a check-back is delivered.
-            Ok(url) => self.call(core, &url, &[], &BranchId::msg(), Op::Msg).await,
+            Ok(url) => self.call(core, attempts, &url, &[], &BranchId::msg(), Op::Msg).await,
             Err(e) => BranchResult::Retry(format!("stored query_prepared is unusable: {e}")),
         }
     }
@@ -306,6 +313,7 @@ impl SequenceWork {
     async fn deliver(
         &mut self,
         core: &Core,
+        attempts: &PassAttempts<'_>,
         lease: &mut Lease,
         op: Op,
     ) -> Result<(Vec<BranchChange>, PassOutcome, bool), StoreError> {
@@ -323,7 +331,7 @@ impl SequenceWork {
             let this = &*self;
             let call = |i: usize| async move {
                 let r = &this.rows[i];
-                (i, this.call(core, &r.url, &r.payload, &r.branch_id, r.op).await)
+                (i, this.call(core, attempts, &r.url, &r.payload, &r.branch_id, r.op).await)
             };
             let mut calls = FuturesUnordered::new();
             let mut queue = due.into_iter();

@@ -40,6 +40,7 @@ use super::lease::Lease;
 use super::pass::{Core, PassEnd, change};
 use super::retry::{self, PassOutcome};
 use super::{Engine, EngineError};
+use crate::attempts::PassAttempts;
 use crate::branch::BranchRequest;
 use crate::model::{
     BranchUrl, GlobalStatus, MAX_TEXT_COLUMN, Protocol, RegisterBranchRequest, RegisteredUrls, TransOptions,
@@ -254,7 +255,12 @@ impl WorkflowWork {
     }
 
     /// One pass: call the callback once, then see whether the workflow ended.
-    pub(crate) async fn run(self, core: &Core, mut lease: Lease) -> Result<PassEnd, StoreError> {
+    pub(crate) async fn run(
+        self,
+        core: &Core,
+        mut lease: Lease,
+        attempts: &PassAttempts<'_>,
+    ) -> Result<PassEnd, StoreError> {
         if self.status != GlobalStatus::Prepared {
             return Ok(PassEnd::Finished(self.status, self.rollback_reason));
         }
@@ -297,7 +303,7 @@ impl WorkflowWork {
                     &result,
                     started.elapsed(),
                 );
-                core.attempts.record(&self.gid, &branch_id, Op::Action, &result, wall, started.elapsed());
+                attempts.record(&branch_id, Op::Action, &result, wall, started.elapsed());
                 match result {
                     BranchResult::Success => PassOutcome::Progress,
                     BranchResult::Ongoing => PassOutcome::Ongoing,

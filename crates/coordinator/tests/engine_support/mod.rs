@@ -215,7 +215,10 @@ impl CountedEngine {
         // by a task of its own (one INSERT per batch of attempts, measured
         // by the bench with recording on and off), not counted here.
         let settings = EngineSettings {
-            attempts: coordinator::attempts::AttemptSettings { enabled: false, ..Default::default() },
+            attempts: coordinator::attempts::AttemptSettings {
+                record: coordinator::attempts::AttemptsRecord::Off,
+                ..Default::default()
+            },
             ..fast_settings()
         };
         let engine = engine_with(&db.url, settings).await;
