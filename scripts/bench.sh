@@ -117,8 +117,10 @@ start_ours_sqlite() {
   port=$(free_port)
   grpc=$(free_port)
   PEER_DIR=$(mktemp -d)
+  # No etcd registration (the shipped file registers by default): the bench
+  # gives its clients the address.
   LISTEN_HOST=127.0.0.1 HTTP_PORT=$port GRPC_PORT=$grpc STORE_DRIVER=sqlite STORE_DB="$PEER_DIR/coordinator.db" \
-    LOG_LEVEL=warn target/release/coordinator -f etc/coordinator.yaml >"$OUT/coordinator-sqlite.log" 2>&1 &
+    MICRO_SERVICE_DRIVER=default LOG_LEVEL=warn target/release/coordinator -f etc/coordinator.yaml >"$OUT/coordinator-sqlite.log" 2>&1 &
   PEER_PID=$!
   PEER_URL="http://127.0.0.1:$port/api/dtmsvr"
   wait_http "http://127.0.0.1:$port/api/ping"
