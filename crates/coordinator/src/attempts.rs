@@ -449,8 +449,8 @@ mod tests {
             .collect()
     }
 
-    fn call(pass: &PassAttempts<'_>, branch: usize, op: Op, result: BranchResult) {
-        pass.record(&BranchId::nth(branch), op, &result, SystemTime::now(), Duration::from_millis(3));
+    fn call(pass: &PassAttempts<'_>, branch: usize, op: Op, result: &BranchResult) {
+        pass.record(&BranchId::nth(branch), op, result, SystemTime::now(), Duration::from_millis(3));
     }
 
     #[test]
@@ -458,8 +458,8 @@ mod tests {
         let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
         let gid = Gid::new("clean").unwrap();
         let pass = attempts.for_pass(&gid, PassOrigin::Decision);
-        call(&pass, 0, Op::Action, BranchResult::Success);
-        call(&pass, 1, Op::Action, BranchResult::Success);
+        call(&pass, 0, Op::Action, &BranchResult::Success);
+        call(&pass, 1, Op::Action, &BranchResult::Success);
         pass.pass_ended(true);
         assert!(sent(&mut queue).is_empty(), "a quick order without trouble costs no row");
     }
@@ -469,10 +469,10 @@ mod tests {
         let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
         let gid = Gid::new("troubled").unwrap();
         let pass = attempts.for_pass(&gid, PassOrigin::Decision);
-        call(&pass, 0, Op::Action, BranchResult::Success);
+        call(&pass, 0, Op::Action, &BranchResult::Success);
         assert!(sent(&mut queue).is_empty(), "held while the pass is clean");
-        call(&pass, 1, Op::Action, BranchResult::Failure("out of stock".into()));
-        call(&pass, 0, Op::Compensate, BranchResult::Success);
+        call(&pass, 1, Op::Action, &BranchResult::Failure("out of stock".into()));
+        call(&pass, 0, Op::Compensate, &BranchResult::Success);
         pass.pass_ended(false);
         assert_eq!(
             sent(&mut queue),
@@ -492,7 +492,7 @@ mod tests {
         let (attempts, mut queue) = recording(AttemptsRecord::Troubled);
         let gid = Gid::new("rolled-back").unwrap();
         let pass = attempts.for_pass(&gid, PassOrigin::Decision);
-        call(&pass, 0, Op::Cancel, BranchResult::Success);
+        call(&pass, 0, Op::Cancel, &BranchResult::Success);
         pass.pass_ended(false);
         assert_eq!(sent(&mut queue), [("01".into(), Op::Cancel, AttemptResult::Success)]);
     }
@@ -505,7 +505,7 @@ mod tests {
             let (attempts, mut queue) = recording(record);
             let gid = Gid::new("retried").unwrap();
             let pass = attempts.for_pass(&gid, origin);
-            call(&pass, 0, Op::Action, BranchResult::Success);
+            call(&pass, 0, Op::Action, &BranchResult::Success);
             assert_eq!(sent(&mut queue).len(), 1, "{record:?} {origin:?}: sent as it ends");
             pass.pass_ended(true);
             assert!(sent(&mut queue).is_empty());
