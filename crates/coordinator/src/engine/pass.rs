@@ -32,8 +32,9 @@ pub(crate) struct Core {
     /// Where branch failures go to be counted for retry alerts: a queue
     /// the pass never waits on.
     pub alerts: Alerts,
-    /// Where every branch call goes to be recorded for the console's
-    /// timeline: a queue the pass never waits on.
+    /// Where branch calls go to be recorded for the console's timeline
+    /// (each pass through its own `PassAttempts`): a queue the pass never
+    /// waits on.
     pub attempts: Attempts,
 }
 
