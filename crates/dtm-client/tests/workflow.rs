@@ -102,6 +102,25 @@ async fn callback_listener() -> (TcpListener, String) {
     (listener, url)
 }
 
+/// Runs the "order" workflow in `first` until steps 1 and 2 are recorded,
+/// then drops the run in the middle of step 3, as a process dying there
+/// would: no submit, no more records.
+async fn interrupt_after_two_steps(coordinator: &InProcess, first: &Workflows, gid: &Gid) {
+    let run = tokio::spawn({
+        let (first, gid) = (first.clone(), gid.clone());
+        async move { first.execute("order", &gid, b"ok").await }
+    });
+    harness::wait_until("steps 1 and 2 recorded", Duration::from_secs(10), async || {
+        match coordinator.branches(gid.as_str()).await.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} progresses")),
+        }
+    })
+    .await;
+    run.abort();
+    let _ = run.await;
+}
+
 async fn succeeds_and_records_every_step(dtm: DtmClient, coordinator: &InProcess) {
     let dir = tempfile::tempdir().unwrap();
     let pool = effects_db(&dir).await;
@@ -197,19 +216,7 @@ async fn a_workflow_killed_mid_way_is_resumed_by_the_callback_and_each_step_runs
     let gate = Arc::new(Notify::new());
     let first = Workflows::new(coordinator.http_client(), url.clone());
     register(&first, pool.clone(), Some(Arc::clone(&gate)));
-    let run = tokio::spawn({
-        let (first, gid) = (first.clone(), gid.clone());
-        async move { first.execute("order", &gid, b"ok").await }
-    });
-    harness::wait_until("steps 1 and 2 recorded", Duration::from_secs(10), async || {
-        match coordinator.branches(gid.as_str()).await.len() {
-            2 => Ok(()),
-            n => Err(format!("{n} progresses")),
-        }
-    })
-    .await;
-    run.abort();
-    let _ = run.await;
+    interrupt_after_two_steps(&coordinator, &first, &gid).await;
     drop(first);
     assert_eq!(coordinator.status(gid.as_str()).await, Some(TransStatus::Prepared));
 
@@ -282,19 +289,7 @@ async fn an_interrupted_workflow_is_resumed_through_the_grpc_callback() {
     // Interrupted after step 2, as above; this time over dtm's gRPC API.
     let first = Workflows::new(coordinator.grpc_client(), callback.clone());
     register(&first, pool.clone(), Some(Arc::new(Notify::new())));
-    let run = tokio::spawn({
-        let (first, gid) = (first.clone(), gid.clone());
-        async move { first.execute("order", &gid, b"ok").await }
-    });
-    harness::wait_until("steps 1 and 2 recorded", Duration::from_secs(10), async || {
-        match coordinator.branches(gid.as_str()).await.len() {
-            2 => Ok(()),
-            n => Err(format!("{n} progresses")),
-        }
-    })
-    .await;
-    run.abort();
-    let _ = run.await;
+    interrupt_after_two_steps(&coordinator, &first, &gid).await;
 
     let second = Workflows::new(coordinator.grpc_client(), callback);
     register(&second, pool.clone(), None);
