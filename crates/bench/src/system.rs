@@ -50,6 +50,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to drain after SIGTERM at the end of a run.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest wait for InnoDB to settle after `--store-history`'s bulk fill.
+const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+
 /// A server process under its guard. Dropping it kills the server too
 /// (without waiting); [`Service::stop`] stops it politely and waits.
 pub struct Service {
@@ -289,7 +292,48 @@ impl Databases {
             eprint!("\rfilling {store_db}: {} of {count} finished sagas", first + size);
         }
         eprintln!(" ({:.0} s)", started.elapsed().as_secs_f64());
-        Ok(())
+        self.settle().await
+    }
+
+    /// Waits (up to [`SETTLE_LIMIT`]) until InnoDB has flushed the pages a
+    /// bulk fill dirtied and purged its undo history: without it the
+    /// server's background flush of the fill runs inside the measured
+    /// window and slows every process alike, which reads as "history
+    /// slows the coordinator down".
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let (dirty, total, history) = self.innodb_backlog().await?;
+            let settled = dirty * 100 <= total && history < 1_000;
+            if settled || started.elapsed() >= SETTLE_LIMIT {
+                eprintln!(
+                    "settled after {:.0} s: {dirty} of {total} buffer pool pages dirty, history list length {history}{}",
+                    started.elapsed().as_secs_f64(),
+                    if settled { "" } else { " (gave up waiting)" }
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// InnoDB's dirty pages, total pages and undo history length.
+    async fn innodb_backlog(&mut self) -> anyhow::Result<(u64, u64, u64)> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN \
+             ('Innodb_buffer_pool_pages_dirty', 'Innodb_buffer_pool_pages_total', 'Innodb_history_list_length')",
+        )
+        .fetch_all(&mut self.admin)
+        .await
+        .context("cannot read InnoDB's status")?;
+        let value = |name: &str| {
+            rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        Ok((
+            value("Innodb_buffer_pool_pages_dirty").unwrap_or(0),
+            value("Innodb_buffer_pool_pages_total").unwrap_or(1),
+            value("Innodb_history_list_length").unwrap_or(0),
+        ))
     }
 
     /// Finished sagas in the coordinator stores of this run, counted.
