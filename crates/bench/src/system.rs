@@ -295,16 +295,22 @@ impl Databases {
         self.settle().await
     }
 
-    /// Waits (up to [`SETTLE_LIMIT`]) until InnoDB has flushed the pages a
-    /// bulk fill dirtied and purged its undo history: without it the
-    /// server's background flush of the fill runs inside the measured
-    /// window and slows every process alike, which reads as "history
-    /// slows the coordinator down".
+    /// Waits (up to [`SETTLE_LIMIT`]) until InnoDB has purged the undo
+    /// history a bulk fill left and its flushing of the dirtied pages has
+    /// run its course (at most 1 % of the pool dirty, or no fewer dirty
+    /// pages than 10 s before: InnoDB may keep some dirty when idle).
+    /// Without it the server's background work on the fill runs inside the
+    /// measured window and slows every process alike, which reads as
+    /// "history slows the coordinator down".
     async fn settle(&mut self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
+        let mut dirty_before = std::collections::VecDeque::new();
         loop {
             let (dirty, total, history) = self.innodb_backlog().await?;
-            let settled = dirty * 100 <= total && history < 1_000;
+            dirty_before.push_back(dirty);
+            // Ten readings a second apart: the oldest is from 10 s ago.
+            let stalled = dirty_before.len() > 10 && dirty_before.pop_front().is_some_and(|old| dirty >= old);
+            let settled = history < 1_000 && (dirty * 100 <= total || stalled);
             if settled || started.elapsed() >= SETTLE_LIMIT {
                 eprintln!(
                     "settled after {:.0} s: {dirty} of {total} buffer pool pages dirty, history list length {history}{}",
