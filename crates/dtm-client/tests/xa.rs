@@ -105,12 +105,14 @@ impl Db {
 struct BranchService {
     /// This test binary, which serves when [`xa_service::SERVE`] is set.
     binary: PathBuf,
-    /// `<database url> <dtm url>`; the port is added at each start.
+    /// `<database url> <dtm url>`; the ports are added at each start.
     config: String,
     log: PathBuf,
     process: Option<GuardedProcess>,
-    /// The port it serves on, kept across restarts (phase-2 URLs name it).
+    /// The HTTP port it serves on, kept across restarts (phase-2 URLs name it).
     port: u16,
+    /// The same for its gRPC service.
+    grpc_port: u16,
 }
 
 impl BranchService {
@@ -121,6 +123,7 @@ impl BranchService {
             log: dir.join("xa_branch.log"),
             process: None,
             port: 0,
+            grpc_port: 0,
         };
         service.spawn();
         service
@@ -129,14 +132,15 @@ impl BranchService {
     fn spawn(&mut self) {
         // `env` sets the variable for the child only, then becomes it (same pid).
         let args = vec![
-            format!("{}={} {}", xa_service::SERVE, self.config, self.port),
+            format!("{}={} {} {}", xa_service::SERVE, self.config, self.port, self.grpc_port),
             self.binary.display().to_string(),
             "branch_service_process".to_string(),
             "--exact".to_string(),
             "--nocapture".to_string(),
         ];
         let process = GuardedProcess::spawn("env", &args, &self.log, None);
-        self.port = process.wait_ready("xa-branch", Duration::from_secs(60)).port("http");
+        let ready = process.wait_ready("xa-branch", Duration::from_secs(60));
+        (self.port, self.grpc_port) = (ready.port("http"), ready.port("grpc"));
         self.process = Some(process);
     }
 
@@ -149,6 +153,11 @@ impl BranchService {
 
     fn url(&self, account: &str) -> String {
         format!("http://127.0.0.1:{}/xa/{account}", self.port)
+    }
+
+    /// The gRPC branch URL of `account` (`host:port/xa.Busi/<account>`).
+    fn grpc_url(&self, account: &str) -> String {
+        format!("127.0.0.1:{}/xa.Busi/{account}", self.grpc_port)
     }
 }
 
@@ -380,6 +389,59 @@ async fn the_grpc_api_drives_the_same_flow(w: World) {
     assert_eq!(w.db.prepared(&g).await, Vec::<String>::new());
 }
 
+/// Branches served over gRPC (`/xa.Busi/<account>`, dtm's values as
+/// `dtm-` metadata, `dtm-phase2_url` naming the same method): the
+/// coordinator sends phase 2 over gRPC too. A transaction whose second
+/// branch answers `Aborted` rolls the first back; one where both succeed
+/// commits both; nothing stays prepared after either.
+async fn grpc_branches_commit_and_roll_back(w: World) {
+    let call = async |xa: &Xa, account: &str, body: serde_json::Value| {
+        let url = w.branches.grpc_url(account);
+        xa.call_branch_raw(body.to_string().as_bytes(), &url, &url).await
+    };
+    let committed = gid();
+    w.xa(&committed)
+        .wait_result(true)
+        .run(async |xa| {
+            call(xa, "out", json!({"amount": 7})).await?;
+            call(xa, "in", json!({"amount": 7})).await?;
+            Ok(())
+        })
+        .await
+        .expect("committed");
+    assert_eq!(w.dtm.status(committed.as_str()).await, Some(TransStatus::Succeed));
+    assert_eq!(
+        w.db.effects(&committed).await,
+        [("01".into(), "out".into(), 7), ("02".into(), "in".into(), 7)]
+    );
+    assert_eq!(w.db.prepared(&committed).await, Vec::<String>::new());
+
+    let refused = gid();
+    let outcome = w
+        .xa(&refused)
+        .wait_result(true)
+        .run(async |xa| {
+            call(xa, "out", json!({"amount": 3})).await?;
+            call(xa, "in", json!({"fail": true})).await?;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(outcome, Err(ClientError::Failure(_))), "{outcome:?}");
+    assert_eq!(w.dtm.wait_final(refused.as_str(), FINAL_WITHIN).await, TransStatus::Failed);
+    assert_eq!(w.db.effects(&refused).await, Vec::<(String, String, i64)>::new(), "01 rolled back");
+    assert_eq!(w.db.prepared(&refused).await, Vec::<String>::new());
+    // 01 prepared and was rolled back by the coordinator's gRPC call (the
+    // only phase-2 URL it was given); 02 failed before registering.
+    assert_eq!(w.db.barrier_rows(&refused).await, [("01".into(), "action".into(), "rollback".into())]);
+    assert_eq!(
+        w.dtm.branches(refused.as_str()).await,
+        [
+            ("01".into(), "rollback".into(), "succeed".into()),
+            ("01".into(), "commit".into(), "prepared".into())
+        ]
+    );
+}
+
 /// Sixteen XA transactions at once through the same branch service, every
 /// third one refused by its second branch: each ends all-or-nothing, and no
 /// local transaction stays prepared (no lock left, no deadlock between them).
@@ -516,6 +578,7 @@ on_both_databases!(
     recovery_finishes_prepared_branches_of_decided_transactions,
     the_old_register_xa_branch_route_is_accepted,
     the_grpc_api_drives_the_same_flow,
+    grpc_branches_commit_and_roll_back,
     the_coordinator_stopped_between_submit_and_commit,
     concurrent_transactions_each_commit_or_roll_back_whole,
 );
