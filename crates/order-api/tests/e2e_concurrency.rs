@@ -1,17 +1,22 @@
-//! End to end, real processes: 200 concurrent quick orders for 150 units.
-//! Exactly 150 sell, the stock ends at 0 and never goes below, every answer
-//! is 200 or 409.
+//! End to end, real processes: 200 concurrent quick orders for 150 units,
+//! as sagas and, with `TransMode: workflow`, as dtm workflows run by
+//! order-api. Exactly 150 sell, the stock ends at 0 and never goes below,
+//! every answer is 200 or 409 (or 202 for an order that outlived
+//! `SubmitWait`, counted by how it ended).
 
+#[macro_use]
 mod e2e_common;
 
 use e2e_common::System;
 use serde_json::json;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_hundred_concurrent_orders_for_150_units_sell_exactly_150() {
-    let system = tokio::task::spawn_blocking(|| {
+in_both_modes!(two_hundred_concurrent_orders_for_150_units_sell_exactly_150);
+
+async fn two_hundred_concurrent_orders_for_150_units_sell_exactly_150(mode: &'static str) {
+    let system = tokio::task::spawn_blocking(move || {
         let mut system = System::infrastructure();
+        system.trans_mode = mode;
         system.start_order_srv();
         system.start_stock_srv();
         // Room for the whole burst on two cores: wait up to 8 s for outcomes.
@@ -61,7 +66,7 @@ async fn two_hundred_concurrent_orders_for_150_units_sell_exactly_150() {
         }
     }
     let elapsed = started.elapsed();
-    println!("200 quick orders in {elapsed:?}");
+    println!("200 quick orders ({mode}) in {elapsed:?}");
 
     assert_eq!((sold, refused), (150, 50));
     assert_eq!(system.stock(1).await, Some(0), "sold out, not below");
