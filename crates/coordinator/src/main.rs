@@ -42,7 +42,11 @@ async fn main() -> ExitCode {
         }
     };
     let level = if args.debug { "debug" } else { config.log_level.as_str() };
-    let log = service_kit::LogConf { level: level.to_string(), ..service_kit::LogConf::default() };
+    let log = service_kit::LogConf {
+        level: level.to_string(),
+        encoding: config.log_encoding,
+        ..service_kit::LogConf::default()
+    };
     let telemetry = match service_kit::telemetry::init_traced("coordinator", &log, Some(&config.telemetry)) {
         Ok(telemetry) => telemetry,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! The `coordinator` binary's start-up contract: configuration from the
 //! environment alone (dtm's UPPER_SNAKE names), a refused configuration
-//! named precisely with exit code 2, dtm's `-c` flag, and a clean exit on
-//! SIGTERM.
+//! named precisely with exit code 2, dtm's `-c` flag, a clean exit on
+//! SIGTERM, and JSON log lines when asked (`LOG_ENCODING=json`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +13,7 @@ fn a_bad_config_is_refused_at_start_up_with_the_key_named() {
         ("Stroe:\n  Driver: mysql\n", "Stroe"),
         ("Store:\n  Driver: mysql\n  Port: 3306\n  User: root\n", "Store.Host"),
         ("RetryInterval: 0\n", "RetryInterval"),
+        ("LogEncoding: xml\n", "LogEncoding"),
         ("Store:\n  Password: ${COORDINATOR_TEST_UNSET_VAR}\n", "COORDINATOR_TEST_UNSET_VAR"),
     ];
     for (i, (yaml, expected)) in cases.into_iter().enumerate() {
@@ -42,6 +43,7 @@ fn without_a_file_the_environment_configures_everything_and_sigterm_exits_0() {
         .env("RETRY_INTERVAL", "1")
         .env("TIMEOUT_TO_FAIL", "2")
         .env("AUTH_TOKEN", "from-env")
+        .env("LOG_ENCODING", "json")
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
         .spawn()
@@ -60,6 +62,18 @@ fn without_a_file_the_environment_configures_everything_and_sigterm_exits_0() {
         .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+
+    // LOG_ENCODING=json: every log line is one JSON object (the readiness
+    // line, printed for supervisors, is the one plain line).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with("ready coordinator ")) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{text}"));
+        assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
+        messages.push(entry["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(messages.iter().any(|m| m == "coordinator listening"), "{messages:?}");
 }
 
 /// A tiny HTTP/1.1 GET over a std TCP socket (these tests have no runtime).

@@ -20,7 +20,7 @@
 //! rolled-back order in the same trace; a
 //! retry by a *restarted* coordinator continuing the stored trace; and, in
 //! JSON log mode, `gid` and `trace_id` on every line written inside a
-//! request.
+//! request, the coordinator's pass included.
 
 mod e2e_common;
 
@@ -411,6 +411,11 @@ async fn a_compensated_order_shows_its_compensations_in_the_same_trace() {
         check_pass(&spans, call, &api);
         branch_server_ending(&spans, call, service, sql, end);
     }
+    // JSON logs (`LogEncoding: json` in the coordinator too): the pass's
+    // "saga aborting" line carries the saga's gid and trace_id on top.
+    let coordinator_log = system.coordinator.as_ref().unwrap().log_text();
+    assert!(coordinator_log.contains("saga aborting"), "{coordinator_log}");
+    check_json_logs("coordinator", &coordinator_log, &gid, &trace_id);
 }
 
 impl Receiver {

@@ -236,8 +236,8 @@ impl Mode {
     }
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// Log line format (go-zero's `Log.Encoding`; the coordinator's `LogEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogEncoding {
     /// Human-readable lines (our default: this is a teaching repository).

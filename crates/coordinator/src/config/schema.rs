@@ -65,6 +65,11 @@ pub struct Config {
     pub service_admin_urls: String,
     /// `trace`, `debug`, `info`, `warn` or `error`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Ours: `plain` lines (the default) or `json`, one object per line with
+    /// the `gid` and `trace_id` of the request it was written in lifted to
+    /// the top level — the services' `Log.Encoding`, so that one log
+    /// pipeline reads all four processes. dtm logs JSON (zap) always.
+    pub log_encoding: service_kit::LogEncoding,
     /// When non-empty, every API call (HTTP and gRPC, except health checks,
     /// `/api/ping` and `/api/metrics`) must carry `Authorization: Bearer <token>`.
     /// dtm has no authentication at all; leave empty for dtm behaviour.
@@ -106,6 +111,7 @@ impl Default for Config {
             attempts_max_age: 7 * 24 * 3600,
             service_admin_urls: String::new(),
             log_level: "info".into(),
+            log_encoding: service_kit::LogEncoding::Plain,
             auth_token: Secret::default(),
             max_body_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
