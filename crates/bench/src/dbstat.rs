@@ -47,6 +47,17 @@ pub struct Monitor {
 /// Counter name → value.
 pub type Counters = BTreeMap<String, u64>;
 
+/// The numeric `SHOW GLOBAL STATUS` variables among `names`, as the server
+/// spells them.
+pub async fn global_status(conn: &mut MySqlConnection, names: &[&str]) -> Result<Counters, sqlx::Error> {
+    let list = names.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(",");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(&format!("SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"))
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().filter_map(|(name, value)| Some((name, value.parse().ok()?))).collect())
+}
+
 impl Monitor {
     /// Connects to the server URL (`mysql://root@127.0.0.1:3306`).
     pub async fn connect(server_url: &str) -> Result<Monitor, sqlx::Error> {
@@ -55,12 +66,7 @@ impl Monitor {
 
     /// Reads [`COUNTERS`].
     pub async fn snapshot(&mut self) -> Result<Counters, sqlx::Error> {
-        let list = COUNTERS.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(",");
-        let rows: Vec<(String, String)> =
-            sqlx::query_as(&format!("SHOW GLOBAL STATUS WHERE Variable_name IN ({list})"))
-                .fetch_all(&mut self.conn)
-                .await?;
-        Ok(rows.into_iter().filter_map(|(name, value)| Some((name, value.parse().ok()?))).collect())
+        global_status(&mut self.conn, COUNTERS).await
     }
 
     /// The server's pid, when its pid file is readable from here (the

@@ -325,21 +325,14 @@ impl Databases {
 
     /// InnoDB's dirty pages, total pages and undo history length.
     async fn innodb_backlog(&mut self) -> anyhow::Result<(u64, u64, u64)> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SHOW GLOBAL STATUS WHERE Variable_name IN \
-             ('Innodb_buffer_pool_pages_dirty', 'Innodb_buffer_pool_pages_total', 'Innodb_history_list_length')",
-        )
-        .fetch_all(&mut self.admin)
-        .await
-        .context("cannot read InnoDB's status")?;
-        let value = |name: &str| {
-            rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.parse::<u64>().ok())
-        };
-        Ok((
-            value("Innodb_buffer_pool_pages_dirty").unwrap_or(0),
-            value("Innodb_buffer_pool_pages_total").unwrap_or(1),
-            value("Innodb_history_list_length").unwrap_or(0),
-        ))
+        const DIRTY: &str = "Innodb_buffer_pool_pages_dirty";
+        const TOTAL: &str = "Innodb_buffer_pool_pages_total";
+        const HISTORY: &str = "Innodb_history_list_length";
+        let status = crate::dbstat::global_status(&mut self.admin, &[DIRTY, TOTAL, HISTORY])
+            .await
+            .context("cannot read InnoDB's status")?;
+        let value = |name: &str| status.get(name).copied();
+        Ok((value(DIRTY).unwrap_or(0), value(TOTAL).unwrap_or(1), value(HISTORY).unwrap_or(0)))
     }
 
     /// Finished sagas in the coordinator stores of this run, counted.
